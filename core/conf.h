@@ -1,0 +1,93 @@
+/*
+ * conf.h — the configuration as the core sees it.
+ *
+ * conf.c owns loading: it runs lua/weir/conf.lua in a LuaJIT state, which
+ * evaluates the operator's file, validates every field against a schema and
+ * returns a normalised table; conf.c copies that table into the structures
+ * below and closes the state. Everything here is immutable once loaded and is
+ * inherited by the workers across fork().
+ */
+#ifndef WEIR_CONF_H
+#define WEIR_CONF_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "weir.h"
+
+typedef struct {
+    char                    *url;          /* as written: ws://host:port/path?q */
+    int                      tls;          /* 1 for wss:// */
+    char                    *host;         /* host part, no brackets */
+    uint16_t                 port;         /* explicit or 80/443 */
+    char                    *path;         /* always starts with '/' */
+    char                    *query;        /* without '?', NULL when none */
+    char                    *host_header;  /* "host[:port]" for the Host header */
+    struct sockaddr_storage  addr;         /* resolved once, at load */
+    socklen_t                addrlen;
+    /* TLS towards the backend (wss:// only) */
+    char                    *ca_file;      /* NULL: system default store */
+    int                      verify;       /* verify certificate and host name */
+    char                    *server_name;  /* SNI and name to verify; NULL: host */
+} weir_endpoint_t;
+
+typedef struct {
+    char            *version;              /* "1.0" */
+    int              is_default;
+    weir_endpoint_t *production;           /* never NULL */
+    weir_endpoint_t *sandbox;              /* NULL when not configured */
+} weir_version_t;
+
+typedef struct {
+    char            *name;
+    char            *context;              /* "/echo": leading '/', no trailing '/' */
+    size_t           context_len;
+    weir_version_t  *versions;
+    size_t           nversions;
+    weir_version_t  *default_version;      /* NULL when none is marked default */
+} weir_api_t;
+
+typedef struct {
+    char            *address;              /* "0.0.0.0", "127.0.0.1", "::1" */
+    uint16_t         port;
+    char            *tls_cert;             /* PEM chain; NULL for ws:// */
+    char            *tls_key;
+    int              fd;                   /* opened by the master, -1 before */
+} weir_listen_t;
+
+typedef struct {
+    uint64_t         max_connections;      /* per weir instance */
+    uint64_t         max_message_size;     /* bytes, across fragments */
+    uint64_t         buffer_size;          /* bytes buffered per direction, ceiling */
+    uint64_t         max_header_size;      /* bytes of handshake request/response */
+    uint64_t         handshake_timeout_ms;
+    uint64_t         idle_timeout_ms;      /* 0: never */
+    uint64_t         ping_interval_ms;     /* 0: weir sends no keep-alive pings */
+    uint64_t         ping_timeout_ms;      /* no pong within this: peer is dead */
+    uint64_t         close_timeout_ms;     /* wait for the peer's close frame */
+    uint64_t         drain_timeout_ms;     /* on SIGTERM */
+} weir_limits_t;
+
+typedef struct {
+    char            *file;                 /* the configuration file, absolute */
+    int              workers;              /* resolved: "auto" → cores */
+    char            *pid_file;             /* NULL: none */
+    char            *log_file;             /* NULL: stderr */
+    int              log_level;            /* weir_log_level_e */
+    weir_listen_t   *listen;
+    size_t           nlisten;
+    weir_limits_t    limits;
+    weir_api_t      *apis;
+    size_t           napis;
+} weir_conf_t;
+
+/*
+ * Load and validate FILE. On success returns WEIR_OK and *out owns a new
+ * configuration (free it with weir_conf_free). On failure returns WEIR_ERROR
+ * and has written one line per error to stderr, each "file:line: field: what".
+ */
+int  weir_conf_load(const char *file, weir_conf_t **out);
+void weir_conf_free(weir_conf_t *conf);
+
+#endif
