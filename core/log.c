@@ -1,0 +1,92 @@
+/*
+ * log.c — JSON-lines logging. Owns the log stream (stderr or an append-mode
+ * file shared by master and workers: each record is one write(2) of a whole
+ * line, so lines from different processes never interleave).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "weir.h"
+
+int weir_log_level = WEIR_LOG_INFO;
+static int weir_log_fd = 2;
+
+static const char *weir_log_names[] = { "debug", "info", "warn", "error" };
+
+int
+weir_log_open(const char *file, int level)
+{
+    weir_log_level = level;
+    if (file == NULL) {
+        weir_log_fd = 2;
+        return WEIR_OK;
+    }
+    int fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "weir: cannot open log file %s: %s\n", file, strerror(errno));
+        return WEIR_ERROR;
+    }
+    weir_log_fd = fd;
+    return WEIR_OK;
+}
+
+char *
+weir_log_str(char *buf, size_t len, const char *s)
+{
+    size_t o = 0;
+    if (len == 0) return buf;
+    for (; s != NULL && *s != '\0' && o + 7 < len; s++) {
+        unsigned char c = (unsigned char) *s;
+        if (c == '"' || c == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = (char) c;
+        } else if (c < 0x20) {
+            o += (size_t) snprintf(buf + o, len - o, "\\u%04x", c);
+        } else {
+            buf[o++] = (char) c;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+void
+weir_log(int level, const char *msg, const char *fields_fmt, ...)
+{
+    if (level < weir_log_level) return;
+
+    char line[4096];
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+
+    char emsg[512];
+    int n = snprintf(line, sizeof(line),
+                     "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\",\"level\":\"%s\",\"pid\":%d,\"msg\":\"%s\"",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int) (tv.tv_usec / 1000), weir_log_names[level & 3],
+                     (int) getpid(), weir_log_str(emsg, sizeof(emsg), msg));
+    if (fields_fmt != NULL && n > 0 && (size_t) n < sizeof(line) - 2) {
+        line[n++] = ',';
+        va_list ap;
+        va_start(ap, fields_fmt);
+        int m = vsnprintf(line + n, sizeof(line) - (size_t) n, fields_fmt, ap);
+        va_end(ap);
+        if (m > 0) n = (size_t) (n + m) < sizeof(line) - 2 ? n + m : (int) sizeof(line) - 3;
+        else n--;
+    }
+    if (n < 0) return;
+    if ((size_t) n > sizeof(line) - 3) n = (int) sizeof(line) - 3;
+    line[n++] = '}';
+    line[n++] = '\n';
+    ssize_t r = write(weir_log_fd, line, (size_t) n);
+    WEIR_UNUSED(r);
+}

@@ -1,0 +1,253 @@
+/*
+ * main.c — the command line and the master process: checks or loads the
+ * configuration, opens the listeners, forks the workers, restarts a worker
+ * that dies, and on SIGTERM/SIGINT drains the workers and exits.
+ * The master carries no traffic.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+#include "weir.h"
+#include "worker.h"
+
+typedef struct {
+    pid_t    pid;            /* 0 when not running */
+    uint64_t started_ms;
+    uint64_t respawn_at_ms;  /* 0, or when to start it again */
+} weir_slot_t;
+
+static uint64_t
+weir_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+static void
+weir_usage(FILE *f)
+{
+    fprintf(f,
+            "weir %s — a Lua-scriptable WebSocket API gateway\n\n"
+            "usage: weir [-t] -c FILE\n"
+            "       weir -v | -h\n\n"
+            "  -c FILE   the configuration file (a Lua file returning a table)\n"
+            "  -t        check the configuration and exit (0: valid)\n"
+            "  -v        print the version and exit\n"
+            "  -h        print this help and exit\n\n"
+            "signals to the master: TERM or INT drain and stop\n",
+            WEIR_VERSION);
+}
+
+/* Open every listener; on failure log it and return WEIR_ERROR. */
+static int
+weir_open_listeners(weir_conf_t *conf)
+{
+    for (size_t i = 0; i < conf->nlisten; i++) {
+        weir_listen_t *l = &conf->listen[i];
+        struct sockaddr_storage ss;
+        socklen_t len;
+        memset(&ss, 0, sizeof(ss));
+        if (strchr(l->address, ':') != NULL) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *) &ss;
+            a->sin6_family = AF_INET6;
+            a->sin6_port = htons(l->port);
+            if (inet_pton(AF_INET6, l->address, &a->sin6_addr) != 1) goto bad_address;
+            len = sizeof(*a);
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *) &ss;
+            a->sin_family = AF_INET;
+            a->sin_port = htons(l->port);
+            if (inet_pton(AF_INET, l->address, &a->sin_addr) != 1) goto bad_address;
+            len = sizeof(*a);
+        }
+        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fd < 0) goto failed;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, 4096) < 0) {
+            close(fd);
+            goto failed;
+        }
+        l->fd = fd;
+        weir_log(WEIR_LOG_INFO, "listening", "\"address\":\"%s\",\"port\":%u,\"tls\":%s", l->address,
+                 l->port, l->tls_cert ? "true" : "false");
+        continue;
+
+    failed:
+        weir_log(WEIR_LOG_ERROR, "cannot listen", "\"address\":\"%s\",\"port\":%u,\"error\":\"%s\"",
+                 l->address, l->port, strerror(errno));
+        return WEIR_ERROR;
+    bad_address:
+        weir_log(WEIR_LOG_ERROR, "invalid listen address", "\"address\":\"%s\"", l->address);
+        return WEIR_ERROR;
+    }
+    return WEIR_OK;
+}
+
+static pid_t
+weir_spawn(weir_conf_t *conf, int id, const sigset_t *old)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        sigprocmask(SIG_SETMASK, old, NULL);
+        _exit(weir_worker_run(conf, id));
+    }
+    if (pid < 0) weir_log(WEIR_LOG_ERROR, "cannot fork a worker", "\"error\":\"%s\"", strerror(errno));
+    return pid;
+}
+
+static int
+weir_master(weir_conf_t *conf)
+{
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    signal(SIGPIPE, SIG_IGN);
+
+    int n = conf->workers;
+    weir_slot_t *slots = calloc((size_t) n, sizeof(*slots));
+    if (slots == NULL) return 1;
+    weir_log(WEIR_LOG_INFO, "weir started", "\"version\":\"%s\",\"workers\":%d", WEIR_VERSION, n);
+    for (int i = 0; i < n; i++) {
+        slots[i].pid = weir_spawn(conf, i, &old);
+        slots[i].started_ms = weir_clock_ms();
+    }
+
+    int stopping = 0, running = n;
+    uint64_t kill_at = 0;
+    for (;;) {
+        if (stopping && running == 0) break;
+        uint64_t now = weir_clock_ms(), wait_ms = 1000;
+        if (kill_at) {
+            if (now >= kill_at) {
+                for (int i = 0; i < n; i++)
+                    if (slots[i].pid > 0) kill(slots[i].pid, SIGKILL);
+                kill_at = 0;
+            } else {
+                wait_ms = WEIR_MIN(wait_ms, kill_at - now);
+            }
+        }
+        for (int i = 0; i < n && !stopping; i++) {
+            if (slots[i].pid > 0 || slots[i].respawn_at_ms == 0) continue;
+            if (now >= slots[i].respawn_at_ms) {
+                slots[i].respawn_at_ms = 0;
+                slots[i].pid = weir_spawn(conf, i, &old);
+                slots[i].started_ms = now;
+                if (slots[i].pid > 0) {
+                    running++;
+                    weir_log(WEIR_LOG_INFO, "worker restarted", "\"worker\":%d,\"worker_pid\":%d", i,
+                             (int) slots[i].pid);
+                }
+            } else {
+                wait_ms = WEIR_MIN(wait_ms, slots[i].respawn_at_ms - now);
+            }
+        }
+
+        struct timespec ts = { (time_t) (wait_ms / 1000), (long) (wait_ms % 1000) * 1000000L };
+        siginfo_t si;
+        int sig = sigtimedwait(&set, &si, &ts);
+        if (sig < 0) continue;
+
+        if (sig == SIGCHLD) {
+            int status;
+            pid_t pid;
+            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+                for (int i = 0; i < n; i++) {
+                    if (slots[i].pid != pid) continue;
+                    slots[i].pid = 0;
+                    running--;
+                    if (stopping) break;
+                    if (WIFSIGNALED(status))
+                        weir_log(WEIR_LOG_ERROR, "worker died", "\"worker\":%d,\"worker_pid\":%d,\"signal\":%d",
+                                 i, (int) pid, WTERMSIG(status));
+                    else
+                        weir_log(WEIR_LOG_ERROR, "worker exited", "\"worker\":%d,\"worker_pid\":%d,\"status\":%d",
+                                 i, (int) pid, WEXITSTATUS(status));
+                    /* a worker that dies at once is not restarted in a tight loop */
+                    uint64_t t = weir_clock_ms();
+                    slots[i].respawn_at_ms = t - slots[i].started_ms < 1000 ? t + 1000 : t;
+                    if (slots[i].respawn_at_ms == 0) slots[i].respawn_at_ms = 1;
+                    break;
+                }
+            }
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            if (!stopping) {
+                weir_log(WEIR_LOG_INFO, "weir stopping", "\"signal\":%d", sig);
+                stopping = 1;
+                for (int i = 0; i < n; i++)
+                    if (slots[i].pid > 0) kill(slots[i].pid, SIGTERM);
+                kill_at = weir_clock_ms() + conf->limits.drain_timeout_ms + 5000;
+            }
+        } else if (sig == SIGHUP) {
+            weir_log(WEIR_LOG_WARN, "SIGHUP ignored: configuration reload is not implemented yet", NULL);
+        }
+    }
+    free(slots);
+    if (conf->pid_file) unlink(conf->pid_file);
+    weir_log(WEIR_LOG_INFO, "weir stopped", NULL);
+    return 0;
+}
+
+static int
+weir_write_pid(const char *file)
+{
+    FILE *f = fopen(file, "w");
+    if (f == NULL) {
+        weir_log(WEIR_LOG_ERROR, "cannot write pid file", "\"error\":\"%s\"", strerror(errno));
+        return WEIR_ERROR;
+    }
+    fprintf(f, "%d\n", (int) getpid());
+    fclose(f);
+    return WEIR_OK;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *file = NULL;
+    int test = 0, c;
+    weir_conf_t *conf = NULL;
+
+    while ((c = getopt(argc, argv, "c:tvh")) != -1) {
+        switch (c) {
+        case 'c': file = optarg; break;
+        case 't': test = 1; break;
+        case 'v': printf("weir %s\n", WEIR_VERSION); return 0;
+        case 'h': weir_usage(stdout); return 0;
+        default:  weir_usage(stderr); return 2;
+        }
+    }
+    if (file == NULL || optind != argc) {
+        weir_usage(stderr);
+        return 2;
+    }
+    if (weir_conf_load(file, &conf) != WEIR_OK) return 1;
+    if (test) {
+        printf("weir: configuration %s is valid\n", file);
+        weir_conf_free(conf);
+        return 0;
+    }
+    if (weir_log_open(conf->log_file, conf->log_level) != WEIR_OK) return 1;
+    if (weir_open_listeners(conf) != WEIR_OK) return 1;
+    if (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK) return 1;
+    return weir_master(conf);
+}

@@ -1,0 +1,1372 @@
+/*
+ * proxy.c — sessions: the client and backend handshakes, the frame relay,
+ * backpressure, the close handshake on both legs, keep-alive and timeouts.
+ *
+ * Life of a session: accept → (TLS) → read the request head → route →
+ * connect the backend → (TLS) → send weir's request → read the backend's
+ * 101 → send the client's 101 → relay → close handshakes → lingering close
+ * of each socket → both poll handles closed → the session is freed (and its
+ * access line logged). Nothing is freed while a libuv handle may still call
+ * back: a leg is "done" when its socket is closed and "freed" when its
+ * handle's close callback has run; the session goes when both are freed.
+ *
+ * The relay is cut-through: a frame's header is validated and forwarded
+ * as soon as it is read, its payload streamed as it arrives. Client frames
+ * are unmasked (to validate text), then re-masked in place with a fresh key
+ * for the backend; the frame keeps its length, so what was read is written
+ * as one contiguous range, minus frames weir consumes (its own pongs).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "http.h"
+#include "log.h"
+#include "proxy.h"
+#include "tls.h"
+#include "worker.h"
+
+static void weir_leg_poll_cb(uv_poll_t *h, int status, int events);
+static void weir_leg_gone(weir_leg_t *l, const char *why);
+static void weir_leg_flush(weir_leg_t *l);
+static void weir_relay_read(weir_leg_t *l);
+static void weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len);
+static void weir_bad_gateway(weir_session_t *s, const char *why);
+static void weir_client_read_request(weir_session_t *s);
+
+static inline weir_leg_t *
+weir_other(weir_leg_t *l)
+{
+    return l->is_backend ? &l->s->client : &l->s->backend;
+}
+
+static inline uint64_t
+weir_now(weir_session_t *s)
+{
+    return uv_now(s->w->loop);
+}
+
+static inline const weir_limits_t *
+weir_limits(weir_session_t *s)
+{
+    return &s->w->conf->limits;
+}
+
+/* ---- poll and socket I/O ------------------------------------------------ */
+
+/* Arm the poll handle for what the leg needs now; a syscall only on change. */
+static void
+weir_leg_update(weir_leg_t *l)
+{
+    if (!l->opened || l->done) return;
+    int ev = 0;
+    weir_session_t *s = l->s;
+
+    if (l->ssl_hs) {
+        ev = l->ssl_want_write ? UV_WRITABLE : UV_READABLE;
+    } else {
+        int reading;
+        if (l->lingering || l->discard) reading = 1;
+        else if (l->is_backend) reading = s->state >= WEIR_S_BACKEND && !l->paused;
+        else reading = (s->state == WEIR_S_REQUEST || s->state >= WEIR_S_OPEN) && !l->paused;
+        if (reading || l->ssl_want_read) ev |= UV_READABLE;
+        if (l->out_len > 0 || l->ssl_want_write || (l->is_backend && s->state == WEIR_S_CONNECT))
+            ev |= UV_WRITABLE;
+    }
+    if (ev == l->events) return;
+    l->events = ev;
+    if (ev == 0) uv_poll_stop(&l->poll);
+    else uv_poll_start(&l->poll, ev, weir_leg_poll_cb);
+}
+
+static void
+weir_leg_open(weir_leg_t *l, int fd)
+{
+    l->fd = fd;
+    l->done = 0;
+    l->freed = 0;
+    l->opened = 1;
+    l->events = 0;
+    l->last_rx = weir_now(l->s);
+    uv_poll_init(l->s->w->loop, &l->poll, fd);
+    l->poll.data = l;
+}
+
+/* Receive into BUF: >0 bytes, 0 end of stream, WEIR_AGAIN, WEIR_ERROR. */
+static ssize_t
+weir_leg_recv(weir_leg_t *l, uint8_t *buf, size_t n)
+{
+    if (l->ssl != NULL) {
+        ERR_clear_error();
+        int r = SSL_read(l->ssl, buf, (int) n);
+        if (r > 0) return r;
+        switch (SSL_get_error(l->ssl, r)) {
+        case SSL_ERROR_WANT_READ:   return WEIR_AGAIN;
+        case SSL_ERROR_WANT_WRITE:  l->ssl_want_write = 1; weir_leg_update(l); return WEIR_AGAIN;
+        case SSL_ERROR_ZERO_RETURN: return 0;
+        default:                    return WEIR_ERROR;
+        }
+    }
+    for (;;) {
+        ssize_t r = recv(l->fd, buf, n, 0);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return WEIR_AGAIN;
+        return WEIR_ERROR;
+    }
+}
+
+/* Send from BUF: bytes written (maybe 0), or WEIR_ERROR. */
+static ssize_t
+weir_leg_send(weir_leg_t *l, const uint8_t *buf, size_t n)
+{
+    if (l->ssl != NULL) {
+        ERR_clear_error();
+        int r = SSL_write(l->ssl, buf, (int) WEIR_MIN(n, (size_t) 1 << 30));
+        if (r > 0) return r;
+        switch (SSL_get_error(l->ssl, r)) {
+        case SSL_ERROR_WANT_WRITE: return 0;
+        case SSL_ERROR_WANT_READ:  l->ssl_want_read = 1; return 0;
+        default:                   return WEIR_ERROR;
+        }
+    }
+    for (;;) {
+        ssize_t r = send(l->fd, buf, n, MSG_NOSIGNAL);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        return WEIR_ERROR;
+    }
+}
+
+/* Append to the output queue without trying to write. */
+static void
+weir_leg_queue(weir_leg_t *l, const uint8_t *buf, size_t n)
+{
+    if (n == 0) return;
+    if (l->out_off + l->out_len + n > l->out_cap) {
+        if (l->out_len + n <= l->out_cap) {
+            memmove(l->out, l->out + l->out_off, l->out_len);
+        } else {
+            size_t cap = WEIR_MAX(l->out_cap * 2, l->out_len + n);
+            cap = WEIR_MAX(cap, (size_t) 16384);
+            uint8_t *nb = malloc(cap);
+            if (nb == NULL) abort();   /* bounded by buffer_size: out of memory is fatal */
+            if (l->out_len) memcpy(nb, l->out + l->out_off, l->out_len);
+            free(l->out);
+            l->out = nb;
+            l->out_cap = cap;
+        }
+        l->out_off = 0;
+    }
+    memcpy(l->out + l->out_off + l->out_len, buf, n);
+    l->out_len += n;
+}
+
+/*
+ * Write BUF to L, queueing what the socket does not take. Returns WEIR_OK,
+ * or WEIR_ERROR when the leg failed (it has then been handled as gone: the
+ * caller must re-check its state).
+ */
+static int
+weir_leg_write(weir_leg_t *l, const uint8_t *buf, size_t n)
+{
+    if (l->done) return WEIR_ERROR;
+    if (l->out_len == 0 && !l->ssl_hs && !(l->is_backend && l->s->state == WEIR_S_CONNECT)) {
+        ssize_t w = weir_leg_send(l, buf, n);
+        if (w == WEIR_ERROR) {
+            weir_leg_gone(l, "write failed");
+            return WEIR_ERROR;
+        }
+        buf += w;
+        n -= (size_t) w;
+        if (n == 0) return WEIR_OK;
+    }
+    weir_leg_queue(l, buf, n);
+    weir_leg_update(l);
+    return WEIR_OK;
+}
+
+static void
+weir_ready_add(weir_leg_t *l)
+{
+    weir_worker_t *w = l->s->w;
+    if (l->in_ready || l->done) return;
+    l->in_ready = 1;
+    l->ready_next = w->ready;
+    w->ready = l;
+    if (!uv_is_active((uv_handle_t *) &w->idle)) uv_idle_start(&w->idle, weir_worker_idle_cb);
+}
+
+static void
+weir_leg_pause(weir_leg_t *l, unsigned why)
+{
+    l->paused |= why;
+    weir_leg_update(l);
+}
+
+static void
+weir_leg_resume(weir_leg_t *l, unsigned why)
+{
+    if (!(l->paused & why)) return;
+    l->paused &= ~why;
+    weir_leg_update(l);
+    if (l->paused == 0 && l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
+}
+
+/* ---- closing -------------------------------------------------------------- */
+
+static void
+weir_session_free(weir_session_t *s)
+{
+    weir_worker_t *w = s->w;
+    if (s->prev) s->prev->next = s->next;
+    else w->sessions = s->next;
+    if (s->next) s->next->prev = s->prev;
+    w->nsessions--;
+
+    if (weir_log_enabled(WEIR_LOG_INFO)) {
+        char api[256], ver[128];
+        weir_log(WEIR_LOG_INFO, "access",
+                 "\"conn\":%llu,\"api\":%s%s%s,\"version\":%s%s%s,\"client\":\"%s\",\"status\":%d,"
+                 "\"duration_ms\":%llu,\"frames_in\":%llu,\"bytes_in\":%llu,\"frames_out\":%llu,"
+                 "\"bytes_out\":%llu,\"close_code\":%u,\"close_side\":\"%s\"",
+                 (unsigned long long) s->id,
+                 s->route.api ? "\"" : "", s->route.api ? weir_log_str(api, sizeof(api), s->route.api->name) : "null",
+                 s->route.api ? "\"" : "",
+                 s->route.version ? "\"" : "",
+                 s->route.version ? weir_log_str(ver, sizeof(ver), s->route.version->version) : "null",
+                 s->route.version ? "\"" : "",
+                 s->peer, s->http_status,
+                 (unsigned long long) (uv_now(w->loop) - s->started),
+                 (unsigned long long) s->client.frames, (unsigned long long) s->client.bytes,
+                 (unsigned long long) s->backend.frames, (unsigned long long) s->backend.bytes,
+                 s->close_code,
+                 s->close_side == 'c' ? "client" : s->close_side == 'b' ? "backend"
+                     : s->close_side == 'w' ? "weir" : "none");
+    }
+    free(s->hs);
+    free(s->bhs);
+    free(s);
+    if (w->draining && w->nsessions == 0) uv_stop(w->loop);
+}
+
+static void
+weir_leg_closed_cb(uv_handle_t *h)
+{
+    weir_leg_t *l = h->data;
+    weir_session_t *s = l->s;
+    l->freed = 1;
+    if (s->client.freed && s->backend.freed) weir_session_free(s);
+}
+
+/* Close L's socket now. Safe to call twice. The session may be freed on a
+ * later loop iteration, never during this call. */
+static void
+weir_leg_close_fd(weir_leg_t *l)
+{
+    if (l->done) return;
+    l->done = 1;
+    if (l->ssl) {
+        SSL_free(l->ssl);
+        l->ssl = NULL;
+    }
+    free(l->out);
+    l->out = NULL;
+    l->out_len = l->out_off = l->out_cap = 0;
+    if (l->opened) {
+        uv_poll_stop(&l->poll);
+        uv_close((uv_handle_t *) &l->poll, weir_leg_closed_cb);
+    } else {
+        l->freed = 1;
+    }
+    if (l->fd >= 0) close(l->fd);
+    l->fd = -1;
+}
+
+/* Stop writing (FIN after what is queued) and read until the peer's EOF, so
+ * the last frames are not destroyed by a reset. */
+static void
+weir_leg_shutdown(weir_leg_t *l)
+{
+    if (l->done || l->lingering) return;
+    l->lingering = 1;
+    if (l->ssl) {
+        ERR_clear_error();
+        (void) SSL_shutdown(l->ssl);
+    }
+    shutdown(l->fd, SHUT_WR);
+    l->deadline = weir_now(l->s) + weir_limits(l->s)->close_timeout_ms;
+    weir_leg_update(l);
+}
+
+/* Close L once its output queue has drained. */
+static void
+weir_leg_finish(weir_leg_t *l)
+{
+    if (l->done) return;
+    l->finish = 1;
+    if (l->out_len == 0) weir_leg_shutdown(l);
+}
+
+static void
+weir_note_close(weir_session_t *s, unsigned code, char side)
+{
+    if (s->close_side) return;
+    s->close_code = (uint16_t) code;
+    s->close_side = side;
+}
+
+/* Send a control frame (masked towards the backend). */
+static int
+weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, size_t n)
+{
+    uint8_t frame[WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL];
+    uint8_t mask[4];
+    size_t hl;
+    if (n > WEIR_WS_MAX_CONTROL) n = WEIR_WS_MAX_CONTROL;
+    if (l->is_backend) {
+        weir_ws_random(mask, 4);
+        hl = weir_ws_build_hdr(frame, 1, opcode, n, mask);
+        memcpy(frame + hl, payload, n);
+        weir_ws_mask(frame + hl, n, mask, 0);
+    } else {
+        hl = weir_ws_build_hdr(frame, 1, opcode, n, NULL);
+        memcpy(frame + hl, payload, n);
+    }
+    return weir_leg_write(l, frame, hl + n);
+}
+
+/*
+ * weir closes leg L: an error JSON text frame first when PROBLEM is given
+ * (client leg only), then a close frame with CODE (0: empty) and REASON.
+ * L then only waits for its peer's close. When L's output stream is in the
+ * middle of a frame relayed from the other side, no close frame can be
+ * framed: the socket is closed instead.
+ */
+static void
+weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char *problem)
+{
+    if (l->done || l->close_sent) return;
+    weir_session_t *s = l->s;
+    if (weir_other(l)->emitted_mid) {
+        weir_leg_close_fd(l);
+        return;
+    }
+    if (problem != NULL && !l->is_backend) {
+        char json[512];
+        uint8_t frame[WEIR_WS_MAX_HDR + sizeof(json)];
+        size_t jl = weir_error_json(json, sizeof(json), problem, (int) code, reason);
+        size_t hl = weir_ws_build_hdr(frame, 1, WEIR_WS_TEXT, jl, NULL);
+        memcpy(frame + hl, json, jl);
+        if (weir_leg_write(l, frame, hl + jl) != WEIR_OK) return;
+    }
+    uint8_t payload[WEIR_WS_MAX_CONTROL];
+    size_t n = 0;
+    if (code != 0) {
+        payload[0] = (uint8_t) (code >> 8);
+        payload[1] = (uint8_t) code;
+        size_t rl = reason ? WEIR_MIN(strlen(reason), (size_t) WEIR_WS_MAX_CONTROL - 2) : 0;
+        memcpy(payload + 2, reason, rl);
+        n = 2 + rl;
+    }
+    weir_note_close(s, code, 'w');
+    l->close_sent = 1;
+    l->discard = 1;
+    l->deadline = weir_now(s) + weir_limits(s)->close_timeout_ms;
+    if (weir_leg_send_control(l, WEIR_WS_CLOSE, payload, n) != WEIR_OK) return;
+    if (l->close_rcvd) weir_leg_finish(l);
+    weir_leg_update(l);
+}
+
+/*
+ * Leg L ended without a completed close handshake (EOF, error, timeout) or
+ * ended cleanly: close it, and settle the other leg: answer a close it is
+ * waiting for, or close it (1001 to a backend whose client is gone; the
+ * bad-gateway JSON and 1014 to a client whose backend is gone).
+ */
+static void
+weir_leg_gone(weir_leg_t *l, const char *why)
+{
+    if (l->done) return;
+    weir_session_t *s = l->s;
+    int clean = l->close_sent && l->close_rcvd;
+    weir_leg_close_fd(l);
+
+    weir_leg_t *o = weir_other(l);
+    if (!clean) {
+        weir_log(WEIR_LOG_DEBUG, "peer gone", "\"conn\":%llu,\"side\":\"%s\",\"why\":\"%s\"",
+                 (unsigned long long) s->id, l->is_backend ? "backend" : "client", why);
+        if (s->state >= WEIR_S_OPEN) weir_note_close(s, 1006, l->is_backend ? 'b' : 'c');
+    }
+    if (o->done) return;
+    if (s->state < WEIR_S_OPEN) {
+        if (l->is_backend) weir_bad_gateway(s, why);
+        else weir_leg_close_fd(o);
+        return;
+    }
+    if (o->close_sent) return;                  /* already closing: let it finish */
+    if (o->close_rcvd) {                        /* it waits for an answer l will never give */
+        weir_leg_send_close(o, o->rcvd_code, NULL, NULL);
+        return;
+    }
+    if (l->is_backend) weir_leg_send_close(o, 1014, "backend connection lost", "/problems/bad-gateway");
+    else weir_leg_send_close(o, 1001, "client gone", NULL);
+}
+
+/* ---- HTTP answers and the handshakes --------------------------------------- */
+
+static void
+weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra)
+{
+    char buf[1024];
+    size_t n = weir_http_error(buf, sizeof(buf), status, type, msg, extra);
+    s->http_status = status;
+    s->state = WEIR_S_CLOSED;
+    if (weir_leg_write(&s->client, (uint8_t *) buf, n) != WEIR_OK) return;
+    weir_leg_finish(&s->client);
+    weir_leg_update(&s->client);
+}
+
+/* The first subprotocol the client offered, or NULL (re-parses the head). */
+static size_t
+weir_first_protocol(weir_session_t *s, char *out, size_t len)
+{
+    weir_http_msg_t m;
+    if (s->hs == NULL || weir_http_parse(s->hs, s->hs_len, 1, &m) <= 0) return 0;
+    const weir_http_header_t *h = weir_http_find(&m, "Sec-WebSocket-Protocol");
+    if (h == NULL) return 0;
+    size_t i = 0;
+    while (i < h->value_len && (h->value[i] == ' ' || h->value[i] == ',')) i++;
+    size_t j = i;
+    while (j < h->value_len && h->value[j] != ',' && h->value[j] != ' ') j++;
+    if (j - i == 0 || j - i >= len) return 0;
+    memcpy(out, h->value + i, j - i);
+    out[j - i] = '\0';
+    return j - i;
+}
+
+static void
+weir_client_101(weir_session_t *s, const char *protocol, size_t plen)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n%s%.*s%s\r\n",
+                     s->accept, plen ? "Sec-WebSocket-Protocol: " : "", (int) plen,
+                     plen ? protocol : "", plen ? "\r\n" : "");
+    s->http_status = 101;
+    weir_leg_write(&s->client, (uint8_t *) buf, (size_t) n);
+}
+
+static void
+weir_handshake_done(weir_session_t *s)
+{
+    free(s->hs);
+    s->hs = NULL;
+    free(s->bhs);
+    s->bhs = NULL;
+    s->hs_len = s->hs_cap = s->bhs_len = 0;
+}
+
+/*
+ * The backend cannot be used: close it, complete the client's upgrade so a
+ * browser can read the reason, and close the client with the bad-gateway
+ * JSON and 1014.
+ */
+static void
+weir_bad_gateway(weir_session_t *s, const char *why)
+{
+    char u[256];
+    weir_log(WEIR_LOG_WARN, "backend unavailable", "\"conn\":%llu,\"url\":\"%s\",\"why\":\"%s\"",
+             (unsigned long long) s->id, s->ep ? weir_log_str(u, sizeof(u), s->ep->url) : "", why);
+    weir_leg_close_fd(&s->backend);
+    weir_leg_t *c = &s->client;
+    if (c->done) return;
+    if (s->state < WEIR_S_OPEN) {
+        char proto[128];
+        size_t pl = weir_first_protocol(s, proto, sizeof(proto));
+        weir_client_101(s, proto, pl);
+        weir_handshake_done(s);
+        s->state = WEIR_S_OPEN;
+        c->paused &= ~WEIR_PAUSE_HANDSHAKE;
+        c->last_rx = weir_now(s);
+    }
+    weir_leg_send_close(c, 1014, "backend unavailable", "/problems/bad-gateway");
+}
+
+static int
+weir_hop_by_hop(const weir_http_header_t *h, const weir_http_header_t *conn)
+{
+    static const char *skip[] = {
+        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept",
+        "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", NULL,
+    };
+    for (int i = 0; skip[i]; i++)
+        if (weir_http_name_eq(h->name, h->name_len, skip[i])) return 1;
+    if (conn != NULL) {
+        char name[128];
+        if (h->name_len < sizeof(name)) {
+            memcpy(name, h->name, h->name_len);
+            name[h->name_len] = '\0';
+            if (weir_http_has_token(conn->value, conn->value_len, name)) return 1;
+        }
+    }
+    return 0;
+}
+
+/* Build weir's request to the backend into the backend's output queue. */
+static int
+weir_backend_request(weir_session_t *s, const weir_http_msg_t *m)
+{
+    weir_endpoint_t *ep = s->ep;
+    size_t cap = s->hs_head + strlen(ep->path) + (ep->query ? strlen(ep->query) : 0)
+                 + strlen(ep->host_header) + 1024;
+    char *buf = malloc(cap);
+    if (buf == NULL) return WEIR_ERROR;
+
+    uint8_t rawkey[16];
+    char key[32];
+    weir_ws_random(rawkey, sizeof(rawkey));
+    EVP_EncodeBlock((unsigned char *) key, rawkey, sizeof(rawkey));
+    weir_ws_accept(key, 24, s->expect);
+
+    size_t o = (size_t) snprintf(buf, cap, "GET ");
+    size_t tl = weir_route_target(ep, &s->route, buf + o, cap - o);
+    if (tl == 0) goto failed;
+    o += tl;
+    o += (size_t) snprintf(buf + o, cap - o,
+                           " HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n",
+                           ep->host_header, key);
+
+    const weir_http_header_t *conn = weir_http_find(m, "Connection");
+    const weir_http_header_t *xff = NULL, *host = weir_http_find(m, "Host");
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const weir_http_header_t *h = &m->headers[i];
+        if (weir_http_name_eq(h->name, h->name_len, "X-Forwarded-For") && xff == NULL) xff = h;
+        if (weir_hop_by_hop(h, conn)) continue;
+        o += (size_t) snprintf(buf + o, cap - o, "%.*s: %.*s\r\n", (int) h->name_len, h->name,
+                               (int) h->value_len, h->value);
+    }
+    o += (size_t) snprintf(buf + o, cap - o, "X-Forwarded-For: %.*s%s%s\r\nX-Forwarded-Proto: %s\r\n",
+                           xff ? (int) xff->value_len : 0, xff ? xff->value : "", xff ? ", " : "",
+                           s->peer_ip, s->listen_tls ? "https" : "http");
+    if (host) o += (size_t) snprintf(buf + o, cap - o, "X-Forwarded-Host: %.*s\r\n",
+                                     (int) host->value_len, host->value);
+    o += (size_t) snprintf(buf + o, cap - o, "\r\n");
+    if (o >= cap) goto failed;
+    weir_leg_queue(&s->backend, (uint8_t *) buf, o);
+    free(buf);
+    return WEIR_OK;
+
+failed:
+    free(buf);
+    return WEIR_ERROR;
+}
+
+static void
+weir_backend_connect(weir_session_t *s)
+{
+    weir_endpoint_t *ep = s->ep;
+    weir_leg_t *b = &s->backend;
+    int fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        weir_bad_gateway(s, strerror(errno));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    s->state = WEIR_S_CONNECT;
+    weir_leg_open(b, fd);
+    if (connect(fd, (struct sockaddr *) &ep->addr, ep->addrlen) < 0 && errno != EINPROGRESS) {
+        weir_bad_gateway(s, strerror(errno));
+        return;
+    }
+    weir_leg_update(b);
+}
+
+/* The request head is complete: answer it or start the backend leg. */
+static void
+weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
+{
+    weir_worker_t *w = s->w;
+    const weir_http_header_t *h;
+
+    if (m->target_len >= 8 && memcmp(m->target, "/healthz", 8) == 0
+        && (m->target_len == 8 || m->target[8] == '?')) {
+        static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: 15\r\nConnection: close\r\n\r\n{\"status\":\"ok\"}";
+        s->http_status = 200;
+        s->state = WEIR_S_CLOSED;
+        if (weir_leg_write(&s->client, (const uint8_t *) ok, sizeof(ok) - 1) == WEIR_OK)
+            weir_leg_finish(&s->client);
+        return;
+    }
+    if (weir_route(w->conf, m->target, m->target_len, &s->route) != WEIR_OK) {
+        weir_session_http(s, 404, "/problems/not-found", "No API matches the requested path", NULL);
+        return;
+    }
+    h = weir_http_find(m, "Upgrade");
+    if (h == NULL || !weir_http_has_token(h->value, h->value_len, "websocket")) {
+        weir_session_http(s, 426, "/problems/upgrade-required", "This API is served over WebSocket only",
+                          "Upgrade: websocket\r\n");
+        return;
+    }
+    const weir_http_header_t *key = weir_http_find(m, "Sec-WebSocket-Key");
+    h = weir_http_find(m, "Connection");
+    if (!weir_http_name_eq(m->method, m->method_len, "GET") || m->minor < 1 || h == NULL
+        || !weir_http_has_token(h->value, h->value_len, "upgrade") || key == NULL
+        || !weir_ws_key_valid(key->value, key->value_len) || weir_http_find(m, "Host") == NULL) {
+        weir_session_http(s, 400, "/problems/bad-request", "Malformed WebSocket handshake", NULL);
+        return;
+    }
+    h = weir_http_find(m, "Sec-WebSocket-Version");
+    if (h == NULL || h->value_len != 2 || memcmp(h->value, "13", 2) != 0) {
+        weir_session_http(s, 426, "/problems/upgrade-required", "Unsupported WebSocket version",
+                          "Sec-WebSocket-Version: 13\r\n");
+        return;
+    }
+    if (w->nsessions > w->max_sessions) {
+        weir_session_http(s, 503, "/problems/reach-maximum-connections",
+                          "Maximum number of connections reached", NULL);
+        return;
+    }
+    weir_ws_accept(key->value, key->value_len, s->accept);
+    s->ep = s->route.version->production;
+    if (weir_backend_request(s, m) != WEIR_OK) {
+        weir_session_http(s, 400, "/problems/bad-request", "Request target too long", NULL);
+        return;
+    }
+    weir_leg_pause(&s->client, WEIR_PAUSE_HANDSHAKE);
+    weir_backend_connect(s);
+}
+
+static void
+weir_client_read_request(weir_session_t *s)
+{
+    weir_leg_t *c = &s->client;
+    size_t cap = (size_t) weir_limits(s)->max_header_size;
+    weir_http_msg_t m;
+
+    if (s->hs == NULL) {
+        s->hs = malloc(cap);
+        if (s->hs == NULL) {
+            weir_leg_close_fd(c);
+            return;
+        }
+        s->hs_cap = cap;
+    }
+    for (;;) {
+        if (s->hs_len == s->hs_cap) {
+            weir_session_http(s, 431, "/problems/request-header-too-large",
+                              "Request header fields too large", NULL);
+            return;
+        }
+        ssize_t n = weir_leg_recv(c, (uint8_t *) s->hs + s->hs_len, s->hs_cap - s->hs_len);
+        if (n == WEIR_AGAIN) return;
+        if (n <= 0) {
+            weir_leg_close_fd(c);
+            return;
+        }
+        s->hs_len += (size_t) n;
+        int r = weir_http_parse(s->hs, s->hs_len, 1, &m);
+        if (r == 0) continue;
+        if (r == WEIR_HTTP_TOO_MANY) {
+            weir_session_http(s, 431, "/problems/request-header-too-large", "Too many header fields", NULL);
+            return;
+        }
+        if (r < 0) {
+            weir_session_http(s, 400, "/problems/bad-request", "Malformed HTTP request", NULL);
+            return;
+        }
+        s->hs_head = (size_t) r;
+        weir_client_request(s, &m);
+        return;
+    }
+}
+
+/* Does the client's request offer subprotocol P? */
+static int
+weir_protocol_offered(weir_session_t *s, const char *p, size_t len)
+{
+    weir_http_msg_t m;
+    char tok[256];
+    if (len >= sizeof(tok) || weir_http_parse(s->hs, s->hs_len, 1, &m) <= 0) return 0;
+    memcpy(tok, p, len);
+    tok[len] = '\0';
+    for (size_t i = 0; i < m.nheaders; i++) {
+        const weir_http_header_t *h = &m.headers[i];
+        if (weir_http_name_eq(h->name, h->name_len, "Sec-WebSocket-Protocol")
+            && weir_http_has_token(h->value, h->value_len, tok))
+            return 1;
+    }
+    return 0;
+}
+
+static void
+weir_backend_read_response(weir_session_t *s)
+{
+    weir_leg_t *b = &s->backend, *c = &s->client;
+    size_t cap = (size_t) weir_limits(s)->max_header_size;
+    weir_http_msg_t m;
+    int r;
+
+    if (s->bhs == NULL && (s->bhs = malloc(cap)) == NULL) {
+        weir_bad_gateway(s, "out of memory");
+        return;
+    }
+    for (;;) {
+        if (s->bhs_len == cap) {
+            weir_bad_gateway(s, "response head too large");
+            return;
+        }
+        ssize_t n = weir_leg_recv(b, (uint8_t *) s->bhs + s->bhs_len, cap - s->bhs_len);
+        if (n == WEIR_AGAIN) return;
+        if (n <= 0) {
+            weir_bad_gateway(s, n == 0 ? "connection closed during handshake" : "read error during handshake");
+            return;
+        }
+        s->bhs_len += (size_t) n;
+        r = weir_http_parse(s->bhs, s->bhs_len, 0, &m);
+        if (r != 0) break;
+    }
+    if (r < 0) {
+        weir_bad_gateway(s, "malformed response");
+        return;
+    }
+    const weir_http_header_t *up = weir_http_find(&m, "Upgrade");
+    const weir_http_header_t *co = weir_http_find(&m, "Connection");
+    const weir_http_header_t *ac = weir_http_find(&m, "Sec-WebSocket-Accept");
+    const weir_http_header_t *pr = weir_http_find(&m, "Sec-WebSocket-Protocol");
+    char why[96];
+    if (m.status != 101) {
+        snprintf(why, sizeof(why), "backend answered %d", m.status);
+        weir_bad_gateway(s, why);
+        return;
+    }
+    if (up == NULL || !weir_http_has_token(up->value, up->value_len, "websocket") || co == NULL
+        || !weir_http_has_token(co->value, co->value_len, "upgrade") || ac == NULL
+        || ac->value_len != WEIR_WS_ACCEPT_LEN || memcmp(ac->value, s->expect, WEIR_WS_ACCEPT_LEN) != 0
+        || weir_http_find(&m, "Sec-WebSocket-Extensions") != NULL
+        || (pr != NULL && !weir_protocol_offered(s, pr->value, pr->value_len))) {
+        weir_bad_gateway(s, "invalid 101 response");
+        return;
+    }
+
+    weir_client_101(s, pr ? pr->value : NULL, pr ? pr->value_len : 0);
+    s->state = WEIR_S_OPEN;
+    s->last_data = weir_now(s);
+    b->last_rx = c->last_rx = s->last_data;
+    c->paused &= ~WEIR_PAUSE_HANDSHAKE;
+
+    /* frames that came with the heads */
+    if (s->bhs_len > (size_t) r) weir_relay_process(b, (uint8_t *) s->bhs + r, s->bhs_len - (size_t) r);
+    if (s->hs_len > s->hs_head && !c->done)
+        weir_relay_process(c, (uint8_t *) s->hs + s->hs_head, s->hs_len - s->hs_head);
+    weir_handshake_done(s);
+    weir_leg_update(b);
+    weir_leg_update(c);
+}
+
+static void
+weir_tls_step(weir_leg_t *l)
+{
+    weir_session_t *s = l->s;
+    ERR_clear_error();
+    int r = SSL_do_handshake(l->ssl);
+    if (r == 1) {
+        l->ssl_hs = 0;
+        l->ssl_want_write = 0;
+        if (l->is_backend) {
+            weir_leg_flush(l);
+            weir_leg_update(l);
+        } else {
+            s->state = WEIR_S_REQUEST;
+            weir_leg_update(l);
+            weir_client_read_request(s);
+        }
+        return;
+    }
+    int e = SSL_get_error(l->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        l->ssl_want_write = e == SSL_ERROR_WANT_WRITE;
+        weir_leg_update(l);
+        return;
+    }
+    const char *err = weir_tls_error();
+    if (l->is_backend) {
+        char why[400];
+        long vr = SSL_get_verify_result(l->ssl);
+        snprintf(why, sizeof(why), "TLS handshake failed: %s%s%s", err, vr != X509_V_OK ? ": " : "",
+                 vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
+        weir_bad_gateway(s, why);
+    } else {
+        weir_log(WEIR_LOG_DEBUG, "client TLS handshake failed", "\"conn\":%llu", (unsigned long long) s->id);
+        weir_leg_close_fd(l);
+    }
+}
+
+static void
+weir_backend_connected(weir_session_t *s)
+{
+    weir_leg_t *b = &s->backend;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err != 0) {
+        weir_bad_gateway(s, strerror(err));
+        return;
+    }
+    s->state = WEIR_S_BACKEND;
+    if (s->ep->tls) {
+        b->ssl = SSL_new(s->ep->tls_ctx);
+        if (b->ssl == NULL || SSL_set_fd(b->ssl, b->fd) != 1 || weir_tls_client_setup(b->ssl, s->ep) != WEIR_OK) {
+            weir_bad_gateway(s, "cannot set up TLS");
+            return;
+        }
+        SSL_set_connect_state(b->ssl);
+        b->ssl_hs = 1;
+        weir_tls_step(b);
+        return;
+    }
+    weir_leg_flush(b);
+    weir_leg_update(b);
+}
+
+/* ---- the relay -------------------------------------------------------------- */
+
+/* Write [FROM, TO) of L's input to the other leg. */
+static inline void
+weir_emit(weir_leg_t *l, const uint8_t *from, const uint8_t *to)
+{
+    if (to > from) weir_leg_write(weir_other(l), from, (size_t) (to - from));
+}
+
+/* May frames from L go to the other leg? */
+static inline int
+weir_forwarding(weir_leg_t *l)
+{
+    weir_leg_t *o = weir_other(l);
+    return !l->discard && !l->close_rcvd && !o->done && !o->close_sent;
+}
+
+/*
+ * L broke the protocol: close it with CODE, and close the other leg (1001 to
+ * a backend, bad-gateway JSON and 1014 to a client). MID says whether the
+ * other leg's output stream ends inside one of L's frames.
+ */
+static void
+weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l);
+    static const char *problems[] = { [2] = "/problems/protocol-error", [7] = "/problems/invalid-payload",
+                                      [9] = "/problems/message-too-big" };
+
+    l->emitted_mid = (unsigned) mid;
+    l->remaining = 0;
+    if (l->close_sent) {                       /* weir already closed it: no second close */
+        weir_leg_gone(l, reason);
+        return;
+    }
+    weir_log(WEIR_LOG_INFO, "protocol violation", "\"conn\":%llu,\"side\":\"%s\",\"code\":%u,\"why\":\"%s\"",
+             (unsigned long long) s->id, l->is_backend ? "backend" : "client", code, reason);
+    weir_note_close(s, code, l->is_backend ? 'b' : 'c');
+    if (l->is_backend) {
+        weir_leg_send_close(l, code, reason, NULL);
+        weir_leg_send_close(o, 1014, "backend broke the WebSocket protocol", "/problems/bad-gateway");
+    } else {
+        weir_leg_send_close(l, code, reason, problems[code - 1000 < 10 ? code - 1000 : 2]);
+        weir_leg_send_close(o, 1001, "client gone", NULL);
+    }
+}
+
+/* L sent a valid close frame; PL is its (unmasked) payload. Returns 1 when
+ * the frame is to be forwarded as part of the range. */
+static int
+weir_relay_close(weir_leg_t *l, const uint8_t *pl, size_t n)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l);
+    unsigned code = n >= 2 ? ((unsigned) pl[0] << 8) | pl[1] : 0;
+    int fwd = weir_forwarding(l);
+
+    weir_note_close(s, code, l->is_backend ? 'b' : 'c');
+    l->close_rcvd = 1;
+    l->rcvd_code = (uint16_t) code;
+    if (fwd) {
+        o->close_sent = 1;
+        if (!o->close_rcvd) o->deadline = weir_now(s) + weir_limits(s)->close_timeout_ms;
+    }
+    return fwd;
+}
+
+/* Unmask, validate and re-mask one chunk of the current data frame's payload.
+ * Returns 0, or 1007 when the text is not UTF-8. */
+static unsigned
+weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
+{
+    int text = l->msg_opcode == WEIR_WS_TEXT;
+    if (!l->is_backend) {
+        if (text) {
+            weir_ws_mask(p, n, l->in_mask, l->frame_off);
+            l->utf8 = weir_utf8_step(l->utf8, p, n);
+            if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
+            weir_ws_mask(p, n, l->out_mask, l->frame_off);
+        } else {
+            uint8_t k[4];
+            for (int i = 0; i < 4; i++) k[i] = l->in_mask[i] ^ l->out_mask[i];
+            weir_ws_mask(p, n, k, l->frame_off);
+        }
+    } else if (text) {
+        l->utf8 = weir_utf8_step(l->utf8, p, n);
+        if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
+    }
+    return 0;
+}
+
+/*
+ * Relay the bytes BUF[0..LEN) read from L (writable: validated and
+ * re-masked in place). Whole frames and the streamed part of the current
+ * one go to the other leg as one write; an incomplete header or control
+ * frame at the end is kept in L's stash for the next read.
+ */
+static void
+weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l);
+    uint64_t max_msg = weir_limits(s)->max_message_size;
+    uint8_t *p = buf, *end = buf + len, *from = buf;
+    uint8_t *frame = NULL;          /* header of the current frame, when in BUF */
+    weir_ws_hdr_t h;
+
+    while (p < end) {
+        if (l->remaining > 0) {
+            size_t take = (size_t) WEIR_MIN(l->remaining, (uint64_t) (end - p));
+            if (l->fwd_frame) {
+                if (weir_relay_payload(l, p, take) != 0) {
+                    weir_emit(l, from, frame ? frame : from);
+                    weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid);
+                    return;
+                }
+            }
+            p += take;
+            l->remaining -= take;
+            l->frame_off += take;
+            if (!l->fwd_frame) from = p;
+            if (l->remaining > 0) break;
+            goto frame_end;
+        }
+
+        frame = p;
+        int hl = weir_ws_parse_hdr(p, (size_t) (end - p), &h);
+        if (hl == 0) break;
+        const char *bad = NULL;
+        unsigned code = 1002;
+        if (hl < 0) bad = "invalid payload length";
+        else if (h.rsv) bad = "reserved bits set";
+        else if (h.masked == l->is_backend) bad = l->is_backend ? "masked frame from backend" : "unmasked frame";
+        else if ((h.opcode & 7) > 2) bad = "reserved opcode";
+        else if ((h.opcode & 8) && (!h.fin || h.len > WEIR_WS_MAX_CONTROL)) bad = "invalid control frame";
+        else if (h.opcode == WEIR_WS_CONT && l->msg_opcode == 0) bad = "continuation without a message";
+        else if ((h.opcode == WEIR_WS_TEXT || h.opcode == WEIR_WS_BINARY) && l->msg_opcode != 0)
+            bad = "new message inside a fragmented one";
+        else if (!(h.opcode & 8) && h.len > max_msg - (h.opcode == WEIR_WS_CONT ? l->msg_len : 0)) {
+            bad = "message too big";
+            code = 1009;
+        }
+        if (bad != NULL) {
+            weir_emit(l, from, frame);
+            weir_relay_fail(l, code, bad, 0);
+            return;
+        }
+
+        if (h.opcode & 8) {
+            /* control frames are handled whole */
+            if ((uint64_t) (end - p) < (uint64_t) hl + h.len) break;
+            uint8_t *pl = p + hl;
+            size_t n = (size_t) h.len;
+            if (!l->is_backend) weir_ws_mask(pl, n, h.mask, 0);
+            int fwd = weir_forwarding(l);
+            if (h.opcode == WEIR_WS_CLOSE) {
+                unsigned cc = n >= 2 ? ((unsigned) pl[0] << 8) | pl[1] : 0;
+                if (n == 1 || (n >= 2 && !weir_ws_close_code_valid(cc))) bad = "invalid close code";
+                else if (n > 2 && weir_utf8_step(WEIR_UTF8_ACCEPT, pl + 2, n - 2) != WEIR_UTF8_ACCEPT) {
+                    bad = "invalid UTF-8 in close reason";
+                    code = 1007;
+                }
+                if (bad != NULL) {
+                    weir_emit(l, from, frame);
+                    weir_relay_fail(l, code, bad, 0);
+                    return;
+                }
+                fwd = weir_relay_close(l, pl, n);
+            } else if (h.opcode == WEIR_WS_PONG && l->ping_sent && n == sizeof(l->ping_token)
+                       && memcmp(pl, &l->ping_token, n) == 0) {
+                l->ping_sent = 0;           /* the answer to weir's keep-alive */
+                fwd = 0;
+            }
+            if (fwd && !l->is_backend) {
+                uint8_t *mk = p + hl - 4;
+                weir_ws_random(mk, 4);
+                weir_ws_mask(pl, n, mk, 0);
+            }
+            p += (size_t) hl + n;
+            if (!fwd) {
+                weir_emit(l, from, frame);
+                from = p;
+            }
+            if (h.opcode == WEIR_WS_CLOSE) {
+                /* nothing after a close frame counts */
+                weir_emit(l, from, p);
+                from = p = end;
+                if (fwd && o->close_rcvd) weir_leg_finish(o);
+                if (!fwd && !l->close_sent) weir_leg_send_close(l, l->rcvd_code, NULL, NULL);
+                else if (l->close_sent) weir_leg_finish(l);
+                break;
+            }
+            frame = NULL;
+            continue;
+        }
+
+        /* a data frame: validate and forward its header, then stream its payload */
+        if (h.opcode != WEIR_WS_CONT) {
+            l->msg_opcode = (uint8_t) h.opcode;
+            l->msg_len = 0;
+            l->utf8 = WEIR_UTF8_ACCEPT;
+        }
+        l->msg_len += h.len;
+        l->fwd_frame = (unsigned) weir_forwarding(l);
+        l->frame_fin = h.fin;
+        l->remaining = h.len;
+        l->frame_off = 0;
+        l->frames++;
+        l->bytes += h.len;
+        s->last_data = uv_now(s->w->loop);
+        if (!l->is_backend) {
+            memcpy(l->in_mask, h.mask, 4);
+            weir_ws_random(l->out_mask, 4);
+            memcpy(p + hl - 4, l->out_mask, 4);
+        }
+        p += hl;
+        if (!l->fwd_frame) {
+            weir_emit(l, from, frame);
+            from = p;
+        }
+        if (h.len > 0) continue;
+
+frame_end:
+        if (l->frame_fin) {
+            int bad_text = l->fwd_frame && l->msg_opcode == WEIR_WS_TEXT && l->utf8 != WEIR_UTF8_ACCEPT;
+            l->msg_opcode = 0;
+            l->msg_len = 0;
+            if (bad_text) {
+                weir_emit(l, from, frame ? frame : from);
+                weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid);
+                return;
+            }
+        }
+        frame = NULL;
+    }
+
+    weir_emit(l, from, p);
+    l->emitted_mid = l->remaining > 0 && l->fwd_frame;
+    size_t left = (size_t) (end - p);
+    if (left > 0) {
+        /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
+        memmove(l->stash, p, left);
+        l->nstash = (uint8_t) left;
+    }
+}
+
+static void
+weir_linger_read(weir_leg_t *l)
+{
+    uint8_t *buf = l->s->w->rbuf;
+    for (int i = 0; i < 4; i++) {
+        ssize_t n = weir_leg_recv(l, buf, WEIR_RBUF_SIZE);
+        if (n == WEIR_AGAIN) return;
+        if (n <= 0) {
+            weir_leg_close_fd(l);
+            return;
+        }
+    }
+}
+
+static void
+weir_relay_read(weir_leg_t *l)
+{
+    weir_session_t *s = l->s;
+    weir_worker_t *w = s->w;
+    weir_leg_t *o = weir_other(l);
+    size_t ceiling = (size_t) weir_limits(s)->buffer_size;
+
+    for (int round = 0; round < 16; round++) {
+        if (l->done) return;
+        if (l->lingering) {
+            weir_linger_read(l);
+            return;
+        }
+        if (l->paused) return;
+        size_t room = WEIR_RBUF_SIZE;
+        if (weir_forwarding(l)) {
+            if (o->out_len + 1024 > ceiling) {
+                weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
+                return;
+            }
+            room = WEIR_MIN(room, ceiling - o->out_len);
+        }
+        uint8_t *buf = w->rbuf;
+        size_t stashed = l->nstash;
+        memcpy(buf, l->stash, stashed);
+        ssize_t n = weir_leg_recv(l, buf + stashed, room);
+        if (n == WEIR_AGAIN) return;
+        if (n <= 0) {
+            weir_leg_gone(l, n == 0 ? "end of stream" : "read error");
+            return;
+        }
+        l->last_rx = uv_now(w->loop);
+        l->nstash = 0;
+        weir_relay_process(l, buf, stashed + (size_t) n);
+        if (l->done) return;
+        if (!o->done && o->out_len + 1024 > ceiling && weir_forwarding(l)) {
+            weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
+            return;
+        }
+        if (l->ssl == NULL && (size_t) n < room) return;   /* the socket is drained */
+    }
+    if (l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
+}
+
+/* Write what is queued for L; resume the other side when L drained. */
+static void
+weir_leg_flush(weir_leg_t *l)
+{
+    while (l->out_len > 0 && !l->done) {
+        ssize_t w = weir_leg_send(l, l->out + l->out_off, l->out_len);
+        if (w == WEIR_ERROR) {
+            weir_leg_gone(l, "write failed");
+            return;
+        }
+        if (w == 0) break;
+        l->out_off += (size_t) w;
+        l->out_len -= (size_t) w;
+    }
+    if (l->done) return;
+    if (l->out_len == 0 && l->out != NULL) {
+        free(l->out);
+        l->out = NULL;
+        l->out_off = l->out_cap = 0;
+    }
+    weir_leg_t *o = weir_other(l);
+    if ((o->paused & WEIR_PAUSE_PEER_FULL) && l->out_len <= weir_limits(l->s)->buffer_size / 2)
+        weir_leg_resume(o, WEIR_PAUSE_PEER_FULL);
+    if (l->finish && l->out_len == 0) weir_leg_shutdown(l);
+    weir_leg_update(l);
+}
+
+static void
+weir_leg_on_readable(weir_leg_t *l)
+{
+    weir_session_t *s = l->s;
+    if (l->ssl_hs) {
+        weir_tls_step(l);
+        return;
+    }
+    if (l->ssl_want_read) {
+        l->ssl_want_read = 0;
+        weir_leg_flush(l);
+        if (l->done) return;
+    }
+    if (l->lingering) {
+        weir_linger_read(l);
+        return;
+    }
+    if (!l->is_backend && s->state == WEIR_S_REQUEST) weir_client_read_request(s);
+    else if (l->is_backend && s->state == WEIR_S_BACKEND) weir_backend_read_response(s);
+    else if (s->state >= WEIR_S_OPEN) weir_relay_read(l);
+}
+
+static void
+weir_leg_on_writable(weir_leg_t *l)
+{
+    weir_session_t *s = l->s;
+    if (l->is_backend && s->state == WEIR_S_CONNECT) {
+        weir_backend_connected(s);
+        return;
+    }
+    if (l->ssl_hs) {
+        weir_tls_step(l);
+        return;
+    }
+    if (l->ssl_want_write) {
+        l->ssl_want_write = 0;
+        weir_leg_on_readable(l);
+        if (l->done) return;
+    }
+    weir_leg_flush(l);
+}
+
+static void
+weir_leg_poll_cb(uv_poll_t *h, int status, int events)
+{
+    weir_leg_t *l = h->data;
+    if (l->done) return;
+    if (status < 0) {
+        if (l->s->state == WEIR_S_CONNECT && l->is_backend) weir_backend_connected(l->s);
+        else weir_leg_gone(l, uv_strerror(status));
+        return;
+    }
+    if (events & UV_WRITABLE) weir_leg_on_writable(l);
+    if (!l->done && (events & UV_READABLE)) weir_leg_on_readable(l);
+}
+
+/* ---- the worker's entry points ------------------------------------------- */
+
+void
+weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *sa)
+{
+    weir_session_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return;
+    }
+    s->w = w;
+    s->id = ((uint64_t) w->id << 40) | ++w->next_id;
+    s->started = uv_now(w->loop);
+    s->client.s = s;
+    s->backend.s = s;
+    s->backend.is_backend = 1;
+    s->backend.fd = -1;
+    s->backend.done = 1;
+    s->backend.freed = 1;
+    s->listen_tls = w->listen_tls[li] != NULL;
+
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, s->peer_ip, sizeof(s->peer_ip));
+        snprintf(s->peer, sizeof(s->peer), "[%s]:%u", s->peer_ip, ntohs(a->sin6_port));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *) sa;
+        inet_ntop(AF_INET, &a->sin_addr, s->peer_ip, sizeof(s->peer_ip));
+        snprintf(s->peer, sizeof(s->peer), "%s:%u", s->peer_ip, ntohs(a->sin_port));
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+    s->next = w->sessions;
+    if (w->sessions) w->sessions->prev = s;
+    w->sessions = s;
+    w->nsessions++;
+
+    weir_leg_open(&s->client, fd);
+    if (s->listen_tls) {
+        s->client.ssl = SSL_new(w->listen_tls[li]);
+        if (s->client.ssl == NULL || SSL_set_fd(s->client.ssl, fd) != 1) {
+            weir_leg_close_fd(&s->client);
+            return;
+        }
+        SSL_set_accept_state(s->client.ssl);
+        s->client.ssl_hs = 1;
+        s->state = WEIR_S_TLS;
+    } else {
+        s->state = WEIR_S_REQUEST;
+    }
+    weir_leg_update(&s->client);
+}
+
+static void
+weir_tick_leg(weir_leg_t *l, uint64_t now)
+{
+    weir_session_t *s = l->s;
+    const weir_limits_t *lim = weir_limits(s);
+    if (l->done || !l->opened) return;
+    if (l->deadline && now >= l->deadline) {
+        if (l->lingering) weir_leg_close_fd(l);
+        else weir_leg_gone(l, "close handshake timed out");
+        return;
+    }
+    if (s->state != WEIR_S_OPEN || l->close_sent || l->close_rcvd || lim->ping_interval_ms == 0) return;
+    if (l->ping_sent) {
+        if (now - l->ping_sent >= lim->ping_timeout_ms) {
+            weir_log(WEIR_LOG_INFO, "keepalive timeout", "\"conn\":%llu,\"side\":\"%s\"",
+                     (unsigned long long) s->id, l->is_backend ? "backend" : "client");
+            weir_leg_gone(l, "keepalive timeout");
+        }
+        return;
+    }
+    if (!l->paused && now - l->last_rx >= lim->ping_interval_ms && !weir_other(l)->emitted_mid) {
+        l->ping_token = now ^ s->id;
+        l->ping_sent = now ? now : 1;
+        weir_leg_send_control(l, WEIR_WS_PING, (const uint8_t *) &l->ping_token, sizeof(l->ping_token));
+    }
+}
+
+void
+weir_proxy_tick(weir_worker_t *w)
+{
+    uint64_t now = uv_now(w->loop);
+    const weir_limits_t *lim = &w->conf->limits;
+    for (weir_session_t *s = w->sessions, *next; s != NULL; s = next) {
+        next = s->next;
+        if (s->state < WEIR_S_OPEN && now - s->started >= lim->handshake_timeout_ms) {
+            if (s->state <= WEIR_S_REQUEST) {
+                if (s->state == WEIR_S_REQUEST)
+                    weir_session_http(s, 408, "/problems/request-timeout", "Handshake not completed in time", NULL);
+                else
+                    weir_leg_close_fd(&s->client);
+            } else {
+                weir_bad_gateway(s, "backend handshake timed out");
+            }
+            continue;
+        }
+        weir_tick_leg(&s->client, now);
+        weir_tick_leg(&s->backend, now);
+        if (s->state == WEIR_S_OPEN && lim->idle_timeout_ms && now - s->last_data >= lim->idle_timeout_ms
+            && !s->client.close_sent && !s->client.close_rcvd && !s->client.done) {
+            weir_note_close(s, 1001, 'w');
+            weir_leg_send_close(&s->client, 1001, "idle timeout", "/problems/idle-timeout");
+            weir_leg_send_close(&s->backend, 1001, "idle timeout", NULL);
+        }
+    }
+}
+
+void
+weir_proxy_shutdown(weir_worker_t *w)
+{
+    for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
+        if (s->state == WEIR_S_OPEN) {
+            weir_leg_send_close(&s->client, 1001, "server shutting down", "/problems/going-away");
+            weir_leg_send_close(&s->backend, 1001, "server shutting down", NULL);
+        } else if (s->state != WEIR_S_CLOSED) {
+            weir_leg_close_fd(&s->backend);
+            weir_leg_close_fd(&s->client);
+        }
+    }
+}
+
+void
+weir_proxy_run_ready(weir_worker_t *w)
+{
+    weir_leg_t *l = w->ready;
+    w->ready = NULL;
+    while (l != NULL) {
+        weir_leg_t *next = l->ready_next;
+        l->in_ready = 0;
+        l->ready_next = NULL;
+        if (!l->done) weir_leg_on_readable(l);
+        l = next;
+    }
+}

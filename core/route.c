@@ -1,0 +1,80 @@
+/*
+ * route.c — request routing: /<context>/<version>/rest → that version,
+ * /<context>/rest → the default version. Contexts match whole segments.
+ */
+#include <string.h>
+
+#include "route.h"
+
+int
+weir_route(const weir_conf_t *conf, const char *target, size_t len, weir_route_t *r)
+{
+    const char *q = memchr(target, '?', len);
+    size_t plen = q ? (size_t) (q - target) : len;
+
+    memset(r, 0, sizeof(*r));
+    if (plen == 0 || target[0] != '/') return WEIR_DECLINED;
+    if (q) {
+        r->query = q + 1;
+        r->query_len = len - plen - 1;
+    }
+    for (size_t i = 0; i < conf->napis; i++) {
+        weir_api_t *api = &conf->apis[i];
+        size_t cl = api->context_len;
+        if (plen < cl || memcmp(target, api->context, cl) != 0) continue;
+        if (plen > cl && target[cl] != '/') continue;
+
+        const char *rest = target + cl;
+        size_t rest_len = plen - cl;
+        r->api = api;
+        if (rest_len > 1) {
+            const char *seg = rest + 1;
+            const char *e = memchr(seg, '/', rest_len - 1);
+            size_t sl = e ? (size_t) (e - seg) : rest_len - 1;
+            for (size_t v = 0; v < api->nversions; v++) {
+                const char *ver = api->versions[v].version;
+                if (strlen(ver) == sl && memcmp(ver, seg, sl) == 0) {
+                    r->version = &api->versions[v];
+                    r->rest = seg + sl;
+                    r->rest_len = rest_len - 1 - sl;
+                    return WEIR_OK;
+                }
+            }
+        }
+        if (api->default_version == NULL) return WEIR_DECLINED;
+        r->version = api->default_version;
+        r->rest = rest;
+        r->rest_len = rest_len;
+        return WEIR_OK;
+    }
+    return WEIR_DECLINED;
+}
+
+size_t
+weir_route_target(const weir_endpoint_t *ep, const weir_route_t *r, char *buf, size_t len)
+{
+    size_t o = 0, pl = strlen(ep->path);
+    const char *rest = r->rest;
+    size_t rl = r->rest_len;
+
+    if (pl > 0 && ep->path[pl - 1] == '/' && rl > 0 && rest[0] == '/') pl--;
+    if (pl + rl + r->query_len + (ep->query ? strlen(ep->query) : 0) + 4 > len) return 0;
+    memcpy(buf, ep->path, pl);
+    o = pl;
+    memcpy(buf + o, rest, rl);
+    o += rl;
+    if (o == 0) buf[o++] = '/';
+    if (ep->query) {
+        buf[o++] = '?';
+        size_t ql = strlen(ep->query);
+        memcpy(buf + o, ep->query, ql);
+        o += ql;
+    }
+    if (r->query) {
+        buf[o++] = ep->query ? '&' : '?';
+        memcpy(buf + o, r->query, r->query_len);
+        o += r->query_len;
+    }
+    buf[o] = '\0';
+    return o;
+}

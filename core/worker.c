@@ -1,0 +1,177 @@
+/*
+ * worker.c — a worker's loop: accepting on the shared listeners, the
+ * periodic tick (timeouts, keep-alive), TLS contexts, and the graceful
+ * shutdown on SIGTERM/SIGINT.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "proxy.h"
+#include "tls.h"
+#include "worker.h"
+
+static weir_worker_t weir_worker;
+
+static void weir_worker_accept_cb(uv_poll_t *h, int status, int events);
+
+static void
+weir_worker_listen(weir_worker_t *w, int on)
+{
+    for (size_t i = 0; i < w->conf->nlisten; i++) {
+        if (on) uv_poll_start(&w->listeners[i], UV_READABLE, weir_worker_accept_cb);
+        else uv_poll_stop(&w->listeners[i]);
+    }
+}
+
+static uv_timer_t weir_accept_retry;
+
+static void
+weir_worker_accept_retry_cb(uv_timer_t *t)
+{
+    weir_worker_t *w = t->data;
+    if (!w->draining) weir_worker_listen(w, 1);
+}
+
+static void
+weir_worker_accept_cb(uv_poll_t *h, int status, int events)
+{
+    weir_worker_t *w = &weir_worker;
+    size_t li = (size_t) (uintptr_t) h->data;
+    WEIR_UNUSED(events);
+    if (status < 0 || w->draining) return;
+
+    /* a bounded batch, so that one busy listener does not starve the loop */
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof(sa);
+        int fd = accept4(w->conf->listen[li].fd, (struct sockaddr *) &sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                weir_log(WEIR_LOG_ERROR, "cannot accept", "\"error\":\"%s\"", strerror(errno));
+                weir_worker_listen(w, 0);
+                uv_timer_start(&weir_accept_retry, weir_worker_accept_retry_cb, 100, 0);
+            }
+            return;
+        }
+        weir_session_accept(w, fd, li, (struct sockaddr *) &sa);
+    }
+}
+
+static void
+weir_worker_tick_cb(uv_timer_t *t)
+{
+    weir_proxy_tick(t->data);
+}
+
+void
+weir_worker_idle_cb(uv_idle_t *h)
+{
+    weir_worker_t *w = h->data;
+    weir_proxy_run_ready(w);
+    if (w->ready == NULL) uv_idle_stop(h);
+}
+
+static void
+weir_worker_drain_cb(uv_timer_t *t)
+{
+    weir_worker_t *w = t->data;
+    weir_log(WEIR_LOG_WARN, "drain timeout: closing remaining connections",
+             "\"connections\":%llu", (unsigned long long) w->nsessions);
+    uv_stop(w->loop);
+}
+
+static void
+weir_worker_signal_cb(uv_signal_t *sig, int signum)
+{
+    weir_worker_t *w = sig->data;
+    if (w->draining) return;
+    w->draining = 1;
+    weir_log(WEIR_LOG_INFO, "worker draining", "\"signal\":%d,\"connections\":%llu", signum,
+             (unsigned long long) w->nsessions);
+    weir_worker_listen(w, 0);
+    uv_timer_stop(&weir_accept_retry);
+    weir_proxy_shutdown(w);
+    if (w->nsessions == 0) {
+        uv_stop(w->loop);
+        return;
+    }
+    uv_timer_start(&w->drain, weir_worker_drain_cb, w->conf->limits.drain_timeout_ms, 0);
+}
+
+static uint64_t
+weir_tick_interval(const weir_limits_t *l)
+{
+    uint64_t v[] = { l->ping_interval_ms, l->ping_timeout_ms, l->idle_timeout_ms, l->handshake_timeout_ms,
+                     l->close_timeout_ms };
+    uint64_t m = 4000;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        if (v[i] > 0 && v[i] < m) m = v[i];
+    m /= 4;
+    return WEIR_MAX(m, (uint64_t) 10);
+}
+
+int
+weir_worker_run(weir_conf_t *conf, int id)
+{
+    weir_worker_t *w = &weir_worker;
+    uv_loop_t loop;
+
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    memset(w, 0, sizeof(*w));
+    if (uv_loop_init(&loop) != 0) return 1;
+    w->loop = &loop;
+    w->conf = conf;
+    w->id = id;
+    w->max_sessions = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
+    w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
+    w->listen_tls = calloc(conf->nlisten, sizeof(SSL_CTX *));
+    w->listeners = calloc(conf->nlisten, sizeof(uv_poll_t));
+    if (w->rbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) return 1;
+
+    for (size_t i = 0; i < conf->nlisten; i++) {
+        weir_listen_t *ls = &conf->listen[i];
+        if (ls->tls_cert && (w->listen_tls[i] = weir_tls_server_ctx(ls->tls_cert, ls->tls_key)) == NULL)
+            return 1;
+        uv_poll_init(&loop, &w->listeners[i], ls->fd);
+        w->listeners[i].data = (void *) (uintptr_t) i;
+    }
+    for (size_t a = 0; a < conf->napis; a++) {
+        for (size_t v = 0; v < conf->apis[a].nversions; v++) {
+            weir_version_t *ver = &conf->apis[a].versions[v];
+            weir_endpoint_t *eps[2] = { ver->production, ver->sandbox };
+            for (int e = 0; e < 2; e++)
+                if (eps[e] && eps[e]->tls && (eps[e]->tls_ctx = weir_tls_client_ctx(eps[e])) == NULL) return 1;
+        }
+    }
+
+    uv_timer_init(&loop, &weir_accept_retry);
+    weir_accept_retry.data = w;
+    uv_timer_init(&loop, &w->tick);
+    w->tick.data = w;
+    w->tick_ms = weir_tick_interval(&conf->limits);
+    uv_timer_start(&w->tick, weir_worker_tick_cb, w->tick_ms, w->tick_ms);
+    uv_timer_init(&loop, &w->drain);
+    w->drain.data = w;
+    uv_idle_init(&loop, &w->idle);
+    w->idle.data = w;
+    uv_signal_init(&loop, &w->sig_term);
+    w->sig_term.data = w;
+    uv_signal_start(&w->sig_term, weir_worker_signal_cb, SIGTERM);
+    uv_signal_init(&loop, &w->sig_int);
+    w->sig_int.data = w;
+    uv_signal_start(&w->sig_int, weir_worker_signal_cb, SIGINT);
+
+    weir_worker_listen(w, 1);
+    weir_log(WEIR_LOG_INFO, "worker started", "\"worker\":%d", id);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    weir_log(WEIR_LOG_INFO, "worker stopped", "\"worker\":%d,\"connections\":%llu", id,
+             (unsigned long long) w->nsessions);
+    return 0;
+}

@@ -1,0 +1,188 @@
+/*
+ * ws.c — RFC 6455 framing primitives (see ws.h). The relay calls these on
+ * every frame, so they work in place on the caller's bytes and never
+ * allocate.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "weir.h"
+#include "ws.h"
+
+int
+weir_ws_parse_hdr(const uint8_t *p, size_t n, weir_ws_hdr_t *h)
+{
+    if (n < 2) return 0;
+    h->fin = p[0] >> 7;
+    h->rsv = (p[0] >> 4) & 7;
+    h->opcode = p[0] & 0x0f;
+    h->masked = p[1] >> 7;
+    uint64_t len = p[1] & 0x7f;
+    size_t need = 2;
+    if (len == 126) {
+        need += 2;
+        if (n < need) return 0;
+        len = ((uint64_t) p[2] << 8) | p[3];
+    } else if (len == 127) {
+        need += 8;
+        if (n < need) return 0;
+        if (p[2] & 0x80) return WEIR_ERROR;
+        len = 0;
+        for (int i = 2; i < 10; i++) len = (len << 8) | p[i];
+    }
+    if (h->masked) {
+        if (n < need + 4) return 0;
+        memcpy(h->mask, p + need, 4);
+        need += 4;
+    }
+    h->len = len;
+    h->hdr_len = (uint8_t) need;
+    return (int) need;
+}
+
+size_t
+weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t *mask)
+{
+    size_t o = 0;
+    out[o++] = (uint8_t) ((fin ? 0x80 : 0) | (opcode & 0x0f));
+    uint8_t mbit = mask ? 0x80 : 0;
+    if (len < 126) {
+        out[o++] = mbit | (uint8_t) len;
+    } else if (len <= 0xffff) {
+        out[o++] = mbit | 126;
+        out[o++] = (uint8_t) (len >> 8);
+        out[o++] = (uint8_t) len;
+    } else {
+        out[o++] = mbit | 127;
+        for (int i = 7; i >= 0; i--) out[o++] = (uint8_t) (len >> (i * 8));
+    }
+    if (mask) {
+        memcpy(out + o, mask, 4);
+        o += 4;
+    }
+    return o;
+}
+
+void
+weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
+{
+    uint8_t k[4];
+    for (int i = 0; i < 4; i++) k[i] = key[(offset + (uint64_t) i) & 3];
+    uint32_t k32;
+    memcpy(&k32, k, 4);
+    uint64_t k64 = (uint64_t) k32 | ((uint64_t) k32 << 32);
+    size_t i = 0;
+    /* Eight bytes at a time keeps the key phase: 8 is a multiple of 4. */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        v ^= k64;
+        memcpy(p + i, &v, 8);
+    }
+    for (; i < n; i++) p[i] ^= k[i & 3];
+}
+
+/*
+ * UTF-8 validation as a small state machine over the states below; it
+ * rejects overlong forms, surrogates and code points above U+10FFFF, and
+ * carries its state across fragments and reads.
+ */
+enum {
+    U_ACCEPT = WEIR_UTF8_ACCEPT,
+    U_REJECT = WEIR_UTF8_REJECT,
+    U_NEED1,        /* one continuation byte 80..BF */
+    U_NEED2,
+    U_NEED3,
+    U_E0,           /* after E0: A0..BF */
+    U_ED,           /* after ED: 80..9F (no surrogates) */
+    U_F0,           /* after F0: 90..BF */
+    U_F4,           /* after F4: 80..8F (<= U+10FFFF) */
+};
+
+uint32_t
+weir_utf8_step(uint32_t state, const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (state == U_ACCEPT) {
+            /* ASCII fast path, eight bytes at a time */
+            while (i + 8 <= n) {
+                uint64_t v;
+                memcpy(&v, p + i, 8);
+                if (v & 0x8080808080808080ULL) break;
+                i += 8;
+            }
+            if (i == n) break;
+            uint8_t c = p[i++];
+            if (c < 0x80) continue;
+            if (c >= 0xc2 && c <= 0xdf) state = U_NEED1;
+            else if (c == 0xe0) state = U_E0;
+            else if (c == 0xed) state = U_ED;
+            else if (c >= 0xe1 && c <= 0xef) state = U_NEED2;
+            else if (c == 0xf0) state = U_F0;
+            else if (c >= 0xf1 && c <= 0xf3) state = U_NEED3;
+            else if (c == 0xf4) state = U_F4;
+            else return U_REJECT;
+            continue;
+        }
+        uint8_t c = p[i++];
+        switch (state) {
+        case U_NEED1: if ((c & 0xc0) != 0x80) return U_REJECT; state = U_ACCEPT; break;
+        case U_NEED2: if ((c & 0xc0) != 0x80) return U_REJECT; state = U_NEED1; break;
+        case U_NEED3: if ((c & 0xc0) != 0x80) return U_REJECT; state = U_NEED2; break;
+        case U_E0:    if (c < 0xa0 || c > 0xbf) return U_REJECT; state = U_NEED1; break;
+        case U_ED:    if (c < 0x80 || c > 0x9f) return U_REJECT; state = U_NEED1; break;
+        case U_F0:    if (c < 0x90 || c > 0xbf) return U_REJECT; state = U_NEED2; break;
+        case U_F4:    if (c < 0x80 || c > 0x8f) return U_REJECT; state = U_NEED2; break;
+        default:      return U_REJECT;
+        }
+    }
+    return state;
+}
+
+int
+weir_ws_close_code_valid(unsigned code)
+{
+    if (code >= 3000 && code <= 4999) return 1;
+    if (code >= 1000 && code <= 1003) return 1;
+    if (code >= 1007 && code <= 1014) return 1;
+    return 0;
+}
+
+void
+weir_ws_accept(const char *key, size_t key_len, char *out)
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    unsigned char md[SHA_DIGEST_LENGTH];
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(c, EVP_sha1(), NULL);
+    EVP_DigestUpdate(c, key, key_len);
+    EVP_DigestUpdate(c, guid, sizeof(guid) - 1);
+    EVP_DigestFinal_ex(c, md, NULL);
+    EVP_MD_CTX_free(c);
+    EVP_EncodeBlock((unsigned char *) out, md, SHA_DIGEST_LENGTH);
+    out[WEIR_WS_ACCEPT_LEN] = '\0';
+}
+
+int
+weir_ws_key_valid(const char *key, size_t key_len)
+{
+    unsigned char raw[24];
+    if (key_len != 24 || key[22] != '=' || key[23] != '=') return 0;
+    for (size_t i = 0; i < 22; i++) {
+        char c = key[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+              || c == '+' || c == '/'))
+            return 0;
+    }
+    return EVP_DecodeBlock(raw, (const unsigned char *) key, 24) == 18;
+}
+
+void
+weir_ws_random(uint8_t *out, size_t n)
+{
+    arc4random_buf(out, n);
+}

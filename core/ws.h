@@ -1,0 +1,63 @@
+/*
+ * ws.h — RFC 6455 framing: frame headers, masking, UTF-8 validation, close
+ * codes and the handshake accept key. Pure functions, no I/O, no allocation.
+ */
+#ifndef WEIR_WS_H
+#define WEIR_WS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WEIR_WS_CONT   0x0
+#define WEIR_WS_TEXT   0x1
+#define WEIR_WS_BINARY 0x2
+#define WEIR_WS_CLOSE  0x8
+#define WEIR_WS_PING   0x9
+#define WEIR_WS_PONG   0xA
+
+#define WEIR_WS_MAX_HDR      14     /* 2 + 8 (length) + 4 (mask) */
+#define WEIR_WS_MAX_CONTROL  125
+#define WEIR_WS_ACCEPT_LEN   28     /* base64 of a SHA-1 */
+
+#define WEIR_UTF8_ACCEPT 0
+#define WEIR_UTF8_REJECT 1
+
+typedef struct {
+    unsigned  fin:1;
+    unsigned  masked:1;
+    unsigned  rsv:3;          /* RSV1..3 as bits 2..0 */
+    unsigned  opcode:4;
+    uint8_t   hdr_len;        /* bytes of header incl. mask key */
+    uint8_t   mask[4];
+    uint64_t  len;            /* payload bytes */
+} weir_ws_hdr_t;
+
+/*
+ * Parse a frame header from P[0..N). Returns the header length when complete
+ * (and fills H), 0 when more bytes are needed, WEIR_ERROR when the 64-bit
+ * length has its most significant bit set (a protocol error).
+ */
+int weir_ws_parse_hdr(const uint8_t *p, size_t n, weir_ws_hdr_t *h);
+
+/* Write a header with minimal length encoding; MASK NULL for unmasked. */
+size_t weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t *mask);
+
+/* XOR P[0..N) with KEY, P[0] being byte OFFSET of the payload. */
+void weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset);
+
+/* Advance the UTF-8 validator over P[0..N); returns the new state. */
+uint32_t weir_utf8_step(uint32_t state, const uint8_t *p, size_t n);
+
+/* 1 when CODE may appear in a close frame on the wire. */
+int weir_ws_close_code_valid(unsigned code);
+
+/* OUT (29 bytes) = base64(SHA1(KEY ++ GUID)), NUL-terminated. */
+void weir_ws_accept(const char *key, size_t key_len, char *out);
+
+/* 1 when KEY is base64 of exactly 16 bytes (24 characters). */
+int weir_ws_key_valid(const char *key, size_t key_len);
+
+/* Fill OUT with N random bytes (arc4random, ChaCha20-based). */
+void weir_ws_random(uint8_t *out, size_t n);
+
+#endif
