@@ -105,7 +105,9 @@ weir_spawn(weir_conf_t *conf, int id, const sigset_t *old)
     pid_t pid = fork();
     if (pid == 0) {
         sigprocmask(SIG_SETMASK, old, NULL);
-        _exit(weir_worker_run(conf, id));
+        int rc = weir_worker_run(conf, id);
+        weir_conf_free(conf);
+        exit(rc);
     }
     if (pid < 0) weir_log(WEIR_LOG_ERROR, "cannot fork a worker", "\"error\":\"%s\"", strerror(errno));
     return pid;
@@ -249,5 +251,7 @@ main(int argc, char **argv)
     if (weir_log_open(conf->log_file, conf->log_level) != WEIR_OK) return 1;
     if (weir_open_listeners(conf) != WEIR_OK) return 1;
     if (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK) return 1;
-    return weir_master(conf);
+    int rc = weir_master(conf);
+    weir_conf_free(conf);
+    return rc;
 }

@@ -1370,3 +1370,12 @@ weir_proxy_run_ready(weir_worker_t *w)
         l = next;
     }
 }
+
+void
+weir_proxy_abort_all(weir_worker_t *w)
+{
+    for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
+        weir_leg_close_fd(&s->backend);
+        weir_leg_close_fd(&s->client);
+    }
+}

@@ -149,6 +149,9 @@ void weir_proxy_tick(weir_worker_t *w);
 /* Begin a graceful shutdown of every session (close 1001). */
 void weir_proxy_shutdown(weir_worker_t *w);
 
+/* Close every socket of every session now (the worker is exiting). */
+void weir_proxy_abort_all(weir_worker_t *w);
+
 /* Read legs whose TLS layer still holds decrypted bytes. */
 void weir_proxy_run_ready(weir_worker_t *w);
 

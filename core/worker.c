@@ -104,6 +104,36 @@ weir_worker_signal_cb(uv_signal_t *sig, int signum)
     uv_timer_start(&w->drain, weir_worker_drain_cb, w->conf->limits.drain_timeout_ms, 0);
 }
 
+static void
+weir_worker_close_handle(uv_handle_t *h, void *arg)
+{
+    WEIR_UNUSED(arg);
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Release everything the worker holds, so that a sanitizer build reports
+ * only real leaks. Sessions still open (drain timeout) are cut. */
+static void
+weir_worker_cleanup(weir_worker_t *w)
+{
+    weir_proxy_abort_all(w);
+    w->draining = 0;
+    uv_walk(w->loop, weir_worker_close_handle, NULL);
+    uv_run(w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(w->loop);
+    for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
+    for (size_t a = 0; a < w->conf->napis; a++) {
+        for (size_t v = 0; v < w->conf->apis[a].nversions; v++) {
+            weir_version_t *ver = &w->conf->apis[a].versions[v];
+            if (ver->production) SSL_CTX_free(ver->production->tls_ctx);
+            if (ver->sandbox) SSL_CTX_free(ver->sandbox->tls_ctx);
+        }
+    }
+    free(w->listen_tls);
+    free(w->listeners);
+    free(w->rbuf);
+}
+
 static uint64_t
 weir_tick_interval(const weir_limits_t *l)
 {
@@ -173,5 +203,6 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_run(&loop, UV_RUN_DEFAULT);
     weir_log(WEIR_LOG_INFO, "worker stopped", "\"worker\":%d,\"connections\":%llu", id,
              (unsigned long long) w->nsessions);
+    weir_worker_cleanup(w);
     return 0;
 }
