@@ -20,6 +20,7 @@
 -- @usage local conf, errs = require("weir.conf").load("/etc/weir/weir.conf.lua", { cpus = 4 })
 
 local srcmap = require "weir.srcmap"
+local policy = require "weir.policy"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local setmetatable, setfenv, loadstring, xpcall = setmetatable, setfenv, loadstring, xpcall
@@ -561,7 +562,8 @@ end
 
 function types.list(spec, v, node, ctx)
     if type(v) ~= "table" then
-        return report(ctx, node, "expected a list of tables, got " .. show(v))
+        local what = spec.elements.type == "record" and "a list of tables" or "a list"
+        return report(ctx, node, "expected " .. what .. ", got " .. show(v))
     end
     local count, max = 0, 0
     for k in pairs(v) do
@@ -611,6 +613,80 @@ function types.endpoint(spec, v, node, ctx)
             if v[name] ~= nil then
                 report(ctx, child(node, name), "applies only to wss:// endpoints, and "
                                                .. show(out.url) .. " is ws://")
+            end
+        end
+    end
+    return out
+end
+
+function types.number(spec, v, node, ctx)
+    if type(v) ~= "number" or v ~= v then
+        return report(ctx, node, "expected a number, got " .. show(v))
+    end
+    return check_range(spec, v, v, node, ctx, show_number)
+end
+
+-- A policy's schema is a list of fields, like a record's; it is prepared
+-- (indexed) once per module.
+local prepare            -- forward
+
+local function policy_spec(mod)
+    if not mod._spec then
+        mod._spec = { type = "record", fields = mod.schema or {} }
+        prepare(mod._spec)
+    end
+    return mod._spec
+end
+
+-- A chain: a list of { NAME, CONF [, fail_open = true] }. Each policy is
+-- loaded (from the policy paths, then the stock policies) and CONF checked
+-- against its schema, then given to its init().
+function types.chain(_, v, node, ctx)
+    if type(v) ~= "table" then
+        return report(ctx, node, 'expected a list of policies, { { "name", { ... } }, ... }, got ' .. show(v))
+    end
+    if not ctx.registry then ctx.registry = policy.registry(ctx.policy_paths) end
+    local out, seen = {}, {}
+    for i = 1, table.maxn(v) do
+        local entry, at = v[i], child(node, i)
+        if type(entry) ~= "table" then
+            report(ctx, at, 'expected { "policy-name", { conf } }, got ' .. show(entry))
+        else
+            for k in pairs(entry) do
+                if k ~= 1 and k ~= 2 and k ~= "fail_open" then
+                    report(ctx, child(at, k), "unknown field (an entry is { NAME, CONF, fail_open = BOOL })")
+                end
+            end
+            local name = entry[1]
+            local mod, err
+            if type(name) ~= "string" then
+                report(ctx, child(at, 1), "expected a policy name, got " .. show(name))
+            else
+                mod, err = ctx.registry:get(name)
+                if not mod then report(ctx, child(at, 1), err) end
+            end
+            if entry.fail_open ~= nil and type(entry.fail_open) ~= "boolean" then
+                report(ctx, child(at, "fail_open"), "expected true or false, got " .. show(entry.fail_open))
+            end
+            if mod then
+                if seen[name] then
+                    report(ctx, child(at, 1), format("policy %s is already in this chain (%s)",
+                                                     show(name), seen[name]))
+                end
+                seen[name] = at.path
+                local raw = entry[2]
+                if raw == nil then raw = {} end
+                local pconf = validate(policy_spec(mod), raw, child(at, 2), ctx)
+                if pconf ~= nil and mod.init then
+                    local ok, res, msg = pcall(mod.init, pconf)
+                    if not ok then
+                        report(ctx, child(at, 2), "policy " .. name .. " refused its configuration: " .. tostring(res))
+                    elseif res == nil and msg ~= nil then
+                        report(ctx, child(at, 2), "policy " .. name .. " refused its configuration: " .. tostring(msg))
+                    end
+                end
+                out[#out + 1] = { name = name, mod = mod, conf = pconf, fail_open = entry.fail_open == true,
+                                  priority = mod.priority, order = i, field = at.path }
             end
         end
     end
@@ -769,6 +845,11 @@ _M.schema = record({
         { name = "level", type = "enum", one_of = { "debug", "info", "warn", "error" },
           default = "info", description = "lowest level that is logged" },
       } },
+    { name = "policy_paths", type = "list", default = {}, elements = { type = "path" },
+      check = function(v, _, ctx) ctx.policy_paths = v return true end,
+      description = "directories searched for policies, before the stock policies/ of weir" },
+    { name = "policies", type = "chain", default = {},
+      description = 'the global chain, run for every API version: { { "name", { conf } [, fail_open = true] }, ... }' },
     { name = "listen", type = "list", required = true, non_empty = true, check = check_listen,
       description = "addresses and ports to accept client connections on",
       elements = record({
@@ -809,6 +890,9 @@ _M.schema = record({
           description = "disconnect a peer that has not answered weir's ping within this" },
         { name = "close_timeout", type = "duration", default = 5, min = 1, max = 3600000,
           description = "how long to wait for a peer's close frame after sending one" },
+        { name = "policy_budget", type = "duration", default = "100ms", min = 1, max = 60000,
+          description = "CPU time a policy hook may run without waiting before it is stopped "
+                        .. "(its connection is closed 1011, or the hook passes if fail_open)" },
         { name = "drain_timeout", type = "duration", default = 30, zero_disables = true,
           min = 1, max = 24 * 3600000,
           description = "on SIGTERM, how long to wait for connections to close (0: do not wait)" },
@@ -836,12 +920,15 @@ _M.schema = record({
                 endpoint({ name = "sandbox",
                            description = "a backend for sandbox keys (default: none)" }),
               } },
+            { name = "policies", type = "chain", default = {},
+              description = "this version's chain, merged with the global one by priority; "
+                            .. "an entry here replaces a global entry of the same policy" },
           }) },
       }) },
 })
 
 -- Index every record's fields by name, once.
-local function prepare(spec)
+prepare = function(spec)
     if spec.type == "record" and not spec.by_name then
         spec.by_name = {}
         local names = {}
@@ -994,6 +1081,33 @@ function _M.parse(src, file, opts)
     if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
     conf.file, conf.dir = abs, dir
     return conf
+end
+
+--- Check a policy's configuration against its schema, as the loader does
+-- (for unit specs of policies).
+-- @tparam table mod the policy module
+-- @tparam table conf the configuration as an operator would write it
+-- @tparam[opt] string dir directory relative paths resolve against (default ".")
+-- @treturn[1] table the normalised configuration (after `init`)
+-- @treturn[2] nil
+-- @treturn[2] table errors, one "FIELD: message" string each
+-- @usage local conf = assert(require("weir.conf").check_policy_conf(policy, { keys_file = "k.txt" }))
+function _M.check_policy_conf(mod, conf, dir)
+    local ctx = { map = { lines = {} }, errors = {}, dir = dir or "." }
+    local out = validate(policy_spec(mod), conf, { path = "" }, ctx)
+    if out ~= nil and #ctx.errors == 0 and mod.init then
+        local ok, res, msg = pcall(mod.init, out)
+        if not ok then return nil, { "init: " .. tostring(res) } end
+        if res == nil and msg ~= nil then return nil, { "init: " .. tostring(msg) } end
+    end
+    if #ctx.errors > 0 then
+        local errs = {}
+        for i, e in ipairs(ctx.errors) do
+            errs[i] = e.field ~= "" and e.field .. ": " .. e.msg or e.msg
+        end
+        return nil, errs
+    end
+    return out
 end
 
 --- Load, validate and normalise a configuration file.

@@ -110,6 +110,7 @@ describe("weir.conf", function()
                 ping_timeout      = 7500,
                 close_timeout     = 2000,
                 drain_timeout     = 3600000,
+                policy_budget     = 100,
             }, c.limits)
             assert.equal(fixdir .. "/tls/server.pem", c.listen[2].tls.cert)
             assert.equal(fixdir .. "/tls/server.key", c.listen[2].tls.key)
@@ -127,7 +128,7 @@ describe("weir.conf", function()
                 max_connections = 10000, max_message_size = 1048576, buffer_size = 262144,
                 max_header_size = 16384, handshake_timeout = 10000, idle_timeout = 300000,
                 ping_interval = 30000, ping_timeout = 10000, close_timeout = 5000,
-                drain_timeout = 30000,
+                drain_timeout = 30000, policy_budget = 100,
             }, c.limits)
             assert.equal("0.0.0.0", c.listen[1].address)
             assert.is_nil(c.listen[1].tls)
@@ -228,9 +229,10 @@ return {
             assert.same({ file .. ":4: limits.max_conections: unknown field (did you mean max_connections?)" }, errs)
         end)
 
-        it("policies as an unknown field (not accepted yet)", function()
-            local errs, file = errors_of(edit("return {\n", "return {\n  policies = {},\n"))
-            assert_error(errs, file, 2, "policies: unknown field")
+        it("an unknown policy, with the entry that names it", function()
+            local errs, file = errors_of(edit("return {\n", "return {\n  policies = { { \"no-such-policy\", {} } },\n"))
+            assert.equal(1, #errs)
+            assert.truthy(errs[1]:find(file .. ":2: policies[1][1]: unknown policy \"no-such-policy\"", 1, true), errs[1])
         end)
 
         it("a value of the wrong type", function()

@@ -1,0 +1,118 @@
+--- The `weir` module: what a policy uses to give verdicts and to reach the
+-- gateway. It works inside a worker and, for unit specs, in a plain LuaJIT.
+--
+-- @module weir
+-- @usage local weir = require "weir"
+
+local ffi = require "ffi"
+local cjson = require "cjson.safe"
+
+local setmetatable, getmetatable, type, tostring = setmetatable, getmetatable, type, tostring
+local floor, format = math.floor, string.format
+
+local _M = {
+    _VERSION = "0.1.0",
+    -- return codes, the same numbers as the core's WEIR_* (core/weir.h)
+    OK = 0, ERROR = -1, AGAIN = -2, DECLINED = -5,
+    -- message opcodes (RFC 6455)
+    TEXT = 1, BINARY = 2,
+}
+
+ffi.cdef [[
+    typedef struct { long tv_sec; long tv_usec; } weir_timeval_t;
+    int gettimeofday(weir_timeval_t *tv, void *tz);
+    unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
+    int RAND_bytes(unsigned char *buf, int num);
+]]
+
+-- libcrypto: already in a worker's process; loaded by name in a plain LuaJIT
+local crypto = ffi.C
+if not pcall(function() return ffi.C.SHA256 end) then crypto = ffi.load("libcrypto.so.3") end
+
+--- Drop the message: the chain stops and nothing is forwarded.
+-- @usage return weir.DROP
+_M.DROP = setmetatable({}, { __tostring = function() return "weir.DROP" end })
+
+local ERROR_MT = { __tostring = function(e) return "weir.error(" .. e.problem .. ")" end }
+local REPLY_MT = { __tostring = function() return "weir.reply" end }
+
+--- A rejection or an error message for the client.
+-- In `on_handshake` the connection is refused with HTTP status `code`
+-- (default 403) and the error JSON; in a frame hook the error JSON is sent
+-- to the client, the message dropped, and the connection closed with `code`
+-- when one is given (a WebSocket close code).
+-- @tparam string problem the problem type, "/problems/..." (see docs/errors.md)
+-- @tparam string message a short human-readable message
+-- @tparam[opt] number code HTTP status (handshake) or close code (frames)
+-- @treturn table a verdict to return from a hook
+-- @usage return weir.error("/problems/unauthorized", "Invalid API key", 401)
+function _M.error(problem, message, code)
+    if type(problem) ~= "string" or type(message) ~= "string" then
+        error("weir.error(problem, message [, code]) takes two strings", 2)
+    end
+    if code ~= nil and (type(code) ~= "number" or code ~= floor(code)) then
+        error("weir.error: code must be an integer", 2)
+    end
+    return setmetatable({ problem = problem, message = message, code = code }, ERROR_MT)
+end
+
+--- Answer the sender instead of forwarding: PAYLOAD goes back, the message is dropped.
+-- @tparam string payload the answer
+-- @tparam[opt] number opcode `weir.TEXT` (default) or `weir.BINARY`
+-- @usage return weir.reply('{"type":"pong"}')
+function _M.reply(payload, opcode)
+    if type(payload) ~= "string" then error("weir.reply(payload [, opcode]): payload must be a string", 2) end
+    return setmetatable({ payload = payload, opcode = opcode or 1 }, REPLY_MT)
+end
+
+--- Is V a verdict made by `weir.error`?
+function _M.is_error(v) return getmetatable(v) == ERROR_MT end
+
+--- Is V a verdict made by `weir.reply`?
+function _M.is_reply(v) return getmetatable(v) == REPLY_MT end
+
+local tv = ffi.new("weir_timeval_t")
+
+--- The current time, in seconds since the epoch, with microseconds.
+-- @treturn number
+-- @usage local t = weir.now()
+function _M.now()
+    ffi.C.gettimeofday(tv, nil)
+    return tonumber(tv.tv_sec) + tonumber(tv.tv_usec) / 1e6
+end
+
+--- The standard error JSON, as a string.
+-- @tparam string problem "/problems/..."
+-- @tparam number code HTTP status or close code
+-- @tparam string message
+-- @usage ctx:send(weir.error_json("/problems/throttled", 1013, "slow down"))
+function _M.error_json(problem, code, message)
+    return cjson.encode({
+        type = "error",
+        error = { type = problem, code = code, message = message },
+        timestamp = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    })
+end
+
+local md = ffi.new("unsigned char[32]")
+
+--- SHA-256 of S, as 64 lower-case hex digits.
+-- @usage local h = weir.sha256_hex(key)
+function _M.sha256_hex(s)
+    crypto.SHA256(s, #s, md)
+    local out = {}
+    for i = 0, 31 do out[i + 1] = format("%02x", md[i]) end
+    return table.concat(out)
+end
+
+--- N random bytes from OpenSSL's generator, as a string.
+function _M.random_bytes(n)
+    local buf = ffi.new("unsigned char[?]", n)
+    if crypto.RAND_bytes(buf, n) ~= 1 then return nil, "RAND_bytes failed" end
+    return ffi.string(buf, n)
+end
+
+-- `weir.http` (the HTTP client, which needs a worker) is attached by the
+-- runtime when it starts; outside a worker it is absent.
+
+return _M

@@ -1,0 +1,173 @@
+--- Policy modules: finding, loading (in their own environment) and checking
+-- them. Stock policies (the project's `policies/`) and an operator's load
+-- the same way; the operator's directories are searched first.
+--
+-- @module weir.policy
+-- @usage local reg = require("weir.policy").registry({ "/etc/weir/policies" })
+--        local mod, err = reg:get("key-auth")
+
+local type, pairs, ipairs, tostring, setmetatable, setfenv, loadfile, pcall =
+    type, pairs, ipairs, tostring, setmetatable, setfenv, loadfile, pcall
+local format, match, gsub, sub = string.format, string.match, string.gsub, string.sub
+
+local _M = {}
+
+local HOOKS = { "on_handshake", "on_frame_in", "on_frame_out", "on_close" }
+_M.HOOKS = HOOKS
+
+--- The directory of the stock policies (`<project>/policies`), found from
+-- this file's place (`<project>/lua/weir/policy.lua`), or `WEIR_POLICY_DIR`.
+function _M.stock_dir()
+    local env = os.getenv("WEIR_POLICY_DIR")
+    if env and env ~= "" then return env end
+    local src = debug.getinfo(1, "S").source
+    local dir = match(src, "^@(.*)/lua/weir/[^/]*$")
+    if dir then return dir .. "/policies" end
+    return "policies"
+end
+
+local function readable(path)
+    local f = io.open(path, "rb")
+    if f then f:close() return true end
+    return false
+end
+
+-- What a policy's code can reach. Functions that could end the process,
+-- reach the file system or escape the environment are absent.
+local SAFE = {
+    "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber", "tostring",
+    "type", "unpack", "xpcall", "rawequal", "rawget", "rawset", "rawlen", "setmetatable",
+    "getmetatable", "_VERSION",
+}
+local SAFE_LIBS = { string = true, table = true, math = true, bit = true }
+
+local function copy(t)
+    local out = {}
+    for k, v in pairs(t) do out[k] = v end
+    return out
+end
+
+--- A registry: loads each policy once, in a shared sandbox.
+-- @tparam table paths the operator's policy directories (searched first)
+-- @treturn table registry with `get(name)`, `paths`
+function _M.registry(paths)
+    local reg = { paths = {}, loaded = {}, errors = {}, modules = {} }
+    for i, p in ipairs(paths or {}) do reg.paths[i] = p end
+    reg.paths[#reg.paths + 1] = _M.stock_dir()
+
+    local env = {}
+    for _, name in ipairs(SAFE) do env[name] = _G[name] end
+    for name in pairs(SAFE_LIBS) do env[name] = _G[name] and copy(_G[name]) end
+    env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+    env.string.dump = nil
+    env._G = env
+
+    local allowed = { weir = true, cjson = true, ["cjson.safe"] = true }
+
+    -- require inside a policy: weir's modules, cjson, or a module of a policy path
+    env.require = function(name)
+        if type(name) ~= "string" then error("require: module name must be a string", 2) end
+        if allowed[name] then return require(name) end
+        local m = reg.modules[name]
+        if m ~= nil then return m end
+        local rel = gsub(name, "%.", "/")
+        for _, dir in ipairs(reg.paths) do
+            for _, cand in ipairs({ dir .. "/" .. rel .. ".lua", dir .. "/" .. rel .. "/init.lua" }) do
+                if readable(cand) then
+                    local fn, err = loadfile(cand)
+                    if not fn then error(err, 2) end
+                    setfenv(fn, env)
+                    local v = fn(name)
+                    if v == nil then v = true end
+                    reg.modules[name] = v
+                    return v
+                end
+            end
+        end
+        error(format("module '%s' not found (policies may require weir, cjson, cjson.safe "
+                     .. "and modules of the policy paths)", name), 2)
+    end
+    reg.env = env
+
+    --- Find and load policy NAME.
+    -- @treturn[1] table the module
+    -- @treturn[2] nil
+    -- @treturn[2] string why ("not found", or the load error with file:line)
+    function reg:get(name)
+        local m = self.loaded[name]
+        if m then return m end
+        if self.errors[name] then return nil, self.errors[name] end
+        if type(name) ~= "string" or not match(name, "^[%w_%-]+$") then
+            return nil, "invalid policy name " .. tostring(name)
+        end
+        local file
+        for _, dir in ipairs(self.paths) do
+            for _, cand in ipairs({ dir .. "/" .. name .. ".lua", dir .. "/" .. name .. "/init.lua" }) do
+                if readable(cand) then file = cand break end
+            end
+            if file then break end
+        end
+        if not file then
+            local err = format("unknown policy %q (searched %s)", name, table.concat(self.paths, ", "))
+            self.errors[name] = err
+            return nil, err
+        end
+        local mod, err = _M.load_file(file, name, env)
+        if not mod then
+            self.errors[name] = err
+            return nil, err
+        end
+        mod._file = file
+        self.loaded[name] = mod
+        return mod
+    end
+
+    return reg
+end
+
+--- Load FILE as policy NAME in ENV and check its shape.
+-- @treturn[1] table the module
+-- @treturn[2] nil
+-- @treturn[2] string the error, starting with "FILE:LINE:" when Lua gave one
+function _M.load_file(file, name, env)
+    local fn, err = loadfile(file)
+    if not fn then return nil, err end
+    setfenv(fn, env)
+    local ok, mod = pcall(fn, name)
+    if not ok then return nil, tostring(mod) end
+    local problem = _M.check_module(mod, name)
+    if problem then return nil, file .. ": " .. problem end
+    return mod
+end
+
+--- Check that MOD is a well-formed policy named NAME; returns nil or a message.
+function _M.check_module(mod, name)
+    if type(mod) ~= "table" then return "a policy must return a table, got " .. type(mod) end
+    if mod.name ~= name then
+        return format("the policy's name is %q, but its file says %q", tostring(mod.name), name)
+    end
+    if type(mod.priority) ~= "number" then return "priority must be a number" end
+    if mod.schema ~= nil and type(mod.schema) ~= "table" then return "schema must be a list of fields" end
+    for _, h in ipairs(HOOKS) do
+        if mod[h] ~= nil and type(mod[h]) ~= "function" then return h .. " must be a function" end
+    end
+    if mod.init ~= nil and type(mod.init) ~= "function" then return "init must be a function" end
+    local any = false
+    for _, h in ipairs(HOOKS) do any = any or mod[h] ~= nil end
+    if not any then return "a policy implements at least one hook (" .. table.concat(HOOKS, ", ") .. ")" end
+    return nil
+end
+
+--- Which hooks a chain implements, as a bit mask (1 handshake, 2 frame in,
+-- 4 frame out, 8 close) — the core calls Lua only for those.
+function _M.mask(chain)
+    local m = 0
+    for _, e in ipairs(chain) do
+        for i, h in ipairs(HOOKS) do
+            if e.mod[h] and (m % (2 ^ i)) < 2 ^ (i - 1) then m = m + 2 ^ (i - 1) end
+        end
+    end
+    return m
+end
+
+return _M
