@@ -222,6 +222,23 @@ weir_leg_resume(weir_leg_t *l, unsigned why)
     if (l->paused == 0 && l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
 }
 
+/* weir's keep-alive ping payload: "weir-" and 16 hex digits */
+#define WEIR_PING_TOKEN_LEN 21
+
+static void
+weir_ping_token(const weir_leg_t *l, char *out)
+{
+    snprintf(out, WEIR_PING_TOKEN_LEN + 1, "weir-%016llx", (unsigned long long) l->ping_token);
+}
+
+static int
+weir_ping_matches(const weir_leg_t *l, const uint8_t *payload)
+{
+    char token[WEIR_PING_TOKEN_LEN + 1];
+    weir_ping_token(l, token);
+    return memcmp(payload, token, WEIR_PING_TOKEN_LEN) == 0;
+}
+
 /* ---- closing -------------------------------------------------------------- */
 
 static void
@@ -361,7 +378,10 @@ weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char
         weir_leg_close_fd(l);
         return;
     }
-    if (problem != NULL && !l->is_backend) {
+    /* the error JSON is a message of its own: it cannot start inside an open
+     * fragmented message towards the client (RFC 6455 5.4), then only the close goes */
+    weir_leg_t *o = weir_other(l);
+    if (problem != NULL && !l->is_backend && !o->msg_out_open && !o->emitted_mid) {
         char json[512];
         uint8_t frame[WEIR_WS_MAX_HDR + sizeof(json)];
         size_t jl = weir_error_json(json, sizeof(json), problem, (int) code, reason);
@@ -375,7 +395,7 @@ weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char
         payload[0] = (uint8_t) (code >> 8);
         payload[1] = (uint8_t) code;
         size_t rl = reason ? WEIR_MIN(strlen(reason), (size_t) WEIR_WS_MAX_CONTROL - 2) : 0;
-        memcpy(payload + 2, reason, rl);
+        if (rl > 0) memcpy(payload + 2, reason, rl);
         n = 2 + rl;
     }
     weir_note_close(s, code, 'w');
@@ -867,7 +887,7 @@ weir_forwarding(weir_leg_t *l)
  * other leg's output stream ends inside one of L's frames.
  */
 static void
-weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid)
+weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int open)
 {
     weir_session_t *s = l->s;
     weir_leg_t *o = weir_other(l);
@@ -875,6 +895,7 @@ weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid)
                                       [9] = "/problems/message-too-big" };
 
     l->emitted_mid = (unsigned) mid;
+    l->msg_out_open = (unsigned) open;
     l->remaining = 0;
     if (l->close_sent) {                       /* weir already closed it: no second close */
         weir_leg_gone(l, reason);
@@ -890,6 +911,9 @@ weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid)
         weir_leg_send_close(l, code, reason, problems[code - 1000 < 10 ? code - 1000 : 2]);
         weir_leg_send_close(o, 1001, "client gone", NULL);
     }
+    /* "Fail the WebSocket connection" (RFC 6455 7.1.7): nothing more of its
+     * input is processed; its socket closes once the close frame is out */
+    weir_leg_finish(l);
 }
 
 /* L sent a valid close frame; PL is its (unmasked) payload. Returns 1 when
@@ -958,7 +982,8 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
             if (l->fwd_frame) {
                 if (weir_relay_payload(l, p, take) != 0) {
                     weir_emit(l, from, frame ? frame : from);
-                    weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid);
+                    weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid,
+                                    frame == NULL || l->msg_frames > 1);
                     return;
                 }
             }
@@ -989,7 +1014,7 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         if (bad != NULL) {
             weir_emit(l, from, frame);
-            weir_relay_fail(l, code, bad, 0);
+            weir_relay_fail(l, code, bad, 0, l->msg_opcode != 0 && l->fwd_frame);
             return;
         }
 
@@ -1009,12 +1034,12 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
                 }
                 if (bad != NULL) {
                     weir_emit(l, from, frame);
-                    weir_relay_fail(l, code, bad, 0);
+                    weir_relay_fail(l, code, bad, 0, l->msg_opcode != 0 && l->fwd_frame);
                     return;
                 }
                 fwd = weir_relay_close(l, pl, n);
-            } else if (h.opcode == WEIR_WS_PONG && l->ping_sent && n == sizeof(l->ping_token)
-                       && memcmp(pl, &l->ping_token, n) == 0) {
+            } else if (h.opcode == WEIR_WS_PONG && l->ping_sent && n == WEIR_PING_TOKEN_LEN
+                       && weir_ping_matches(l, pl)) {
                 l->ping_sent = 0;           /* the answer to weir's keep-alive */
                 fwd = 0;
             }
@@ -1045,8 +1070,10 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
         if (h.opcode != WEIR_WS_CONT) {
             l->msg_opcode = (uint8_t) h.opcode;
             l->msg_len = 0;
+            l->msg_frames = 0;
             l->utf8 = WEIR_UTF8_ACCEPT;
         }
+        l->msg_frames++;
         l->msg_len += h.len;
         l->fwd_frame = (unsigned) weir_forwarding(l);
         l->frame_fin = h.fin;
@@ -1074,7 +1101,8 @@ frame_end:
             l->msg_len = 0;
             if (bad_text) {
                 weir_emit(l, from, frame ? frame : from);
-                weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid);
+                weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid,
+                                frame == NULL || l->msg_frames > 1);
                 return;
             }
         }
@@ -1083,6 +1111,7 @@ frame_end:
 
     weir_emit(l, from, p);
     l->emitted_mid = l->remaining > 0 && l->fwd_frame;
+    l->msg_out_open = l->msg_opcode != 0 && l->fwd_frame;
     size_t left = (size_t) (end - p);
     if (left > 0) {
         /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
@@ -1308,9 +1337,11 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
         return;
     }
     if (!l->paused && now - l->last_rx >= lim->ping_interval_ms && !weir_other(l)->emitted_mid) {
-        l->ping_token = now ^ s->id;
+        char token[WEIR_PING_TOKEN_LEN + 1];
+        l->ping_token = (now * 0x9e3779b97f4a7c15ULL) ^ s->id;
         l->ping_sent = now ? now : 1;
-        weir_leg_send_control(l, WEIR_WS_PING, (const uint8_t *) &l->ping_token, sizeof(l->ping_token));
+        weir_ping_token(l, token);
+        weir_leg_send_control(l, WEIR_WS_PING, (const uint8_t *) token, WEIR_PING_TOKEN_LEN);
     }
 }
 

@@ -54,12 +54,14 @@ struct weir_leg_s {
     unsigned        in_ready:1;         /* queued on the worker's ready list */
     unsigned        finish:1;           /* shut down once the output queue drains */
     unsigned        emitted_mid:1;      /* the other leg's output ends inside our frame */
+    unsigned        msg_out_open:1;     /* frames of our open message went to the other leg */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
 
     /* reading: frames from this peer */
     uint64_t        remaining;          /* payload bytes still to come, current data frame */
     uint64_t        frame_off;          /* payload offset, for the mask phase */
     uint64_t        msg_len;            /* bytes of the current message so far */
+    uint32_t        msg_frames;         /* frames of the current message so far */
     uint8_t         in_mask[4];         /* this frame's mask (client leg) */
     uint8_t         out_mask[4];        /* fresh mask towards the backend */
     uint8_t         msg_opcode;         /* 0, or TEXT/BINARY of the message in progress */
