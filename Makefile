@@ -11,6 +11,7 @@ CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
             -DWEIR_LUA_DIR='"$(CURDIR)/lua"'
 LDLIBS   += -lm
+LDFLAGS  += -rdynamic      # policies reach weir_ffi_* through LuaJIT's FFI
 
 ifeq ($(SAN),1)
 BUILD    := build-san

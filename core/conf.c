@@ -533,6 +533,7 @@ static const struct {
     { "ping_timeout",      offsetof(weir_limits_t, ping_timeout_ms) },
     { "close_timeout",     offsetof(weir_limits_t, close_timeout_ms) },
     { "drain_timeout",     offsetof(weir_limits_t, drain_timeout_ms) },
+    { "policy_budget",     offsetof(weir_limits_t, policy_budget_ms) },
 };
 
 static const struct {
@@ -731,12 +732,10 @@ weir_conf_run(weir_conf_ctx_t *ctx)
         dir = WEIR_LUA_DIR;
     }
 
-    /* Only weir's own Lua tree: nothing from the system's search paths. */
+    /* weir's own Lua tree first; C modules (cjson) from the system's paths */
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", dir, dir);
     lua_setfield(L, -2, "path");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
 
     lua_pushcfunction(L, weir_conf_traceback);

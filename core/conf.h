@@ -38,6 +38,7 @@ typedef struct {
     int              is_default;
     weir_endpoint_t *production;           /* never NULL */
     weir_endpoint_t *sandbox;              /* NULL when not configured */
+    unsigned         hooks;                /* WEIR_HOOK_* its chain implements, set by the worker */
 } weir_version_t;
 
 typedef struct {
@@ -68,6 +69,7 @@ typedef struct {
     uint64_t         ping_timeout_ms;      /* no pong within this: peer is dead */
     uint64_t         close_timeout_ms;     /* wait for the peer's close frame */
     uint64_t         drain_timeout_ms;     /* on SIGTERM */
+    uint64_t         policy_budget_ms;     /* time a policy hook may run without waiting */
 } weir_limits_t;
 
 typedef struct {

@@ -146,10 +146,25 @@ weir_http_reason(int status)
     case 426: return "Upgrade Required";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 429: return "Too Many Requests";
     case 502: return "Bad Gateway";
+    case 504: return "Gateway Timeout";
     case 503: return "Service Unavailable";
     default:  return "Error";
     }
+}
+
+size_t
+weir_http_json(char *buf, size_t len, int status, const char *body, size_t blen, const char *extra)
+{
+    int n = snprintf(buf, len,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n%s\r\n%.*s",
+                     status, weir_http_reason(status), blen, extra ? extra : "", (int) blen, body);
+    if (n < 0) return 0;
+    return (size_t) n < len ? (size_t) n : len - 1;
 }
 
 size_t
@@ -158,10 +173,5 @@ weir_http_error(char *buf, size_t len, int status, const char *type, const char 
 {
     char body[512];
     size_t bl = weir_error_json(body, sizeof(body), type, status, msg);
-    int n = snprintf(buf, len,
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n%s\r\n%s",
-                     status, weir_http_reason(status), bl, extra ? extra : "", body);
-    if (n < 0) return 0;
-    return (size_t) n < len ? (size_t) n : len - 1;
+    return weir_http_json(buf, len, status, body, bl, extra);
 }

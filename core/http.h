@@ -63,4 +63,7 @@ size_t weir_error_json(char *buf, size_t len, const char *type, int code, const 
 size_t weir_http_error(char *buf, size_t len, int status, const char *type, const char *msg,
                        const char *extra);
 
+/* Write a complete HTTP response with a JSON BODY (as weir_http_error). */
+size_t weir_http_json(char *buf, size_t len, int status, const char *body, size_t blen, const char *extra);
+
 #endif

@@ -29,6 +29,7 @@
 #include <openssl/err.h>
 
 #include "http.h"
+#include "lua_bridge.h"
 #include "log.h"
 #include "proxy.h"
 #include "tls.h"
@@ -41,6 +42,10 @@ static void weir_relay_read(weir_leg_t *l);
 static void weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len);
 static void weir_bad_gateway(weir_session_t *s, const char *why);
 static void weir_client_read_request(weir_session_t *s);
+static void weir_handshake_proceed(weir_session_t *s);
+static void weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v);
+static void weir_leg_flush_inject(weir_leg_t *l);
+static int  weir_relay_message(weir_leg_t *l);
 
 static inline weir_leg_t *
 weir_other(weir_leg_t *l)
@@ -270,6 +275,13 @@ weir_session_free(weir_session_t *s)
                  s->close_side == 'c' ? "client" : s->close_side == 'b' ? "backend"
                      : s->close_side == 'w' ? "weir" : "none");
     }
+    weir_lua_close(s);
+    weir_leg_t *legs[2] = { &s->client, &s->backend };
+    for (int i = 0; i < 2; i++) {
+        free(legs[i]->msg);
+        free(legs[i]->held);
+        free(legs[i]->inject);
+    }
     free(s->hs);
     free(s->bhs);
     free(s);
@@ -363,14 +375,14 @@ weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, size_t 
 }
 
 /*
- * weir closes leg L: an error JSON text frame first when PROBLEM is given
+ * weir closes leg L: an error JSON text frame first when JSON is given
  * (client leg only), then a close frame with CODE (0: empty) and REASON.
  * L then only waits for its peer's close. When L's output stream is in the
  * middle of a frame relayed from the other side, no close frame can be
  * framed: the socket is closed instead.
  */
 static void
-weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char *problem)
+weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char *json, size_t jl)
 {
     if (l->done || l->close_sent) return;
     weir_session_t *s = l->s;
@@ -381,13 +393,12 @@ weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char
     /* the error JSON is a message of its own: it cannot start inside an open
      * fragmented message towards the client (RFC 6455 5.4), then only the close goes */
     weir_leg_t *o = weir_other(l);
-    if (problem != NULL && !l->is_backend && !o->msg_out_open && !o->emitted_mid) {
-        char json[512];
-        uint8_t frame[WEIR_WS_MAX_HDR + sizeof(json)];
-        size_t jl = weir_error_json(json, sizeof(json), problem, (int) code, reason);
-        size_t hl = weir_ws_build_hdr(frame, 1, WEIR_WS_TEXT, jl, NULL);
-        memcpy(frame + hl, json, jl);
-        if (weir_leg_write(l, frame, hl + jl) != WEIR_OK) return;
+    if (json != NULL && !l->is_backend && !o->msg_out_open && !o->emitted_mid) {
+        uint8_t hdr[WEIR_WS_MAX_HDR];
+        size_t hl = weir_ws_build_hdr(hdr, 1, WEIR_WS_TEXT, jl, NULL);
+        weir_leg_flush_inject(l);
+        if (weir_leg_write(l, hdr, hl) != WEIR_OK) return;
+        if (weir_leg_write(l, (const uint8_t *) json, jl) != WEIR_OK) return;
     }
     uint8_t payload[WEIR_WS_MAX_CONTROL];
     size_t n = 0;
@@ -405,6 +416,16 @@ weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char
     if (weir_leg_send_control(l, WEIR_WS_CLOSE, payload, n) != WEIR_OK) return;
     if (l->close_rcvd) weir_leg_finish(l);
     weir_leg_update(l);
+}
+
+/* As weir_leg_close_with, the error JSON built from PROBLEM and REASON. */
+static void
+weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char *problem)
+{
+    char json[512];
+    size_t jl = 0;
+    if (problem != NULL) jl = weir_error_json(json, sizeof(json), problem, (int) code, reason);
+    weir_leg_close_with(l, code, reason, problem ? json : NULL, jl);
 }
 
 /*
@@ -545,11 +566,14 @@ weir_hop_by_hop(const weir_http_header_t *h, const weir_http_header_t *conn)
     return 0;
 }
 
-/* Build weir's request to the backend into the backend's output queue. */
+/* Build weir's request to the backend into the backend's output queue,
+ * from the client's request head (kept in s->hs until the 101). */
 static int
-weir_backend_request(weir_session_t *s, const weir_http_msg_t *m)
+weir_backend_request(weir_session_t *s)
 {
     weir_endpoint_t *ep = s->ep;
+    weir_http_msg_t mm, *m = &mm;
+    if (weir_http_parse(s->hs, s->hs_len, 1, m) <= 0) return WEIR_ERROR;
     size_t cap = s->hs_head + strlen(ep->path) + (ep->query ? strlen(ep->query) : 0)
                  + strlen(ep->host_header) + 1024;
     char *buf = malloc(cap);
@@ -664,12 +688,72 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
     }
     weir_ws_accept(key->value, key->value_len, s->accept);
     s->ep = s->route.version->production;
-    if (weir_backend_request(s, m) != WEIR_OK) {
+    s->hooks = s->route.version->hooks;
+    if (s->hooks != 0 && weir_lua_open(s) != WEIR_OK) {
+        weir_session_http(s, 500, "/problems/internal-error", "Internal error", NULL);
+        return;
+    }
+    s->client.assemble = (s->hooks & WEIR_HOOK_FRAME_IN) != 0;
+    s->backend.assemble = (s->hooks & WEIR_HOOK_FRAME_OUT) != 0;
+    weir_leg_pause(&s->client, WEIR_PAUSE_HANDSHAKE);
+    if (s->hooks & WEIR_HOOK_HANDSHAKE) {
+        weir_verdict_t v;
+        s->state = WEIR_S_POLICY;
+        if (weir_lua_handshake(s, &v) == WEIR_AGAIN) return;
+        if (s->state == WEIR_S_POLICY) weir_handshake_verdict(s, &v);
+        return;
+    }
+    weir_handshake_proceed(s);
+}
+
+/* The handshake may go on to the backend. */
+static void
+weir_handshake_proceed(weir_session_t *s)
+{
+    if (weir_backend_request(s) != WEIR_OK) {
         weir_session_http(s, 400, "/problems/bad-request", "Request target too long", NULL);
         return;
     }
-    weir_leg_pause(&s->client, WEIR_PAUSE_HANDSHAKE);
     weir_backend_connect(s);
+}
+
+static void
+weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
+{
+    char e[512], pn[128];
+    weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":%llu,\"policy\":\"%s\",\"error\":\"%s\"",
+             (unsigned long long) s->id, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"),
+             weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
+}
+
+/* Apply on_handshake's verdict. */
+static void
+weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
+{
+    char buf[4096];
+    switch (v->kind) {
+    case WEIR_V_ERROR: {
+        int status = v->code >= 400 && v->code <= 599 ? v->code : 403;
+        size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, NULL);
+        s->http_status = status;
+        s->state = WEIR_S_CLOSED;
+        if (weir_leg_write(&s->client, (uint8_t *) buf, n) == WEIR_OK) weir_leg_finish(&s->client);
+        return;
+    }
+    case WEIR_V_FAIL:
+        weir_log_policy_failure(s, v);
+        weir_session_http(s, 500, "/problems/internal-error", "Internal error", NULL);
+        return;
+    default:
+        if (v->sandbox) {
+            if (s->route.version->sandbox == NULL) {
+                weir_session_http(s, 403, "/problems/forbidden", "No sandbox endpoint for this API", NULL);
+                return;
+            }
+            s->ep = s->route.version->sandbox;
+        }
+        weir_handshake_proceed(s);
+    }
 }
 
 static void
@@ -786,6 +870,7 @@ weir_backend_read_response(weir_session_t *s)
 
     weir_client_101(s, pr ? pr->value : NULL, pr ? pr->value_len : 0);
     s->state = WEIR_S_OPEN;
+    weir_leg_flush_inject(c);
     s->last_data = weir_now(s);
     b->last_rx = c->last_rx = s->last_data;
     c->paused &= ~WEIR_PAUSE_HANDSHAKE;
@@ -960,6 +1045,29 @@ weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
     return 0;
 }
 
+/* Append a chunk of the current message to L's assembly buffer (unmasked,
+ * validated). Returns 0, or 1007 when the text is not UTF-8. */
+static unsigned
+weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
+{
+    if (!l->is_backend) weir_ws_mask(p, n, l->in_mask, l->frame_off);
+    if (l->msg_opcode == WEIR_WS_TEXT) {
+        l->utf8 = weir_utf8_step(l->utf8, p, n);
+        if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
+    }
+    if (l->msg_fill + n > l->msg_cap) {
+        size_t cap = WEIR_MAX(l->msg_cap * 2, l->msg_fill + n);
+        cap = WEIR_MAX(cap, (size_t) 4096);
+        uint8_t *nb = realloc(l->msg, cap);
+        if (nb == NULL) abort();             /* bounded by max_message_size */
+        l->msg = nb;
+        l->msg_cap = cap;
+    }
+    memcpy(l->msg + l->msg_fill, p, n);
+    l->msg_fill += n;
+    return 0;
+}
+
 /*
  * Relay the bytes BUF[0..LEN) read from L (writable: validated and
  * re-masked in place). Whole frames and the streamed part of the current
@@ -979,7 +1087,13 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
     while (p < end) {
         if (l->remaining > 0) {
             size_t take = (size_t) WEIR_MIN(l->remaining, (uint64_t) (end - p));
-            if (l->fwd_frame) {
+            if (l->collect) {
+                if (weir_relay_collect(l, p, take) != 0) {
+                    weir_emit(l, from, frame ? frame : from);
+                    weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
+                    return;
+                }
+            } else if (l->fwd_frame) {
                 if (weir_relay_payload(l, p, take) != 0) {
                     weir_emit(l, from, frame ? frame : from);
                     weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid,
@@ -1075,7 +1189,12 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        l->fwd_frame = (unsigned) weir_forwarding(l);
+        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble;
+        l->collect = l->assemble && weir_forwarding(l);
+        if (l->collect && h.opcode != WEIR_WS_CONT) {
+            l->msg_fill = 0;
+            l->msg_op = (uint8_t) h.opcode;
+        }
         l->frame_fin = h.fin;
         l->remaining = h.len;
         l->frame_off = 0;
@@ -1096,7 +1215,8 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
 
 frame_end:
         if (l->frame_fin) {
-            int bad_text = l->fwd_frame && l->msg_opcode == WEIR_WS_TEXT && l->utf8 != WEIR_UTF8_ACCEPT;
+            int bad_text = (l->fwd_frame || l->collect) && l->msg_opcode == WEIR_WS_TEXT
+                           && l->utf8 != WEIR_UTF8_ACCEPT;
             l->msg_opcode = 0;
             l->msg_len = 0;
             if (bad_text) {
@@ -1105,6 +1225,24 @@ frame_end:
                                 frame == NULL || l->msg_frames > 1);
                 return;
             }
+            if (l->collect) {
+                /* a whole message for the frame hook: what came before it goes first */
+                l->collect = 0;
+                weir_emit(l, from, p);
+                from = p;
+                if (weir_relay_message(l) == WEIR_AGAIN) {
+                    size_t rest = (size_t) (end - p);
+                    if (rest > 0) {
+                        l->held = malloc(rest);
+                        if (l->held == NULL) abort();
+                        memcpy(l->held, p, rest);
+                        l->held_len = rest;
+                    }
+                    weir_leg_pause(l, WEIR_PAUSE_POLICY);
+                    return;
+                }
+                if (l->done) return;
+            }
         }
         frame = NULL;
     }
@@ -1112,6 +1250,7 @@ frame_end:
     weir_emit(l, from, p);
     l->emitted_mid = l->remaining > 0 && l->fwd_frame;
     l->msg_out_open = l->msg_opcode != 0 && l->fwd_frame;
+    if (!o->done && o->inject_len > 0 && !l->emitted_mid && !l->msg_out_open) weir_leg_flush_inject(o);
     size_t left = (size_t) (end - p);
     if (left > 0) {
         /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
@@ -1287,10 +1426,12 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) sa;
         inet_ntop(AF_INET6, &a->sin6_addr, s->peer_ip, sizeof(s->peer_ip));
         snprintf(s->peer, sizeof(s->peer), "[%s]:%u", s->peer_ip, ntohs(a->sin6_port));
+        s->peer_port = ntohs(a->sin6_port);
     } else {
         const struct sockaddr_in *a = (const struct sockaddr_in *) sa;
         inet_ntop(AF_INET, &a->sin_addr, s->peer_ip, sizeof(s->peer_ip));
         snprintf(s->peer, sizeof(s->peer), "%s:%u", s->peer_ip, ntohs(a->sin_port));
+        s->peer_port = ntohs(a->sin_port);
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -1353,7 +1494,10 @@ weir_proxy_tick(weir_worker_t *w)
     for (weir_session_t *s = w->sessions, *next; s != NULL; s = next) {
         next = s->next;
         if (s->state < WEIR_S_OPEN && now - s->started >= lim->handshake_timeout_ms) {
-            if (s->state <= WEIR_S_REQUEST) {
+            if (s->state == WEIR_S_POLICY) {
+                weir_session_http(s, 504, "/problems/gateway-timeout",
+                                  "A policy did not decide in time", NULL);
+            } else if (s->state <= WEIR_S_REQUEST) {
                 if (s->state == WEIR_S_REQUEST)
                     weir_session_http(s, 408, "/problems/request-timeout", "Handshake not completed in time", NULL);
                 else
@@ -1409,4 +1553,188 @@ weir_proxy_abort_all(weir_worker_t *w)
         weir_leg_close_fd(&s->backend);
         weir_leg_close_fd(&s->client);
     }
+}
+
+/* ---- whole messages: frame hooks, policies' own messages ---------------------- */
+
+/* DST's outgoing stream is between messages (a message of weir's may go). */
+static int
+weir_leg_between(weir_leg_t *dst)
+{
+    weir_leg_t *src = weir_other(dst);
+    return dst->s->state >= WEIR_S_OPEN && !src->emitted_mid && !src->msg_out_open && dst->inject_len == 0;
+}
+
+/* Frame P[0..N) as one message into OUT (header, payload masked towards a
+ * backend). OUT has room for WEIR_WS_MAX_HDR + N bytes. Returns its length. */
+static size_t
+weir_frame_message(weir_leg_t *dst, uint8_t *out, int opcode, const uint8_t *p, size_t n)
+{
+    uint8_t mask[4];
+    size_t hl;
+    if (dst->is_backend) {
+        weir_ws_random(mask, 4);
+        hl = weir_ws_build_hdr(out, 1, opcode, n, mask);
+        memcpy(out + hl, p, n);
+        weir_ws_mask(out + hl, n, mask, 0);
+    } else {
+        hl = weir_ws_build_hdr(out, 1, opcode, n, NULL);
+        memcpy(out + hl, p, n);
+    }
+    return hl + n;
+}
+
+/*
+ * Send one whole message to DST: at once when its stream is between
+ * messages, else kept in DST's inject queue until it is.
+ */
+static void
+weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
+{
+    if (dst->done || dst->close_sent) return;
+    if (weir_leg_between(dst) && n + WEIR_WS_MAX_HDR <= WEIR_RBUF_SIZE) {
+        size_t fl = weir_frame_message(dst, dst->s->w->sbuf, opcode, p, n);
+        weir_leg_write(dst, dst->s->w->sbuf, fl);
+        return;
+    }
+    uint8_t *nb = realloc(dst->inject, dst->inject_len + WEIR_WS_MAX_HDR + n);
+    if (nb == NULL) abort();
+    dst->inject = nb;
+    dst->inject_len += weir_frame_message(dst, nb + dst->inject_len, opcode, p, n);
+    
+}
+
+static void
+weir_leg_flush_inject(weir_leg_t *l)
+{
+    if (l->inject_len == 0 || l->done || l->s->state < WEIR_S_OPEN) return;
+    uint8_t *b = l->inject;
+    size_t n = l->inject_len;
+    l->inject = NULL;
+    l->inject_len = 0;
+    weir_leg_write(l, b, n);
+    free(b);
+}
+
+/* Apply a frame hook's verdict on L's assembled message. */
+static void
+weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l), *c = &s->client;
+    int fwd = !l->discard && !o->done && !o->close_sent;
+
+    switch (v->kind) {
+    case WEIR_V_PASS:
+        if (fwd) weir_leg_message(o, l->msg_op, l->msg, l->msg_fill);
+        break;
+    case WEIR_V_REPLACE:
+        if (fwd) weir_leg_message(o, l->msg_op, (const uint8_t *) v->payload, v->len);
+        break;
+    case WEIR_V_REPLY:
+        weir_leg_message(l, v->code == WEIR_WS_BINARY ? WEIR_WS_BINARY : WEIR_WS_TEXT,
+                         (const uint8_t *) v->payload, v->len);
+        break;
+    case WEIR_V_ERROR:
+        if (v->code) {
+            weir_note_close(s, (unsigned) v->code, 'w');
+            weir_leg_close_with(c, (unsigned) v->code, v->reason, v->payload, v->len);
+            weir_leg_send_close(&s->backend, 1001, "client closed by policy", NULL);
+        } else {
+            weir_leg_message(c, WEIR_WS_TEXT, (const uint8_t *) v->payload, v->len);
+        }
+        break;
+    case WEIR_V_FAIL:
+        weir_log_policy_failure(s, v);
+        weir_note_close(s, 1011, 'w');
+        weir_leg_send_close(c, 1011, "internal error", "/problems/internal-error");
+        weir_leg_send_close(&s->backend, 1001, "client closed: internal error", NULL);
+        break;
+    default:
+        break;
+    }
+    l->msg_fill = 0;
+    if (l->msg_cap > 65536) {
+        free(l->msg);
+        l->msg = NULL;
+        l->msg_cap = 0;
+    }
+}
+
+/* L's message is complete: run the frame hook. WEIR_AGAIN when it waits. */
+static int
+weir_relay_message(weir_leg_t *l)
+{
+    weir_verdict_t v;
+    if (weir_lua_frame(l->s, l->is_backend ? 1 : 0, l->msg_op, l->msg_fill, &v) == WEIR_AGAIN) {
+        l->waiting = 1;
+        return WEIR_AGAIN;
+    }
+    weir_apply_frame_verdict(l, &v);
+    return WEIR_OK;
+}
+
+void
+weir_proxy_resolved(weir_session_t *s, int hook, const weir_verdict_t *v)
+{
+    if (hook == WEIR_HOOK_HANDSHAKE) {
+        if (s->state == WEIR_S_POLICY && !s->client.done) weir_handshake_verdict(s, v);
+        return;
+    }
+    weir_leg_t *l = hook == WEIR_HOOK_FRAME_IN ? &s->client : &s->backend;
+    if (!l->waiting || l->done) return;
+    l->waiting = 0;
+    weir_apply_frame_verdict(l, v);
+
+    /* what arrived behind the message, in order, then read again */
+    uint8_t *h = l->held;
+    size_t n = l->held_len;
+    l->held = NULL;
+    l->held_len = 0;
+    if (h != NULL) {
+        if (!l->done) weir_relay_process(l, h, n);
+        free(h);
+    }
+    if (!l->waiting && !l->done) weir_leg_resume(l, WEIR_PAUSE_POLICY);
+}
+
+const uint8_t *
+weir_proxy_payload(weir_session_t *s, int dir, size_t *len)
+{
+    weir_leg_t *l = dir ? &s->backend : &s->client;
+    *len = l->msg_fill;
+    return l->msg;
+}
+
+int
+weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n)
+{
+    weir_leg_t *c = &s->client;
+    if (c->done || c->close_sent || s->state == WEIR_S_CLOSED) return WEIR_ERROR;
+    if (c->out_len + c->inject_len + n > weir_limits(s)->buffer_size) return WEIR_ERROR;
+    weir_leg_message(c, opcode == WEIR_WS_BINARY ? WEIR_WS_BINARY : WEIR_WS_TEXT, p, n);
+    return WEIR_OK;
+}
+
+void
+weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *json, size_t jlen)
+{
+    if (s->state < WEIR_S_OPEN) {
+        /* still in the handshake: refuse it */
+        weir_leg_close_fd(&s->backend);
+        if (json != NULL) {
+            char buf[4096];
+            size_t n = weir_http_json(buf, sizeof(buf), 403, json, jlen, NULL);
+            s->http_status = 403;
+            s->state = WEIR_S_CLOSED;
+            if (weir_leg_write(&s->client, (uint8_t *) buf, n) == WEIR_OK) weir_leg_finish(&s->client);
+        } else {
+            weir_session_http(s, 403, "/problems/forbidden", "Connection refused by policy", NULL);
+        }
+        return;
+    }
+    if (code < 1000 || code > 4999 || !weir_ws_close_code_valid((unsigned) code)) code = 1008;
+    weir_note_close(s, (unsigned) code, 'w');
+    weir_leg_close_with(&s->client, (unsigned) code, reason, json, jlen);
+    weir_leg_send_close(&s->backend, 1001, "client closed by policy", NULL);
 }

@@ -30,6 +30,7 @@ typedef struct weir_leg_s     weir_leg_t;
 enum {
     WEIR_PAUSE_PEER_FULL = 1,   /* the other leg's output queue is full */
     WEIR_PAUSE_HANDSHAKE = 2,   /* waiting for the other leg's handshake */
+    WEIR_PAUSE_POLICY    = 4,   /* a frame hook of this direction waits on I/O */
 };
 
 struct weir_leg_s {
@@ -55,6 +56,9 @@ struct weir_leg_s {
     unsigned        finish:1;           /* shut down once the output queue drains */
     unsigned        emitted_mid:1;      /* the other leg's output ends inside our frame */
     unsigned        msg_out_open:1;     /* frames of our open message went to the other leg */
+    unsigned        assemble:1;         /* a frame hook wants this direction's whole messages */
+    unsigned        collect:1;          /* the current message is being assembled in msg */
+    unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
 
     /* reading: frames from this peer */
@@ -69,6 +73,17 @@ struct weir_leg_s {
     uint16_t        rcvd_code;          /* code of the close this peer sent, 0: none */
     uint32_t        utf8;               /* validator state of the current text message */
     uint8_t         stash[WEIR_STASH_SIZE];
+
+    /* messages assembled for frame hooks, and input held while a hook waits */
+    uint8_t        *msg;                /* the message's payload, unmasked */
+    size_t          msg_fill, msg_cap;
+    uint8_t         msg_op;             /* its opcode */
+    uint8_t        *held;
+    size_t          held_len;
+
+    /* messages weir adds to this peer's stream, held until it is between messages */
+    uint8_t        *inject;
+    size_t          inject_len;
 
     /* writing: bytes queued for this peer */
     uint8_t        *out;                /* NULL while nothing waits */
@@ -89,6 +104,7 @@ struct weir_leg_s {
 enum {
     WEIR_S_TLS = 0,         /* client TLS handshake */
     WEIR_S_REQUEST,         /* reading the client's request head */
+    WEIR_S_POLICY,          /* on_handshake waits on I/O */
     WEIR_S_CONNECT,         /* connecting to the backend */
     WEIR_S_BACKEND,         /* backend handshake (TLS, request, response) */
     WEIR_S_OPEN,            /* relaying */
@@ -105,6 +121,9 @@ struct weir_session_s {
     uint64_t         last_data;         /* loop time of the last data frame either way */
     int              state;             /* WEIR_S_* */
     int              listen_tls;        /* client came over wss:// */
+    unsigned         hooks;             /* WEIR_HOOK_* of its version's chain */
+    unsigned         has_ctx:1;         /* the Lua runtime holds a ctx for it */
+    uint16_t         peer_port;
     weir_route_t     route;
     weir_endpoint_t *ep;
     char            *hs;                /* client request head, until the 101 */
@@ -129,6 +148,7 @@ struct weir_worker_s {
     SSL_CTX        **listen_tls;        /* per listener, NULL for ws:// */
     uv_poll_t       *listeners;
     uint8_t         *rbuf;              /* WEIR_STASH_SIZE + WEIR_RBUF_SIZE */
+    uint8_t         *sbuf;              /* WEIR_RBUF_SIZE: scratch for masking messages */
     weir_session_t  *sessions;          /* doubly linked */
     uint64_t         nsessions;
     uint64_t         max_sessions;      /* this worker's share */
@@ -150,6 +170,20 @@ void weir_proxy_tick(weir_worker_t *w);
 
 /* Begin a graceful shutdown of every session (close 1001). */
 void weir_proxy_shutdown(weir_worker_t *w);
+
+typedef struct weir_verdict_s weir_verdict_t;
+
+/* The verdict of a hook that waited (from the Lua bridge). */
+void weir_proxy_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);
+
+/* The assembled message of direction DIR (0: from the client), for policies. */
+const uint8_t *weir_proxy_payload(weir_session_t *s, int dir, size_t *len);
+
+/* Send a message of weir's own to the client (after the 101, between messages). */
+int  weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);
+
+/* Close S on a policy's request: JSON (may be NULL) and CODE to the client, 1001 to the backend. */
+void weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *json, size_t jlen);
 
 /* Close every socket of every session now (the worker is exiting). */
 void weir_proxy_abort_all(weir_worker_t *w);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "lua_bridge.h"
 #include "proxy.h"
 #include "tls.h"
 #include "worker.h"
@@ -117,10 +118,12 @@ static void
 weir_worker_cleanup(weir_worker_t *w)
 {
     weir_proxy_abort_all(w);
+    weir_lua_cancel_io();
     w->draining = 0;
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     uv_loop_close(w->loop);
+    weir_lua_cleanup(w);
     for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
     for (size_t a = 0; a < w->conf->napis; a++) {
         for (size_t v = 0; v < w->conf->apis[a].nversions; v++) {
@@ -132,6 +135,7 @@ weir_worker_cleanup(weir_worker_t *w)
     free(w->listen_tls);
     free(w->listeners);
     free(w->rbuf);
+    free(w->sbuf);
 }
 
 static uint64_t
@@ -161,9 +165,10 @@ weir_worker_run(weir_conf_t *conf, int id)
     w->id = id;
     w->max_sessions = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
     w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
+    w->sbuf = malloc(WEIR_RBUF_SIZE);
     w->listen_tls = calloc(conf->nlisten, sizeof(SSL_CTX *));
     w->listeners = calloc(conf->nlisten, sizeof(uv_poll_t));
-    if (w->rbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) return 1;
+    if (w->rbuf == NULL || w->sbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) return 1;
 
     for (size_t i = 0; i < conf->nlisten; i++) {
         weir_listen_t *ls = &conf->listen[i];
@@ -180,6 +185,8 @@ weir_worker_run(weir_conf_t *conf, int id)
                 if (eps[e] && eps[e]->tls && (eps[e]->tls_ctx = weir_tls_client_ctx(eps[e])) == NULL) return 1;
         }
     }
+
+    if (weir_lua_init(w) != WEIR_OK) return 1;
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;

@@ -1018,7 +1018,10 @@ local function evaluate(src)
         end
     end, "", HOOK_EVERY)
     local ok, res = xpcall(fn, chunk_error)
-    debug.sethook(old_hook, old_mask, old_count)
+    -- a hook set from C (the worker's budget) reads as a string here: the
+    -- worker installs it again after every call into Lua
+    if type(old_hook) == "function" then debug.sethook(old_hook, old_mask, old_count)
+    else debug.sethook() end
     if not ok then return nil, res end
     return res
 end

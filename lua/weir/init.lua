@@ -5,7 +5,6 @@
 -- @usage local weir = require "weir"
 
 local ffi = require "ffi"
-local cjson = require "cjson.safe"
 
 local setmetatable, getmetatable, type, tostring = setmetatable, getmetatable, type, tostring
 local floor, format = math.floor, string.format
@@ -86,12 +85,18 @@ end
 -- @tparam number code HTTP status or close code
 -- @tparam string message
 -- @usage ctx:send(weir.error_json("/problems/throttled", 1013, "slow down"))
+local ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+local function json_string(s)
+    return '"' .. string.gsub(s, '[%c"\\]', function(c)
+        return ESC[c] or format("\\u%04x", string.byte(c))
+    end) .. '"'
+end
+
 function _M.error_json(problem, code, message)
-    return cjson.encode({
-        type = "error",
-        error = { type = problem, code = code, message = message },
-        timestamp = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-    })
+    -- built by hand so that it is byte for byte the shape the core writes
+    return '{"type":"error","error":{"type":' .. json_string(problem) .. ',"code":'
+           .. format("%d", code) .. ',"message":' .. json_string(message) .. '},"timestamp":"'
+           .. os.date("!%Y-%m-%dT%H:%M:%SZ") .. '"}'
 end
 
 local md = ffi.new("unsigned char[32]")

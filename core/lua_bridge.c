@@ -1,0 +1,548 @@
+/*
+ * lua_bridge.c — the worker's LuaJIT VM: loading lua/weir/runtime.lua,
+ * the calls into it (one per event), the FFI functions it calls back
+ * (weir_ffi_*), the sessions it may name by id, the CPU budget of policy
+ * code, timers, and the HTTP client's results.
+ *
+ * The budget. LuaJIT does not run count hooks inside compiled traces, so a
+ * count hook alone cannot stop a loop the JIT compiled. Instead the VM runs
+ * LuaJIT's profiler in line mode: traces recorded while it runs carry a
+ * check that leaves the trace when a profiler tick is due, so its callback
+ * is reached from compiled code too. The callback, when the call into Lua
+ * has run longer than limits.policy_budget, sets the (always installed)
+ * count hook to fire at the next instruction, and the hook raises an error
+ * inside the policy's coroutine. The hook keeps firing until control is
+ * back in the runtime's main thread, so a policy cannot catch its way out.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <luajit.h>
+#include <lualib.h>
+
+#include "http_client.h"
+#include "log.h"
+#include "lua_bridge.h"
+
+#define WEIR_HOOK_COUNT_IDLE (1 << 30)
+
+typedef struct weir_lua_io_s weir_lua_io_t;
+struct weir_lua_io_s {
+    uint64_t          token;
+    weir_http_call_t *call;
+    weir_lua_io_t    *prev, *next;
+};
+
+static lua_State      *weir_L;
+static weir_worker_t  *weir_lw;
+static int             weir_ref[8];
+enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS };
+static const char *weir_ref_names[] = { "load", "open", "handshake", "frame", "close", "io_done", "timers" };
+
+static uint64_t        weir_call_start_ns;
+static int             weir_in_call;
+static int             weir_over;
+static int             weir_profiling;
+static uint64_t        weir_failures;
+static uv_timer_t      weir_lua_timer;
+static weir_lua_io_t  *weir_ios;
+static uint64_t        weir_next_token;
+
+/* sessions by id: only those with a ctx */
+static weir_session_t **weir_map;
+static size_t          weir_map_cap, weir_map_n;
+
+static uint64_t
+weir_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
+}
+
+/* ---- the id map ---------------------------------------------------------------- */
+
+static size_t
+weir_map_slot(uint64_t id)
+{
+    return (size_t) ((id * 0x9e3779b97f4a7c15ULL) >> 20) & (weir_map_cap - 1);
+}
+
+static void
+weir_map_put(weir_session_t *s)
+{
+    if ((weir_map_n + 1) * 2 > weir_map_cap) {
+        size_t old = weir_map_cap;
+        weir_session_t **o = weir_map;
+        weir_map_cap = old ? old * 2 : 1024;
+        weir_map = calloc(weir_map_cap, sizeof(*weir_map));
+        if (weir_map == NULL) abort();
+        weir_map_n = 0;
+        for (size_t i = 0; i < old; i++)
+            if (o[i] != NULL) weir_map_put(o[i]);
+        free(o);
+    }
+    size_t i = weir_map_slot(s->id);
+    while (weir_map[i] != NULL) i = (i + 1) & (weir_map_cap - 1);
+    weir_map[i] = s;
+    weir_map_n++;
+}
+
+static weir_session_t *
+weir_map_get(uint64_t id)
+{
+    if (weir_map_cap == 0) return NULL;
+    for (size_t i = weir_map_slot(id); weir_map[i] != NULL; i = (i + 1) & (weir_map_cap - 1))
+        if (weir_map[i]->id == id) return weir_map[i];
+    return NULL;
+}
+
+static void
+weir_map_del(uint64_t id)
+{
+    if (weir_map_cap == 0) return;
+    size_t i = weir_map_slot(id);
+    while (weir_map[i] != NULL && weir_map[i]->id != id) i = (i + 1) & (weir_map_cap - 1);
+    if (weir_map[i] == NULL) return;
+    weir_map[i] = NULL;
+    weir_map_n--;
+    /* re-place the rest of the cluster (linear probing deletion) */
+    for (size_t j = (i + 1) & (weir_map_cap - 1); weir_map[j] != NULL; j = (j + 1) & (weir_map_cap - 1)) {
+        weir_session_t *s = weir_map[j];
+        weir_map[j] = NULL;
+        weir_map_n--;
+        weir_map_put(s);
+    }
+}
+
+/* ---- the budget ------------------------------------------------------------------ */
+
+static void
+weir_budget_hook(lua_State *L, lua_Debug *ar)
+{
+    WEIR_UNUSED(ar);
+    if (!weir_over) {
+        lua_sethook(L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+        return;
+    }
+    if (L == weir_L) return;      /* the runtime's own code: let it settle the failure */
+    lua_pushfstring(L, "policy exceeded its CPU budget of %d ms", (int) weir_lw->conf->limits.policy_budget_ms);
+    lua_error(L);
+}
+
+static void
+weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
+{
+    WEIR_UNUSED(data);
+    WEIR_UNUSED(samples);
+    WEIR_UNUSED(vmstate);
+    if (!weir_in_call || weir_over) return;
+    if (weir_clock_ns() - weir_call_start_ns < weir_lw->conf->limits.policy_budget_ms * 1000000ULL) return;
+    weir_over = 1;
+    lua_sethook(L, weir_budget_hook, LUA_MASKCOUNT, 1);
+}
+
+/* Call the runtime's function REF with NARGS pushed after it; results stay
+ * on the stack from index 1. Returns WEIR_OK or WEIR_ERROR (logged). */
+static int
+weir_lua_call(int nargs)
+{
+    weir_call_start_ns = weir_clock_ns();
+    weir_in_call = 1;
+    int rc = lua_pcall(weir_L, nargs, LUA_MULTRET, 0);
+    weir_in_call = 0;
+    weir_over = 0;
+    lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+    if (rc != 0) {
+        char e[1024];
+        weir_log(WEIR_LOG_ERROR, "lua runtime error", "\"error\":\"%s\"",
+                 weir_log_str(e, sizeof(e), lua_tostring(weir_L, -1)));
+        lua_settop(weir_L, 0);
+        return WEIR_ERROR;
+    }
+    return WEIR_OK;
+}
+
+static void
+weir_lua_push(int ref)
+{
+    lua_settop(weir_L, 0);
+    lua_rawgeti(weir_L, LUA_REGISTRYINDEX, weir_ref[ref]);
+}
+
+/* Read a verdict from the stack, starting at index BASE. */
+static int
+weir_lua_verdict(int base, weir_verdict_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (lua_tointeger(weir_L, base) == WEIR_AGAIN) return WEIR_AGAIN;
+    v->kind = (int) lua_tointeger(weir_L, base + 1);
+    switch (v->kind) {
+    case WEIR_V_PASS:
+        v->sandbox = (int) lua_tointeger(weir_L, base + 2);
+        break;
+    case WEIR_V_REPLACE:
+        v->payload = lua_tolstring(weir_L, base + 2, &v->len);
+        break;
+    case WEIR_V_REPLY:
+        v->payload = lua_tolstring(weir_L, base + 2, &v->len);
+        v->code = (int) lua_tointeger(weir_L, base + 3);
+        break;
+    case WEIR_V_ERROR:
+        v->payload = lua_tolstring(weir_L, base + 2, &v->len);
+        v->code = (int) lua_tointeger(weir_L, base + 3);
+        v->reason = lua_tostring(weir_L, base + 4);
+        break;
+    case WEIR_V_FAIL:
+        v->reason = lua_tostring(weir_L, base + 2);
+        v->payload = lua_tolstring(weir_L, base + 3, &v->len);
+        break;
+    }
+    if (v->payload == NULL && (v->kind == WEIR_V_REPLACE || v->kind == WEIR_V_REPLY)) v->payload = "";
+    return WEIR_OK;
+}
+
+static void
+weir_lua_fail_verdict(weir_verdict_t *v, const char *why)
+{
+    memset(v, 0, sizeof(*v));
+    v->kind = WEIR_V_FAIL;
+    v->reason = "runtime";
+    v->payload = why;
+    v->len = strlen(why);
+}
+
+/* ---- loading ------------------------------------------------------------------- */
+
+/* The profiler runs only once some chain has hooks: traces recorded from
+ * then on carry the checks the budget needs. */
+static void
+weir_lua_profile_start(weir_conf_t *conf)
+{
+    char mode[16];
+    uint64_t iv = WEIR_MAX(conf->limits.policy_budget_ms / 4, (uint64_t) 1);
+    snprintf(mode, sizeof(mode), "li%llu", (unsigned long long) WEIR_MIN(iv, (uint64_t) 10));
+    luaJIT_profile_start(weir_L, mode, weir_profile_cb, NULL);
+    weir_profiling = 1;
+}
+
+static int
+weir_lua_load(weir_conf_t *conf)
+{
+    weir_lua_push(R_LOAD);
+    lua_pushstring(weir_L, conf->file);
+    lua_pushinteger(weir_L, conf->workers);
+    if (weir_lua_call(2) != WEIR_OK) return WEIR_ERROR;
+    if (!lua_istable(weir_L, 1)) {
+        char e[2048];
+        weir_log(WEIR_LOG_ERROR, "cannot load policies", "\"error\":\"%s\"",
+                 weir_log_str(e, sizeof(e), lua_tostring(weir_L, 2)));
+        return WEIR_ERROR;
+    }
+    for (size_t a = 0; a < conf->napis; a++) {
+        for (size_t i = 0; i < conf->apis[a].nversions; i++) {
+            weir_version_t *v = &conf->apis[a].versions[i];
+            lua_pushstring(weir_L, conf->apis[a].name);
+            lua_pushlstring(weir_L, "\0", 1);
+            lua_pushstring(weir_L, v->version);
+            lua_concat(weir_L, 3);
+            lua_rawget(weir_L, 1);
+            v->hooks = (unsigned) lua_tointeger(weir_L, -1);
+            lua_pop(weir_L, 1);
+            if (v->hooks != 0 && !weir_profiling) weir_lua_profile_start(conf);
+        }
+    }
+    lua_settop(weir_L, 0);
+    return WEIR_OK;
+}
+
+int
+weir_lua_init(weir_worker_t *w)
+{
+    weir_lw = w;
+    weir_L = luaL_newstate();
+    if (weir_L == NULL) return WEIR_ERROR;
+    luaL_openlibs(weir_L);
+
+    const char *dir = getenv("WEIR_LUA_DIR");
+    if (dir == NULL || *dir == '\0') dir = WEIR_LUA_DIR;
+    lua_getglobal(weir_L, "package");
+    lua_pushfstring(weir_L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_getfield(weir_L, -2, "path");
+    lua_concat(weir_L, 2);
+    lua_setfield(weir_L, -2, "path");
+    lua_pop(weir_L, 1);
+
+    lua_getglobal(weir_L, "require");
+    lua_pushstring(weir_L, "weir.runtime");
+    if (lua_pcall(weir_L, 1, 1, 0) != 0) {
+        char e[2048];
+        weir_log(WEIR_LOG_ERROR, "cannot start the Lua runtime", "\"error\":\"%s\"",
+                 weir_log_str(e, sizeof(e), lua_tostring(weir_L, -1)));
+        return WEIR_ERROR;
+    }
+    for (int i = 0; i <= R_TIMERS; i++) {
+        lua_getfield(weir_L, -1, weir_ref_names[i]);
+        weir_ref[i] = luaL_ref(weir_L, LUA_REGISTRYINDEX);
+    }
+    lua_settop(weir_L, 0);
+
+    uv_timer_init(w->loop, &weir_lua_timer);
+    lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+    return weir_lua_load(w->conf);
+}
+
+int
+weir_lua_reload(weir_worker_t *w, weir_conf_t *conf)
+{
+    WEIR_UNUSED(w);
+    return weir_lua_load(conf);
+}
+
+void
+weir_lua_cancel_io(void)
+{
+    while (weir_ios != NULL) {
+        weir_lua_io_t *io = weir_ios;
+        weir_ios = io->next;
+        weir_http_cancel(io->call);
+        free(io);
+    }
+}
+
+void
+weir_lua_cleanup(weir_worker_t *w)
+{
+    WEIR_UNUSED(w);
+    weir_lua_cancel_io();
+    weir_http_client_cleanup();
+    if (weir_L != NULL) {
+        if (weir_profiling) luaJIT_profile_stop(weir_L);
+        weir_profiling = 0;
+        lua_close(weir_L);
+        weir_L = NULL;
+    }
+    free(weir_map);
+    weir_map = NULL;
+    weir_map_cap = weir_map_n = 0;
+}
+
+uint64_t
+weir_lua_failures(void)
+{
+    return weir_failures;
+}
+
+/* ---- hooks ------------------------------------------------------------------- */
+
+int
+weir_lua_open(weir_session_t *s)
+{
+    weir_lua_push(R_OPEN);
+    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushstring(weir_L, s->route.api->name);
+    lua_pushstring(weir_L, s->route.version->version);
+    lua_pushstring(weir_L, s->route.api->context);
+    lua_pushlstring(weir_L, s->hs, s->hs_head);
+    lua_pushstring(weir_L, s->peer_ip);
+    lua_pushinteger(weir_L, s->peer_port);
+    lua_pushinteger(weir_L, s->listen_tls);
+    if (weir_lua_call(8) != WEIR_OK) return WEIR_ERROR;
+    s->has_ctx = 1;
+    weir_map_put(s);
+    return WEIR_OK;
+}
+
+int
+weir_lua_handshake(weir_session_t *s, weir_verdict_t *v)
+{
+    weir_lua_push(R_HANDSHAKE);
+    lua_pushnumber(weir_L, (lua_Number) s->id);
+    if (weir_lua_call(1) != WEIR_OK) {
+        weir_lua_fail_verdict(v, "runtime error");
+        return WEIR_OK;
+    }
+    return weir_lua_verdict(1, v);
+}
+
+int
+weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v)
+{
+    weir_lua_push(R_FRAME);
+    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushinteger(weir_L, dir);
+    lua_pushinteger(weir_L, opcode);
+    lua_pushnumber(weir_L, (lua_Number) len);
+    if (weir_lua_call(4) != WEIR_OK) {
+        weir_lua_fail_verdict(v, "runtime error");
+        return WEIR_OK;
+    }
+    return weir_lua_verdict(1, v);
+}
+
+void
+weir_lua_close(weir_session_t *s)
+{
+    if (!s->has_ctx) return;
+    weir_map_del(s->id);
+    s->has_ctx = 0;
+    weir_lua_push(R_CLOSE);
+    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushinteger(weir_L, s->close_code);
+    lua_pushstring(weir_L, s->close_side == 'c' ? "client" : s->close_side == 'b' ? "backend"
+                                                    : s->close_side == 'w' ? "weir" : "none");
+    lua_pushnumber(weir_L, (lua_Number) (uv_now(s->w->loop) - s->started));
+    lua_pushnumber(weir_L, (lua_Number) s->client.frames);
+    lua_pushnumber(weir_L, (lua_Number) s->client.bytes);
+    lua_pushnumber(weir_L, (lua_Number) s->backend.frames);
+    lua_pushnumber(weir_L, (lua_Number) s->backend.bytes);
+    weir_lua_call(8);
+    lua_settop(weir_L, 0);
+}
+
+/* ---- I/O results and timers ------------------------------------------------- */
+
+/* The runtime returned "conn_id, hook, status, kind, ..." for a hook that
+ * finished after waiting: hand the verdict to its session. */
+static void
+weir_lua_deliver(void)
+{
+    uint64_t id = (uint64_t) lua_tonumber(weir_L, 1);
+    if (id == 0) return;
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return;
+    int hook = (int) lua_tointeger(weir_L, 2);
+    weir_verdict_t v;
+    if (weir_lua_verdict(3, &v) == WEIR_AGAIN) return;
+    weir_proxy_resolved(s, hook, &v);
+}
+
+static void
+weir_lua_http_done(weir_http_call_t *call, const weir_http_res_t *res, void *data)
+{
+    weir_lua_io_t *io = data;
+    WEIR_UNUSED(call);
+    if (io->prev) io->prev->next = io->next;
+    else weir_ios = io->next;
+    if (io->next) io->next->prev = io->prev;
+    uint64_t token = io->token;
+    free(io);
+
+    weir_lua_push(R_IO_DONE);
+    lua_pushnumber(weir_L, (lua_Number) token);
+    lua_pushinteger(weir_L, res->status);
+    if (res->error) lua_pushstring(weir_L, res->error);
+    else lua_pushnil(weir_L);
+    lua_pushlstring(weir_L, res->headers ? res->headers : "", res->headers_len);
+    lua_pushlstring(weir_L, res->body ? res->body : "", res->body_len);
+    if (weir_lua_call(5) == WEIR_OK) weir_lua_deliver();
+    lua_settop(weir_L, 0);
+}
+
+static void
+weir_lua_timer_cb(uv_timer_t *t)
+{
+    WEIR_UNUSED(t);
+    weir_lua_push(R_TIMERS);
+    weir_lua_call(0);
+    lua_settop(weir_L, 0);
+}
+
+/* ---- FFI functions (called from the Lua runtime) -------------------------------- */
+
+int
+weir_ffi_abi(void)
+{
+    return WEIR_FFI_ABI;
+}
+
+const char *
+weir_ffi_payload(uint64_t id, int dir, size_t *len)
+{
+    weir_session_t *s = weir_map_get(id);
+    *len = 0;
+    if (s == NULL) return NULL;
+    const uint8_t *p = weir_proxy_payload(s, dir, len);
+    return (const char *) p;
+}
+
+int
+weir_ffi_send(uint64_t id, int opcode, const char *p, size_t n)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    return weir_proxy_send(s, opcode, (const uint8_t *) p, n);
+}
+
+int
+weir_ffi_close(uint64_t id, int code, const char *reason, const char *json, size_t jlen)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    weir_proxy_close(s, code, reason, json, jlen);
+    return WEIR_OK;
+}
+
+void
+weir_ffi_log(int level, const char *msg, const char *fields)
+{
+    if (!weir_log_enabled(level)) return;
+    if (fields != NULL && *fields != '\0') weir_log(level, msg, "%s", fields);
+    else weir_log(level, msg, NULL);
+}
+
+void
+weir_ffi_timer(double ms)
+{
+    uint64_t d = ms <= 0 ? 0 : (uint64_t) ms + 1;
+    uv_timer_start(&weir_lua_timer, weir_lua_timer_cb, d, 0);
+}
+
+void
+weir_ffi_policy_failed(void)
+{
+    weir_failures++;
+}
+
+uint64_t
+weir_ffi_http(const char *method, const char *url, const char *headers, const char *body, size_t blen,
+              double timeout_ms, int verify, const char *ca, char *err, size_t errlen)
+{
+    weir_lua_io_t *io = calloc(1, sizeof(*io));
+    if (io == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
+    }
+    weir_http_req_t req = {
+        .method = method, .url = url, .headers = headers, .body = body, .body_len = blen,
+        .timeout_ms = timeout_ms > 0 ? (uint64_t) timeout_ms : 0, .verify = verify, .ca_file = ca,
+    };
+    io->token = ++weir_next_token;
+    io->call = weir_http_request(weir_lw->loop, &req, weir_lua_http_done, io, err, errlen);
+    if (io->call == NULL) {
+        free(io);
+        return 0;
+    }
+    io->next = weir_ios;
+    if (weir_ios) weir_ios->prev = io;
+    weir_ios = io;
+    return io->token;
+}
+
+void
+weir_ffi_http_cancel(uint64_t token)
+{
+    for (weir_lua_io_t *io = weir_ios; io != NULL; io = io->next) {
+        if (io->token != token) continue;
+        if (io->prev) io->prev->next = io->next;
+        else weir_ios = io->next;
+        if (io->next) io->next->prev = io->prev;
+        weir_http_cancel(io->call);
+        free(io);
+        return;
+    }
+}

@@ -1,0 +1,157 @@
+--- The connection object policies receive as `ctx`.
+--
+-- Fields: `id`, `api` (`name`, `version`, `context`), `request` (`method`,
+-- `path`, `query_string`, `query`, `headers`, `client_ip`, `client_port`,
+-- `scheme`, `subprotocols`; parsed from the handshake on first use),
+-- `consumer` (set by authentication policies), `vars` (the policies' own
+-- per-connection state), `policy` (the name of the policy running).
+--
+-- @module weir.ctx
+
+local ffi = require "ffi"
+local cjson = require "cjson.safe"
+
+local setmetatable, rawget, rawset, type, tostring, tonumber, pairs =
+    setmetatable, rawget, rawset, type, tostring, tonumber, pairs
+local find, sub, lower, gsub, gmatch, match, char =
+    string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char
+
+local _M = {}
+
+local C   -- the core's FFI functions, bound by the runtime (nil in plain LuaJIT)
+
+--- Bind the core's functions (called by the runtime inside a worker).
+function _M.bind(c) C = c end
+
+local function unescape(s)
+    s = gsub(s, "+", " ")
+    return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+--- Decode a query string into a table (first value per name wins).
+function _M.parse_query(qs)
+    local q = {}
+    if not qs or qs == "" then return q end
+    for pair in gmatch(qs, "[^&]+") do
+        local k, v = match(pair, "^([^=]*)=?(.*)$")
+        k = unescape(k)
+        if q[k] == nil then q[k] = unescape(v) end
+    end
+    return q
+end
+
+--- Parse header lines of a request head into a table of lower-cased names.
+function _M.parse_headers(head)
+    local h = {}
+    local first = find(head, "\r\n", 1, true)
+    if not first then return h end
+    for line in gmatch(sub(head, first + 2), "([^\r\n]+)\r\n") do
+        local name, value = match(line, "^([^:]+):%s*(.-)%s*$")
+        if name then
+            name = lower(name)
+            local old = h[name]
+            h[name] = old and old .. ", " .. value or value
+        end
+    end
+    return h
+end
+
+-- request fields parsed on first use
+local REQUEST_MT = {
+    __index = function(r, k)
+        local head = rawget(r, "_head")
+        if k == "headers" then
+            local h = _M.parse_headers(head or "")
+            rawset(r, "headers", h)
+            return h
+        elseif k == "query" then
+            local q = _M.parse_query(rawget(r, "query_string"))
+            rawset(r, "query", q)
+            return q
+        elseif k == "subprotocols" then
+            local list, v = {}, r.headers["sec-websocket-protocol"]
+            if v then for p in gmatch(v, "[^,%s]+") do list[#list + 1] = p end end
+            rawset(r, "subprotocols", list)
+            return list
+        end
+        return nil
+    end,
+}
+
+--- A request table for HEAD (the client's request line and headers).
+function _M.request(head, client_ip, client_port, tls)
+    local method, target = match(head or "", "^(%S+) (%S+)")
+    local path, qs = match(target or "/", "^([^?]*)%??(.*)$")
+    return setmetatable({
+        _head = head, method = method, path = path, query_string = qs ~= "" and qs or nil,
+        client_ip = client_ip, client_port = client_port, scheme = tls and "wss" or "ws",
+    }, REQUEST_MT)
+end
+
+local CTX = {}
+CTX.__index = CTX
+
+local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
+
+--- Send PAYLOAD to the client, as a message of its own.
+-- @tparam string payload
+-- @tparam[opt] number opcode `weir.TEXT` (default) or `weir.BINARY`
+-- @treturn boolean true, or nil and an error when the connection is gone
+-- @usage ctx:send('{"type":"welcome"}')
+function CTX:send(payload, opcode)
+    if type(payload) ~= "string" then error("ctx:send(payload [, opcode]): payload must be a string", 2) end
+    if rawget(self, "_closed") then return nil, "closed" end
+    if C.weir_ffi_send(self.id, opcode or 1, payload, #payload) ~= 0 then return nil, "closed" end
+    return true
+end
+
+--- Close the connection: the client gets close CODE and REASON (and, when
+-- given, the error JSON made from a `weir.error` verdict first); the backend
+-- gets 1001.
+-- @tparam number code a close code (1000, 1008, 4000–4999, ...)
+-- @tparam[opt] string reason
+-- @tparam[opt] table err a `weir.error(...)` whose JSON is sent first
+-- @usage ctx:close(1008, "policy violation")
+function CTX:close(code, reason, err)
+    if rawget(self, "_closed") then return nil, "closed" end
+    code = code or 1000
+    reason = reason or ""
+    local json = err and require("weir").error_json(err.problem, code, err.message) or nil
+    C.weir_ffi_close(self.id, code, reason, json, json and #json or 0)
+    return true
+end
+
+--- Log a JSON line with the connection id and the running policy.
+-- @tparam string level "debug", "info", "warn" or "error"
+-- @tparam string msg
+-- @tparam[opt] table fields extra members (strings, numbers, booleans)
+-- @usage ctx:log("info", "subscribed", { topic = t })
+function CTX:log(level, msg, fields)
+    local lv = LEVELS[level] or 1
+    local extra = { conn = tostring(self.id), policy = rawget(self, "policy") }
+    if fields then for k, v in pairs(fields) do extra[k] = v end end
+    local enc = cjson.encode(extra) or "{}"
+    C.weir_ffi_log(lv, tostring(msg), sub(enc, 2, -2))
+end
+
+--- Run FN(ctx, ...) after DELAY seconds, on this connection. Timers of a
+-- closed connection do not run.
+-- @treturn table a handle with `:cancel()`
+-- @usage ctx:timer(30, function(ctx) ctx:send("still there?") end)
+function CTX:timer(delay, fn, ...)
+    return _M.runtime.timer(self, delay, fn, ...)
+end
+
+--- A new ctx (called by the runtime when a connection reaches a chain).
+function _M.new(id, api, version, context, head, client_ip, client_port, tls)
+    return setmetatable({
+        id = id,
+        api = { name = api, version = version, context = context },
+        request = _M.request(head, client_ip, client_port, tls),
+        vars = {},
+    }, CTX)
+end
+
+_M.CTX = CTX
+
+return _M
