@@ -51,23 +51,40 @@ typedef struct {
  * Report a problem with the configuration: "weir: FILE:LINE: FIELD: what".
  * LINE 0 (unknown) and an empty FIELD are left out. Counts the error.
  */
+void (*weir_conf_sink)(const char *line);
+
+/* Say one line about the configuration: to the sink when one is set (a
+ * reload logs them), else to stderr prefixed "weir: ". */
+static void __attribute__((format(printf, 1, 2)))
+weir_conf_say(const char *fmt, ...)
+{
+    char     buf[2048];
+    va_list  ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (weir_conf_sink != NULL) {
+        weir_conf_sink(buf);
+    } else {
+        fprintf(stderr, "weir: %s\n", buf);
+    }
+}
+
 static void __attribute__((format(printf, 4, 5)))
 weir_conf_error(weir_conf_ctx_t *ctx, int line, const char *field, const char *fmt, ...)
 {
+    char     what[1536], where[64] = "";
     va_list  ap;
 
-    fprintf(stderr, "weir: %s", ctx->file);
-    if (line > 0) {
-        fprintf(stderr, ":%d", line);
-    }
-    fprintf(stderr, ": ");
-    if (field != NULL && field[0] != '\0') {
-        fprintf(stderr, "%s: ", field);
-    }
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    if (line > 0) {
+        snprintf(where, sizeof(where), ":%d", line);
+    }
+    weir_conf_say("%s%s: %s%s%s", ctx->file, where, field != NULL ? field : "",
+                  field != NULL && field[0] != '\0' ? ": " : "", what);
     ctx->nerrors++;
 }
 
@@ -79,8 +96,7 @@ weir_conf_error(weir_conf_ctx_t *ctx, int line, const char *field, const char *f
 static int
 weir_conf_internal(weir_conf_ctx_t *ctx, const char *key, const char *what)
 {
-    fprintf(stderr, "weir: %s: internal error: normalised field \"%s\" %s\n",
-            ctx->file, key, what);
+    weir_conf_say("%s: internal error: normalised field \"%s\" %s", ctx->file, key, what);
     ctx->nerrors++;
     return WEIR_ERROR;
 }
@@ -88,7 +104,7 @@ weir_conf_internal(weir_conf_ctx_t *ctx, const char *key, const char *what)
 static int
 weir_conf_oom(weir_conf_ctx_t *ctx)
 {
-    fprintf(stderr, "weir: %s: out of memory\n", ctx->file);
+    weir_conf_say("%s: out of memory", ctx->file);
     ctx->nerrors++;
     return WEIR_ERROR;
 }
@@ -277,7 +293,7 @@ weir_conf_check_tls_pair(weir_conf_ctx_t *ctx, int idx, const char *cert, const 
 
     ssl = SSL_CTX_new(TLS_server_method());
     if (ssl == NULL) {
-        fprintf(stderr, "weir: %s: cannot create a TLS context: %s\n",
+        weir_conf_say("%s: cannot create a TLS context: %s",
                 ctx->file, weir_conf_ssl_reason());
         ctx->nerrors++;
         rc = WEIR_ERROR;
@@ -344,7 +360,7 @@ weir_conf_check_ca(weir_conf_ctx_t *ctx, int idx, const char *ca)
     }
     ssl = SSL_CTX_new(TLS_client_method());
     if (ssl == NULL) {
-        fprintf(stderr, "weir: %s: cannot create a TLS context: %s\n",
+        weir_conf_say("%s: cannot create a TLS context: %s",
                 ctx->file, weir_conf_ssl_reason());
         ctx->nerrors++;
         return WEIR_ERROR;
@@ -744,7 +760,7 @@ weir_conf_run(weir_conf_ctx_t *ctx)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "weir.conf");
     if (lua_pcall(L, 1, 1, 0) != 0) {
-        fprintf(stderr, "weir: cannot load weir.conf from %s: %s\n", dir, lua_tostring(L, -1));
+        weir_conf_say("cannot load weir.conf from %s: %s", dir, lua_tostring(L, -1));
         return WEIR_ERROR;
     }
     lua_getfield(L, -1, "load");
@@ -759,7 +775,7 @@ weir_conf_run(weir_conf_ctx_t *ctx)
     lua_setfield(L, -2, "cpus");
 
     if (lua_pcall(L, 2, 2, handler) != 0) {
-        fprintf(stderr, "weir: %s: internal error in weir.conf: %s\n",
+        weir_conf_say("%s: internal error in weir.conf: %s",
                 ctx->file, lua_tostring(L, -1));
         return WEIR_ERROR;
     }
@@ -768,14 +784,14 @@ weir_conf_run(weir_conf_ctx_t *ctx)
         return WEIR_OK;
     }
     if (!lua_istable(L, -1)) {
-        fprintf(stderr, "weir: %s: internal error: weir.conf returned no configuration "
-                "and no errors\n", ctx->file);
+        weir_conf_say("%s: internal error: weir.conf returned no configuration and no errors",
+                      ctx->file);
         return WEIR_ERROR;
     }
     n = lua_objlen(L, -1);
     for (i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, (int) i);
-        fprintf(stderr, "weir: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        weir_conf_say("%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
         lua_pop(L, 1);
     }
     return WEIR_ERROR;

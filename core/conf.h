@@ -83,6 +83,7 @@ typedef struct {
     weir_limits_t    limits;
     weir_api_t      *apis;
     size_t           napis;
+    uint64_t         refs;                 /* sessions routed with it (worker-local) */
 } weir_conf_t;
 
 /*
@@ -91,6 +92,9 @@ typedef struct {
  * and has written one line per error to stderr, each "file:line: field: what".
  */
 int  weir_conf_load(const char *file, weir_conf_t **out);
+
+/* When set, each error line goes here instead of stderr (reloads log them). */
+extern void (*weir_conf_sink)(const char *line);
 void weir_conf_free(weir_conf_t *conf);
 
 #endif

@@ -561,7 +561,7 @@ weir_http_finish(weir_http_call_t *c, int ok)
     free(c->host);
     free(c->out);
     free(c->head);
-    // LEAK INJECTED
+    free(c->hdrs);
     free(c->body);
     c->host = c->out = c->head = c->hdrs = c->body = NULL;
     uv_close((uv_handle_t *) &c->timer, weir_http_timer_closed);
@@ -902,7 +902,7 @@ weir_http_parse_head(weir_http_call_t *c, const char *head, size_t len)
     p = eol + 1;
     if (c->status >= 100 && c->status < 200 && c->status != 101) return WEIR_OK;
 
-    // LEAK INJECTED
+    free(c->hdrs);
     c->hdrs_len = 0;
     c->hdrs = malloc(2 * len + 1);     /* "n:v\n" grows at most by 2 per line */
     if (c->hdrs == NULL) {
@@ -1212,22 +1212,26 @@ weir_http_connected(weir_http_call_t *c)
     weir_http_io(c);
 }
 
+/*
+ * On POLLERR libuv stops the handle and reports UV_EBADF: the socket's own
+ * error (SO_ERROR, or what recv/send say, such as a reset after the last
+ * response bytes) tells more, so the state's handler runs anyway; the
+ * poll error is reported only when that handler did not end the call.
+ */
 static void
 weir_http_poll_cb(uv_poll_t *h, int status, int events)
 {
     weir_http_call_t *c = h->data;
     WEIR_UNUSED(events);
     if (c->finished) return;
-    if (status < 0 && c->state != WEIR_HC_CONNECT) {
-        weir_http_fail(c, "poll: %s", uv_strerror(status));
-        return;
-    }
+    if (status < 0) c->events = 0;      /* libuv stopped the handle */
     switch (c->state) {
-    case WEIR_HC_CONNECT: weir_http_connected(c); break;
+    case WEIR_HC_CONNECT: weir_http_connected(c); return;
     case WEIR_HC_TLS:     weir_http_tls_step(c); break;
     case WEIR_HC_IO:      weir_http_io(c); break;
     default:              break;
     }
+    if (status < 0 && !c->finished) weir_http_fail(c, "poll: %s", uv_strerror(status));
 }
 
 /* Start connecting to the next address; fail C when none is left. */

@@ -43,12 +43,15 @@ weir_usage(FILE *f)
     fprintf(f,
             "weir %s — a Lua-scriptable WebSocket API gateway\n\n"
             "usage: weir [-t] -c FILE\n"
+            "       weir -s reload|stop -c FILE\n"
             "       weir -v | -h\n\n"
             "  -c FILE   the configuration file (a Lua file returning a table)\n"
             "  -t        check the configuration and exit (0: valid)\n"
+            "  -s SIGNAL reload: check the configuration, then have the running weir\n"
+            "            (found by the configuration's pid_file) reload it; stop: drain and stop\n"
             "  -v        print the version and exit\n"
             "  -h        print this help and exit\n\n"
-            "signals to the master: TERM or INT drain and stop\n",
+            "signals to the master: HUP reloads, TERM or INT drain and stop\n",
             WEIR_VERSION);
 }
 
@@ -105,17 +108,72 @@ weir_spawn(weir_conf_t *conf, int id, const sigset_t *old)
     pid_t pid = fork();
     if (pid == 0) {
         sigprocmask(SIG_SETMASK, old, NULL);
-        int rc = weir_worker_run(conf, id);
-        weir_conf_free(conf);
-        exit(rc);
+        exit(weir_worker_run(conf, id));      /* the worker frees its configurations */
     }
     if (pid < 0) weir_log(WEIR_LOG_ERROR, "cannot fork a worker", "\"error\":\"%s\"", strerror(errno));
     return pid;
 }
 
-static int
-weir_master(weir_conf_t *conf)
+static void
+weir_master_log_conf_line(const char *line)
 {
+    char e[2048];
+    weir_log(WEIR_LOG_ERROR, "configuration error", "\"error\":\"%s\"", weir_log_str(e, sizeof(e), line));
+}
+
+static int
+weir_listen_same(const weir_conf_t *a, const weir_conf_t *b)
+{
+    if (a->nlisten != b->nlisten) return 0;
+    for (size_t i = 0; i < a->nlisten; i++) {
+        const weir_listen_t *x = &a->listen[i], *y = &b->listen[i];
+        if (x->port != y->port || strcmp(x->address, y->address) != 0 || !x->tls_cert != !y->tls_cert
+            || (x->tls_cert && (strcmp(x->tls_cert, y->tls_cert) != 0 || strcmp(x->tls_key, y->tls_key) != 0)))
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * SIGHUP: validate the configuration file and every policy it names. On any
+ * error nothing changes (the errors are logged with file and line). On
+ * success the master keeps the new configuration (for workers it starts
+ * later) and tells every worker to reload. Returns the configuration now
+ * in force.
+ */
+static weir_conf_t *
+weir_master_reload(weir_conf_t *conf, weir_slot_t *slots, int n)
+{
+    weir_conf_t *nc = NULL;
+    weir_conf_sink = weir_master_log_conf_line;
+    int rc = weir_conf_load(conf->file, &nc);
+    weir_conf_sink = NULL;
+    if (rc != WEIR_OK) {
+        weir_log(WEIR_LOG_ERROR, "reload refused: the configuration has errors, nothing changed", NULL);
+        return conf;
+    }
+    if (!weir_listen_same(conf, nc))
+        weir_log(WEIR_LOG_WARN, "reload: listen changes need a restart; the listeners stay as they are", NULL);
+    if (nc->workers != conf->workers)
+        weir_log(WEIR_LOG_WARN, "reload: a new worker count needs a restart", NULL);
+    nc->workers = conf->workers;
+    weir_listen_t *l = nc->listen;
+    size_t nl = nc->nlisten;
+    nc->listen = conf->listen;
+    nc->nlisten = conf->nlisten;
+    conf->listen = l;
+    conf->nlisten = nl;
+    weir_conf_free(conf);
+    weir_log(WEIR_LOG_INFO, "reloading", "\"workers\":%d", n);
+    for (int i = 0; i < n; i++)
+        if (slots[i].pid > 0) kill(slots[i].pid, SIGHUP);
+    return nc;
+}
+
+static int
+weir_master(weir_conf_t **confp)
+{
+    weir_conf_t *conf = *confp;
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
@@ -199,8 +257,8 @@ weir_master(weir_conf_t *conf)
                     if (slots[i].pid > 0) kill(slots[i].pid, SIGTERM);
                 kill_at = weir_clock_ms() + conf->limits.drain_timeout_ms + 5000;
             }
-        } else if (sig == SIGHUP) {
-            weir_log(WEIR_LOG_WARN, "SIGHUP ignored: configuration reload is not implemented yet", NULL);
+        } else if (sig == SIGHUP && !stopping) {
+            conf = *confp = weir_master_reload(conf, slots, n);
         }
     }
     free(slots);
@@ -222,6 +280,34 @@ weir_write_pid(const char *file)
     return WEIR_OK;
 }
 
+/* weir -s reload|stop: signal the running master named by the pid file. */
+static int
+weir_signal_master(const weir_conf_t *conf, const char *what)
+{
+    int sig = strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "stop") == 0 ? SIGTERM : 0;
+    if (sig == 0) {
+        fprintf(stderr, "weir: -s takes reload or stop, not \"%s\"\n", what);
+        return 2;
+    }
+    if (conf->pid_file == NULL) {
+        fprintf(stderr, "weir: %s has no pid_file: cannot find the running master\n", conf->file);
+        return 1;
+    }
+    FILE *f = fopen(conf->pid_file, "r");
+    int pid = 0;
+    if (f == NULL || fscanf(f, "%d", &pid) != 1 || pid <= 1) {
+        fprintf(stderr, "weir: cannot read a process id from %s\n", conf->pid_file);
+        if (f) fclose(f);
+        return 1;
+    }
+    fclose(f);
+    if (kill(pid, sig) != 0) {
+        fprintf(stderr, "weir: cannot signal process %d: %s\n", pid, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -229,9 +315,11 @@ main(int argc, char **argv)
     int test = 0, c;
     weir_conf_t *conf = NULL;
 
-    while ((c = getopt(argc, argv, "c:tvh")) != -1) {
+    const char *sigarg = NULL;
+    while ((c = getopt(argc, argv, "c:ts:vh")) != -1) {
         switch (c) {
         case 'c': file = optarg; break;
+        case 's': sigarg = optarg; break;
         case 't': test = 1; break;
         case 'v': printf("weir %s\n", WEIR_VERSION); return 0;
         case 'h': weir_usage(stdout); return 0;
@@ -243,6 +331,11 @@ main(int argc, char **argv)
         return 2;
     }
     if (weir_conf_load(file, &conf) != WEIR_OK) return 1;
+    if (sigarg != NULL) {
+        int rc = weir_signal_master(conf, sigarg);
+        weir_conf_free(conf);
+        return rc;
+    }
     if (test) {
         printf("weir: configuration %s is valid\n", file);
         weir_conf_free(conf);
@@ -251,7 +344,7 @@ main(int argc, char **argv)
     if (weir_log_open(conf->log_file, conf->log_level) != WEIR_OK) return 1;
     if (weir_open_listeners(conf) != WEIR_OK) return 1;
     if (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK) return 1;
-    int rc = weir_master(conf);
+    int rc = weir_master(&conf);
     weir_conf_free(conf);
     return rc;
 }

@@ -284,6 +284,7 @@ weir_session_free(weir_session_t *s)
     }
     free(s->hs);
     free(s->bhs);
+    weir_conf_release(w, s->conf);
     free(s);
     if (w->draining && w->nsessions == 0) uv_stop(w->loop);
 }
@@ -657,7 +658,7 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
             weir_leg_finish(&s->client);
         return;
     }
-    if (weir_route(w->conf, m->target, m->target_len, &s->route) != WEIR_OK) {
+    if (weir_route(s->conf, m->target, m->target_len, &s->route) != WEIR_OK) {
         weir_session_http(s, 404, "/problems/not-found", "No API matches the requested path", NULL);
         return;
     }
@@ -693,8 +694,8 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
         weir_session_http(s, 500, "/problems/internal-error", "Internal error", NULL);
         return;
     }
-    s->client.assemble = (s->hooks & WEIR_HOOK_FRAME_IN) != 0;
-    s->backend.assemble = (s->hooks & WEIR_HOOK_FRAME_OUT) != 0;
+    s->client.assemble = s->client.assemble_next = (s->hooks & WEIR_HOOK_FRAME_IN) != 0;
+    s->backend.assemble = s->backend.assemble_next = (s->hooks & WEIR_HOOK_FRAME_OUT) != 0;
     weir_leg_pause(&s->client, WEIR_PAUSE_HANDSHAKE);
     if (s->hooks & WEIR_HOOK_HANDSHAKE) {
         weir_verdict_t v;
@@ -1182,6 +1183,7 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
 
         /* a data frame: validate and forward its header, then stream its payload */
         if (h.opcode != WEIR_WS_CONT) {
+            l->assemble = l->assemble_next;     /* a reload changes it between messages only */
             l->msg_opcode = (uint8_t) h.opcode;
             l->msg_len = 0;
             l->msg_frames = 0;
@@ -1412,6 +1414,8 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
         return;
     }
     s->w = w;
+    s->conf = w->conf;
+    w->conf->refs++;
     s->id = ((uint64_t) w->id << 40) | ++w->next_id;
     s->started = uv_now(w->loop);
     s->client.s = s;
@@ -1737,4 +1741,44 @@ weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *js
     weir_note_close(s, (unsigned) code, 'w');
     weir_leg_close_with(&s->client, (unsigned) code, reason, json, jlen);
     weir_leg_send_close(&s->backend, 1001, "client closed by policy", NULL);
+}
+
+/* ---- reload ----------------------------------------------------------------------- */
+
+static weir_version_t *
+weir_find_version(weir_conf_t *conf, const char *api, const char *version)
+{
+    for (size_t a = 0; a < conf->napis; a++) {
+        if (strcmp(conf->apis[a].name, api) != 0) continue;
+        for (size_t v = 0; v < conf->apis[a].nversions; v++)
+            if (strcmp(conf->apis[a].versions[v].version, version) == 0) return &conf->apis[a].versions[v];
+    }
+    return NULL;
+}
+
+void
+weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf)
+{
+    for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
+        if (s->route.version == NULL || s->state == WEIR_S_CLOSED) continue;
+        weir_version_t *v = weir_find_version(conf, s->route.api->name, s->route.version->version);
+        if (v == NULL) {
+            if (s->state < WEIR_S_OPEN) {
+                weir_leg_close_fd(&s->backend);
+                weir_session_http(s, 503, "/problems/api-removed", "The API was removed", NULL);
+            } else {
+                weir_note_close(s, 1012, 'w');
+                weir_leg_send_close(&s->client, 1012, "API removed", "/problems/api-removed");
+                weir_leg_send_close(&s->backend, 1001, "API removed", NULL);
+            }
+            continue;
+        }
+        if (s->has_ctx) {
+            /* its ctx follows the new chain (the runtime switched it); the core
+             * follows the chain's frame hooks from the next message on */
+            s->hooks = v->hooks;
+            s->client.assemble_next = (v->hooks & WEIR_HOOK_FRAME_IN) != 0;
+            s->backend.assemble_next = (v->hooks & WEIR_HOOK_FRAME_OUT) != 0;
+        }
+    }
 }

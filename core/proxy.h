@@ -57,6 +57,7 @@ struct weir_leg_s {
     unsigned        emitted_mid:1;      /* the other leg's output ends inside our frame */
     unsigned        msg_out_open:1;     /* frames of our open message went to the other leg */
     unsigned        assemble:1;         /* a frame hook wants this direction's whole messages */
+    unsigned        assemble_next:1;    /* assemble from the next message on (set by reloads) */
     unsigned        collect:1;          /* the current message is being assembled in msg */
     unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
@@ -115,6 +116,7 @@ struct weir_session_s {
     weir_leg_t       client;
     weir_leg_t       backend;
     weir_worker_t   *w;
+    weir_conf_t     *conf;              /* the configuration it was routed with (a reference) */
     weir_session_t  *prev, *next;       /* the worker's list */
     uint64_t         id;
     uint64_t         started;           /* loop time, ms */
@@ -158,7 +160,7 @@ struct weir_worker_s {
     uv_timer_t       drain;
     uv_idle_t        idle;
     weir_leg_t      *ready;             /* TLS legs with decrypted bytes pending */
-    uv_signal_t      sig_term, sig_int;
+    uv_signal_t      sig_term, sig_int, sig_hup;
     int              draining;
 };
 
@@ -184,6 +186,13 @@ int  weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);
 
 /* Close S on a policy's request: JSON (may be NULL) and CODE to the client, 1001 to the backend. */
 void weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *json, size_t jlen);
+
+/* A reload installed NEW as the worker's configuration: sessions whose API
+ * version is gone are closed 1012, the others follow their chain's hooks. */
+void weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf);
+
+/* Drop a reference to CONF, freeing it when unused and not current. */
+void weir_conf_release(weir_worker_t *w, weir_conf_t *conf);
 
 /* Close every socket of every session now (the worker is exiting). */
 void weir_proxy_abort_all(weir_worker_t *w);

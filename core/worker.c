@@ -105,6 +105,101 @@ weir_worker_signal_cb(uv_signal_t *sig, int signum)
     uv_timer_start(&w->drain, weir_worker_drain_cb, w->conf->limits.drain_timeout_ms, 0);
 }
 
+/* Make the TLS contexts CONF's wss:// endpoints need. */
+static int
+weir_worker_conf_tls(weir_conf_t *conf)
+{
+    for (size_t a = 0; a < conf->napis; a++) {
+        for (size_t v = 0; v < conf->apis[a].nversions; v++) {
+            weir_version_t *ver = &conf->apis[a].versions[v];
+            weir_endpoint_t *eps[2] = { ver->production, ver->sandbox };
+            for (int e = 0; e < 2; e++)
+                if (eps[e] && eps[e]->tls && (eps[e]->tls_ctx = weir_tls_client_ctx(eps[e])) == NULL)
+                    return WEIR_ERROR;
+        }
+    }
+    return WEIR_OK;
+}
+
+static void
+weir_worker_conf_free(weir_conf_t *conf)
+{
+    if (conf == NULL) return;
+    for (size_t a = 0; a < conf->napis; a++) {
+        for (size_t v = 0; v < conf->apis[a].nversions; v++) {
+            weir_version_t *ver = &conf->apis[a].versions[v];
+            if (ver->production) SSL_CTX_free(ver->production->tls_ctx);
+            if (ver->sandbox) SSL_CTX_free(ver->sandbox->tls_ctx);
+        }
+    }
+    weir_conf_free(conf);
+}
+
+void
+weir_conf_release(weir_worker_t *w, weir_conf_t *conf)
+{
+    if (--conf->refs == 0 && conf != w->conf) weir_worker_conf_free(conf);
+}
+
+static void
+weir_worker_log_conf_line(const char *line)
+{
+    char e[2048];
+    weir_log(WEIR_LOG_ERROR, "configuration error", "\"error\":\"%s\"", weir_log_str(e, sizeof(e), line));
+}
+
+static void
+weir_worker_swap_listen(weir_conf_t *a, weir_conf_t *b)
+{
+    weir_listen_t *l = a->listen;
+    size_t n = a->nlisten;
+    a->listen = b->listen;
+    a->nlisten = b->nlisten;
+    b->listen = l;
+    b->nlisten = n;
+}
+
+/*
+ * SIGHUP (sent by the master once it validated the new configuration):
+ * load it, its TLS contexts and its chains; on any failure keep everything
+ * as it was. Listeners stay as they are (changing them needs a restart).
+ */
+static void
+weir_worker_reload(weir_worker_t *w)
+{
+    weir_conf_t *nc = NULL;
+    weir_conf_sink = weir_worker_log_conf_line;
+    int rc = weir_conf_load(w->conf->file, &nc);
+    weir_conf_sink = NULL;
+    if (rc != WEIR_OK) {
+        weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
+        return;
+    }
+    nc->workers = w->conf->workers;
+    weir_worker_swap_listen(nc, w->conf);
+    if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(w, nc) != WEIR_OK) {
+        weir_worker_swap_listen(nc, w->conf);
+        weir_worker_conf_free(nc);
+        weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
+        return;
+    }
+    weir_conf_t *old = w->conf;
+    w->conf = nc;
+    w->max_sessions = (nc->limits.max_connections + (uint64_t) nc->workers - 1) / (uint64_t) nc->workers;
+    weir_proxy_reloaded(w, nc);
+    if (old->refs == 0) weir_worker_conf_free(old);
+    weir_log(WEIR_LOG_INFO, "worker reloaded", "\"worker\":%d,\"connections\":%llu", w->id,
+             (unsigned long long) w->nsessions);
+}
+
+static void
+weir_worker_hup_cb(uv_signal_t *sig, int signum)
+{
+    WEIR_UNUSED(signum);
+    weir_worker_t *w = sig->data;
+    if (!w->draining) weir_worker_reload(w);
+}
+
 static void
 weir_worker_close_handle(uv_handle_t *h, void *arg)
 {
@@ -125,13 +220,8 @@ weir_worker_cleanup(weir_worker_t *w)
     uv_loop_close(w->loop);
     weir_lua_cleanup(w);
     for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
-    for (size_t a = 0; a < w->conf->napis; a++) {
-        for (size_t v = 0; v < w->conf->apis[a].nversions; v++) {
-            weir_version_t *ver = &w->conf->apis[a].versions[v];
-            if (ver->production) SSL_CTX_free(ver->production->tls_ctx);
-            if (ver->sandbox) SSL_CTX_free(ver->sandbox->tls_ctx);
-        }
-    }
+    weir_worker_conf_free(w->conf);
+    w->conf = NULL;
     free(w->listen_tls);
     free(w->listeners);
     free(w->rbuf);
@@ -157,7 +247,6 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_loop_t loop;
 
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
     memset(w, 0, sizeof(*w));
     if (uv_loop_init(&loop) != 0) return 1;
     w->loop = &loop;
@@ -177,14 +266,7 @@ weir_worker_run(weir_conf_t *conf, int id)
         uv_poll_init(&loop, &w->listeners[i], ls->fd);
         w->listeners[i].data = (void *) (uintptr_t) i;
     }
-    for (size_t a = 0; a < conf->napis; a++) {
-        for (size_t v = 0; v < conf->apis[a].nversions; v++) {
-            weir_version_t *ver = &conf->apis[a].versions[v];
-            weir_endpoint_t *eps[2] = { ver->production, ver->sandbox };
-            for (int e = 0; e < 2; e++)
-                if (eps[e] && eps[e]->tls && (eps[e]->tls_ctx = weir_tls_client_ctx(eps[e])) == NULL) return 1;
-        }
-    }
+    if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
     if (weir_lua_init(w) != WEIR_OK) return 1;
 
@@ -204,6 +286,9 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_signal_init(&loop, &w->sig_int);
     w->sig_int.data = w;
     uv_signal_start(&w->sig_int, weir_worker_signal_cb, SIGINT);
+    uv_signal_init(&loop, &w->sig_hup);
+    w->sig_hup.data = w;
+    uv_signal_start(&w->sig_hup, weir_worker_hup_cb, SIGHUP);
 
     weir_worker_listen(w, 1);
     weir_log(WEIR_LOG_INFO, "worker started", "\"worker\":%d", id);

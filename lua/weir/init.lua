@@ -117,6 +117,27 @@ function _M.random_bytes(n)
     return ffi.string(buf, n)
 end
 
+--- Read a whole file, for a policy's `init` (a keys file, a word list),
+-- which runs when the configuration is loaded or reloaded. Hooks may not
+-- call it: it would block the worker.
+-- @tparam string path
+-- @treturn[1] string the contents
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local text, err = weir.read_file(conf.keys_file)
+function _M.read_file(path)
+    if type(path) ~= "string" then error("weir.read_file(path): path must be a string", 2) end
+    if _M._in_hook and _M._in_hook() then
+        error("weir.read_file blocks the worker: call it from init(conf), not from a hook", 2)
+    end
+    local f, err = io.open(path, "rb")
+    if not f then return nil, err end
+    local s, rerr = f:read("*a")
+    f:close()
+    if not s then return nil, path .. ": " .. tostring(rerr) end
+    return s
+end
+
 -- `weir.http` (the HTTP client, which needs a worker) is attached by the
 -- runtime when it starts; outside a worker it is absent.
 

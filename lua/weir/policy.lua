@@ -62,12 +62,29 @@ function _M.registry(paths)
     env.string.dump = nil
     env._G = env
 
+    -- what policies share is read-only to them: one policy cannot change
+    -- weir.error or string.format under another's feet
+    local function read_only(t, name)
+        return setmetatable({}, {
+            __index = t,
+            __newindex = function() error(name .. " is read-only to policies", 2) end,
+            __metatable = false,
+        })
+    end
+    env.getmetatable = function(v)
+        if type(v) == "string" then return nil end       -- the shared string metatable
+        return getmetatable(v)
+    end
     local allowed = { weir = true, cjson = true, ["cjson.safe"] = true }
+    local proxies = {}
 
     -- require inside a policy: weir's modules, cjson, or a module of a policy path
     env.require = function(name)
         if type(name) ~= "string" then error("require: module name must be a string", 2) end
-        if allowed[name] then return require(name) end
+        if allowed[name] then
+            proxies[name] = proxies[name] or read_only(require(name), name)
+            return proxies[name]
+        end
         local m = reg.modules[name]
         if m ~= nil then return m end
         local rel = gsub(name, "%.", "/")

@@ -349,5 +349,6 @@ end
 ctxmod.bind(C)
 ctxmod.runtime = _M
 weir.http = require "weir.http"
+weir._in_hook = function() return current ~= nil end
 
 return _M
