@@ -1325,16 +1325,21 @@ weir_http_request(uv_loop_t *loop, const weir_http_req_t *req, weir_http_cb cb, 
     if (err != NULL && errlen > 0) err[0] = '\0';
     if (loop == NULL || req == NULL || cb == NULL) {
         weir_http_err(err, errlen, "missing loop, request or callback");
-        return NULL;
+        goto failed;
     }
-    if (weir_http_parse_url(req->url, &u, err, errlen) != WEIR_OK) return NULL;
+    if (weir_http_parse_url(req->url, &u, err, errlen) != WEIR_OK) goto failed;
     method = req->method ? req->method : "GET";
-    if (method[0] == '\0' || strlen(method) > 32) goto bad_method;
-    for (const char *p = method; *p; p++)
-        if (!weir_http_tchar((unsigned char) *p)) goto bad_method;
+    size_t ml = strnlen(method, 33);
+    for (size_t i = 0; i < ml; i++) {
+        if (!weir_http_tchar((unsigned char) method[i])) ml = 0;
+    }
+    if (ml == 0 || ml > 32) {
+        weir_http_err(err, errlen, "bad method");
+        goto failed;
+    }
     if (req->body == NULL && req->body_len > 0) {
         weir_http_err(err, errlen, "body_len without a body");
-        return NULL;
+        goto failed;
     }
 
     c = calloc(1, sizeof(*c));
@@ -1346,7 +1351,7 @@ weir_http_request(uv_loop_t *loop, const weir_http_req_t *req, weir_http_cb cb, 
     c->cb = cb;
     c->data = data;
     c->fd = -1;
-    c->tls = (unsigned) u.tls;
+    c->tls = u.tls != 0;
     c->verify = req->verify != 0;
     c->port = u.port;
     c->head_only = strcmp(method, "HEAD") == 0;
@@ -1404,10 +1409,6 @@ weir_http_request(uv_loop_t *loop, const weir_http_req_t *req, weir_http_cb cb, 
     }
     c->starting = 0;
     return c;
-
-bad_method:
-    weir_http_err(err, errlen, "bad method");
-    return NULL;
 
 failed:
     if (c != NULL) {

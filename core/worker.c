@@ -15,6 +15,7 @@
 #include "proxy.h"
 #include "tls.h"
 #include "worker.h"
+#include "ws.h"
 
 static weir_worker_t weir_worker;
 
@@ -247,6 +248,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_loop_t loop;
 
     signal(SIGPIPE, SIG_IGN);
+    weir_ws_random_reset();
     memset(w, 0, sizeof(*w));
     if (uv_loop_init(&loop) != 0) return 1;
     w->loop = &loop;

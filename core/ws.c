@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "weir.h"
@@ -181,8 +182,32 @@ weir_ws_key_valid(const char *key, size_t key_len)
     return EVP_DecodeBlock(raw, (const unsigned char *) key, 24) == 18;
 }
 
+/*
+ * Masking keys come from a pool refilled from OpenSSL's DRBG (RAND_bytes:
+ * ChaCha/CTR in user space, reseeded across fork) 4 KiB at a time: glibc's
+ * arc4random makes a getrandom() system call per call, which per frame
+ * cost as much as the frame's own send().
+ */
+static uint8_t weir_pool[4096];
+static size_t  weir_pool_left;
+
+void
+weir_ws_random_reset(void)
+{
+    weir_pool_left = 0;
+}
+
 void
 weir_ws_random(uint8_t *out, size_t n)
 {
-    arc4random_buf(out, n);
+    if (n > sizeof(weir_pool)) {
+        if (RAND_bytes(out, (int) n) != 1) arc4random_buf(out, n);
+        return;
+    }
+    if (n > weir_pool_left) {
+        if (RAND_bytes(weir_pool, (int) sizeof(weir_pool)) != 1) arc4random_buf(weir_pool, sizeof(weir_pool));
+        weir_pool_left = sizeof(weir_pool);
+    }
+    memcpy(out, weir_pool + sizeof(weir_pool) - weir_pool_left, n);
+    weir_pool_left -= n;
 }

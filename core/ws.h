@@ -57,7 +57,10 @@ void weir_ws_accept(const char *key, size_t key_len, char *out);
 /* 1 when KEY is base64 of exactly 16 bytes (24 characters). */
 int weir_ws_key_valid(const char *key, size_t key_len);
 
-/* Fill OUT with N random bytes (arc4random, ChaCha20-based). */
+/* Fill OUT with N random bytes (OpenSSL's DRBG, through a small pool). */
 void weir_ws_random(uint8_t *out, size_t n);
+
+/* Empty the pool (a new worker process must not reuse its parent's bytes). */
+void weir_ws_random_reset(void);
 
 #endif
