@@ -644,6 +644,7 @@ weir_http_recv(weir_http_call_t *c, char *buf, size_t n)
     if (c->ssl != NULL) {
         c->r_want_write = 0;
         ERR_clear_error();
+        errno = 0;      /* SSL_ERROR_SYSCALL is judged by it */
         int r = SSL_read(c->ssl, buf, (int) WEIR_MIN(n, (size_t) 1 << 30));
         if (r > 0) return r;
         int e = SSL_get_error(c->ssl, r);
@@ -683,6 +684,7 @@ weir_http_send(weir_http_call_t *c, const char *buf, size_t n)
     if (c->ssl != NULL) {
         c->w_want_read = 0;
         ERR_clear_error();
+        errno = 0;
         int r = SSL_write(c->ssl, buf, (int) WEIR_MIN(n, (size_t) 1 << 30));
         if (r > 0) return r;
         switch (SSL_get_error(c->ssl, r)) {
@@ -1141,6 +1143,7 @@ static void
 weir_http_tls_step(weir_http_call_t *c)
 {
     ERR_clear_error();
+    errno = 0;
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         c->state = WEIR_HC_IO;
