@@ -516,7 +516,7 @@ weir_handshake_done(weir_session_t *s)
     s->hs = NULL;
     free(s->bhs);
     s->bhs = NULL;
-    s->hs_len = s->hs_cap = s->bhs_len = 0;
+    s->hs_len = s->hs_cap = s->bhs_len = s->bhs_cap = 0;
 }
 
 /*
@@ -757,6 +757,25 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
     }
 }
 
+/*
+ * Make room to read more of a handshake head into *BUF (LEN bytes used):
+ * heads start in 2 KiB and grow up to MAX (most fit the first size).
+ * Returns WEIR_OK, WEIR_DECLINED when the head already has MAX bytes, or
+ * WEIR_ERROR when out of memory.
+ */
+static int
+weir_hs_room(char **buf, size_t *cap, size_t len, size_t max)
+{
+    if (*buf != NULL && len < *cap) return WEIR_OK;
+    if (len >= max) return WEIR_DECLINED;
+    size_t ncap = *cap ? WEIR_MIN(*cap * 2, max) : WEIR_MIN((size_t) 2048, max);
+    char *nb = realloc(*buf, ncap);
+    if (nb == NULL) return WEIR_ERROR;
+    *buf = nb;
+    *cap = ncap;
+    return WEIR_OK;
+}
+
 static void
 weir_client_read_request(weir_session_t *s)
 {
@@ -764,18 +783,15 @@ weir_client_read_request(weir_session_t *s)
     size_t cap = (size_t) weir_limits(s)->max_header_size;
     weir_http_msg_t m;
 
-    if (s->hs == NULL) {
-        s->hs = malloc(cap);
-        if (s->hs == NULL) {
-            weir_leg_close_fd(c);
-            return;
-        }
-        s->hs_cap = cap;
-    }
     for (;;) {
-        if (s->hs_len == s->hs_cap) {
+        int g = weir_hs_room(&s->hs, &s->hs_cap, s->hs_len, cap);
+        if (g == WEIR_DECLINED) {
             weir_session_http(s, 431, "/problems/request-header-too-large",
                               "Request header fields too large", NULL);
+            return;
+        }
+        if (g != WEIR_OK) {
+            weir_leg_close_fd(c);
             return;
         }
         ssize_t n = weir_leg_recv(c, (uint8_t *) s->hs + s->hs_len, s->hs_cap - s->hs_len);
@@ -827,16 +843,13 @@ weir_backend_read_response(weir_session_t *s)
     weir_http_msg_t m;
     int r;
 
-    if (s->bhs == NULL && (s->bhs = malloc(cap)) == NULL) {
-        weir_bad_gateway(s, "out of memory");
-        return;
-    }
     for (;;) {
-        if (s->bhs_len == cap) {
-            weir_bad_gateway(s, "response head too large");
+        int g = weir_hs_room(&s->bhs, &s->bhs_cap, s->bhs_len, cap);
+        if (g != WEIR_OK) {
+            weir_bad_gateway(s, g == WEIR_DECLINED ? "response head too large" : "out of memory");
             return;
         }
-        ssize_t n = weir_leg_recv(b, (uint8_t *) s->bhs + s->bhs_len, cap - s->bhs_len);
+        ssize_t n = weir_leg_recv(b, (uint8_t *) s->bhs + s->bhs_len, s->bhs_cap - s->bhs_len);
         if (n == WEIR_AGAIN) return;
         if (n <= 0) {
             weir_bad_gateway(s, n == 0 ? "connection closed during handshake" : "read error during handshake");

@@ -131,7 +131,7 @@ struct weir_session_s {
     char            *hs;                /* client request head, until the 101 */
     size_t           hs_len, hs_cap, hs_head;
     char            *bhs;               /* backend response head */
-    size_t           bhs_len;
+    size_t           bhs_len, bhs_cap;
     const char      *protocols;         /* client's Sec-WebSocket-Protocol (in hs) */
     size_t           protocols_len;
     char             accept[WEIR_WS_ACCEPT_LEN + 1];   /* for the client */
