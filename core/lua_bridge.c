@@ -508,6 +508,16 @@ weir_ffi_policy_failed(void)
     weir_failures++;
 }
 
+/* The runtime goes on with the rest of a chain after a fail_open policy ran
+ * out of budget: the rest starts with a budget of its own. */
+void
+weir_ffi_budget_reset(void)
+{
+    weir_over = 0;
+    weir_call_start_ns = weir_clock_ns();
+    lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+}
+
 uint64_t
 weir_ffi_http(const char *method, const char *url, const char *headers, const char *body, size_t blen,
               double timeout_ms, int verify, const char *ca, char *err, size_t errlen)

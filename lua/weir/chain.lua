@@ -37,14 +37,18 @@ end
 -- @tparam table ctx the connection
 -- @tparam[opt] table frame the message (frame hooks) or info (on_close)
 -- @tparam[opt] function on_fail called as on_fail(entry, err) for fail_open failures
+-- @tparam[opt] number start the first entry to run (default 1)
+-- @tparam[opt] boolean replaced whether an earlier part of the chain replaced the payload
 -- @treturn number kind (PASS, REPLACE, DROP, REPLY, ERROR, FAIL), then its values
-function _M.run(entries, hook, ctx, frame, on_fail)
-    local replaced = false
-    for i = 1, #entries do
+function _M.run(entries, hook, ctx, frame, on_fail, start, replaced)
+    replaced = replaced or false
+    for i = start or 1, #entries do
         local e = entries[i]
         local fn = e.mod[hook]
         if fn then
             ctx.policy = e.name
+            ctx._at = i
+            ctx._replaced = replaced
             local ok, res = pcall(fn, ctx, e.conf, frame)
             ctx.policy = nil
             if not ok then

@@ -36,6 +36,7 @@ ffi.cdef [[
     void weir_ffi_log(int level, const char *msg, const char *fields);
     void weir_ffi_timer(double ms);
     void weir_ffi_policy_failed(void);
+    void weir_ffi_budget_reset(void);
     uint64_t weir_ffi_http(const char *method, const char *url, const char *headers,
                            const char *body, size_t blen, double timeout_ms, int verify,
                            const char *ca, char *err, size_t errlen);
@@ -54,6 +55,10 @@ local current            -- the ctx whose hook or timer is running
 local DONE, WAIT = {}, {}
 local HOOK_NO = { on_handshake = 1, on_frame_in = 2, on_frame_out = 4, on_close = 8 }
 
+local function json_str(v)
+    return require("cjson").encode(tostring(v))
+end
+
 local function log(level, msg, fields)
     C.weir_ffi_log(level, msg, fields or nil)
 end
@@ -66,10 +71,10 @@ end
 
 -- A hook coroutine: runs chains until its hook waits; then it belongs to
 -- that hook until the wait ends.
-local function hook_body(ctx, hook, frame)
+local function hook_body(ctx, hook, frame, start, replaced)
     while true do
-        local kind, a, b = chain.run(ctx._chain.entries, hook, ctx, frame, on_fail_open)
-        ctx, hook, frame = yield(DONE, kind, a, b)
+        local kind, a, b = chain.run(ctx._chain.entries, hook, ctx, frame, on_fail_open, start, replaced)
+        ctx, hook, frame, start, replaced = yield(DONE, kind, a, b)
     end
 end
 
@@ -83,13 +88,23 @@ local function take()
     return create(hook_body)
 end
 
+local run      -- forward: run(ctx, hook, frame, start, replaced)
+
 -- Turn what a hook coroutine gave back into the core's return values.
 local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
     current = nil
     if not ok then
-        -- only an error outside chain.run's pcall gets here: the budget
+        -- only an error outside chain.run's pcall gets here: the budget; the
+        -- coroutine is dead, so a fail_open entry's chain goes on in a new one
         local name = ctx and ctx.policy or "?"
+        local entry = ctx and ctx._chain.entries[ctx._at or 0]
         if ctx then ctx.policy = nil end
+        if entry and entry.name == name and entry.fail_open then
+            on_fail_open(entry, tostring(tag))
+            C.weir_ffi_budget_reset()     -- the rest of the chain gets a budget of its own
+            return run(ctx, hook, frame, ctx._at + 1, ctx._replaced)
+        end
+        C.weir_ffi_policy_failed()
         return OK, FAIL, name, tostring(tag)
     end
     if tag == WAIT then
@@ -104,6 +119,7 @@ local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
     elseif kind == REPLACE then
         return OK, kind, frame.payload
     elseif kind == FAIL then
+        C.weir_ffi_policy_failed()
         return OK, kind, a, b
     elseif kind == PASS and hook == "on_handshake" then
         local c = ctx.consumer
@@ -112,10 +128,10 @@ local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
     return OK, kind, a, b
 end
 
-local function run(ctx, hook, frame)
+run = function(ctx, hook, frame, start, replaced)
     local co = take()
     current = ctx
-    return settle(co, ctx, hook, frame, resume(co, ctx, hook, frame))
+    return settle(co, ctx, hook, frame, resume(co, ctx, hook, frame, start, replaced))
 end
 
 ------------------------------------------------------------------------------
@@ -232,9 +248,13 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
         current = ctx
         local ok, tag = resume(co, ctx, "on_close", info)
         current = nil
+        local who = '"conn":' .. id .. ',"policy":' .. json_str(ctx.policy or "?")
         if ok and tag == DONE then pool[#pool + 1] = co
-        elseif ok then log(2, "on_close may not wait: its wait was abandoned", '"conn":' .. id)
-        else C.weir_ffi_policy_failed() log(3, "policy failed in on_close", '"conn":' .. id) end
+        elseif ok then log(2, "on_close may not wait: its wait was abandoned", who)
+        else
+            C.weir_ffi_policy_failed()
+            log(3, "policy failed", who .. ',"hook":"on_close","error":' .. json_str(tostring(tag)))
+        end
     end
 end
 
