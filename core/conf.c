@@ -868,3 +868,15 @@ weir_conf_free(weir_conf_t *conf)
     free(conf->log_file);
     free(conf);
 }
+
+void
+weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b)
+{
+    weir_listen_t *l = a->listen;
+    size_t         n = a->nlisten;
+
+    a->listen = b->listen;
+    a->nlisten = b->nlisten;
+    b->listen = l;
+    b->nlisten = n;
+}

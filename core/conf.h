@@ -93,6 +93,9 @@ typedef struct {
  */
 int  weir_conf_load(const char *file, weir_conf_t **out);
 
+/* Exchange the listeners of A and B (a reload keeps the running ones). */
+void weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b);
+
 /* When set, each error line goes here instead of stderr (reloads log them). */
 extern void (*weir_conf_sink)(const char *line);
 void weir_conf_free(weir_conf_t *conf);

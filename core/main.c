@@ -157,12 +157,7 @@ weir_master_reload(weir_conf_t *conf, weir_slot_t *slots, int n)
     if (nc->workers != conf->workers)
         weir_log(WEIR_LOG_WARN, "reload: a new worker count needs a restart", NULL);
     nc->workers = conf->workers;
-    weir_listen_t *l = nc->listen;
-    size_t nl = nc->nlisten;
-    nc->listen = conf->listen;
-    nc->nlisten = conf->nlisten;
-    conf->listen = l;
-    conf->nlisten = nl;
+    weir_conf_swap_listen(nc, conf);
     weir_conf_free(conf);
     weir_log(WEIR_LOG_INFO, "reloading", "\"workers\":%d", n);
     for (int i = 0; i < n; i++)

@@ -355,24 +355,32 @@ weir_note_close(weir_session_t *s, unsigned code, char side)
     s->close_side = side;
 }
 
+/* Frame P[0..N) as one message into OUT (header, payload masked towards a
+ * backend). OUT has room for WEIR_WS_MAX_HDR + N bytes. Returns its length. */
+static size_t
+weir_frame_message(weir_leg_t *dst, uint8_t *out, int opcode, const uint8_t *p, size_t n)
+{
+    uint8_t mask[4];
+    size_t hl;
+    if (dst->is_backend) {
+        weir_ws_random(mask, 4);
+        hl = weir_ws_build_hdr(out, 1, opcode, n, mask);
+        memcpy(out + hl, p, n);
+        weir_ws_mask(out + hl, n, mask, 0);
+    } else {
+        hl = weir_ws_build_hdr(out, 1, opcode, n, NULL);
+        memcpy(out + hl, p, n);
+    }
+    return hl + n;
+}
+
 /* Send a control frame (masked towards the backend). */
 static int
 weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, size_t n)
 {
     uint8_t frame[WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL];
-    uint8_t mask[4];
-    size_t hl;
     if (n > WEIR_WS_MAX_CONTROL) n = WEIR_WS_MAX_CONTROL;
-    if (l->is_backend) {
-        weir_ws_random(mask, 4);
-        hl = weir_ws_build_hdr(frame, 1, opcode, n, mask);
-        memcpy(frame + hl, payload, n);
-        weir_ws_mask(frame + hl, n, mask, 0);
-    } else {
-        hl = weir_ws_build_hdr(frame, 1, opcode, n, NULL);
-        memcpy(frame + hl, payload, n);
-    }
-    return weir_leg_write(l, frame, hl + n);
+    return weir_leg_write(l, frame, weir_frame_message(l, frame, opcode, payload, n));
 }
 
 /*
@@ -1580,25 +1588,6 @@ weir_leg_between(weir_leg_t *dst)
 {
     weir_leg_t *src = weir_other(dst);
     return dst->s->state >= WEIR_S_OPEN && !src->emitted_mid && !src->msg_out_open && dst->inject_len == 0;
-}
-
-/* Frame P[0..N) as one message into OUT (header, payload masked towards a
- * backend). OUT has room for WEIR_WS_MAX_HDR + N bytes. Returns its length. */
-static size_t
-weir_frame_message(weir_leg_t *dst, uint8_t *out, int opcode, const uint8_t *p, size_t n)
-{
-    uint8_t mask[4];
-    size_t hl;
-    if (dst->is_backend) {
-        weir_ws_random(mask, 4);
-        hl = weir_ws_build_hdr(out, 1, opcode, n, mask);
-        memcpy(out + hl, p, n);
-        weir_ws_mask(out + hl, n, mask, 0);
-    } else {
-        hl = weir_ws_build_hdr(out, 1, opcode, n, NULL);
-        memcpy(out + hl, p, n);
-    }
-    return hl + n;
 }
 
 /*

@@ -149,17 +149,6 @@ weir_worker_log_conf_line(const char *line)
     weir_log(WEIR_LOG_ERROR, "configuration error", "\"error\":\"%s\"", weir_log_str(e, sizeof(e), line));
 }
 
-static void
-weir_worker_swap_listen(weir_conf_t *a, weir_conf_t *b)
-{
-    weir_listen_t *l = a->listen;
-    size_t n = a->nlisten;
-    a->listen = b->listen;
-    a->nlisten = b->nlisten;
-    b->listen = l;
-    b->nlisten = n;
-}
-
 /*
  * SIGHUP (sent by the master once it validated the new configuration):
  * load it, its TLS contexts and its chains; on any failure keep everything
@@ -177,9 +166,9 @@ weir_worker_reload(weir_worker_t *w)
         return;
     }
     nc->workers = w->conf->workers;
-    weir_worker_swap_listen(nc, w->conf);
+    weir_conf_swap_listen(nc, w->conf);
     if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(w, nc) != WEIR_OK) {
-        weir_worker_swap_listen(nc, w->conf);
+        weir_conf_swap_listen(nc, w->conf);
         weir_worker_conf_free(nc);
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
         return;
