@@ -67,25 +67,36 @@ weir_limits(weir_session_t *s)
 
 /* ---- poll and socket I/O ------------------------------------------------ */
 
-/* Arm the poll handle for what the leg needs now; a syscall only on change. */
+/* What the leg waits for now: UV_READABLE and/or UV_WRITABLE. */
+static int
+weir_leg_want(const weir_leg_t *l)
+{
+    const weir_session_t *s = l->s;
+    int ev = 0;
+
+    if (l->ssl_hs) return l->ssl_want_write ? UV_WRITABLE : UV_READABLE;
+    int reading;
+    if (l->lingering || l->discard) reading = 1;
+    else if (l->is_backend) reading = s->state >= WEIR_S_BACKEND && !l->paused;
+    else reading = (s->state == WEIR_S_REQUEST || s->state >= WEIR_S_OPEN) && !l->paused;
+    if (reading || l->ssl_want_read) ev |= UV_READABLE;
+    if (l->out_len > 0 || l->ssl_want_write || (l->is_backend && s->state == WEIR_S_CONNECT))
+        ev |= UV_WRITABLE;
+    return ev;
+}
+
+/*
+ * Arm the poll handle for what the leg needs now. Interest in reading is
+ * dropped lazily: it stays armed until an event comes that nobody wants
+ * (see weir_leg_poll_cb), since pauses are short and most end before the
+ * peer sends anything; each change is an epoll_ctl. Interest in writing is
+ * exact: a socket is nearly always writable.
+ */
 static void
 weir_leg_update(weir_leg_t *l)
 {
     if (!l->opened || l->done) return;
-    int ev = 0;
-    weir_session_t *s = l->s;
-
-    if (l->ssl_hs) {
-        ev = l->ssl_want_write ? UV_WRITABLE : UV_READABLE;
-    } else {
-        int reading;
-        if (l->lingering || l->discard) reading = 1;
-        else if (l->is_backend) reading = s->state >= WEIR_S_BACKEND && !l->paused;
-        else reading = (s->state == WEIR_S_REQUEST || s->state >= WEIR_S_OPEN) && !l->paused;
-        if (reading || l->ssl_want_read) ev |= UV_READABLE;
-        if (l->out_len > 0 || l->ssl_want_write || (l->is_backend && s->state == WEIR_S_CONNECT))
-            ev |= UV_WRITABLE;
-    }
+    int ev = weir_leg_want(l) | (l->events & UV_READABLE);
     if (ev == l->events) return;
     l->events = ev;
     if (ev == 0) uv_poll_stop(&l->poll);
@@ -313,8 +324,7 @@ weir_leg_close_fd(weir_leg_t *l)
     l->out = NULL;
     l->out_len = l->out_off = l->out_cap = 0;
     if (l->opened) {
-        uv_poll_stop(&l->poll);
-        uv_close((uv_handle_t *) &l->poll, weir_leg_closed_cb);
+        uv_close((uv_handle_t *) &l->poll, weir_leg_closed_cb);     /* stops polling too */
     } else {
         l->freed = 1;
     }
@@ -1419,6 +1429,14 @@ weir_leg_poll_cb(uv_poll_t *h, int status, int events)
         if (l->s->state == WEIR_S_CONNECT && l->is_backend) weir_backend_connected(l->s);
         else weir_leg_gone(l, uv_strerror(status));
         return;
+    }
+    int want = weir_leg_want(l);
+    if (events & ~want & (UV_READABLE | UV_WRITABLE)) {
+        /* an event nobody waits for any more: stop polling for it now */
+        l->events = want;
+        if (want == 0) uv_poll_stop(&l->poll);
+        else uv_poll_start(&l->poll, want, weir_leg_poll_cb);
+        events &= want;
     }
     if (events & UV_WRITABLE) weir_leg_on_writable(l);
     if (!l->done && (events & UV_READABLE)) weir_leg_on_readable(l);
