@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "http.h"
+#include "log.h"
 #include "weir.h"
 
 static int
@@ -123,7 +124,9 @@ weir_http_has_token(const char *value, size_t len, const char *token)
 size_t
 weir_error_json(char *buf, size_t len, const char *type, int code, const char *msg)
 {
-    char ts[32];
+    char ts[32], etype[256], emsg[512];
+    type = weir_log_str(etype, sizeof(etype), type);
+    msg = weir_log_str(emsg, sizeof(emsg), msg);
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);

@@ -51,7 +51,7 @@ int weir_http_name_eq(const char *name, size_t len, const char *s);
 /*
  * Write the standard error JSON into BUF:
  * {"type":"error","error":{"type":TYPE,"code":CODE,"message":MSG},"timestamp":"…Z"}
- * TYPE and MSG must not need JSON escaping. Returns its length.
+ * TYPE and MSG are escaped (and cut at 255 and 511 bytes). Returns its length.
  */
 size_t weir_error_json(char *buf, size_t len, const char *type, int code, const char *msg);
 

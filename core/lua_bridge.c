@@ -479,11 +479,11 @@ weir_ffi_send(uint64_t id, int opcode, const char *p, size_t n)
 }
 
 int
-weir_ffi_close(uint64_t id, int code, const char *reason, const char *json, size_t jlen)
+weir_ffi_close(uint64_t id, int code, const char *reason, const char *problem, const char *message)
 {
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
-    weir_proxy_close(s, code, reason, json, jlen);
+    weir_proxy_close(s, code, reason, problem, message);
     return WEIR_OK;
 }
 

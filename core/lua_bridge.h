@@ -15,7 +15,7 @@
 
 #include "proxy.h"
 
-#define WEIR_FFI_ABI 1            /* lua/weir/runtime.lua checks it */
+#define WEIR_FFI_ABI 2            /* lua/weir/runtime.lua checks it */
 
 enum {
     WEIR_HOOK_HANDSHAKE = 1,

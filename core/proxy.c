@@ -1741,25 +1741,29 @@ weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n)
 }
 
 void
-weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *json, size_t jlen)
+weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *problem, const char *message)
 {
+    char json[1024];
+    size_t jl = 0;
     if (s->state < WEIR_S_OPEN) {
-        /* still in the handshake: refuse it */
+        /* still in the handshake: refuse it; the JSON carries the HTTP status */
+        char buf[2048];
         weir_leg_close_fd(&s->backend);
-        if (json != NULL) {
-            char buf[4096];
-            size_t n = weir_http_json(buf, sizeof(buf), 403, json, jlen, NULL);
-            s->http_status = 403;
-            s->state = WEIR_S_CLOSED;
-            if (weir_leg_write(&s->client, (uint8_t *) buf, n) == WEIR_OK) weir_leg_finish(&s->client);
-        } else {
-            weir_session_http(s, 403, "/problems/forbidden", "Connection refused by policy", NULL);
+        if (problem == NULL) {
+            problem = "/problems/forbidden";
+            message = "Connection refused by policy";
         }
+        jl = weir_error_json(json, sizeof(json), problem, 403, message ? message : "");
+        size_t n = weir_http_json(buf, sizeof(buf), 403, json, jl, NULL);
+        s->http_status = 403;
+        s->state = WEIR_S_CLOSED;
+        if (weir_leg_write(&s->client, (uint8_t *) buf, n) == WEIR_OK) weir_leg_finish(&s->client);
         return;
     }
     if (code < 1000 || code > 4999 || !weir_ws_close_code_valid((unsigned) code)) code = 1008;
+    if (problem != NULL) jl = weir_error_json(json, sizeof(json), problem, code, message ? message : "");
     weir_note_close(s, (unsigned) code, 'w');
-    weir_leg_close_with(&s->client, (unsigned) code, reason, json, jlen);
+    weir_leg_close_with(&s->client, (unsigned) code, reason, problem ? json : NULL, jl);
     weir_leg_send_close(&s->backend, 1001, "client closed by policy", NULL);
 }
 

@@ -184,8 +184,10 @@ const uint8_t *weir_proxy_payload(weir_session_t *s, int dir, size_t *len);
 /* Send a message of weir's own to the client (after the 101, between messages). */
 int  weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);
 
-/* Close S on a policy's request: JSON (may be NULL) and CODE to the client, 1001 to the backend. */
-void weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *json, size_t jlen);
+/* Close S on a policy's request: the error JSON of PROBLEM and MESSAGE (when
+ * PROBLEM is not NULL) and CODE to the client, 1001 to the backend; before
+ * the upgrade, a 403 with that JSON. */
+void weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *problem, const char *message);
 
 /* A reload installed NEW as the worker's configuration: sessions whose API
  * version is gone are closed 1012, the others follow their chain's hooks. */

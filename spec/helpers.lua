@@ -1310,6 +1310,132 @@ function helpers.cleanup()
     end
 end
 
+--------------------------------------------------------------------------
+-- policies: fixture policies, a held-back HTTP server, many clients
+--------------------------------------------------------------------------
+
+--- The directory of the specs' test policies (put it in `policy_paths`).
+helpers.fixture_policies = ROOT .. "/spec/fixtures/policies"
+
+--- An API entry like helpers.api whose default version "1.0" runs the chain
+-- POLICIES (a list of { NAME, CONF [, fail_open = true] }). extra.sandbox (a
+-- backend or a URL) adds a sandbox endpoint; other fields of EXTRA are set on
+-- the API.
+function helpers.policy_api(name, context, backend_or_url, policies, extra)
+    local api = helpers.api(name, context, backend_or_url)
+    local v = api.versions[1]
+    v.policies = deepcopy(policies or {})
+    for k, x in pairs(extra or {}) do
+        if k == "sandbox" then
+            v.endpoints.sandbox = type(x) == "table" and x.url or x
+        else
+            api[k] = x
+        end
+    end
+    return api
+end
+
+--- Read, from a raw client (helpers.ws_connect), the error JSON of problem
+-- PTYPE with error.code CODE and then the close frame with that code.
+-- Returns the decoded JSON and the close frame; errors otherwise.
+function helpers.expect_error_close(ws, ptype, code, timeout)
+    local msg, err, close = ws:recv_message(timeout or 10)
+    if not msg then error("no error JSON before the close (" .. tostring(err) .. ")", 2) end
+    local j = helpers.check_error(msg.payload, ptype, code, 2)
+    close = close or ws:recv_close(timeout or 10)
+    if not close then error("no close frame after the error JSON", 2) end
+    if close.code ~= code then
+        error(fmt("close code %s, expected %d", tostring(close.code), code), 2)
+    end
+    return j, close
+end
+
+local Slow = {}
+Slow.__index = Slow
+
+--- Start spec/support/slow_http.py: an HTTP server whose /hold/ID answers
+-- only once the spec calls srv:release(ID). Returns srv with port, pid,
+-- url(path), seen(id), release(id), stop().
+function helpers.start_slow_http()
+    local out, err = next_name("slow-http", ".stdout"), next_name("slow-http", ".stderr")
+    local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/slow_http.py" },
+        { stdout = out, stderr = err })
+    local line = helpers.wait_until(function()
+        local l = (helpers.read_file(out) or ""):match("[^\n]*\n")
+        if l then return l end
+        if not helpers.alive(pid) then error("slow_http.py died: " .. (helpers.read_file(err) or ""), 3) end
+    end, 15, "slow_http.py to listen")
+    local ready = helpers.json(line)
+    return setmetatable({ pid = pid, port = ready.port }, Slow)
+end
+
+function Slow:url(path)
+    return fmt("http://127.0.0.1:%d%s", self.port, path or "/")
+end
+
+local function slow_get(self, path)
+    local res, err = helpers.http_request(self.port, { path = path, timeout = 5 })
+    if not res then error("slow_http " .. path .. ": " .. tostring(err), 3) end
+    return res.body
+end
+
+--- Whether a /hold/ID request has arrived.
+function Slow:seen(id) return slow_get(self, "/seen/" .. id) == "1" end
+
+--- Let /hold/ID answer.
+function Slow:release(id) return slow_get(self, "/release/" .. id) end
+
+function Slow:stop() return helpers.stop_pid(self.pid) end
+
+local Many = {}
+Many.__index = Many
+
+--- Start spec/support/many_ws.js with OPTS (mode "hold" or "stream", url,
+-- count, …; see the script's header). Returns a handle: :events(),
+-- :wait_event(name [, n, timeout]) (the Nth event of that name), :signal(sig),
+-- :wait_exit().
+function helpers.start_many_ws(opts)
+    local out, err = next_name("many-ws", ".stdout"), next_name("many-ws", ".stderr")
+    local pid = helpers.spawn({ "node", helpers.support .. "/many_ws.js", cjson.encode(opts) },
+        { stdout = out, stderr = err })
+    return setmetatable({ pid = pid, out = out, err = err }, Many)
+end
+
+function Many:events()
+    local evs = {}
+    for line in (helpers.read_file(self.out) or ""):gmatch("([^\n]*)\n") do
+        evs[#evs + 1] = helpers.json(line)
+    end
+    return evs
+end
+
+function Many:wait_event(name, n, timeout)
+    n = n or 1
+    local function find()
+        local k = 0
+        for _, e in ipairs(self:events()) do
+            if e.event == name then
+                k = k + 1
+                if k == n then return e end
+            end
+        end
+    end
+    return helpers.wait_until(function()
+        local e = find()
+        if e then return e end
+        if not helpers.alive(self.pid) then
+            e = find()                     -- it may have printed it just before exiting
+            if e then return e end
+            error("many_ws.js exited before event " .. name .. "; stderr: "
+                  .. tail(helpers.read_file(self.err), 2000), 3)
+        end
+    end, timeout or 30, "many_ws.js event " .. name .. " #" .. n)
+end
+
+function Many:signal(sig) return helpers.kill(self.pid, sig) end
+
+function Many:wait_exit(timeout) return helpers.wait(self.pid, timeout or 15) end
+
 -- Belt and braces: if a spec file forgets teardown, its processes are
 -- killed when busted's insulation drops this module and it is collected.
 local sentinel = newproxy(true)

@@ -891,7 +891,7 @@ _M.schema = record({
         { name = "close_timeout", type = "duration", default = 5, min = 1, max = 3600000,
           description = "how long to wait for a peer's close frame after sending one" },
         { name = "policy_budget", type = "duration", default = "100ms", min = 1, max = 60000,
-          description = "CPU time a policy hook may run without waiting before it is stopped "
+          description = "time a policy hook may run without waiting (wall-clock) before it is stopped "
                         .. "(its connection is closed 1011, or the hook passes if fail_open)" },
         { name = "drain_timeout", type = "duration", default = 30, zero_disables = true,
           min = 1, max = 24 * 3600000,

@@ -114,10 +114,8 @@ end
 -- @usage ctx:close(1008, "policy violation")
 function CTX:close(code, reason, err)
     if rawget(self, "_closed") then return nil, "closed" end
-    code = code or 1000
-    reason = reason or ""
-    local json = err and require("weir").error_json(err.problem, code, err.message) or nil
-    C.weir_ffi_close(self.id, code, reason, json, json and #json or 0)
+    C.weir_ffi_close(self.id, code or 1000, reason or "", err and err.problem or nil,
+                     err and err.message or nil)
     return true
 end
 

@@ -55,15 +55,10 @@ function _M.registry(paths)
     for i, p in ipairs(paths or {}) do reg.paths[i] = p end
     reg.paths[#reg.paths + 1] = _M.stock_dir()
 
-    local env = {}
-    for _, name in ipairs(SAFE) do env[name] = _G[name] end
-    for name in pairs(SAFE_LIBS) do env[name] = _G[name] and copy(_G[name]) end
-    env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
-    env.string.dump = nil
-    env._G = env
+    local allowed = { weir = true, cjson = true, ["cjson.safe"] = true }
 
-    -- what policies share is read-only to them: one policy cannot change
-    -- weir.error or string.format under another's feet
+    -- A read-only view of a shared module. Each file gets its own views, so
+    -- even rawset on one changes nothing another policy sees.
     local function read_only(t, name)
         return setmetatable({}, {
             __index = t,
@@ -71,40 +66,58 @@ function _M.registry(paths)
             __metatable = false,
         })
     end
-    env.getmetatable = function(v)
-        if type(v) == "string" then return nil end       -- the shared string metatable
-        return getmetatable(v)
-    end
-    local allowed = { weir = true, cjson = true, ["cjson.safe"] = true }
-    local proxies = {}
 
-    -- require inside a policy: weir's modules, cjson, or a module of a policy path
-    env.require = function(name)
-        if type(name) ~= "string" then error("require: module name must be a string", 2) end
-        if allowed[name] then
-            proxies[name] = proxies[name] or read_only(require(name), name)
-            return proxies[name]
-        end
-        local m = reg.modules[name]
-        if m ~= nil then return m end
+    -- Every policy file and module gets an environment of its own: its own
+    -- globals and its own copies of the standard tables, so that one policy
+    -- cannot change what another sees (string.format, weir.error, a global).
+    local make_env
+    local function load_module(name)
         local rel = gsub(name, "%.", "/")
         for _, dir in ipairs(reg.paths) do
             for _, cand in ipairs({ dir .. "/" .. rel .. ".lua", dir .. "/" .. rel .. "/init.lua" }) do
                 if readable(cand) then
                     local fn, err = loadfile(cand)
-                    if not fn then error(err, 2) end
-                    setfenv(fn, env)
+                    if not fn then error(err, 3) end
+                    setfenv(fn, make_env())
                     local v = fn(name)
                     if v == nil then v = true end
-                    reg.modules[name] = v
                     return v
                 end
             end
         end
         error(format("module '%s' not found (policies may require weir, cjson, cjson.safe "
-                     .. "and modules of the policy paths)", name), 2)
+                     .. "and modules of the policy paths)", name), 3)
     end
-    reg.env = env
+
+    make_env = function()
+        local env = {}
+        for _, name in ipairs(SAFE) do env[name] = _G[name] end
+        for name in pairs(SAFE_LIBS) do env[name] = _G[name] and copy(_G[name]) end
+        env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+        env.string.dump = nil
+        env._G = env
+        env.getmetatable = function(v)
+            if type(v) == "string" then return nil end       -- the shared string metatable
+            return getmetatable(v)
+        end
+        local views = {}
+        -- require inside a policy: weir's modules, cjson, or a module of a policy path
+        env.require = function(name)
+            if type(name) ~= "string" then error("require: module name must be a string", 2) end
+            if allowed[name] then
+                views[name] = views[name] or read_only(require(name), name)
+                return views[name]
+            end
+            local m = reg.modules[name]
+            if m == nil then
+                m = load_module(name)
+                reg.modules[name] = m
+            end
+            return m
+        end
+        return env
+    end
+    reg.make_env = make_env
 
     --- Find and load policy NAME.
     -- @treturn[1] table the module
@@ -129,7 +142,7 @@ function _M.registry(paths)
             self.errors[name] = err
             return nil, err
         end
-        local mod, err = _M.load_file(file, name, env)
+        local mod, err = _M.load_file(file, name, make_env())
         if not mod then
             self.errors[name] = err
             return nil, err

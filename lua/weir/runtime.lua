@@ -26,13 +26,13 @@ local concat, floor = table.concat, math.floor
 local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 
-local ABI = 1   -- must equal WEIR_FFI_ABI in core/lua_bridge.c
+local ABI = 2   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
     const char *weir_ffi_payload(uint64_t id, int dir, size_t *len);
     int weir_ffi_send(uint64_t id, int opcode, const char *p, size_t n);
-    int weir_ffi_close(uint64_t id, int code, const char *reason, const char *json, size_t jlen);
+    int weir_ffi_close(uint64_t id, int code, const char *reason, const char *problem, const char *message);
     void weir_ffi_log(int level, const char *msg, const char *fields);
     void weir_ffi_timer(double ms);
     void weir_ffi_policy_failed(void);
@@ -66,7 +66,8 @@ end
 local function on_fail_open(entry, err)
     C.weir_ffi_policy_failed()
     log(2, "policy failed (fail_open: passing)",
-        '"policy":"' .. entry.name .. '","error":' .. ffi.string(require("cjson").encode(err)))
+        (current and '"conn":' .. current.id .. ',' or '') .. '"policy":' .. json_str(entry.name)
+        .. ',"error":' .. json_str(err))
 end
 
 -- A hook coroutine: runs chains until its hook waits; then it belongs to
@@ -331,8 +332,8 @@ function _M.timer(ctx, delay, fn, ...)
     if type(delay) ~= "number" or delay < 0 then error("ctx:timer(delay, fn): delay must be seconds >= 0", 3) end
     if type(fn) ~= "function" then error("ctx:timer(delay, fn): fn must be a function", 3) end
     seq = seq + 1
-    local t = setmetatable({ at = weir.now() + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...) },
-                           TIMER)
+    local t = setmetatable({ at = weir.now() + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...),
+                             policy = ctx.policy }, TIMER)
     heap[#heap + 1] = t
     up(#heap)
     arm()
@@ -358,8 +359,8 @@ function _M.timers()
             current = nil
             if not ok then
                 C.weir_ffi_policy_failed()
-                log(3, "timer failed", '"conn":' .. tostring(t.ctx.id) .. ',"error":'
-                                       .. require("cjson").encode(tostring(err)))
+                log(3, "timer failed", '"conn":' .. tostring(t.ctx.id) .. ',"policy":'
+                                       .. json_str(t.policy or "?") .. ',"error":' .. json_str(err))
             end
         end
     end

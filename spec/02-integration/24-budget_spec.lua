@@ -1,0 +1,178 @@
+-- The CPU budget of a policy hook (limits.policy_budget, docs/policies.md
+-- "A policy that fails"): endless loops, compiled by LuaJIT or not, are
+-- stopped; only their connection is closed; the worker goes on serving.
+-- The test policy is spec/fixtures/policies/spec-budget.lua.
+local helpers = require "helpers"
+
+local ERR = "/problems/internal-error"
+
+describe("policy CPU budget", function()
+    local be, gw
+    local seq = 0
+
+    setup(function()
+        be = helpers.start_backend("echo")
+        gw = helpers.start_weir({
+            workers = 1,
+            policy_paths = { helpers.fixture_policies },
+            limits = { policy_budget = "50ms" },
+            apis = {
+                helpers.policy_api("Budget", "/budget", be, { { "spec-budget", {} } }),
+                helpers.policy_api("Open", "/open", be, { { "spec-budget", {}, fail_open = true } }),
+                -- spec-budget (priority 540) runs before spec-verdicts (510)
+                helpers.policy_api("Chain", "/chain", be, {
+                    { "spec-budget", {}, fail_open = true }, { "spec-verdicts", {} } }),
+            },
+        })
+    end)
+    teardown(helpers.cleanup)
+
+    local function connect(path)
+        seq = seq + 1
+        local ws, res = helpers.ws_connect(gw.port, { path = (path or "/budget") .. "/1.0/c" .. seq })
+        assert(ws, "no 101: " .. (type(res) == "table" and tostring(res.raw) or tostring(res)))
+        local _, port = ws.sock:getsockname()
+        ws.client = "127.0.0.1:" .. port
+        return ws
+    end
+
+    local function recv(ws)
+        local m, err, close = ws:recv_message(10)
+        assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")
+        return m.payload
+    end
+
+    local function ask(ws, text)
+        assert(ws:send_text(text))
+        return recv(ws)
+    end
+
+    local function worker()
+        local w = helpers.wait_until(function()
+            local p = gw:worker_pids()
+            return #p == 1 and p
+        end, 10, "one worker")
+        return w[1]
+    end
+
+    -- The conn id of WS, from its access record (written once it is gone).
+    local function conn_of(ws)
+        return gw:wait_log(function(r) return r.msg == "access" and r.client == ws.client end).conn
+    end
+
+    -- The log record MSG (default "policy failed") of a budget overrun on CONN.
+    local function budget_failure(conn, msg)
+        return gw:wait_log(function(r)
+            return r.msg == (msg or "policy failed") and r.conn == conn
+                   and tostring(r.error):find("CPU budget of 50 ms", 1, true)
+        end)
+    end
+
+    it("stops a compiled endless loop: 1011 for its connection, another connection is served, same worker", function()
+        local pid = worker()
+        local other = connect()
+        assert.equal("b1", ask(other, "b1"))
+        local ws = connect()
+        assert(ws:send_text("spin"))
+        assert(other:send_text("b2"))       -- waits behind the loop, then is served
+        local _, close = helpers.expect_error_close(ws, ERR, 1011)
+        assert.equal("internal error", close.reason)
+        assert.equal("b2", recv(other))
+        assert.equal("b3", ask(other, "b3"))
+        assert.equal(pid, worker())
+        ws:close()
+        assert.equal("spec-budget", budget_failure(conn_of(ws)).policy)
+        other:close()
+    end)
+
+    it("stops a loop that earlier messages made hot (traced) before it runs without end", function()
+        local pid = worker()
+        local ws = connect()
+        local first = ask(ws, "warm:20000")
+        for _ = 1, 4 do assert.equal(first, ask(ws, "warm:20000")) end
+        assert(ws:send_text("hot"))
+        helpers.expect_error_close(ws, ERR, 1011)
+        assert.equal(pid, worker())
+        local other = connect()
+        assert.equal("after", ask(other, "after"))
+        other:close()
+    end)
+
+    it("is per hook call: many short hooks in a row are not stopped", function()
+        local ws = connect()
+        for _ = 1, 100 do assert.matches("^warm:%d+$", ask(ws, "warm:20000")) end
+        assert.equal("still open", ask(ws, "still open"))
+        ws:close()
+    end)
+
+    it("still stops a policy that catches the budget error with pcall and loops again", function()
+        local pid = worker()
+        local ws = connect()
+        assert(ws:send_text("pcall-spin"))
+        helpers.expect_error_close(ws, ERR, 1011)
+        assert.equal(pid, worker())
+        local other = connect()
+        assert.equal("after", ask(other, "after"))
+        other:close()
+    end)
+
+    it("stops an endless on_handshake: 500 and /problems/internal-error", function()
+        local pid = worker()
+        seq = seq + 1
+        local ws, res = helpers.ws_connect(gw.port, { path = "/budget/1.0/c" .. seq .. "?spin=1" })
+        assert.is_nil(ws)
+        assert.is_table(res, tostring(res))
+        assert.equal(500, res.status)
+        helpers.check_error(res.body, ERR, 500)
+        assert.equal(pid, worker())
+    end)
+
+    it("with fail_open, a hook stopped by the budget counts as a pass: the message is forwarded", function()
+        local pid = worker()
+        local ws = connect("/open")
+        assert.equal("spin", ask(ws, "spin"))
+        assert.equal("next", ask(ws, "next"))
+        assert.equal(pid, worker())
+        gw:wait_log(function(r)
+            return r.msg == "policy failed (fail_open: passing)" and r.policy == "spec-budget"
+                   and tostring(r.error):find("CPU budget of 50 ms", 1, true)
+        end)
+        ws:close()
+    end)
+
+    it("with fail_open, the policies after one stopped by the budget still run", function()
+        local ws = connect("/chain")
+        assert.equal("after#spin", ask(ws, "reply:after#spin"))
+        assert.equal("next", ask(ws, "next"))
+        ws:close()
+    end)
+
+    it("stops an endless timer; the worker goes on serving", function()
+        local pid = worker()
+        local ws = connect()
+        assert.equal("armed", ask(ws, "timer-spin"))
+        local other = connect()
+        assert.equal("after", ask(other, "after"))
+        assert.equal(pid, worker())
+        other:close()
+        ws:close()
+        budget_failure(conn_of(ws), "timer failed")
+    end)
+
+    it("stops an endless on_close; the worker goes on serving", function()
+        local pid = worker()
+        local ws = connect()
+        assert.equal("spin-on-close", ask(ws, "spin-on-close"))
+        ws:close_handshake(1000)
+        ws:close()
+        local conn = conn_of(ws)
+        local rec = gw:wait_log(function(r) return tostring(r.msg):find("^policy failed") and r.conn == conn end)
+        local other = connect()
+        assert.equal("after", ask(other, "after"))
+        assert.equal(pid, worker())
+        other:close()
+        -- logged like any failing hook: the policy's name, the conn, the error
+        assert.equal("spec-budget", rec.policy)
+        assert.matches("CPU budget of 50 ms", tostring(rec.error), 1, true)
+    end)
+end)
