@@ -196,6 +196,10 @@ static int
 weir_leg_write(weir_leg_t *l, const uint8_t *buf, size_t n)
 {
     if (l->done) return WEIR_ERROR;
+    if (l->unsent) {                    /* a batch is open: weir_relay_process writes it */
+        weir_leg_queue(l, buf, n);
+        return WEIR_OK;
+    }
     if (l->out_len == 0 && !l->ssl_hs && !(l->is_backend && l->s->state == WEIR_S_CONNECT)) {
         ssize_t w = weir_leg_send(l, buf, n);
         if (w == WEIR_ERROR) {
@@ -1107,7 +1111,7 @@ weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
  * frame at the end is kept in L's stash for the next read.
  */
 static void
-weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
+weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
 {
     weir_session_t *s = l->s;
     weir_leg_t *o = weir_other(l);
@@ -1289,6 +1293,30 @@ frame_end:
         /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
         memmove(l->stash, p, left);
         l->nstash = (uint8_t) left;
+    }
+}
+
+/*
+ * Relay BUF (see weir_relay_frames) as one batch: messages weir writes
+ * itself meanwhile (frame hooks' verdicts, replies, policies' sends) are
+ * queued, and each leg is written once at the end, so a read of sixteen
+ * small messages still costs one send().
+ */
+static void
+weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
+{
+    weir_worker_t *w = l->s->w;
+    weir_leg_t *o = weir_other(l);
+    w->in_relay++;
+    weir_relay_frames(l, buf, len);
+    w->in_relay--;
+    if (o->unsent) {
+        o->unsent = 0;
+        weir_leg_flush(o);
+    }
+    if (l->unsent) {
+        l->unsent = 0;
+        weir_leg_flush(l);
     }
 }
 
@@ -1618,6 +1646,7 @@ weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
     if (dst->done || dst->close_sent) return;
     if (weir_leg_between(dst) && n + WEIR_WS_MAX_HDR <= WEIR_RBUF_SIZE) {
         size_t fl = weir_frame_message(dst, dst->s->w->sbuf, opcode, p, n);
+        if (dst->s->w->in_relay) dst->unsent = 1;
         weir_leg_write(dst, dst->s->w->sbuf, fl);
         return;
     }

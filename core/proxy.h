@@ -60,6 +60,7 @@ struct weir_leg_s {
     unsigned        assemble_next:1;    /* assemble from the next message on (set by reloads) */
     unsigned        collect:1;          /* the current message is being assembled in msg */
     unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
+    unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
 
     /* reading: frames from this peer */
@@ -162,6 +163,7 @@ struct weir_worker_s {
     weir_leg_t      *ready;             /* TLS legs with decrypted bytes pending */
     uv_signal_t      sig_term, sig_int, sig_hup;
     int              draining;
+    int              in_relay;          /* depth of weir_relay_process: batch writes */
 };
 
 /* Take a freshly accepted socket FD from listener LI. */
