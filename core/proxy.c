@@ -46,6 +46,7 @@ static void weir_handshake_proceed(weir_session_t *s);
 static void weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v);
 static void weir_leg_flush_inject(weir_leg_t *l);
 static int  weir_relay_message(weir_leg_t *l);
+static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 
 static inline weir_leg_t *
 weir_other(weir_leg_t *l)
@@ -1104,6 +1105,86 @@ weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
     return 0;
 }
 
+/* A frame hook waits: keep what was read behind its message (in order) and
+ * stop reading L until the verdict comes (weir_proxy_resolved). */
+static void
+weir_relay_hold(weir_leg_t *l, const uint8_t *p, size_t rest)
+{
+    if (rest > 0) {
+        l->held = malloc(rest);
+        if (l->held == NULL) abort();
+        memcpy(l->held, p, rest);
+        l->held_len = rest;
+    }
+    weir_leg_pause(l, WEIR_PAUSE_POLICY);
+}
+
+/* Keep a copy of the message P[0..N) in L's assembly buffer. */
+static void
+weir_msg_copy(weir_leg_t *l, const uint8_t *p, size_t n)
+{
+    if (n > l->msg_cap) {
+        uint8_t *nb = realloc(l->msg, WEIR_MAX(n, (size_t) 4096));
+        if (nb == NULL) abort();
+        l->msg = nb;
+        l->msg_cap = WEIR_MAX(n, (size_t) 4096);
+    }
+    memcpy(l->msg, p, n);
+    l->msg_fill = n;
+}
+
+/*
+ * A frame hook's message that is one whole frame at FRAME (header length
+ * HL) in the read buffer: unmask and check it in place, let the hook read
+ * it there, and on a pass leave the frame (re-masked for the backend) in
+ * the range being forwarded; otherwise cut it out of the range (*FROM) and
+ * apply the verdict. Returns WEIR_OK, WEIR_AGAIN (the hook waits: the
+ * message was copied out, the caller holds the rest) or WEIR_ERROR (L
+ * failed and was closed).
+ */
+static int
+weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t hl, uint8_t **from)
+{
+    weir_session_t *s = l->s;
+    uint8_t *pl = frame + hl;
+    size_t n = (size_t) h->len;
+    weir_verdict_t v;
+
+    l->frames++;
+    l->bytes += n;
+    s->last_data = uv_now(s->w->loop);
+    if (!l->is_backend) weir_ws_mask(pl, n, h->mask, 0);
+    if (h->opcode == WEIR_WS_TEXT && weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n) != WEIR_UTF8_ACCEPT) {
+        weir_emit(l, *from, frame);
+        weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
+        return WEIR_ERROR;
+    }
+    l->msg_op = (uint8_t) h->opcode;
+    l->view = pl;
+    l->view_len = n;
+    int rc = weir_lua_frame(s, l->is_backend ? 1 : 0, h->opcode, n, &v);
+    l->view = NULL;
+    if (rc == WEIR_AGAIN) {
+        weir_msg_copy(l, pl, n);
+        l->waiting = 1;
+        weir_emit(l, *from, frame);
+        *from = pl + n;
+        return WEIR_AGAIN;
+    }
+    if (v.kind == WEIR_V_PASS && weir_forwarding(l)) {
+        if (!l->is_backend) {
+            uint8_t *mk = frame + hl - 4;
+            weir_ws_random(mk, 4);
+            weir_ws_mask(pl, n, mk, 0);
+        }
+        return WEIR_OK;
+    }
+    weir_emit(l, *from, frame);
+    *from = pl + n;
+    if (v.kind != WEIR_V_PASS) weir_apply_frame_verdict(l, &v);
+    return WEIR_OK;
+}
+
 /*
  * Relay the bytes BUF[0..LEN) read from L (writable: validated and
  * re-masked in place). Whole frames and the streamed part of the current
@@ -1226,6 +1307,22 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
+        if (h.fin && h.opcode != WEIR_WS_CONT && l->assemble && weir_forwarding(l)
+            && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
+            /* the whole message is this one frame, all in this buffer: the
+             * hook reads it where it is, and a pass forwards it in place */
+            int rc = weir_relay_inline(l, &h, frame, (size_t) hl, &from);
+            p += (size_t) hl + (size_t) h.len;
+            l->msg_opcode = 0;
+            l->msg_len = 0;
+            if (rc == WEIR_ERROR || l->done) return;
+            if (rc == WEIR_AGAIN) {
+                weir_relay_hold(l, p, (size_t) (end - p));
+                return;
+            }
+            frame = NULL;
+            continue;
+        }
         l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble;
         l->collect = l->assemble && weir_forwarding(l);
         if (l->collect && h.opcode != WEIR_WS_CONT) {
@@ -1268,14 +1365,7 @@ frame_end:
                 weir_emit(l, from, p);
                 from = p;
                 if (weir_relay_message(l) == WEIR_AGAIN) {
-                    size_t rest = (size_t) (end - p);
-                    if (rest > 0) {
-                        l->held = malloc(rest);
-                        if (l->held == NULL) abort();
-                        memcpy(l->held, p, rest);
-                        l->held_len = rest;
-                    }
-                    weir_leg_pause(l, WEIR_PAUSE_POLICY);
+                    weir_relay_hold(l, p, (size_t) (end - p));
                     return;
                 }
                 if (l->done) return;
@@ -1755,6 +1845,10 @@ const uint8_t *
 weir_proxy_payload(weir_session_t *s, int dir, size_t *len)
 {
     weir_leg_t *l = dir ? &s->backend : &s->client;
+    if (l->view != NULL) {
+        *len = l->view_len;
+        return l->view;
+    }
     *len = l->msg_fill;
     return l->msg;
 }

@@ -80,6 +80,8 @@ struct weir_leg_s {
     uint8_t        *msg;                /* the message's payload, unmasked */
     size_t          msg_fill, msg_cap;
     uint8_t         msg_op;             /* its opcode */
+    const uint8_t  *view;               /* or: the message where it lies in the read buffer */
+    size_t          view_len;
     uint8_t        *held;
     size_t          held_len;
 
