@@ -16,8 +16,10 @@
  *
  * Client frames are masked with a fresh key each (RFC 6455 5.3). A message's
  * payload is its 64-bit sequence number (connection id in the top 24 bits)
- * followed by a pattern whose phase depends on that number; an echo that
- * differs in any byte, or arrives out of order, is a mismatch. Errors are
+ * followed by a pattern whose phase depends on that number; with -j it is a
+ * JSON object instead, {"type":"bench","seq":N,"pad":"..."}, padded with the
+ * pattern to exactly -s bytes (for gateways that validate JSON messages). An
+ * echo that differs in any byte, or arrives out of order, is a mismatch. Errors are
  * counted by kind: connect failures, handshake answers by HTTP status,
  * closes by code, connections lost without a close, mismatches, messages
  * never echoed. The exit status is 1 when any error was counted.
@@ -49,6 +51,8 @@
 #define WSLOAD_HS_NS        10000000000ull /* connect + upgrade deadline */
 #define WSLOAD_PAT_PERIOD   251          /* pattern phases */
 #define WSLOAD_SEQ_LEN      16           /* payload prefix: seq, 16 hex digits */
+#define WSLOAD_JSON_HEAD    52           /* -j: {"type":"bench","seq":N,"pad":" with
+                                            N of up to 20 digits, plus the "} */
 #define WSLOAD_MAX_STATUS   16           /* distinct HTTP statuses / close codes kept */
 
 typedef enum { M_ECHO, M_CONNECT, M_IDLE } wsload_mode_e;
@@ -86,6 +90,7 @@ static double        opt_duration = 5;
 static double        opt_warmup = 0;
 static uint64_t      opt_count = 0;
 static int           opt_binary = 0;
+static int           opt_json = 0;       /* -j: payloads are JSON objects */
 static int           opt_quiet = 0;
 static int           opt_rate = 200;     /* handshakes in progress at once */
 static const char   *opt_label = "";
@@ -103,6 +108,7 @@ static int              ep;
 static wsload_conn_t   *conns;
 static int              phase = P_OPENING;
 static unsigned char   *pattern;         /* opt_size + WSLOAD_PAT_PERIOD bytes */
+static unsigned char   *jpattern;        /* -j: the same, without the quote and backslash */
 static unsigned char   *scratch;         /* one payload being built */
 static wb_hist_t        hist;
 static volatile sig_atomic_t got_signal = 0;
@@ -161,6 +167,19 @@ static void pattern_init(void)
         pattern[i] = opt_binary ? (unsigned char)(i * 131 + (i >> 8))
                                 : (unsigned char)(' ' + (i * 7 + i / 89) % 95);
     }
+    if (opt_json) {
+        /* the JSON string "pad": printable ASCII but the quote and the
+         * backslash, so that it needs no escape */
+        static const char skip[] = "\"\\";
+        char alpha[95];
+        int na = 0;
+        for (int ch = ' '; ch <= '~'; ch++)
+            if (strchr(skip, ch) == NULL)
+                alpha[na++] = (char)ch;
+        jpattern = malloc(n);
+        for (size_t i = 0; i < n; i++)
+            jpattern[i] = (unsigned char)alpha[(i * 7 + i / 89) % (size_t)na];
+    }
 }
 
 static inline uint64_t msg_seq(const wsload_conn_t *c, uint64_t n)
@@ -177,9 +196,38 @@ static void seq_encode(unsigned char *p, uint64_t seq)
     }
 }
 
+/*
+ * -j: write the JSON head {"type":"bench","seq":SEQ,"pad":" into P (at
+ * least WSLOAD_JSON_HEAD bytes); returns its length.
+ */
+static size_t json_head(unsigned char *p, uint64_t seq)
+{
+    static const char head_open[] = "{\"type\":\"bench\",\"seq\":";
+    static const char head_pad[] = ",\"pad\":\"";
+    char digits[20];
+    int nd = 0;
+    do {
+        digits[nd++] = (char)('0' + seq % 10);
+        seq /= 10;
+    } while (seq > 0);
+    size_t n = sizeof(head_open) - 1;
+    memcpy(p, head_open, n);
+    while (nd > 0)
+        p[n++] = (unsigned char)digits[--nd];
+    memcpy(p + n, head_pad, sizeof(head_pad) - 1);
+    return n + sizeof(head_pad) - 1;
+}
+
 /* Build message SEQ's payload into scratch. */
 static void payload_build(uint64_t seq)
 {
+    if (opt_json) {
+        size_t h = json_head(scratch, seq);
+        memcpy(scratch + h, jpattern + seq % WSLOAD_PAT_PERIOD, opt_size - h - 2);
+        scratch[opt_size - 2] = '"';
+        scratch[opt_size - 1] = '}';
+        return;
+    }
     seq_encode(scratch, seq);
     memcpy(scratch + WSLOAD_SEQ_LEN, pattern + seq % WSLOAD_PAT_PERIOD,
            opt_size - WSLOAD_SEQ_LEN);
@@ -188,9 +236,16 @@ static void payload_build(uint64_t seq)
 /* 1 when P (LEN bytes) is exactly message SEQ's payload. */
 static int payload_check(const unsigned char *p, size_t len, uint64_t seq)
 {
-    unsigned char s[WSLOAD_SEQ_LEN];
     if (len != opt_size)
         return 0;
+    if (opt_json) {
+        unsigned char head[WSLOAD_JSON_HEAD];
+        size_t h = json_head(head, seq);
+        return memcmp(p, head, h) == 0
+               && memcmp(p + h, jpattern + seq % WSLOAD_PAT_PERIOD, opt_size - h - 2) == 0
+               && p[opt_size - 2] == '"' && p[opt_size - 1] == '}';
+    }
+    unsigned char s[WSLOAD_SEQ_LEN];
     seq_encode(s, seq);
     return memcmp(p, s, WSLOAD_SEQ_LEN) == 0
            && memcmp(p + WSLOAD_SEQ_LEN, pattern + seq % WSLOAD_PAT_PERIOD,
@@ -730,8 +785,8 @@ static void report(void)
                 modes[opt_mode], *opt_label ? " " : "", opt_label,
                 opt_mode == M_IDLE ? "held" : "on", opt_hostport, opt_path, opt_conns);
         if (opt_mode == M_ECHO)
-            fprintf(stderr, ", window %d, %zu B %s", opt_window, opt_size,
-                    opt_binary ? "binary" : "text");
+            fprintf(stderr, ", window %d, %zu B %s%s", opt_window, opt_size,
+                    opt_binary ? "binary" : "text", opt_json ? " JSON" : "");
         fputc('\n', stderr);
         if (opt_mode != M_IDLE) {
             fprintf(stderr, "  %llu %s in %.2f s: %.0f/s", (unsigned long long)measured,
@@ -748,12 +803,13 @@ static void report(void)
     }
 
     printf("{\"mode\":\"%s\",\"label\":\"%s\",\"url\":\"ws://%s%s\",\"conns\":%d,"
-           "\"window\":%d,\"size\":%zu,\"opcode\":\"%s\",\"opened\":%d,"
+           "\"window\":%d,\"size\":%zu,\"opcode\":\"%s\",\"payload\":\"%s\",\"opened\":%d,"
            "\"seconds\":%.4f,\"measured\":%llu,\"total\":%llu,\"rate\":%.1f,"
            "\"mb_per_s\":%.2f,\"latency_us\":{\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,"
            "\"p999\":%.2f,\"max\":%.2f,\"mean\":%.2f},\"cpu_s\":%.3f,\"errors\":%llu",
            modes[opt_mode], opt_label, opt_hostport, opt_path, opt_conns, opt_window,
-           opt_size, opt_binary ? "binary" : "text", n_opened, secs,
+           opt_size, opt_binary ? "binary" : "text", opt_json ? "json" : "pattern",
+           n_opened, secs,
            (unsigned long long)measured, (unsigned long long)total, rate, mbs,
            us[0], us[1], us[2], us[3], us[4], us[5], cpu, (unsigned long long)errs);
     printf(",\"error_kinds\":{\"connect\":%llu,\"handshake_eof\":%llu,\"bad_accept\":%llu,"
@@ -806,6 +862,8 @@ static void usage(void)
         "  -W SEC     warm-up before measuring (0)\n"
         "  -n N       stop after sending N messages (0: no limit)\n"
         "  -b         binary frames (default: text, ASCII payload)\n"
+        "  -j         JSON payloads: {\"type\":\"bench\",\"seq\":N,\"pad\":\"...\"}, exactly -s\n"
+        "             bytes (-s at least 52)\n"
         "  -H 'Name: value'  extra handshake header, repeatable\n"
         "  -r N       handshakes in progress at once while opening (200)\n"
         "  -l LABEL   label copied into the JSON line\n"
@@ -846,7 +904,7 @@ static int parse_url(const char *url)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bH:r:l:qh")) != -1) {
+    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:r:l:qh")) != -1) {
         switch (opt) {
         case 'm':
             if (strcmp(optarg, "echo") == 0) opt_mode = M_ECHO;
@@ -861,6 +919,7 @@ int main(int argc, char **argv)
         case 'W': opt_warmup = atof(optarg); break;
         case 'n': opt_count = strtoull(optarg, NULL, 10); break;
         case 'b': opt_binary = 1; break;
+        case 'j': opt_json = 1; break;
         case 'H': {
             size_t l = strlen(optarg);
             if (opt_headers_len + l + 3 > sizeof(opt_headers) || !strchr(optarg, ':'))
@@ -878,6 +937,7 @@ int main(int argc, char **argv)
     }
     if (optind != argc - 1 || parse_url(argv[optind]) < 0 || opt_conns < 1
         || opt_window < 1 || opt_size < WSLOAD_SEQ_LEN || opt_rate < 1
+        || (opt_json && opt_size < WSLOAD_JSON_HEAD)
         || opt_duration < 0 || opt_warmup < 0)
         usage();
 

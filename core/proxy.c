@@ -1337,8 +1337,10 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         s->last_data = uv_now(s->w->loop);
         if (!l->is_backend) {
             memcpy(l->in_mask, h.mask, 4);
-            weir_ws_random(l->out_mask, 4);
-            memcpy(p + hl - 4, l->out_mask, 4);
+            if (l->fwd_frame) {             /* only frames forwarded as read need a key */
+                weir_ws_random(l->out_mask, 4);
+                memcpy(p + hl - 4, l->out_mask, 4);
+            }
         }
         p += hl;
         if (!l->fwd_frame) {
