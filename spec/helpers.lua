@@ -1444,4 +1444,18 @@ helpers._sentinel = sentinel
 
 math.randomseed(os.time() + unistd.getpid())
 
+--- The next data message on WS (a helpers.ws_connect client), within 10 s:
+-- returns its payload and the message; fails the spec naming what came instead.
+function helpers.recv_payload(ws)
+    local m, err, close = ws:recv_message(10)
+    assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")
+    return m.payload, m
+end
+
+--- Send TEXT on WS and return the next message's payload (and the message).
+function helpers.ask(ws, text)
+    assert(ws:send_text(text))
+    return helpers.recv_payload(ws)
+end
+
 return helpers

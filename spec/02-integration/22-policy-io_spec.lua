@@ -37,16 +37,9 @@ describe("policies waiting on HTTP", function()
         return ws
     end
 
-    local function recv(ws)
-        local m, err, close = ws:recv_message(10)
-        assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")
-        return m.payload
-    end
+    local recv = helpers.recv_payload
 
-    local function ask(ws, text)
-        assert(ws:send_text(text))
-        return recv(ws)
-    end
+    local ask = helpers.ask
 
     local function held(id)
         helpers.wait_until(function() return srv:seen(id) end, 10, "weir's request for /hold/" .. id)

@@ -57,12 +57,7 @@ local function connect(gw, path)
     return ws
 end
 
-local function ask(ws, text)
-    assert(ws:send_text(text))
-    local m, err, close = ws:recv_message(10)
-    assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")
-    return m.payload
-end
+local ask = helpers.ask
 
 local function tag_api(name, context, be, tag)
     return helpers.policy_api(name, context, be, { { "spec-tag", { tag = tag } } })

@@ -36,16 +36,9 @@ describe("policy CPU budget", function()
         return ws
     end
 
-    local function recv(ws)
-        local m, err, close = ws:recv_message(10)
-        assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")
-        return m.payload
-    end
+    local recv = helpers.recv_payload
 
-    local function ask(ws, text)
-        assert(ws:send_text(text))
-        return recv(ws)
-    end
+    local ask = helpers.ask
 
     local function worker()
         local w = helpers.wait_until(function()

@@ -56,12 +56,7 @@ describe("key-auth through weir", function()
         return false
     end
 
-    local function ask(ws, text)
-        assert(ws:send_text(text))
-        local m, err = ws:recv_message(10)
-        assert(m, "no message: " .. tostring(err))
-        return m.payload
-    end
+    local ask = helpers.ask
 
     local function open(path, headers)
         local ws, res = helpers.ws_connect(gw.port, { path = path, headers = headers })

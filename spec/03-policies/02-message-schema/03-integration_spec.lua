@@ -35,16 +35,9 @@ describe("message-schema through weir", function()
         return ws, id
     end
 
-    local function recv(ws)
-        local m, err, close = ws:recv_message(10)
-        assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")
-        return m.payload, m
-    end
+    local recv = helpers.recv_payload
 
-    local function ask(ws, text)
-        assert(ws:send_text(text))
-        return recv(ws)
-    end
+    local ask = helpers.ask
 
     -- The data messages the backend received on connection ID (waits until
     -- it has WANT of them, or until it is closed when WANT is nil).
