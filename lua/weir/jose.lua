@@ -1,0 +1,614 @@
+--- JWS and JWK verification for the token policies: strict base64url, the
+-- JWS compact form, JWKS import and signature checks with OpenSSL 3's
+-- libcrypto through LuaJIT's FFI (no C of weir's own).
+--
+-- Nothing here reads the clock or judges claims (`exp`, `iss` ...): that is
+-- the policy's job. The algorithm is never taken from a token alone: a key
+-- allows a fixed set of algorithms (`key_allows`) and `verify` checks it.
+--
+-- Error strings are short and never contain the token, a signature or key
+-- material, so a policy may log them.
+--
+-- Like `weir` itself it works inside a worker (libcrypto is already in the
+-- process: `ffi.C`) and in a plain LuaJIT for unit specs (`ffi.load`).
+--
+-- @module weir.jose
+-- @usage local jose = require "weir.jose"
+-- local jws = assert(jose.decode(token))
+-- local keys = assert(jose.jwks(jwks_text))
+-- local key = keys.by_kid[jws.kid]
+-- local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
+
+local ffi   = require "ffi"
+local bit   = require "bit"
+local cjson = require "cjson.safe"
+
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find, string.format
+local concat = table.concat
+local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
+local ffi_string, ffi_new, ffi_gc = ffi.string, ffi.new, ffi.gc
+
+local _M = {
+    --- Default and upper bound of `decode`'s `max_len`, in bytes.
+    MAX_TOKEN = 8192,
+    --- Most keys `jwks` loads from one set; the rest are skipped.
+    MAX_KEYS = 64,
+    --- RSA moduli outside [MIN_RSA_BITS, MAX_RSA_BITS] are skipped.
+    MIN_RSA_BITS = 2048,
+    MAX_RSA_BITS = 8192,
+}
+
+-- Only opaque types: another module may declare the same functions (LuaJIT
+-- accepts identical redeclarations) but a struct body declared twice fails.
+ffi.cdef [[
+    typedef struct evp_pkey_st EVP_PKEY;
+    typedef struct evp_pkey_ctx_st EVP_PKEY_CTX;
+    typedef struct evp_md_st EVP_MD;
+    typedef struct evp_md_ctx_st EVP_MD_CTX;
+    typedef struct engine_st ENGINE;
+    typedef struct ossl_lib_ctx_st OSSL_LIB_CTX;
+
+    EVP_PKEY *d2i_PUBKEY(EVP_PKEY **a, const unsigned char **pp, long length);
+    void EVP_PKEY_free(EVP_PKEY *pkey);
+    int EVP_PKEY_get_bits(const EVP_PKEY *pkey);
+    int EVP_PKEY_get_base_id(const EVP_PKEY *pkey);
+
+    EVP_MD *EVP_MD_fetch(OSSL_LIB_CTX *ctx, const char *algorithm, const char *properties);
+    void EVP_MD_free(EVP_MD *md);
+    EVP_MD_CTX *EVP_MD_CTX_new(void);
+    void EVP_MD_CTX_free(EVP_MD_CTX *ctx);
+    int EVP_MD_CTX_reset(EVP_MD_CTX *ctx);
+    int EVP_DigestVerifyInit(EVP_MD_CTX *ctx, EVP_PKEY_CTX **pctx, const EVP_MD *type,
+                             ENGINE *e, EVP_PKEY *pkey);
+    int EVP_DigestVerify(EVP_MD_CTX *ctx, const unsigned char *sig, size_t siglen,
+                         const unsigned char *tbs, size_t tbslen);
+    int EVP_PKEY_CTX_set_rsa_padding(EVP_PKEY_CTX *ctx, int pad_mode);
+    int EVP_PKEY_CTX_set_rsa_pss_saltlen(EVP_PKEY_CTX *ctx, int saltlen);
+
+    unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
+                        const unsigned char *data, size_t data_len,
+                        unsigned char *md, unsigned int *md_len);
+    int CRYPTO_memcmp(const void *a, const void *b, size_t len);
+    unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
+    void ERR_clear_error(void);
+]]
+
+-- libcrypto: already in a worker's process; loaded by name in a plain LuaJIT
+local C = ffi.C
+if not pcall(function() return ffi.C.EVP_DigestVerify end) then C = ffi.load("libcrypto.so.3") end
+
+local EVP_PKEY_RSA, EVP_PKEY_EC, EVP_PKEY_ED25519 = 6, 408, 1087  -- NIDs (obj_mac.h)
+local RSA_PKCS1_PSS_PADDING = 6
+local RSA_PSS_SALTLEN_DIGEST = -1  -- verify: the salt must be exactly the hash's length
+
+---------------------------------------------------------------------------
+-- base64url (RFC 4648 §5, unpadded as RFC 7515 §2 wants it)
+
+local ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+local DEC = ffi_new("int16_t[256]")
+for i = 0, 255 do DEC[i] = -1 end
+for i = 1, 64 do DEC[byte(ALPHABET, i)] = i - 1 end
+local ENC = ffi_new("uint8_t[64]", { byte(ALPHABET, 1, 64) })
+
+local buf, buf_size = nil, 0
+local function scratch(n)
+    if n > buf_size then
+        buf_size = n < 1024 and 1024 or n
+        buf = ffi_new("uint8_t[?]", buf_size)
+    end
+    return buf
+end
+
+--- Decode base64url strictly: the URL-safe alphabet only, no padding, no
+-- whitespace, no length that no encoder produces (`#s % 4 == 1`) and no
+-- stray bits in the last character (so each byte string has one encoding).
+-- @tparam string s
+-- @treturn[1] string the bytes
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local bytes, err = jose.b64url_decode("aGk")
+function _M.b64url_decode(s)
+    if type(s) ~= "string" then return nil, "not a string" end
+    local n = #s
+    local rest = n % 4
+    if rest == 1 then return nil, "bad base64url length" end
+    local out = scratch(rshift(n * 3, 2) + 3)
+    local src = ffi.cast("const uint8_t *", s)
+    local o, acc, bits = 0, 0, 0
+    for i = 0, n - 1 do
+        local v = DEC[src[i]]
+        if v < 0 then return nil, "bad base64url character" end
+        acc = bor(lshift(band(acc, 0xffff), 6), v)
+        bits = bits + 6
+        if bits >= 8 then
+            bits = bits - 8
+            out[o] = band(rshift(acc, bits), 0xff)
+            o = o + 1
+        end
+    end
+    if bits > 0 and band(acc, lshift(1, bits) - 1) ~= 0 then
+        return nil, "bad base64url padding bits"
+    end
+    return ffi_string(out, o)
+end
+
+--- Encode bytes as base64url without padding.
+-- @tparam string s
+-- @treturn string
+-- @usage local part = jose.b64url_encode(sig)
+function _M.b64url_encode(s)
+    if type(s) ~= "string" then error("jose.b64url_encode(s): s must be a string", 2) end
+    local n = #s
+    local out = scratch(n * 2 + 4)
+    local src = ffi.cast("const uint8_t *", s)
+    local o, i = 0, 0
+    while i + 2 < n do
+        local v = bor(lshift(src[i], 16), lshift(src[i + 1], 8), src[i + 2])
+        out[o], out[o + 1] = ENC[rshift(v, 18)], ENC[band(rshift(v, 12), 63)]
+        out[o + 2], out[o + 3] = ENC[band(rshift(v, 6), 63)], ENC[band(v, 63)]
+        o, i = o + 4, i + 3
+    end
+    if n - i == 2 then
+        local v = bor(lshift(src[i], 16), lshift(src[i + 1], 8))
+        out[o], out[o + 1], out[o + 2] = ENC[rshift(v, 18)], ENC[band(rshift(v, 12), 63)],
+                                         ENC[band(rshift(v, 6), 63)]
+        o = o + 3
+    elseif n - i == 1 then
+        local v = lshift(src[i], 16)
+        out[o], out[o + 1] = ENC[rshift(v, 18)], ENC[band(rshift(v, 12), 63)]
+        o = o + 2
+    end
+    return ffi_string(out, o)
+end
+
+---------------------------------------------------------------------------
+-- JWS compact form (RFC 7515 §7.1)
+
+local json = cjson.new()
+json.decode_max_depth(32)
+json.decode_invalid_numbers(false)  -- no NaN, Infinity or hex
+
+-- TEXT decoded as a JSON object, or nil, err. cjson turns `{}` and `[]`
+-- into the same empty table, so the text itself must open with `{`.
+local function json_object(text, what)
+    if not find(text, "^[ \t\r\n]*{") then return nil, what .. " is not a JSON object" end
+    local t = json.decode(text)
+    if type(t) ~= "table" then return nil, what .. " is not valid JSON" end
+    return t
+end
+
+--- Split a JWS in compact form and decode its header and payload. Checks
+-- the form only; the signature is checked by `verify`.
+-- @tparam string token `header.payload.signature`
+-- @tparam[opt=8192] number max_len longest token accepted, in bytes; checked
+--  before anything else
+-- @treturn[1] table `{ header =, payload =, signing_input = "<h>.<p>",
+--  signature = bytes, alg = header.alg, kid = header.kid }`
+-- @treturn[2] nil
+-- @treturn[2] string why (never containing the token)
+-- @usage local jws, err = jose.decode(token)
+function _M.decode(token, max_len)
+    if type(token) ~= "string" then return nil, "token is not a string" end
+    max_len = max_len or _M.MAX_TOKEN
+    if #token > max_len then return nil, "token too long" end
+    if #token == 0 then return nil, "empty token" end
+    local d1 = find(token, ".", 1, true)
+    local d2 = d1 and find(token, ".", d1 + 1, true)
+    if not d2 or find(token, ".", d2 + 1, true) then
+        return nil, "token is not three dot-separated parts"
+    end
+    local h_raw, err = _M.b64url_decode(sub(token, 1, d1 - 1))
+    if not h_raw then return nil, "header: " .. err end
+    local p_raw
+    p_raw, err = _M.b64url_decode(sub(token, d1 + 1, d2 - 1))
+    if not p_raw then return nil, "payload: " .. err end
+    local sig
+    sig, err = _M.b64url_decode(sub(token, d2 + 1))
+    if not sig then return nil, "signature: " .. err end
+
+    local header, payload
+    header, err = json_object(h_raw, "header")
+    if not header then return nil, err end
+    payload, err = json_object(p_raw, "payload")
+    if not payload then return nil, err end
+
+    local alg, kid = header.alg, header.kid
+    if type(alg) ~= "string" or alg == "" then return nil, "header has no alg" end
+    if kid ~= nil and (type(kid) ~= "string" or kid == "") then
+        return nil, "header kid is not a non-empty string"
+    end
+    -- no extension is understood, so any critical one makes the token invalid
+    -- (RFC 7515 §4.1.11); b64=false (RFC 7797) would change the signing input
+    if header.crit ~= nil then return nil, "header crit is not supported" end
+    if header.b64 ~= nil and header.b64 ~= true then return nil, "header b64 is not supported" end
+
+    return {
+        header = header, payload = payload,
+        signing_input = sub(token, 1, d2 - 1), signature = sig,
+        alg = alg, kid = kid,
+    }
+end
+
+---------------------------------------------------------------------------
+-- JWK import
+--
+-- Public keys are imported by building their SubjectPublicKeyInfo in DER
+-- here and handing it to d2i_PUBKEY: one small, stable, non-deprecated call
+-- for every key type, no OSSL_PARAM arrays (structs, native-endian BIGNUM
+-- buffers) to lay out through the FFI, and OpenSSL's decoder does the
+-- checks that matter (an EC point must be on its curve).
+
+local function der_len(n)
+    if n < 0x80 then return char(n) end
+    if n < 0x100 then return char(0x81, n) end
+    return char(0x82, rshift(n, 8), band(n, 0xff))
+end
+
+local function der(tag, body) return char(tag) .. der_len(#body) .. body end
+
+-- a DER INTEGER from unsigned big-endian bytes
+local function der_uint(b)
+    local i = 1
+    while i < #b and byte(b, i) == 0 do i = i + 1 end
+    b = sub(b, i)
+    if byte(b, 1) >= 0x80 then b = "\0" .. b end
+    return der(0x02, b)
+end
+
+local ALG_RSA     = "\48\13\6\9\42\134\72\134\247\13\1\1\1\5\0"  -- rsaEncryption, NULL
+local ALG_EC_P256 = "\48\19\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206\61\3\1\7"  -- id-ecPublicKey, prime256v1
+local ALG_EC_P384 = "\48\16\6\7\42\134\72\206\61\2\1\6\5\43\129\4\0\34"  -- id-ecPublicKey, secp384r1
+local ALG_ED25519 = "\48\5\6\3\43\101\112"  -- id-Ed25519 (RFC 8410), no parameters
+
+local function spki(alg_id, key_bits)
+    return der(0x30, alg_id .. der(0x03, "\0" .. key_bits))
+end
+
+local pp = ffi_new("const unsigned char *[1]")
+
+-- an EVP_PKEY (freed by the GC) from a SubjectPublicKeyInfo, checked to be
+-- of type NID, or nil
+local function import_spki(info, nid)
+    pp[0] = ffi.cast("const unsigned char *", info)
+    local pkey = C.d2i_PUBKEY(nil, pp, #info)
+    if pkey == nil then C.ERR_clear_error(); return nil end
+    pkey = ffi_gc(pkey, C.EVP_PKEY_free)
+    if C.EVP_PKEY_get_base_id(pkey) ~= nid then return nil end
+    return pkey
+end
+
+local function bits_of(b)  -- significant bits of an unsigned big-endian number
+    local i = 1
+    while i <= #b and byte(b, i) == 0 do i = i + 1 end
+    if i > #b then return 0 end
+    local top, n = byte(b, i), 0
+    while top > 0 do top, n = rshift(top, 1), n + 1 end
+    return (#b - i) * 8 + n
+end
+
+local function b64_member(jwk, name)
+    local v = jwk[name]
+    if type(v) ~= "string" then return nil, "no " .. name end
+    local b, err = _M.b64url_decode(v)
+    if not b then return nil, name .. ": " .. err end
+    return b
+end
+
+local EC_CURVES = {
+    ["P-256"] = { size = 32, alg_id = ALG_EC_P256 },
+    ["P-384"] = { size = 48, alg_id = ALG_EC_P384 },
+}
+
+local importers = {}
+
+function importers.RSA(jwk)
+    local n, err = b64_member(jwk, "n")
+    if not n then return nil, err end
+    local e
+    e, err = b64_member(jwk, "e")
+    if not e then return nil, err end
+    local bits = bits_of(n)
+    if bits < _M.MIN_RSA_BITS then return nil, format("RSA modulus of %d bits is too short", bits) end
+    if bits > _M.MAX_RSA_BITS then return nil, format("RSA modulus of %d bits is too long", bits) end
+    local ebits = bits_of(e)
+    if ebits < 2 or ebits > 64 or band(byte(e, #e), 1) == 0 then return nil, "bad RSA exponent" end
+    local pkey = import_spki(spki(ALG_RSA, der(0x30, der_uint(n) .. der_uint(e))), EVP_PKEY_RSA)
+    if not pkey then return nil, "RSA key rejected by OpenSSL" end
+    return { pkey = pkey, bits = bits }
+end
+
+function importers.EC(jwk)
+    local curve = EC_CURVES[jwk.crv]
+    if not curve then return nil, "unsupported crv" end
+    local x, err = b64_member(jwk, "x")
+    if not x then return nil, err end
+    local y
+    y, err = b64_member(jwk, "y")
+    if not y then return nil, err end
+    if #x ~= curve.size or #y ~= curve.size then
+        return nil, format("%s coordinates must be %d bytes", jwk.crv, curve.size)
+    end
+    local pkey = import_spki(spki(curve.alg_id, "\4" .. x .. y), EVP_PKEY_EC)
+    if not pkey then return nil, "EC point is not on the curve" end
+    return { pkey = pkey, crv = jwk.crv, bits = curve.size * 8 }
+end
+
+function importers.OKP(jwk)
+    if jwk.crv ~= "Ed25519" then return nil, "unsupported crv" end
+    local x, err = b64_member(jwk, "x")
+    if not x then return nil, err end
+    if #x ~= 32 then return nil, "Ed25519 x must be 32 bytes" end
+    local pkey = import_spki(spki(ALG_ED25519, x), EVP_PKEY_ED25519)
+    if not pkey then return nil, "Ed25519 key rejected by OpenSSL" end
+    return { pkey = pkey, crv = "Ed25519", bits = 256 }
+end
+
+function importers.oct(jwk)
+    local k, err = b64_member(jwk, "k")
+    if not k then return nil, err end
+    return _M.hmac_key(k)
+end
+
+-- which algorithms each kind of key allows
+local ALLOWED = {
+    RSA = { RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true },
+    ["EC P-256"] = { ES256 = true },
+    ["EC P-384"] = { ES384 = true },
+    ["OKP Ed25519"] = { EdDSA = true },
+    oct = { HS256 = true, HS384 = true, HS512 = true },
+}
+local HMAC_MIN = { HS256 = 32, HS384 = 48, HS512 = 64 }  -- RFC 7518 §3.2: key >= hash size
+
+local function allowed_set(key)
+    if key.kty == "EC" or key.kty == "OKP" then return ALLOWED[key.kty .. " " .. tostring(key.crv)] end
+    return ALLOWED[key.kty]
+end
+
+--- A key for HS256/384/512 from a shared secret. RFC 7518 §3.2 wants a
+-- secret at least as long as the hash: 32 bytes allows HS256, 48 also
+-- HS384, 64 all three (`key_allows` checks it).
+-- @tparam string secret the raw bytes
+-- @treturn[1] table the key, `kty` "oct"
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local key = assert(jose.hmac_key(conf.secret))
+function _M.hmac_key(secret)
+    if type(secret) ~= "string" then return nil, "HMAC secret must be a string" end
+    if #secret < 32 then return nil, "HMAC secret shorter than 32 bytes" end
+    return { kty = "oct", secret = secret, bits = #secret * 8 }
+end
+
+--- Import one JWK (RFC 7517) as a verification key.
+-- @tparam table jwk the decoded JWK
+-- @treturn[1] table `{ kid =, kty =, crv =, alg =, pkey = EVP_PKEY cdata }`
+--  (oct: `secret` instead of `pkey`)
+-- @treturn[2] nil
+-- @treturn[2] string why it cannot be used
+-- @usage local key, err = jose.jwk(jwk)
+function _M.jwk(jwk)
+    if type(jwk) ~= "table" then return nil, "not a JSON object" end
+    local kty = jwk.kty
+    if type(kty) ~= "string" then return nil, "no kty" end
+    local import = importers[kty]
+    if not import then return nil, "unsupported kty" end
+    if jwk.kid ~= nil and (type(jwk.kid) ~= "string" or jwk.kid == "") then
+        return nil, "kid is not a non-empty string"
+    end
+    if jwk.use ~= nil and jwk.use ~= "sig" then return nil, "use is not sig" end
+    if jwk.key_ops ~= nil then
+        local verify = false
+        if type(jwk.key_ops) == "table" then
+            for _, op in ipairs(jwk.key_ops) do if op == "verify" then verify = true end end
+        end
+        if not verify then return nil, "key_ops has no verify" end
+    end
+    local key, err = import(jwk)
+    if not key then return nil, err end
+    key.kty, key.kid = kty, jwk.kid
+    if jwk.alg ~= nil then
+        local set = allowed_set(key)
+        if type(jwk.alg) ~= "string" or not (set and set[jwk.alg]) then
+            return nil, "alg does not fit the key"
+        end
+        key.alg = jwk.alg
+        if kty == "oct" and #key.secret < HMAC_MIN[jwk.alg] then
+            return nil, "secret too short for " .. jwk.alg
+        end
+    end
+    return key
+end
+
+-- S for a log line: printable ASCII, at most 64 characters
+local function printable(s)
+    s = s:gsub("[^\32-\126]", "?")
+    if #s > 64 then s = sub(s, 1, 61) .. "..." end
+    return s
+end
+
+--- Load a JWK Set (RFC 7517 §5). Keys that cannot be used (unsupported
+-- kty or crv, `use` other than "sig", too short, rejected on import) are
+-- skipped and listed; it fails only when no key could be loaded.
+-- @tparam string|table jwks the JSON text or the decoded set
+-- @treturn[1] table `{ keys = { key, ... }, by_kid = { [kid] = key },
+--  skipped = { "kid X: why", ... } }`
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local keyset, err = jose.jwks(weir.read_file(conf.jwks_file))
+function _M.jwks(jwks)
+    if type(jwks) == "string" then
+        local err
+        jwks, err = json_object(jwks, "JWKS")
+        if not jwks then return nil, err end
+    end
+    if type(jwks) ~= "table" then return nil, "JWKS is not a table" end
+    local list = jwks.keys
+    if type(list) ~= "table" then return nil, "JWKS has no keys array" end
+    local set = { keys = {}, by_kid = {}, skipped = {} }
+    for i, jwk in ipairs(list) do
+        local name = "key #" .. i
+        if type(jwk) == "table" and type(jwk.kid) == "string" and jwk.kid ~= "" then
+            name = "kid " .. printable(jwk.kid)
+        end
+        local key, err
+        if #set.keys >= _M.MAX_KEYS then
+            err = "more than " .. _M.MAX_KEYS .. " keys"
+        else
+            key, err = _M.jwk(jwk)
+            if key and key.kid and set.by_kid[key.kid] then key, err = nil, "duplicate kid" end
+        end
+        if key then
+            set.keys[#set.keys + 1] = key
+            if key.kid then set.by_kid[key.kid] = key end
+        else
+            set.skipped[#set.skipped + 1] = name .. ": " .. err
+        end
+    end
+    if #set.keys == 0 then
+        if #set.skipped == 0 then return nil, "JWKS has no keys" end
+        return nil, "no usable key in the JWKS (" .. concat(set.skipped, "; ") .. ")"
+    end
+    return set
+end
+
+---------------------------------------------------------------------------
+-- Signatures
+
+--- May KEY verify a signature made with ALG? The key pins the algorithm:
+-- RSA: RS256/384/512 and PS256/384/512; EC P-256: ES256; EC P-384: ES384;
+-- OKP Ed25519: EdDSA; oct: HS256/384/512 (each only with a secret at least
+-- as long as its hash). A JWK with `alg` allows only that one. `none`, in
+-- any spelling, and anything unknown: false.
+-- @tparam table key from `jwks`, `jwk` or `hmac_key`
+-- @tparam string alg the token's `alg`
+-- @treturn boolean
+-- @usage if not jose.key_allows(key, jws.alg) then ... end
+function _M.key_allows(key, alg)
+    if type(key) ~= "table" or type(alg) ~= "string" then return false end
+    if key.alg ~= nil and key.alg ~= alg then return false end
+    local set = allowed_set(key)
+    if not (set and set[alg]) then return false end
+    if key.kty == "oct" then return type(key.secret) == "string" and #key.secret >= HMAC_MIN[alg] end
+    return key.pkey ~= nil
+end
+
+local function fetch(name)
+    local md = C.EVP_MD_fetch(nil, name, nil)
+    assert(md ~= nil, "libcrypto has no " .. name)
+    -- fetched once: EVP_sha256() and friends would fetch on every use
+    return ffi_gc(md, C.EVP_MD_free)
+end
+local MD = { ["256"] = fetch("SHA256"), ["384"] = fetch("SHA384"), ["512"] = fetch("SHA512") }
+
+local mdctx = C.EVP_MD_CTX_new()  -- one per Lua state, reset after each use
+assert(mdctx ~= nil, "EVP_MD_CTX_new failed")
+mdctx = ffi_gc(mdctx, C.EVP_MD_CTX_free)
+local pctx = ffi_new("EVP_PKEY_CTX *[1]")
+local hmac_out = ffi_new("unsigned char[64]")
+local hmac_len = ffi_new("unsigned int[1]")
+
+-- DER ECDSA-Sig-Value (RFC 3279) from the JWS's fixed-size R||S (RFC 7518 §3.4)
+local function ecdsa_der(sig, size)
+    return der(0x30, der_uint(sub(sig, 1, size)) .. der_uint(sub(sig, size + 1)))
+end
+
+local function digest_verify(md, pkey, pss, sig, data)
+    local ok = C.EVP_DigestVerifyInit(mdctx, pctx, md, nil, pkey) == 1
+    if ok and pss then
+        ok = C.EVP_PKEY_CTX_set_rsa_padding(pctx[0], RSA_PKCS1_PSS_PADDING) > 0
+             and C.EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx[0], RSA_PSS_SALTLEN_DIGEST) > 0
+    end
+    ok = ok and C.EVP_DigestVerify(mdctx, sig, #sig, data, #data) == 1
+    C.EVP_MD_CTX_reset(mdctx)
+    if not ok then C.ERR_clear_error() end
+    return ok
+end
+
+--- Check a JWS signature. The key must allow the algorithm (`key_allows`).
+-- RS*: RSASSA-PKCS1-v1_5; PS*: RSASSA-PSS, MGF1 with the same hash, salt
+-- the hash's length; ES*: R||S of 64 (ES256) or 96 (ES384) bytes, anything
+-- else (a DER signature) refused; EdDSA: Ed25519; HS*: HMAC compared in
+-- constant time.
+-- @tparam table key
+-- @tparam string alg the token's `alg`
+-- @tparam string signing_input `<header>.<payload>` as in the token
+-- @tparam string signature the decoded signature bytes
+-- @treturn[1] true
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
+function _M.verify(key, alg, signing_input, signature)
+    if not _M.key_allows(key, alg) then return nil, "algorithm not allowed for this key" end
+    if type(signing_input) ~= "string" or type(signature) ~= "string" then
+        return nil, "bad arguments"
+    end
+    local family, size = sub(alg, 1, 2), sub(alg, 3)
+    local ok
+    if family == "HS" then
+        local md = MD[size]
+        local n = tonumber(size) / 8
+        if #signature ~= n then return nil, "bad signature length" end
+        if C.HMAC(md, key.secret, #key.secret, signing_input, #signing_input, hmac_out, hmac_len) == nil
+           or hmac_len[0] ~= n then
+            C.ERR_clear_error()
+            return nil, "HMAC failed"
+        end
+        ok = C.CRYPTO_memcmp(hmac_out, signature, n) == 0
+    elseif family == "RS" or family == "PS" then
+        ok = digest_verify(MD[size], key.pkey, family == "PS", signature, signing_input)
+    elseif family == "ES" then
+        local n = size == "256" and 32 or 48
+        if #signature ~= 2 * n then return nil, "bad signature length" end
+        ok = digest_verify(MD[size], key.pkey, false, ecdsa_der(signature, n), signing_input)
+    else  -- EdDSA: the only other algorithm key_allows lets through
+        if #signature ~= 64 then return nil, "bad signature length" end
+        ok = digest_verify(nil, key.pkey, false, signature, signing_input)
+    end
+    if not ok then return nil, "bad signature" end
+    return true
+end
+
+--- Verify a decoded JWS against a key set: the key named by its `kid`, or,
+-- when the token has none, each key that allows its algorithm in turn.
+-- @tparam table keyset from `jwks` (a single key, from `hmac_key`, works as
+--  `{ keys = { key }, by_kid = {} }`)
+-- @tparam table jws from `decode`
+-- @tparam[opt] table algorithms a set `{ RS256 = true, ... }`: only these
+-- @treturn[1] table the key that verified it
+-- @treturn[2] nil
+-- @treturn[2] string why: "unknown kid" (the caller may refresh the set),
+--  "algorithm not allowed", "no key for this algorithm", "bad signature" ...
+-- @usage local key, err = jose.verify_jws(keyset, jws, conf.algorithms_set)
+function _M.verify_jws(keyset, jws, algorithms)
+    local alg = jws.alg
+    if algorithms and not algorithms[alg] then return nil, "algorithm not allowed" end
+    if jws.kid ~= nil then
+        local key = keyset.by_kid[jws.kid]
+        if not key then return nil, "unknown kid" end
+        local ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
+        if not ok then return nil, err end
+        return key
+    end
+    local err = "no key for this algorithm"
+    for _, key in ipairs(keyset.keys) do
+        if _M.key_allows(key, alg) then
+            local ok
+            ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
+            if ok then return key end
+        end
+    end
+    return nil, err
+end
+
+local sha_out = ffi_new("unsigned char[32]")
+
+--- SHA-256 of S, as 32 raw bytes (e.g. a token cache key).
+-- @tparam string s
+-- @treturn string
+-- @usage local id = jose.sha256(token)
+function _M.sha256(s)
+    C.SHA256(s, #s, sha_out)
+    return ffi_string(sha_out, 32)
+end
+
+return _M
