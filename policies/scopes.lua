@@ -102,7 +102,7 @@ end
 
 -- How many members of the top-level JSON object S are named FIELD (KEY is
 -- FIELD in quotes). S is an object cjson decoded, so its strings are
--- well-formed. Walks the bytes; builds a string only for a top-level
+-- well-formed. Walks the bytes; makes a string only to decode a top-level
 -- member name with an escape in it.
 local function count_members(s, field, key)
     local n, depth, count, i = #s, 0, 0, 1
@@ -119,8 +119,10 @@ local function count_members(s, field, key)
             if at_name and depth == 1 then
                 if escaped then
                     if decode(sub(s, i, j)) == field then count = count + 1 end
-                elseif j - i + 1 == #key and sub(s, i, j) == key then
-                    count = count + 1
+                elseif j - i + 1 == #key then
+                    local k = 2                  -- the quotes match already
+                    while k < #key and byte(s, i + k - 1) == byte(key, k) do k = k + 1 end
+                    if k == #key then count = count + 1 end
                 end
                 at_name = false
             end

@@ -188,11 +188,18 @@ describe("scopes on_frame_in", function()
             '{"type":"ping","types":["type","type"]}',
             '{"types":1,"type":"ping","typed":2}',
             '{"type":"p\\u0069ng","other":"\\\\"}',
+            '{"typo":1,"type":"ping","x":"\\n","typ3":2,"Type":3,"tYpe":4}',
         }) do
             it("does not count " .. payload .. " as twice", function()
                 assert.same(PASS, send(conf(), {}, payload))
             end)
         end
+    end)
+
+    it("finds a one-letter type_field twice", function()
+        local c = conf({ type_field = "t", rules = { a = {}, b = {} } })
+        assert.same(refused('message has more than one "t" field'), send(c, {}, '{"t":"a","u":1,"t":"b"}'))
+        assert.same(PASS, send(c, {}, '{"t":"a","u":{"t":"b"},"v":"\\t"}'))
     end)
 
     describe("on_violation", function()
