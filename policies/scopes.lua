@@ -21,7 +21,10 @@
 -- type past this policy and another to the backend.
 --
 -- The rules and every refusal are built when the configuration is loaded;
--- a message costs one JSON decode and a few comparisons.
+-- a message costs one JSON decode, a search of its text for the field's
+-- name, and a few comparisons. Only a message that holds the name twice
+-- (nested objects included) or an escape that could spell it is walked to
+-- count its top-level members.
 --
 -- @module scopes
 -- @usage policies = { { "scopes", { rules = { ["chat.send"] = { "chat:write" }, ["chat.read"] = {} } } } }
@@ -93,6 +96,9 @@ function _M.init(conf)
     conf._rules = rules
     conf._allow = conf.default == "allow"
     conf._key = '"' .. field .. '"'
+    -- An escaped spelling of the field's name: \uXXXX, or for the few
+    -- characters with a short escape (" \ / and controls) that escape too.
+    conf._escape = find(field, '[%c"\\/]') and "\\" or "\\u"
     conf._unknown = verdict("message type not allowed")
     conf._untyped = verdict(format('messages without a "%s" field are not allowed', field))
     conf._binary = verdict("binary messages are not allowed")
@@ -160,7 +166,7 @@ function _M.on_frame_in(ctx, conf, frame)
         -- the field twice needs its name twice, or an escape to hide one
         local key = conf._key
         local _, e = find(payload, key, 1, true)
-        if (not e or find(payload, key, e + 1, true) or find(payload, "\\", 1, true))
+        if (not e or find(payload, key, e + 1, true) or find(payload, conf._escape, 1, true))
            and count_members(payload, field, key) > 1 then
             return conf._twice
         end

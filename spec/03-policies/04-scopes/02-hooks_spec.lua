@@ -202,6 +202,13 @@ describe("scopes on_frame_in", function()
         assert.same(PASS, send(c, {}, '{"t":"a","u":{"t":"b"},"v":"\\t"}'))
     end)
 
+    it("finds a type_field with a / given twice, once written with the short escape \\/", function()
+        local c = conf({ type_field = "msg/type", rules = { a = {}, b = {} } })
+        assert.same(refused('message has more than one "msg/type" field'),
+                    send(c, {}, '{"msg/type":"a","msg\\/type":"b"}'))
+        assert.same(PASS, send(c, {}, '{"msg\\/type":"a","text":"\\u0041"}'))
+    end)
+
     describe("on_violation", function()
         it('"drop" (the default): error JSON, message dropped, the connection kept (no close code)', function()
             local v = send(conf(), { "read" }, '{"type":"chat.send"}')
