@@ -1,6 +1,6 @@
 --- scopes: which messages a caller may send, by the scopes it was granted.
 --
--- Authentication (key-auth, jwt) decides who may connect and puts the
+-- Authentication (key-auth, say) decides who may connect and puts the
 -- caller's scopes in `ctx.consumer.scopes`. This policy decides, message
 -- by message, what that caller may send: `rules` maps a message type (the
 -- `type` field of a JSON text message; the field's name is `type_field`)
