@@ -590,6 +590,32 @@ function types.list(spec, v, node, ctx)
     return out
 end
 
+-- A map: NAME = VALUE entries whose names the schema does not know in
+-- advance (message types, say), each VALUE checked against `values`.
+-- Names are non-empty strings.
+function types.map(spec, v, node, ctx)
+    if type(v) ~= "table" then
+        return report(ctx, node, "expected a table of NAME = VALUE entries, got " .. show(v))
+    end
+    local out, count = {}, 0
+    for _, k in ipairs(sorted_keys(v, function() return true end)) do
+        local at = child(node, k)
+        if type(k) ~= "string" then
+            report(ctx, at, format("expected NAME = VALUE entries, got a key of type %s "
+                                   .. '(write ["name"] = ... for names that are not identifiers)', type(k)))
+        elseif k == "" then
+            report(ctx, at, "a name must not be empty")
+        else
+            count = count + 1
+            out[k] = validate(spec.values, v[k], at, ctx)
+        end
+    end
+    if count == 0 and spec.non_empty then
+        return report(ctx, node, "must not be empty")
+    end
+    return out
+end
+
 -- Endpoints are written either as a URL string or as a table with `url`
 -- and TLS options; both normalise to one table.
 function types.endpoint(spec, v, node, ctx)
@@ -831,7 +857,8 @@ end
 -- `required`, `default` (written as in a configuration file), `min`/`max`
 -- (bytes for sizes, milliseconds for durations), `one_of`, `zero_disables`,
 -- `check` (a function for rules beyond the type) and `description`.
--- Records have `fields`; lists have `elements` and `non_empty`.
+-- Records have `fields`; lists have `elements` and `non_empty`; maps
+-- (NAME = VALUE, names not known in advance) have `values` and `non_empty`.
 _M.schema = record({
     { name = "workers", type = "workers", default = "auto", min = 1, max = 1024,
       description = 'number of worker processes, or "auto" for one per online CPU' },
@@ -940,6 +967,8 @@ prepare = function(spec)
         spec.field_list = concat(names, ", ")
     elseif spec.type == "list" then
         prepare(spec.elements)
+    elseif spec.type == "map" then
+        prepare(spec.values)
     elseif spec.type == "endpoint" then
         prepare(spec.record)
     end

@@ -8,7 +8,7 @@ local conf   = require "weir.conf"
 
 local KNOWN_TYPES = {
     string = true, boolean = true, integer = true, number = true, size = true, duration = true,
-    enum = true, path = true, record = true, list = true,
+    enum = true, path = true, record = true, list = true, map = true,
 }
 
 -- The names of the stock policies: NAME.lua files and NAME/init.lua folders.
@@ -45,6 +45,14 @@ local function field_problems(fields, prefix, out)
                 out[#out + 1] = path .. ": list without valid elements"
             elseif el.type == "record" then
                 field_problems(el.fields or {}, path .. "[].", out)
+            end
+        end
+        if f.type == "map" then
+            local vals = f.values
+            if type(vals) ~= "table" or not KNOWN_TYPES[vals.type] then
+                out[#out + 1] = path .. ": map without valid values"
+            elseif vals.type == "record" then
+                field_problems(vals.fields or {}, path .. "[*].", out)
             end
         end
     end
