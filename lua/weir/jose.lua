@@ -23,14 +23,14 @@ local ffi   = require "ffi"
 local bit   = require "bit"
 local cjson = require "cjson.safe"
 
-local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
 local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find, string.format
 local concat = table.concat
 local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
 local ffi_string, ffi_new, ffi_gc = ffi.string, ffi.new, ffi.gc
 
 local _M = {
-    --- Default and upper bound of `decode`'s `max_len`, in bytes.
+    --- `decode`'s default `max_len`, in bytes.
     MAX_TOKEN = 8192,
     --- Most keys `jwks` loads from one set; the rest are skipped.
     MAX_KEYS = 64,
@@ -256,10 +256,15 @@ local function der_uint(b)
     return der(0x02, b)
 end
 
-local ALG_RSA     = "\48\13\6\9\42\134\72\134\247\13\1\1\1\5\0"  -- rsaEncryption, NULL
-local ALG_EC_P256 = "\48\19\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206\61\3\1\7"  -- id-ecPublicKey, prime256v1
-local ALG_EC_P384 = "\48\16\6\7\42\134\72\206\61\2\1\6\5\43\129\4\0\34"  -- id-ecPublicKey, secp384r1
-local ALG_ED25519 = "\48\5\6\3\43\101\112"  -- id-Ed25519 (RFC 8410), no parameters
+-- AlgorithmIdentifiers, in DER
+-- rsaEncryption (1.2.840.113549.1.1.1), NULL parameters (RFC 3279)
+local ALG_RSA     = "\48\13\6\9\42\134\72\134\247\13\1\1\1\5\0"
+-- id-ecPublicKey (1.2.840.10045.2.1) with the named curve (RFC 5480): prime256v1, secp384r1
+local ALG_EC_P256 = "\48\19\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206\61\3\1\7"
+local ALG_EC_P384 = "\48\16\6\7\42\134\72\206\61\2\1\6\5\43\129\4\0\34"
+-- id-Ed25519 (1.3.101.112), no parameters (RFC 8410)
+local ALG_ED25519 = "\48\5\6\3\43\101\112"
+
 
 local function spki(alg_id, key_bits)
     return der(0x30, alg_id .. der(0x03, "\0" .. key_bits))
@@ -568,8 +573,10 @@ function _M.verify(key, alg, signing_input, signature)
     return true
 end
 
---- Verify a decoded JWS against a key set: the key named by its `kid`, or,
--- when the token has none, each key that allows its algorithm in turn.
+--- Verify a decoded JWS against a key set: with the key its `kid` names;
+-- for a token without a kid, with each key that allows its algorithm in
+-- turn; for a kid the set does not know, with each key of the set that has
+-- no kid (most sets have none: then "unknown kid" straight away).
 -- @tparam table keyset from `jwks` (a single key, from `hmac_key`, works as
 --  `{ keys = { key }, by_kid = {} }`)
 -- @tparam table jws from `decode`
@@ -582,19 +589,23 @@ end
 function _M.verify_jws(keyset, jws, algorithms)
     local alg = jws.alg
     if algorithms and not algorithms[alg] then return nil, "algorithm not allowed" end
-    if jws.kid ~= nil then
-        local key = keyset.by_kid[jws.kid]
-        if not key then return nil, "unknown kid" end
-        local ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
-        if not ok then return nil, err end
-        return key
+    local kid = jws.kid
+    if kid ~= nil then
+        local key = keyset.by_kid[kid]
+        if key then
+            local ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
+            if not ok then return nil, err end
+            return key
+        end
     end
-    local err = "no key for this algorithm"
+    local err = kid and "unknown kid" or "no key for this algorithm"
     for _, key in ipairs(keyset.keys) do
-        if _M.key_allows(key, alg) then
-            local ok
-            ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
+        -- a token's kid only ever names a key with that kid; keys without
+        -- one are the candidates for any token the set has no kid for
+        if (kid == nil or key.kid == nil) and _M.key_allows(key, alg) then
+            local ok, why = _M.verify(key, alg, jws.signing_input, jws.signature)
             if ok then return key end
+            if kid == nil then err = why end  -- else keep "unknown kid": worth a refresh
         end
     end
     return nil, err

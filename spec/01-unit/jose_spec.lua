@@ -605,6 +605,29 @@ describe("weir.jose", function()
             assert.equal("no key for this algorithm", err)
         end)
 
+        it("tries keys without a kid for a kid the set does not know, and says unknown kid", function()
+            local anon = {}
+            for k, v in pairs(keys.ec256.jwk) do anon[k] = v end
+            anon.kid = nil
+            local set = assert(jose.jwks { keys = { anon, keys.rsa.jwk } })
+            local jws = jws_of("ES256")
+            jws.kid = "rotated-away"
+            assert.equal(set.keys[1], jose.verify_jws(set, jws))
+            -- the kid-less key does not verify it: still "unknown kid" (a refresh may help)
+            local other = jws_of("other_ec256")
+            other.kid = "rotated-away"
+            local _, err = jose.verify_jws(set, other)
+            assert.equal("unknown kid", err)
+            -- a kid that names a key is held to that key
+            other.kid = "rsa"
+            _, err = jose.verify_jws(set, other)
+            assert.equal("algorithm not allowed for this key", err)
+            -- without a kid the reason is the last key's
+            other.kid = nil
+            _, err = jose.verify_jws(set, other)
+            assert.equal("bad signature", err)
+        end)
+
         it("refuses alg none, None and NONE with every key", function()
             local all = { hmac }
             for _, key in ipairs(keyset.keys) do all[#all + 1] = key end
