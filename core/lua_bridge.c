@@ -200,6 +200,10 @@ weir_lua_verdict(int base, weir_verdict_t *v)
         v->code = (int) lua_tointeger(weir_L, base + 3);
         v->reason = lua_tostring(weir_L, base + 4);
         break;
+    case WEIR_V_RESPOND:
+        v->payload = lua_tolstring(weir_L, base + 2, &v->len);
+        v->code = (int) lua_tointeger(weir_L, base + 3);
+        break;
     case WEIR_V_FAIL:
         v->reason = lua_tostring(weir_L, base + 2);
         v->payload = lua_tolstring(weir_L, base + 3, &v->len);
@@ -354,7 +358,8 @@ weir_lua_open(weir_session_t *s)
     lua_pushstring(weir_L, s->peer_ip);
     lua_pushinteger(weir_L, s->peer_port);
     lua_pushinteger(weir_L, s->listen_tls);
-    if (weir_lua_call(8) != WEIR_OK) return WEIR_ERROR;
+    lua_pushinteger(weir_L, s->ticket_req);
+    if (weir_lua_call(9) != WEIR_OK) return WEIR_ERROR;
     s->has_ctx = 1;
     weir_map_put(s);
     return WEIR_OK;
@@ -381,6 +386,22 @@ weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_
     lua_pushinteger(weir_L, opcode);
     lua_pushnumber(weir_L, (lua_Number) len);
     if (weir_lua_call(4) != WEIR_OK) {
+        weir_lua_fail_verdict(v, "runtime error");
+        return WEIR_OK;
+    }
+    return weir_lua_verdict(1, v);
+}
+
+int
+weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v)
+{
+    weir_lua_push(R_FRAME);
+    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushinteger(weir_L, 0);
+    lua_pushinteger(weir_L, WEIR_WS_TEXT);
+    lua_pushnumber(weir_L, (lua_Number) len);
+    lua_pushinteger(weir_L, 1);
+    if (weir_lua_call(5) != WEIR_OK) {
         weir_lua_fail_verdict(v, "runtime error");
         return WEIR_OK;
     }
@@ -488,6 +509,23 @@ weir_ffi_close(uint64_t id, int code, const char *reason, const char *problem, c
     if (s == NULL) return WEIR_ERROR;
     weir_proxy_close(s, code, reason, problem, message);
     return WEIR_OK;
+}
+
+int
+weir_ffi_upstream(uint64_t id, const char *query, size_t qlen, const char *del, size_t dlen, const char *add,
+                  size_t alen, const char *proto, size_t plen, int proto_set)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    return weir_proxy_upstream(s, query, qlen, del, dlen, add, alen, proto, plen, proto_set);
+}
+
+int
+weir_ffi_intercept(uint64_t id, const char *needle)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    return weir_proxy_intercept(s, needle);
 }
 
 void

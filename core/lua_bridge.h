@@ -15,7 +15,7 @@
 
 #include "proxy.h"
 
-#define WEIR_FFI_ABI 2            /* lua/weir/runtime.lua checks it */
+#define WEIR_FFI_ABI 3            /* lua/weir/runtime.lua checks it */
 
 enum {
     WEIR_HOOK_HANDSHAKE = 1,
@@ -26,6 +26,7 @@ enum {
 
 enum {                            /* lua/weir/chain.lua */
     WEIR_V_PASS = 0, WEIR_V_REPLACE, WEIR_V_DROP, WEIR_V_REPLY, WEIR_V_ERROR, WEIR_V_FAIL,
+    WEIR_V_RESPOND,               /* on_handshake: an HTTP answer (payload, status in code), no upgrade */
 };
 
 struct weir_verdict_s {
@@ -56,6 +57,10 @@ int  weir_lua_open(weir_session_t *s);
  * verdict comes later through weir_proxy_resolved(). */
 int  weir_lua_handshake(weir_session_t *s, weir_verdict_t *v);
 int  weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v);
+
+/* Run the ctx's interceptor (ctx:intercept) on the client's text message of
+ * LEN bytes (read with weir_proxy_payload, direction 0). As weir_lua_frame. */
+int  weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v);
 
 /* S is gone: on_close, and the ctx is dropped (pending I/O cancelled). */
 void weir_lua_close(weir_session_t *s);

@@ -35,6 +35,20 @@
 #include "tls.h"
 #include "worker.h"
 
+/* policies' changes to the backend's request (weir_proxy_upstream) */
+struct weir_upstream_s {
+    char   *query;          /* replaces the client's query when query_set */
+    size_t  query_len;
+    int     query_set;
+    char   *del;            /* lower-case header names to drop, "\n"-separated */
+    size_t  del_len;
+    char   *add;            /* header lines to add */
+    size_t  add_len;
+    char   *proto;          /* the subprotocols the backend is offered, when proto_set */
+    size_t  proto_len;
+    int     proto_set;
+};
+
 static void weir_leg_poll_cb(uv_poll_t *h, int status, int events);
 static void weir_leg_gone(weir_leg_t *l, const char *why);
 static void weir_leg_flush(weir_leg_t *l);
@@ -46,6 +60,7 @@ static void weir_handshake_proceed(weir_session_t *s);
 static void weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v);
 static void weir_leg_flush_inject(weir_leg_t *l);
 static int  weir_relay_message(weir_leg_t *l);
+static int  weir_relay_hook(weir_leg_t *l, weir_verdict_t *v);
 static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 
 static inline weir_leg_t *
@@ -260,6 +275,80 @@ weir_ping_matches(const weir_leg_t *l, const uint8_t *payload)
     return memcmp(payload, token, WEIR_PING_TOKEN_LEN) == 0;
 }
 
+/* ---- policies' changes to the backend's request --------------------------- */
+
+static void
+weir_upstream_free(weir_session_t *s)
+{
+    weir_upstream_t *u = s->up;
+    if (u == NULL) return;
+    free(u->query);
+    free(u->del);
+    free(u->add);
+    free(u->proto);
+    free(u);
+    s->up = NULL;
+}
+
+/* Does the policies' list of dropped headers name header NAME? */
+static int
+weir_upstream_drops(const weir_upstream_t *u, const char *name, size_t len)
+{
+    if (u == NULL || u->del_len == 0) return 0;
+    const char *p = u->del, *end = u->del + u->del_len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t) (end - p));
+        size_t n = (size_t) ((nl ? nl : end) - p);
+        if (n == len && strncasecmp(p, name, len) == 0) return 1;
+        p += n + 1;
+    }
+    return 0;
+}
+
+static char *
+weir_dup(const char *p, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d == NULL) return NULL;
+    if (n) memcpy(d, p, n);
+    d[n] = '\0';
+    return d;
+}
+
+int
+weir_proxy_upstream(weir_session_t *s, const char *query, size_t qlen, const char *del, size_t dlen,
+                    const char *add, size_t alen, const char *proto, size_t plen, int proto_set)
+{
+    if (s->state >= WEIR_S_CONNECT || s->hs == NULL) return WEIR_ERROR;
+    weir_upstream_free(s);
+    weir_upstream_t *u = calloc(1, sizeof(*u));
+    if (u == NULL) return WEIR_ERROR;
+    s->up = u;
+    u->query_set = query != NULL;
+    u->proto_set = proto_set;
+    if ((query && (u->query = weir_dup(query, qlen)) == NULL) || (u->del = weir_dup(del ? del : "", dlen)) == NULL
+        || (u->add = weir_dup(add ? add : "", alen)) == NULL
+        || (proto_set && (u->proto = weir_dup(proto ? proto : "", plen)) == NULL)) {
+        weir_upstream_free(s);
+        return WEIR_ERROR;
+    }
+    u->query_len = query ? qlen : 0;
+    u->del_len = dlen;
+    u->add_len = alen;
+    u->proto_len = proto_set ? plen : 0;
+    return WEIR_OK;
+}
+
+int
+weir_proxy_intercept(weir_session_t *s, const char *needle)
+{
+    free(s->needle);
+    s->needle = NULL;
+    if (needle == NULL || *needle == '\0') return WEIR_OK;
+    s->needle = strdup(needle);
+    return s->needle ? WEIR_OK : WEIR_ERROR;
+}
+
 /* ---- closing -------------------------------------------------------------- */
 
 static void
@@ -300,6 +389,8 @@ weir_session_free(weir_session_t *s)
     }
     free(s->hs);
     free(s->bhs);
+    weir_upstream_free(s);
+    free(s->needle);
     weir_conf_release(w, s->conf);
     free(s);
     if (w->draining && w->nsessions == 0) uv_stop(w->loop);
@@ -506,15 +597,24 @@ static size_t
 weir_first_protocol(weir_session_t *s, char *out, size_t len)
 {
     weir_http_msg_t m;
-    if (s->hs == NULL || weir_http_parse(s->hs, s->hs_len, 1, &m) <= 0) return 0;
-    const weir_http_header_t *h = weir_http_find(&m, "Sec-WebSocket-Protocol");
-    if (h == NULL) return 0;
+    const char *v;
+    size_t vlen;
+    if (s->up != NULL && s->up->proto_set) {             /* a policy hid some of them */
+        v = s->up->proto;
+        vlen = s->up->proto_len;
+    } else {
+        if (s->hs == NULL || weir_http_parse(s->hs, s->hs_len, 1, &m) <= 0) return 0;
+        const weir_http_header_t *h = weir_http_find(&m, "Sec-WebSocket-Protocol");
+        if (h == NULL) return 0;
+        v = h->value;
+        vlen = h->value_len;
+    }
     size_t i = 0;
-    while (i < h->value_len && (h->value[i] == ' ' || h->value[i] == ',')) i++;
+    while (i < vlen && (v[i] == ' ' || v[i] == ',')) i++;
     size_t j = i;
-    while (j < h->value_len && h->value[j] != ',' && h->value[j] != ' ') j++;
+    while (j < vlen && v[j] != ',' && v[j] != ' ') j++;
     if (j - i == 0 || j - i >= len) return 0;
-    memcpy(out, h->value + i, j - i);
+    memcpy(out, v + i, j - i);
     out[j - i] = '\0';
     return j - i;
 }
@@ -540,6 +640,7 @@ weir_handshake_done(weir_session_t *s)
     free(s->bhs);
     s->bhs = NULL;
     s->hs_len = s->hs_cap = s->bhs_len = s->bhs_cap = 0;
+    weir_upstream_free(s);
 }
 
 /*
@@ -598,8 +699,9 @@ weir_backend_request(weir_session_t *s)
     weir_endpoint_t *ep = s->ep;
     weir_http_msg_t mm, *m = &mm;
     if (weir_http_parse(s->hs, s->hs_len, 1, m) <= 0) return WEIR_ERROR;
+    weir_upstream_t *up = s->up;
     size_t cap = s->hs_head + strlen(ep->path) + (ep->query ? strlen(ep->query) : 0)
-                 + strlen(ep->host_header) + 1024;
+                 + strlen(ep->host_header) + 1024 + (up ? up->add_len + up->proto_len + 32 : 0);
     char *buf = malloc(cap);
     if (buf == NULL) return WEIR_ERROR;
 
@@ -610,7 +712,12 @@ weir_backend_request(weir_session_t *s)
     weir_ws_accept(key, 24, s->expect);
 
     size_t o = (size_t) snprintf(buf, cap, "GET ");
-    size_t tl = weir_route_target(ep, &s->route, buf + o, cap - o);
+    weir_route_t r = s->route;
+    if (up != NULL && up->query_set) {              /* credentials hidden from the backend */
+        r.query = up->query_len ? up->query : NULL;
+        r.query_len = up->query_len;
+    }
+    size_t tl = weir_route_target(ep, &r, buf + o, cap - o);
     if (tl == 0) goto failed;
     o += tl;
     o += (size_t) snprintf(buf + o, cap - o,
@@ -623,9 +730,17 @@ weir_backend_request(weir_session_t *s)
     for (size_t i = 0; i < m->nheaders; i++) {
         const weir_http_header_t *h = &m->headers[i];
         if (weir_http_name_eq(h->name, h->name_len, "X-Forwarded-For") && xff == NULL) xff = h;
-        if (weir_hop_by_hop(h, conn)) continue;
+        if (weir_hop_by_hop(h, conn) || weir_upstream_drops(up, h->name, h->name_len)) continue;
+        if (up != NULL && up->proto_set && weir_http_name_eq(h->name, h->name_len, "Sec-WebSocket-Protocol"))
+            continue;
         o += (size_t) snprintf(buf + o, cap - o, "%.*s: %.*s\r\n", (int) h->name_len, h->name,
                                (int) h->value_len, h->value);
+    }
+    if (up != NULL) {
+        if (up->proto_set && up->proto_len > 0)
+            o += (size_t) snprintf(buf + o, cap - o, "Sec-WebSocket-Protocol: %.*s\r\n", (int) up->proto_len,
+                                   up->proto);
+        o += (size_t) snprintf(buf + o, cap - o, "%.*s", (int) up->add_len, up->add);
     }
     o += (size_t) snprintf(buf + o, cap - o, "X-Forwarded-For: %.*s%s%s\r\nX-Forwarded-Proto: %s\r\n",
                            xff ? (int) xff->value_len : 0, xff ? xff->value : "", xff ? ", " : "",
@@ -664,6 +779,68 @@ weir_backend_connect(weir_session_t *s)
     weir_leg_update(b);
 }
 
+/* CORS headers for a ticket answer: the browser page of ORIGIN may read it. */
+static void
+weir_ticket_cors(const weir_http_msg_t *m, char *out, size_t len)
+{
+    const weir_http_header_t *o = weir_http_find(m, "Origin");
+    out[0] = '\0';
+    if (o == NULL || o->value_len == 0 || o->value_len > 512) return;
+    snprintf(out, len, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\nCache-Control: no-store\r\n",
+             (int) o->value_len, o->value);
+}
+
+/*
+ * POST <context>[/<version>]/ticket trades a bearer token for a one-time
+ * ticket (the version's on_handshake chain authenticates it, and the
+ * runtime answers); OPTIONS is its CORS preflight. Returns WEIR_DECLINED
+ * when M is not such a request, else WEIR_OK (answered or under way).
+ */
+static int
+weir_ticket_request(weir_session_t *s, const weir_http_msg_t *m)
+{
+    static const char path[] = "/ticket";
+    if (s->route.rest_len != sizeof(path) - 1 || memcmp(s->route.rest, path, sizeof(path) - 1) != 0)
+        return WEIR_DECLINED;
+    int post = weir_http_name_eq(m->method, m->method_len, "POST");
+    if (!post && !weir_http_name_eq(m->method, m->method_len, "OPTIONS")) return WEIR_DECLINED;
+    char cors[700];
+    weir_ticket_cors(m, cors, sizeof(cors));
+    if (!(s->route.version->hooks & WEIR_HOOK_HANDSHAKE)) {
+        weir_session_http(s, 404, "/problems/not-found", "No policy of this API issues tickets", cors);
+        return WEIR_OK;
+    }
+    if (!post) {
+        char buf[1024];
+        int n = snprintf(buf, sizeof(buf),
+                         "HTTP/1.1 204 No Content\r\n%sAccess-Control-Allow-Methods: POST\r\n"
+                         "Access-Control-Allow-Headers: Authorization\r\nAccess-Control-Max-Age: 600\r\n"
+                         "Content-Length: 0\r\nConnection: close\r\n\r\n", cors);
+        s->http_status = 204;
+        s->state = WEIR_S_CLOSED;
+        if (weir_leg_write(&s->client, (uint8_t *) buf, (size_t) n) == WEIR_OK) weir_leg_finish(&s->client);
+        return WEIR_OK;
+    }
+    const weir_http_header_t *cl = weir_http_find(m, "Content-Length");
+    if (weir_http_find(m, "Transfer-Encoding") != NULL
+        || (cl != NULL && !(cl->value_len == 1 && cl->value[0] == '0'))) {
+        weir_session_http(s, 400, "/problems/bad-request", "A ticket request has no body", cors);
+        return WEIR_OK;
+    }
+    s->ticket_req = 1;
+    s->hooks = s->route.version->hooks;
+    if (weir_lua_open(s) != WEIR_OK) {
+        weir_session_http(s, 500, "/problems/internal-error", "Internal error", cors);
+        return WEIR_OK;
+    }
+    weir_leg_pause(&s->client, WEIR_PAUSE_HANDSHAKE);
+    weir_verdict_t v;
+    s->state = WEIR_S_POLICY;
+    if (weir_lua_handshake(s, &v) == WEIR_AGAIN) return WEIR_OK;
+    if (s->state == WEIR_S_POLICY) weir_handshake_verdict(s, &v);
+    return WEIR_OK;
+}
+
 /* The request head is complete: answer it or start the backend leg. */
 static void
 weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
@@ -685,6 +862,7 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
         weir_session_http(s, 404, "/problems/not-found", "No API matches the requested path", NULL);
         return;
     }
+    if (weir_ticket_request(s, m) != WEIR_DECLINED) return;
     h = weir_http_find(m, "Upgrade");
     if (h == NULL || !weir_http_has_token(h->value, h->value_len, "websocket")) {
         weir_session_http(s, 426, "/problems/upgrade-required", "This API is served over WebSocket only",
@@ -754,11 +932,17 @@ weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
 static void
 weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
 {
-    char buf[4096];
+    char buf[4096], cors[700] = "";
+    if (s->ticket_req) {
+        weir_http_msg_t m;
+        if (weir_http_parse(s->hs, s->hs_len, 1, &m) > 0) weir_ticket_cors(&m, cors, sizeof(cors));
+    }
     switch (v->kind) {
+    case WEIR_V_RESPOND:
     case WEIR_V_ERROR: {
-        int status = v->code >= 400 && v->code <= 599 ? v->code : 403;
-        size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, NULL);
+        int status = v->kind == WEIR_V_RESPOND ? (v->code >= 200 && v->code <= 599 ? v->code : 200)
+                     : v->code >= 400 && v->code <= 599 ? v->code : 403;
+        size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, s->ticket_req ? cors : NULL);
         s->http_status = status;
         s->state = WEIR_S_CLOSED;
         if (weir_leg_write(&s->client, (uint8_t *) buf, n) == WEIR_OK) weir_leg_finish(&s->client);
@@ -766,9 +950,13 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
     }
     case WEIR_V_FAIL:
         weir_log_policy_failure(s, v);
-        weir_session_http(s, 500, "/problems/internal-error", "Internal error", NULL);
+        weir_session_http(s, 500, "/problems/internal-error", "Internal error", s->ticket_req ? cors : NULL);
         return;
     default:
+        if (s->ticket_req) {             /* the runtime answers every ticket request */
+            weir_session_http(s, 500, "/problems/internal-error", "Internal error", cors);
+            return;
+        }
         if (v->sandbox) {
             if (s->route.version->sandbox == NULL) {
                 weir_session_http(s, 403, "/problems/forbidden", "No sandbox endpoint for this API", NULL);
@@ -846,9 +1034,12 @@ weir_protocol_offered(weir_session_t *s, const char *p, size_t len)
 {
     weir_http_msg_t m;
     char tok[256];
-    if (len >= sizeof(tok) || weir_http_parse(s->hs, s->hs_len, 1, &m) <= 0) return 0;
+    if (len >= sizeof(tok)) return 0;
     memcpy(tok, p, len);
     tok[len] = '\0';
+    if (s->up != NULL && s->up->proto_set)               /* only what the backend was offered */
+        return weir_http_has_token(s->up->proto, s->up->proto_len, tok);
+    if (weir_http_parse(s->hs, s->hs_len, 1, &m) <= 0) return 0;
     for (size_t i = 0; i < m.nheaders; i++) {
         const weir_http_header_t *h = &m.headers[i];
         if (weir_http_name_eq(h->name, h->name_len, "Sec-WebSocket-Protocol")
@@ -1134,6 +1325,25 @@ weir_msg_copy(weir_leg_t *l, const uint8_t *p, size_t n)
 }
 
 /*
+ * Run what wants L's whole message (in l->view or l->msg): the frame hooks,
+ * or, for a message read only for ctx:intercept, the interceptor when the
+ * message holds the session's needle (else a pass, with no Lua call).
+ */
+static int
+weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
+{
+    weir_session_t *s = l->s;
+    size_t n;
+    const uint8_t *p = weir_proxy_payload(s, l->is_backend ? 1 : 0, &n);
+    if (l->assemble) return weir_lua_frame(s, l->is_backend ? 1 : 0, l->msg_op, n, v);
+    if (s->needle != NULL && n > 0 && memmem(p, n, s->needle, strlen(s->needle)) != NULL)
+        return weir_lua_intercept(s, n, v);
+    memset(v, 0, sizeof(*v));
+    v->kind = WEIR_V_PASS;
+    return WEIR_OK;
+}
+
+/*
  * A frame hook's message that is one whole frame at FRAME (header length
  * HL) in the read buffer: unmask and check it in place, let the hook read
  * it there, and on a pass leave the frame (re-masked for the backend) in
@@ -1162,7 +1372,7 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     l->msg_op = (uint8_t) h->opcode;
     l->view = pl;
     l->view_len = n;
-    int rc = weir_lua_frame(s, l->is_backend ? 1 : 0, h->opcode, n, &v);
+    int rc = weir_relay_hook(l, &v);
     l->view = NULL;
     if (rc == WEIR_AGAIN) {
         weir_msg_copy(l, pl, n);
@@ -1300,6 +1510,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         /* a data frame: validate and forward its header, then stream its payload */
         if (h.opcode != WEIR_WS_CONT) {
             l->assemble = l->assemble_next;     /* a reload changes it between messages only */
+            l->sniff = !l->is_backend && !l->assemble && l->s->needle != NULL && h.opcode == WEIR_WS_TEXT && h.fin
+                       && h.len <= WEIR_SNIFF_MAX;
             l->msg_opcode = (uint8_t) h.opcode;
             l->msg_len = 0;
             l->msg_frames = 0;
@@ -1307,7 +1519,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && l->assemble && weir_forwarding(l)
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l)
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
              * hook reads it where it is, and a pass forwards it in place */
@@ -1323,8 +1535,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             frame = NULL;
             continue;
         }
-        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble;
-        l->collect = l->assemble && weir_forwarding(l);
+        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff;
+        l->collect = (l->assemble || l->sniff) && weir_forwarding(l);
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;
@@ -1811,7 +2023,7 @@ static int
 weir_relay_message(weir_leg_t *l)
 {
     weir_verdict_t v;
-    if (weir_lua_frame(l->s, l->is_backend ? 1 : 0, l->msg_op, l->msg_fill, &v) == WEIR_AGAIN) {
+    if (weir_relay_hook(l, &v) == WEIR_AGAIN) {
         l->waiting = 1;
         return WEIR_AGAIN;
     }

@@ -21,8 +21,10 @@
 
 #define WEIR_RBUF_SIZE  (64 * 1024)      /* bytes read per call */
 #define WEIR_STASH_SIZE (WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL + 1)
+#define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to ctx:intercept */
 
 typedef struct weir_session_s weir_session_t;
+typedef struct weir_upstream_s weir_upstream_t;
 typedef struct weir_worker_s  weir_worker_t;
 typedef struct weir_leg_s     weir_leg_t;
 
@@ -58,6 +60,7 @@ struct weir_leg_s {
     unsigned        msg_out_open:1;     /* frames of our open message went to the other leg */
     unsigned        assemble:1;         /* a frame hook wants this direction's whole messages */
     unsigned        assemble_next:1;    /* assemble from the next message on (set by reloads) */
+    unsigned        sniff:1;            /* the current message is read whole for ctx:intercept */
     unsigned        collect:1;          /* the current message is being assembled in msg */
     unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
     unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
@@ -128,6 +131,9 @@ struct weir_session_s {
     int              listen_tls;        /* client came over wss:// */
     unsigned         hooks;             /* WEIR_HOOK_* of its version's chain */
     unsigned         has_ctx:1;         /* the Lua runtime holds a ctx for it */
+    unsigned         ticket_req:1;      /* a POST <api path>/ticket, answered without an upgrade */
+    weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
+    char            *needle;            /* ctx:intercept: client text messages holding it go to Lua */
     uint16_t         peer_port;
     weir_route_t     route;
     weir_endpoint_t *ep;
@@ -184,6 +190,18 @@ void weir_proxy_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);
 
 /* The assembled message of direction DIR (0: from the client), for policies. */
 const uint8_t *weir_proxy_payload(weir_session_t *s, int dir, size_t *len);
+
+/* Policies' changes to the request the backend receives (ctx:set_backend_header,
+ * ctx:hide_query_arg, ctx:hide_subprotocol): QUERY replaces the client's query
+ * (when QUERY is not NULL), DEL lists lower-case header names to drop, one per
+ * line, ADD holds header lines to add, PROTO (when PROTO_SET) replaces the
+ * offered subprotocols. Copied. Returns WEIR_OK, or WEIR_ERROR after the 101. */
+int  weir_proxy_upstream(weir_session_t *s, const char *query, size_t qlen, const char *del, size_t dlen,
+                         const char *add, size_t alen, const char *proto, size_t plen, int proto_set);
+
+/* Hand client text messages that contain NEEDLE to the ctx's interceptor
+ * (ctx:intercept); NULL stops it. Copied. */
+int  weir_proxy_intercept(weir_session_t *s, const char *needle);
 
 /* Send a message of weir's own to the client (after the 101, between messages). */
 int  weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);

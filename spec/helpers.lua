@@ -1103,6 +1103,20 @@ function Gw:wait_log(pred, timeout)
     end, timeout or 10, "a matching log record in " .. tostring(self.log_path))
 end
 
+--- SIGHUP the master and wait until WORKERS workers (default: the
+-- configuration's count, else 1) logged "worker reloaded" once more.
+function Gw:reload(workers)
+    workers = workers or (type(self.conf) == "table" and tonumber(self.conf.workers)) or 1
+    local function count()
+        local n = 0
+        for _, r in ipairs(self:logs()) do if r.msg == "worker reloaded" then n = n + 1 end end
+        return n
+    end
+    local before = count()
+    helpers.kill(self.pid, "HUP")
+    helpers.wait_until(function() return count() >= before + workers end, 20, workers .. " worker(s) reloaded")
+end
+
 --- weir's stderr so far.
 function Gw:stderr()
     return helpers.read_file(self.stderr_path) or ""

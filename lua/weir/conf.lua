@@ -616,6 +616,13 @@ function types.map(spec, v, node, ctx)
     return out
 end
 
+-- One string or a list of strings, normalised to a list.
+function types.strings(spec, v, node, ctx)
+    if type(v) == "string" then v = { v } end
+    return types.list({ type = "list", elements = { type = "string" }, non_empty = spec.non_empty },
+                      v, node, ctx)
+end
+
 -- Endpoints are written either as a URL string or as a table with `url`
 -- and TLS options; both normalise to one table.
 function types.endpoint(spec, v, node, ctx)

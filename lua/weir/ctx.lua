@@ -140,6 +140,91 @@ function CTX:timer(delay, fn, ...)
     return _M.runtime.timer(self, delay, fn, ...)
 end
 
+------------------------------------------------------------------------------
+-- The request the backend receives (on_handshake only)
+------------------------------------------------------------------------------
+
+local function upstream(self, what)
+    if rawget(self, "_upgraded") then
+        error("ctx:" .. what .. " changes the backend's request: call it from on_handshake", 3)
+    end
+    local up = rawget(self, "_up")
+    if not up then
+        up = { set = {}, del = {}, query = {}, proto = {} }
+        rawset(self, "_up", up)
+    end
+    return up
+end
+
+local function check_header_name(name, fn)
+    if type(name) ~= "string" or not find(name, "^[!#$%%&'*+%-.^_`|~%w]+$") then
+        error("ctx:" .. fn .. "(name, ...): name must be an HTTP header name", 3)
+    end
+    local l = lower(name)
+    if l == "host" or l == "connection" or l == "upgrade" or find(l, "^sec%-websocket%-")
+       or l == "content-length" or l == "transfer-encoding" then
+        error("ctx:" .. fn .. ": weir owns the " .. name .. " header", 3)
+    end
+    return l
+end
+
+--- Set header NAME to VALUE on the request weir sends to the backend,
+-- replacing the client's (call it from on_handshake).
+-- @tparam string name an HTTP header name (not Host, Connection, Upgrade or Sec-WebSocket-*)
+-- @tparam string value no CR, LF or other control characters
+-- @usage ctx:set_backend_header("X-User", ctx.consumer.subscriber)
+function CTX:set_backend_header(name, value)
+    local l = check_header_name(name, "set_backend_header")
+    if type(value) ~= "string" or find(value, "%c") then
+        error("ctx:set_backend_header(name, value): value must be a string without control characters", 2)
+    end
+    local up = upstream(self, "set_backend_header")
+    up.set[l] = { name, value }
+    up.del[l] = true
+end
+
+--- Remove header NAME from the request the backend receives.
+-- @usage ctx:clear_backend_header("authorization")
+function CTX:clear_backend_header(name)
+    local l = check_header_name(name, "clear_backend_header")
+    local up = upstream(self, "clear_backend_header")
+    up.set[l] = nil
+    up.del[l] = true
+end
+
+--- Remove query parameter NAME (every occurrence) from the URL the backend receives.
+-- @usage ctx:hide_query_arg("apikey")
+function CTX:hide_query_arg(name)
+    if type(name) ~= "string" or name == "" then error("ctx:hide_query_arg(name): name must be a string", 2) end
+    upstream(self, "hide_query_arg").query[name] = true
+end
+
+--- Remove subprotocol P from the list the backend is offered; weir never
+-- answers it back to the client either.
+-- @usage ctx:hide_subprotocol("bearer." .. token)
+function CTX:hide_subprotocol(p)
+    if type(p) ~= "string" or p == "" then error("ctx:hide_subprotocol(p): p must be a string", 2) end
+    upstream(self, "hide_subprotocol").proto[p] = true
+end
+
+--- Have client text messages that contain the JSON string MSG_TYPE (quoted:
+-- `"auth"` for "auth") handed to FN(ctx, payload) before anything else sees
+-- them. FN returns nil to let the message go on, or a verdict (weir.DROP,
+-- weir.reply(...), weir.error(...)). The core checks the needle in C, so
+-- other messages cost no Lua call. Messages split into fragments or larger
+-- than 64 KiB are not inspected.
+-- @usage ctx:intercept("auth", function(ctx, payload) ... end)
+function CTX:intercept(msg_type, fn)
+    if type(msg_type) ~= "string" or msg_type == "" or #msg_type > 60 or find(msg_type, '["\\%c]') then
+        error("ctx:intercept(msg_type, fn): msg_type must be a short plain string", 2)
+    end
+    if type(fn) ~= "function" then error("ctx:intercept(msg_type, fn): fn must be a function", 2) end
+    local policy = rawget(self, "policy")
+    rawset(self, "_icpt", { { name = policy or "intercept", priority = 0,
+                              mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } })
+    if C then C.weir_ffi_intercept(self.id, '"' .. msg_type .. '"') end
+end
+
 --- A new ctx (called by the runtime when a connection reaches a chain).
 function _M.new(id, api, version, context, head, client_ip, client_port, tls)
     return setmetatable({

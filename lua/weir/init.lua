@@ -110,6 +110,13 @@ function _M.sha256_hex(s)
     return table.concat(out)
 end
 
+--- SHA-256 of S, as 32 raw bytes.
+-- @usage local h = weir.sha256(token)
+function _M.sha256(s)
+    crypto.SHA256(s, #s, md)
+    return ffi.string(md, 32)
+end
+
 --- N random bytes from OpenSSL's generator, as a string.
 function _M.random_bytes(n)
     local buf = ffi.new("unsigned char[?]", n)

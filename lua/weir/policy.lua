@@ -55,7 +55,8 @@ function _M.registry(paths)
     for i, p in ipairs(paths or {}) do reg.paths[i] = p end
     reg.paths[#reg.paths + 1] = _M.stock_dir()
 
-    local allowed = { weir = true, cjson = true, ["cjson.safe"] = true }
+    local allowed = { weir = true, cjson = true, ["cjson.safe"] = true,
+                      ["weir.jose"] = true, ["weir.oauth"] = true }
 
     -- A read-only view of a shared module. Each file gets its own views, so
     -- even rawset on one changes nothing another policy sees.
@@ -85,7 +86,7 @@ function _M.registry(paths)
                 end
             end
         end
-        error(format("module '%s' not found (policies may require weir, cjson, cjson.safe "
+        error(format("module '%s' not found (policies may require weir, weir.jose, weir.oauth, cjson, cjson.safe "
                      .. "and modules of the policy paths)", name), 3)
     end
 

@@ -19,14 +19,15 @@ local weir_conf = require "weir.conf"
 
 local create, resume, yield, running, status =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
-local pairs, ipairs, type, tostring, setmetatable, rawset =
-    pairs, ipairs, type, tostring, setmetatable, rawset
+local pairs, ipairs, type, tostring, setmetatable, rawset, rawget, next, pcall, tonumber, select, unpack =
+    pairs, ipairs, type, tostring, setmetatable, rawset, rawget, next, pcall, tonumber, select, unpack
 local concat, floor = table.concat, math.floor
 
 local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
+local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 2   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 3   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
@@ -41,6 +42,12 @@ ffi.cdef [[
                            const char *body, size_t blen, double timeout_ms, int verify,
                            const char *ca, char *err, size_t errlen);
     void weir_ffi_http_cancel(uint64_t token);
+    int weir_ffi_upstream(uint64_t id, const char *query, size_t qlen, const char *del, size_t dlen,
+                          const char *add, size_t alen, const char *proto, size_t plen, int proto_set);
+    int weir_ffi_intercept(uint64_t id, const char *needle);
+    int weir_ffi_ticket_put(const unsigned char *hash, const unsigned char *scope, const char *data,
+                            size_t len, double ttl_ms);
+    int weir_ffi_ticket_take(const unsigned char *hash, const unsigned char *scope, char *out, size_t cap);
 ]]
 local C = ffi.C
 
@@ -53,7 +60,7 @@ local io = {}            -- I/O token → coroutine
 local pool = {}          -- idle hook coroutines
 local current            -- the ctx whose hook or timer is running
 local DONE, WAIT = {}, {}
-local HOOK_NO = { on_handshake = 1, on_frame_in = 2, on_frame_out = 4, on_close = 8 }
+local HOOK_NO = { on_handshake = 1, on_frame_in = 2, on_frame_out = 4, on_close = 8, on_intercept = 2 }
 
 local function json_str(v)
     return require("cjson").encode(tostring(v))
@@ -74,7 +81,8 @@ end
 -- that hook until the wait ends.
 local function hook_body(ctx, hook, frame, start, replaced)
     while true do
-        local kind, a, b = chain.run(ctx._chain.entries, hook, ctx, frame, on_fail_open, start, replaced)
+        local entries = hook == "on_intercept" and ctx._icpt or ctx._chain.entries
+        local kind, a, b = chain.run(entries, hook, ctx, frame, on_fail_open, start, replaced)
         ctx, hook, frame, start, replaced = yield(DONE, kind, a, b)
     end
 end
@@ -123,6 +131,10 @@ local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
         C.weir_ffi_policy_failed()
         return OK, kind, a, b
     elseif kind == PASS and hook == "on_handshake" then
+        ctx._upgraded = true
+        if ctx.request.ticket_request then return _M.issue_ticket(ctx) end
+        local up = rawget(ctx, "_up")
+        if up then _M.push_upstream(ctx, up) end
         local c = ctx.consumer
         return OK, PASS, c and c.key_type == "SANDBOX" and 1 or 0
     end
@@ -133,6 +145,89 @@ run = function(ctx, hook, frame, start, replaced)
     local co = take()
     current = ctx
     return settle(co, ctx, hook, frame, resume(co, ctx, hook, frame, start, replaced))
+end
+
+------------------------------------------------------------------------------
+-- What the backend receives, and tickets
+------------------------------------------------------------------------------
+
+local function unescape(s)
+    s = s:gsub("+", " ")
+    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- Give the core the changes policies made to the backend's request.
+function _M.push_upstream(ctx, up)
+    local req = ctx.request
+    local q = req.query_string
+    if q and next(up.query) then
+        local keep = {}
+        for pair in q:gmatch("[^&]+") do
+            local k = pair:match("^([^=]*)")
+            if not up.query[unescape(k)] then keep[#keep + 1] = pair end
+        end
+        q = concat(keep, "&")
+    else
+        q = nil
+    end
+    local del, add = {}, {}
+    for name in pairs(up.del) do del[#del + 1] = name end
+    for _, nv in pairs(up.set) do add[#add + 1] = nv[1] .. ": " .. nv[2] .. "\r\n" end
+    del, add = concat(del, "\n"), concat(add)
+    local proto, pset = nil, 0
+    if next(up.proto) then
+        local keep = {}
+        for _, p in ipairs(req.subprotocols) do
+            if not up.proto[p] then keep[#keep + 1] = p end
+        end
+        proto, pset = concat(keep, ", "), 1
+    end
+    C.weir_ffi_upstream(ctx.id, q, q and #q or 0, del, #del, add, #add, proto, proto and #proto or 0, pset)
+end
+
+local cjson_safe = require "cjson.safe"
+local TICKET_MAX = 3072    -- bytes of a ticket's record (core/shm.h WEIR_TICKET_DATA)
+local ticket_buf = ffi.new("char[?]", TICKET_MAX)
+local hash_buf = ffi.new("unsigned char[32]")
+
+local function sha256(s)
+    return weir.sha256(s)
+end
+
+local function scope_of(api, version) return sha256(api .. "\0" .. version) end
+
+--- Tickets: one-time credentials shared by the workers of a host.
+weir.tickets = {
+    --- Take (and so consume) TICKET for API VERSION. Returns its record, or nil.
+    take = function(ticket, api, version)
+        if type(ticket) ~= "string" or #ticket ~= 64 or not ticket:match("^%x+$") then return nil end
+        local n = C.weir_ffi_ticket_take(sha256(ticket:lower()), scope_of(api, version), ticket_buf, TICKET_MAX)
+        if n < 0 then return nil end
+        return ffi.string(ticket_buf, n)
+    end,
+}
+
+--- Answer a ticket request (POST <api path>/ticket) whose chain passed.
+function _M.issue_ticket(ctx)
+    local t = rawget(ctx, "_ticket")
+    if not t then
+        local msg = "No policy of this API issues tickets"
+        return OK, chain.ERROR, weir.error_json("/problems/not-found", 404, msg), 404, msg
+    end
+    local rec = cjson_safe.encode(t.record)
+    if rec and #rec > TICKET_MAX then
+        t.record.claims = nil                 -- too big to share: the consumer and exp suffice
+        rec = cjson_safe.encode(t.record)
+    end
+    local raw = weir.random_bytes(32)
+    local ticket = raw and raw:gsub(".", function(c) return string.format("%02x", c:byte()) end)
+    if not rec or #rec > TICKET_MAX or not ticket
+       or C.weir_ffi_ticket_put(sha256(ticket), scope_of(ctx.api.name, ctx.api.version), rec, #rec,
+                                t.ttl * 1000) ~= 0 then
+        local msg = "Cannot issue a ticket now"
+        return OK, chain.ERROR, weir.error_json("/problems/unavailable", 503, msg), 503, msg
+    end
+    return OK, RESPOND, string.format('{"ticket":"%s","expires_in":%d}', ticket, floor(t.ttl + 0.5)), 200
 end
 
 ------------------------------------------------------------------------------
@@ -178,12 +273,39 @@ function _M.load(file, cpus)
     chains = build(conf)
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
-    -- open connections use the new chains from their next event
+    -- open connections use the new chains from their next event, and are
+    -- checked again by policies that can (revocations)
     for _, ctx in pairs(ctxs) do
         local c = chains[ctx.api.name .. "\0" .. ctx.api.version]
-        if c then ctx._chain = c end
+        if c then
+            ctx._chain = c
+            if rawget(ctx, "_upgraded") then _M.recheck(ctx) end
+        end
     end
     return masks
+end
+
+--- Run every `recheck(ctx, conf)` of CTX's chain (after a reload); the
+-- first weir.error closes the connection with its JSON and code.
+function _M.recheck(ctx)
+    for _, e in ipairs(ctx._chain.entries) do
+        local fn = e.mod.recheck
+        if fn then
+            current = ctx
+            ctx.policy = e.name
+            local ok, v = pcall(fn, ctx, e.conf)
+            ctx.policy = nil
+            current = nil
+            if not ok then
+                log(3, "policy failed", '"conn":' .. ctx.id .. ',"policy":' .. json_str(e.name)
+                                        .. ',"hook":"recheck","error":' .. json_str(v))
+            elseif weir.is_error(v) then
+                -- closed from a timer: never from inside the core's reload
+                _M.timer(ctx, 0, function(c) c:close(v.code or 1008, v.message, v) end)
+                return
+            end
+        end
+    end
 end
 
 ------------------------------------------------------------------------------
@@ -191,8 +313,9 @@ end
 ------------------------------------------------------------------------------
 
 --- A connection reached a version with a chain.
-function _M.open(id, api, version, context, head, ip, port, tls)
+function _M.open(id, api, version, context, head, ip, port, tls, ticket)
     local ctx = ctxmod.new(id, api, version, context, head, ip, port, tls ~= 0)
+    if ticket == 1 then ctx.request.ticket_request = true end
     ctx._chain = chains[api .. "\0" .. version] or { entries = {}, mask = 0 }
     ctx._frames = {}
     ctxs[id] = ctx
@@ -215,8 +338,9 @@ local FRAME_MT = {
     end,
 }
 
---- Run on_frame_in (DIR 0) or on_frame_out (DIR 1) for a complete message.
-function _M.frame(id, dir, opcode, len)
+--- Run on_frame_in (DIR 0) or on_frame_out (DIR 1) for a complete message;
+-- with ICPT 1, the ctx's interceptor (ctx:intercept) instead.
+function _M.frame(id, dir, opcode, len, icpt)
     local ctx = ctxs[id]
     local f = ctx._frames[dir]
     if not f then
@@ -225,6 +349,7 @@ function _M.frame(id, dir, opcode, len)
     end
     f.opcode, f.length = opcode, len
     rawset(f, "payload", nil)
+    if icpt == 1 then return run(ctx, "on_intercept", f) end
     return run(ctx, dir == 0 and "on_frame_in" or "on_frame_out", f)
 end
 
@@ -234,6 +359,8 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
     if not ctx then return end
     ctxs[id] = nil
     ctx._closed = true
+    local ts = rawget(ctx, "_timers")
+    if ts then for t in pairs(ts) do t:cancel() end end
     for token in pairs(ctx._io or {}) do
         C.weir_ffi_http_cancel(token)
         io[token] = nil
@@ -295,14 +422,20 @@ function _M.io_done(token, ...)
     return w.ctx.id, HOOK_NO[w.hook], settle(co, w.ctx, w.hook, w.frame, ok, tag, kind, a, b)
 end
 
--- timers: a binary heap on `at`
-local heap, seq = {}, 0
+-- timers: a binary heap on `at`; each timer knows its index (t.i), so a
+-- cancelled timer (or one of a closed connection) leaves the heap at once
+local heap = {}
+
+local function swap(i, j)
+    heap[i], heap[j] = heap[j], heap[i]
+    heap[i].i, heap[j].i = i, j
+end
 
 local function up(i)
     while i > 1 do
         local p = floor(i / 2)
         if heap[p].at <= heap[i].at then break end
-        heap[p], heap[i] = heap[i], heap[p]
+        swap(p, i)
         i = p
     end
 end
@@ -314,9 +447,26 @@ local function down(i)
         if l <= n and heap[l].at < heap[m].at then m = l end
         if r <= n and heap[r].at < heap[m].at then m = r end
         if m == i then return end
-        heap[m], heap[i] = heap[i], heap[m]
+        swap(m, i)
         i = m
     end
+end
+
+local function remove(t)
+    local i, n = t.i, #heap
+    if not i then return end
+    t.i = nil
+    if i ~= n then
+        heap[i] = heap[n]
+        heap[i].i = i
+        heap[n] = nil
+        down(i)
+        up(i)
+    else
+        heap[n] = nil
+    end
+    local ts = rawget(t.ctx, "_timers")
+    if ts then ts[t] = nil end
 end
 
 local function arm()
@@ -325,17 +475,27 @@ end
 
 local TIMER = {}
 TIMER.__index = TIMER
-function TIMER:cancel() self.cancelled = true end
+function TIMER:cancel()
+    self.cancelled = true
+    remove(self)
+end
 
 --- Schedule FN(ctx, ...) in DELAY seconds (ctx:timer).
 function _M.timer(ctx, delay, fn, ...)
     if type(delay) ~= "number" or delay < 0 then error("ctx:timer(delay, fn): delay must be seconds >= 0", 3) end
     if type(fn) ~= "function" then error("ctx:timer(delay, fn): fn must be a function", 3) end
-    seq = seq + 1
+    if rawget(ctx, "_closed") then return setmetatable({ cancelled = true, ctx = ctx }, TIMER) end
     local t = setmetatable({ at = weir.now() + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...),
                              policy = ctx.policy }, TIMER)
     heap[#heap + 1] = t
-    up(#heap)
+    t.i = #heap
+    up(t.i)
+    local ts = rawget(ctx, "_timers")
+    if not ts then
+        ts = {}
+        rawset(ctx, "_timers", ts)
+    end
+    ts[t] = true
     arm()
     return t
 end
@@ -349,9 +509,7 @@ function _M.timers()
     local now = weir.now()
     while heap[1] and heap[1].at <= now do
         local t = heap[1]
-        heap[1] = heap[#heap]
-        heap[#heap] = nil
-        if heap[1] then down(1) end
+        remove(t)
         if not t.cancelled and not t.ctx._closed then
             local co = create(timer_body)
             current = t.ctx
@@ -365,6 +523,17 @@ function _M.timers()
         end
     end
     arm()
+end
+
+--- Log a JSON line from a policy's own code (not tied to a connection).
+-- @tparam string level "debug", "info", "warn" or "error"
+-- @tparam string msg
+-- @tparam[opt] table fields extra members
+-- @usage weir.log("warn", "JWKS fetch failed", { url = url })
+weir.log = function(level, msg, fields)
+    local lv = ({ debug = 0, info = 1, warn = 2, error = 3 })[level] or 1
+    local enc = fields and cjson_safe.encode(fields) or "{}"
+    C.weir_ffi_log(lv, tostring(msg), #enc > 2 and enc:sub(2, -2) or nil)
 end
 
 ctxmod.bind(C)

@@ -1,0 +1,451 @@
+--- `weir.oauth`: what the `jwt` and `introspection` policies share: where a
+-- token is taken from (and hidden from the backend), the claim checks, the
+-- mapping of claims to `ctx.consumer`, identity headers for the backend,
+-- revocation lists, and live-socket expiry with in-band refresh.
+--
+-- Policies reach it as `require "weir.oauth"`.
+--
+-- @module weir.oauth
+
+local weir = require "weir"
+local cjson = require "cjson.safe"
+
+local type, pairs, ipairs, tostring, tonumber, floor, format =
+    type, pairs, ipairs, tostring, tonumber, math.floor, string.format
+local find, match, lower, sub, gmatch, byte = string.find, string.match, string.lower, string.sub,
+    string.gmatch, string.byte
+
+local _M = {}
+
+local DEFAULT_TIER = "Unlimited"
+
+------------------------------------------------------------------------------
+-- Configuration shared by the token policies
+------------------------------------------------------------------------------
+
+local function header_name(v)
+    if not find(v, "^[!#$%%&'*+%-.^_`|~%w]+$") then
+        return "expected an HTTP header name, got " .. format("%q", v)
+    end
+    return true
+end
+
+local function token_chars(v)
+    if not find(v, "^[!#$%%&'*+%-.^_`|~%w]+$") then
+        return "expected token characters (RFC 7230), got " .. format("%q", v)
+    end
+    return true
+end
+
+--- The schema fields every token policy has (appended to the policy's own).
+_M.SCHEMA = {
+    { name = "token_in", type = "list", non_empty = true,
+      default = { "header", "subprotocol", "ticket", "query" },
+      elements = { type = "enum", one_of = { "header", "query", "subprotocol", "ticket" } },
+      description = "where the token may be: the Authorization: Bearer header, the `access_token` query "
+                    .. "parameter, a Sec-WebSocket-Protocol entry, or a one-time ticket; tried in this order" },
+    { name = "query_param", type = "string", default = "access_token",
+      description = "query parameter carrying the token (token_in \"query\")" },
+    { name = "subprotocol_prefix", type = "string", default = "bearer.", check = token_chars,
+      description = "a Sec-WebSocket-Protocol entry starting with this carries the token" },
+    { name = "hide_credentials", type = "boolean", default = true,
+      description = "remove the token (header, query parameter, subprotocol entry, ticket) from "
+                    .. "what the backend receives" },
+    { name = "issuer", type = "string", description = "required `iss`" },
+    { name = "audience", type = "strings",
+      description = "accepted audiences: `aud` (a string or a list) must hold one of them" },
+    { name = "leeway", type = "duration", default = 30, zero_disables = true, max = 3600000,
+      description = "clock skew allowed on exp, nbf and iat" },
+    { name = "required_scopes", type = "list", default = {}, elements = { type = "string" },
+      description = "scopes the token must all have (`scope`, space-separated, or `scp`, a list)" },
+    { name = "application_claims", type = "list", default = { "azp", "client_id" }, non_empty = true,
+      elements = { type = "string" },
+      description = "claims naming the application, first present wins" },
+    { name = "subscriber_claim", type = "string", default = "sub",
+      description = "claim naming the subscriber (the end user)" },
+    { name = "tier_claim", type = "string", default = "tier",
+      description = "claim naming the subscription tier" },
+    { name = "default_tier", type = "string", default = DEFAULT_TIER,
+      description = "tier when the token has no tier claim" },
+    { name = "key_type_claim", type = "string", default = "key_type",
+      description = "claim saying PRODUCTION or SANDBOX (which endpoint serves the caller)" },
+    { name = "headers", type = "map", default = {}, values = { type = "string" },
+      description = "request headers for the backend, set from claims: { [\"X-User\"] = \"sub\" }" },
+    { name = "revocation_file", type = "path",
+      description = "revoked tokens, applications and subscribers, one per line "
+                    .. "(`jti:ID`, `sha256:HEX`, `application:NAME`, `subscriber:NAME`); read at every load" },
+    { name = "expiry_warning", type = "duration", default = 60, zero_disables = true, max = 86400000,
+      description = "send the warning message this long before the token expires (0: never)" },
+    { name = "warning_type", type = "string", default = "auth-expiring",
+      description = "`type` of the expiry warning message" },
+    { name = "refresh", type = "boolean", default = true,
+      description = "accept a new token in band: a text message {\"type\": refresh_type, \"token\": ...}" },
+    { name = "refresh_type", type = "string", default = "auth",
+      check = function(v)
+          if find(v, '["\\%c]') or v == "" then return "expected a plain word, got " .. format("%q", v) end
+          return true
+      end,
+      description = "`type` of in-band refresh messages (consumed by weir, never forwarded)" },
+    { name = "tickets", type = "boolean", default = true,
+      description = "answer POST <api path>/ticket with a one-time ticket" },
+    { name = "ticket_ttl", type = "duration", default = 30, min = 1000, max = 600000,
+      description = "how long a ticket may wait to be used" },
+}
+
+------------------------------------------------------------------------------
+-- Revocation lists
+------------------------------------------------------------------------------
+
+local REVOKE_KINDS = { jti = true, sha256 = true, application = true, subscriber = true }
+
+--- Parse a revocation file. Returns { jti = set, sha256 = set, application = set,
+-- subscriber = set }, or nil and every problem ("FILE:LINE: message") joined.
+function _M.parse_revocations(text, file)
+    local r = { jti = {}, sha256 = {}, application = {}, subscriber = {} }
+    local errs, n = {}, 0
+    for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+        n = n + 1
+        line = match(line, "^%s*(.-)%s*$")
+        if line ~= "" and byte(line, 1) ~= 35 then
+            local kind, value = match(line, "^(%a+):(.+)$")
+            if not kind or not REVOKE_KINDS[kind] then
+                errs[#errs + 1] = format("%s:%d: expected jti:ID, sha256:HEX, application:NAME or subscriber:NAME",
+                                         file, n)
+            elseif kind == "sha256" and not match(value, "^%x+$") or kind == "sha256" and #value ~= 64 then
+                errs[#errs + 1] = format("%s:%d: sha256: must be followed by 64 hex digits", file, n)
+            else
+                r[kind][kind == "sha256" and lower(value) or value] = true
+            end
+        end
+    end
+    if #errs > 0 then return nil, table.concat(errs, "\n") end
+    return r
+end
+
+--- Is the token (its hash, its jti) or its consumer on CONF's revocation list?
+local function revoked(conf, token)
+    local r = conf._revoked
+    if not r or not token then return false end
+    if token.jti and r.jti[token.jti] then return true end
+    if token.hash and r.sha256[token.hash] then return true end
+    local c = token.consumer
+    if c then
+        if c.application and r.application[c.application] then return true end
+        if c.subscriber and r.subscriber[c.subscriber] then return true end
+    end
+    return false
+end
+_M.revoked = revoked
+
+------------------------------------------------------------------------------
+-- init
+------------------------------------------------------------------------------
+
+--- Prepare CONF's shared fields (call from the policy's init).
+-- @treturn[1] true
+-- @treturn[2] nil
+-- @treturn[2] string why
+function _M.init(conf)
+    local set = {}
+    for _, s in ipairs(conf.token_in) do set[s] = true end
+    conf._from = set
+    for name in pairs(conf.headers) do
+        local ok = header_name(name)
+        if ok ~= true then return nil, "headers: " .. ok end
+    end
+    if conf.audience then
+        local a = {}
+        for _, v in ipairs(conf.audience) do a[v] = true end
+        conf._aud = a
+    end
+    conf._leeway = (conf.leeway or 0) / 1000
+    conf._warn = (conf.expiry_warning or 0) / 1000
+    conf._ticket_ttl = (conf.ticket_ttl or 30000) / 1000
+    conf._refresh_needle = '"' .. conf.refresh_type .. '"'
+    if conf.revocation_file then
+        local text, err = weir.read_file(conf.revocation_file)
+        if not text then return nil, "cannot read the revocation file: " .. tostring(err) end
+        local r, perr = _M.parse_revocations(text, conf.revocation_file)
+        if not r then return nil, perr end
+        conf._revoked = r
+    end
+    return true
+end
+
+------------------------------------------------------------------------------
+-- Where the token is
+------------------------------------------------------------------------------
+
+--- Find the credential of a request. Returns kind ("token" or "ticket"),
+-- the credential, and hides it from the backend (when hide_credentials).
+-- Returns nil when there is none.
+function _M.credential(ctx, conf)
+    local req = ctx.request
+    local from, hide = conf.token_in, conf.hide_credentials
+    for i = 1, #from do
+        local where = from[i]
+        if where == "header" then
+            local h = req.headers["authorization"]
+            if h then
+                local tok = match(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +([^%s,]+)%s*$")
+                if tok then
+                    if hide then ctx:clear_backend_header("authorization") end
+                    return "token", tok
+                end
+            end
+        elseif where == "query" then
+            local tok = req.query[conf.query_param]
+            if type(tok) == "string" and tok ~= "" then
+                if hide then ctx:hide_query_arg(conf.query_param) end
+                return "token", tok
+            end
+        elseif where == "subprotocol" then
+            local prefix, list = conf.subprotocol_prefix, req.subprotocols
+            for j = 1, #list do
+                local p = list[j]
+                if sub(p, 1, #prefix) == prefix and #p > #prefix then
+                    -- never answered back, and never seen by the backend
+                    ctx:hide_subprotocol(p)
+                    return "token", sub(p, #prefix + 1)
+                end
+            end
+        elseif where == "ticket" then
+            local t = req.query["ticket"]
+            if type(t) == "string" and t ~= "" then
+                if hide then ctx:hide_query_arg("ticket") end
+                return "ticket", t
+            end
+        end
+    end
+    return nil
+end
+
+------------------------------------------------------------------------------
+-- Claims
+------------------------------------------------------------------------------
+
+local function scopes_of(claims)
+    local out = {}
+    local s = claims.scope
+    if type(s) == "string" then
+        for w in gmatch(s, "%S+") do out[#out + 1] = w end
+    elseif type(claims.scp) == "table" then
+        for _, w in ipairs(claims.scp) do if type(w) == "string" then out[#out + 1] = w end end
+    elseif type(claims.scp) == "string" then
+        for w in gmatch(claims.scp, "%S+") do out[#out + 1] = w end
+    end
+    return out
+end
+_M.scopes_of = scopes_of
+
+local function num(v) return type(v) == "number" and v == v and v or nil end
+
+--- Check the registered claims that do not change with time (iss, aud,
+-- scopes). Returns true, or nil and a message for the client.
+function _M.check_static(claims, conf)
+    if conf.issuer and claims.iss ~= conf.issuer then return nil, "Token issuer is not accepted" end
+    if conf._aud then
+        local aud, ok = claims.aud, false
+        if type(aud) == "string" then ok = conf._aud[aud] == true
+        elseif type(aud) == "table" then
+            for _, a in ipairs(aud) do if conf._aud[a] then ok = true break end end
+        end
+        if not ok then return nil, "Token audience is not accepted" end
+    end
+    for _, k in ipairs({ "exp", "nbf", "iat" }) do
+        if claims[k] ~= nil and not num(claims[k]) then return nil, "Token claim " .. k .. " is not a number" end
+    end
+    if #conf.required_scopes > 0 then
+        local have = {}
+        for _, s in ipairs(scopes_of(claims)) do have[s] = true end
+        for _, s in ipairs(conf.required_scopes) do
+            if not have[s] then return nil, "Token lacks a required scope", "/problems/forbidden", 403 end
+        end
+    end
+    return true
+end
+
+--- Check the time claims at NOW. Returns true, or nil, a message and the
+-- problem type.
+function _M.check_time(claims, conf, now)
+    local leeway = conf._leeway
+    local exp, nbf, iat = num(claims.exp), num(claims.nbf), num(claims.iat)
+    if exp and now > exp + leeway then return nil, "Token has expired", "/problems/token-expired" end
+    if nbf and now + leeway < nbf then return nil, "Token is not valid yet" end
+    if iat and now + leeway < iat then return nil, "Token was issued in the future" end
+    return true
+end
+
+local function claim_string(v)
+    if type(v) == "string" and v ~= "" then return v end
+    if type(v) == "number" then return format("%.14g", v) end
+    return nil
+end
+
+--- The consumer a token's claims describe.
+function _M.consumer(claims, conf)
+    local app
+    for _, name in ipairs(conf.application_claims) do
+        app = claim_string(claims[name])
+        if app then break end
+    end
+    local kt = claim_string(claims[conf.key_type_claim])
+    kt = kt and kt:upper() == "SANDBOX" and "SANDBOX" or "PRODUCTION"
+    return {
+        application = app,
+        subscriber  = claim_string(claims[conf.subscriber_claim]),
+        tier        = claim_string(claims[conf.tier_claim]) or conf.default_tier,
+        key_type    = kt,
+        scopes      = scopes_of(claims),
+    }
+end
+
+--- Set the identity headers for the backend from CLAIMS. Returns true, or
+-- nil and a message when a value is unusable (control characters).
+function _M.identity_headers(ctx, conf, claims)
+    for name, claim in pairs(conf.headers) do
+        local v = claims[claim]
+        if type(v) == "table" then
+            local parts = {}
+            for _, x in ipairs(v) do parts[#parts + 1] = claim_string(x) end
+            v = table.concat(parts, " ")
+        else
+            v = claim_string(v)
+        end
+        if v then
+            if find(v, "%c") then return nil, "Token claim " .. claim .. " holds control characters" end
+            ctx:set_backend_header(name, v)
+        else
+            ctx:clear_backend_header(name)     -- never let the client choose it
+        end
+    end
+    return true
+end
+
+------------------------------------------------------------------------------
+-- The verified token on a connection: ctx.token, expiry, refresh
+------------------------------------------------------------------------------
+
+local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", floor(t)) end
+
+local arm      -- forward
+
+local function expire(ctx, conf)
+    if ctx._closed then return end
+    ctx:close(1008, "token expired", weir.error("/problems/token-expired", "The access token has expired"))
+end
+
+local function warn(ctx, conf)
+    if ctx._closed or not ctx.token or not ctx.token.exp then return end
+    local left = ctx.token.exp + conf._leeway - weir.now()
+    if left < 0 then left = 0 end
+    ctx:send(format('{"type":%s,"expires_in":%d}', cjson.encode(conf.warning_type), floor(left + 0.5)))
+end
+
+-- (Re)arm the expiry and warning timers of CTX's token.
+arm = function(ctx, conf)
+    local v = ctx.vars
+    if v._oauth_exp_timer then v._oauth_exp_timer:cancel() v._oauth_exp_timer = nil end
+    if v._oauth_warn_timer then v._oauth_warn_timer:cancel() v._oauth_warn_timer = nil end
+    local exp = ctx.token and ctx.token.exp
+    if not exp then return end
+    local now = weir.now()
+    local left = exp + conf._leeway - now
+    v._oauth_exp_timer = ctx:timer(left > 0 and left or 0, expire, conf)
+    if conf._warn > 0 and left - conf._warn > 0 then
+        v._oauth_warn_timer = ctx:timer(left - conf._warn, warn, conf)
+    elseif conf._warn > 0 and left > 0 then
+        v._oauth_warn_timer = ctx:timer(0, warn, conf)
+    end
+end
+
+--- Accept a verified token on CTX: ctx.consumer, ctx.token, identity
+-- headers, expiry timers, the in-band refresh. TOKEN = { exp=, jti=, hash=,
+-- claims=, consumer= }.
+-- @treturn[1] true
+-- @treturn[2] nil
+-- @treturn[2] table a weir.error verdict
+function _M.accept(ctx, conf, token, validate)
+    local ok, why = _M.identity_headers(ctx, conf, token.claims or {})
+    if not ok then return nil, weir.error("/problems/unauthorized", why, 401) end
+    local c = token.consumer
+    ctx.consumer = { application = c.application, subscriber = c.subscriber, tier = c.tier,
+                     key_type = c.key_type, scopes = c.scopes }
+    ctx.token = { exp = token.exp, jti = token.jti, claims = token.claims, hash = token.hash }
+    ctx.vars._oauth_policy = conf
+    if not ctx.request.ticket_request then
+        arm(ctx, conf)
+        if conf.refresh and validate then
+            ctx:intercept(conf.refresh_type, function(c2, payload) return _M.refresh(c2, conf, payload, validate) end)
+        end
+    end
+    return true
+end
+
+local function auth_error(message, problem)
+    local forbidden = problem == "/problems/forbidden"
+    return weir.reply(weir.error_json(problem or "/problems/unauthorized", forbidden and 403 or 401, message))
+end
+
+--- An intercepted client message that may be an in-band refresh. Returns
+-- nil (not one: forward it) or a verdict (the answer; never forwarded).
+function _M.refresh(ctx, conf, payload, validate)
+    local msg = cjson.decode(payload)
+    if type(msg) ~= "table" or msg.type ~= conf.refresh_type then return nil end
+    local tok = msg.token
+    msg = nil
+    if type(tok) ~= "string" or tok == "" then return auth_error("The auth message has no token") end
+    local t, err = validate(ctx, conf, tok)
+    tok = nil
+    if not t then return auth_error(err and err.message or "Invalid token") end
+    local old = ctx.consumer
+    if t.consumer.subscriber ~= old.subscriber or t.consumer.application ~= old.application then
+        return auth_error("The new token belongs to another subscriber or application", "/problems/forbidden")
+    end
+    ctx.consumer.scopes, ctx.consumer.tier = t.consumer.scopes, t.consumer.tier
+    ctx.token = { exp = t.exp, jti = t.jti, claims = t.claims, hash = t.hash }
+    arm(ctx, conf)
+    return weir.reply(format('{"type":%s,"status":"ok","expires_at":%s}', cjson.encode(conf.refresh_type),
+                             t.exp and ('"' .. iso(t.exp) .. '"') or "null"))
+end
+
+--- After a reload: close CTX when its token or consumer is now revoked.
+function _M.recheck(ctx, conf)
+    local t = ctx.token
+    if not t then return nil end
+    if revoked(conf, { jti = t.jti, hash = t.hash, consumer = ctx.consumer }) then
+        return weir.error("/problems/token-revoked", "The access token has been revoked", 1008)
+    end
+    -- a reload may change the timers' settings
+    if ctx.vars._oauth_policy ~= conf then
+        ctx.vars._oauth_policy = conf
+        arm(ctx, conf)
+    end
+    return nil
+end
+
+------------------------------------------------------------------------------
+-- Tickets
+------------------------------------------------------------------------------
+
+--- Redeem a ticket for CTX's API version. Returns the token record, or nil.
+function _M.redeem(ctx, ticket)
+    local rec = weir.tickets and weir.tickets.take(ticket, ctx.api.name, ctx.api.version)
+    if not rec then return nil end
+    local t = cjson.decode(rec)
+    if type(t) ~= "table" or type(t.consumer) ~= "table" then return nil end
+    if type(t.consumer.scopes) ~= "table" then t.consumer.scopes = {} end
+    if t.claims ~= nil and type(t.claims) ~= "table" then t.claims = nil end
+    return t
+end
+
+--- Ask the runtime to answer this ticket request with a ticket for TOKEN.
+function _M.ticket_for(ctx, conf, token)
+    ctx._ticket = { ttl = conf._ticket_ttl,
+                    record = { consumer = token.consumer, exp = token.exp, jti = token.jti,
+                               hash = token.hash, claims = token.claims } }
+end
+
+_M.iso = iso
+
+return _M
