@@ -229,7 +229,7 @@ describe("browser client (headless Chromium, fake gateway)", function()
                     { op = "sleep", ms = 1000 },
                 } } },
         }
-        run = browser.start({ runs = runs, parallel = true, timeout = 90 })
+        run = browser.start({ runs = runs, parallel = true, timeout = 90, run_timeout = 60 })
         run:wait_mark("reconnect-open", 60)
         assert.equal(1, gw.get("/__drop?path=/reconnect/1.0").dropped)
         report = run:wait()
