@@ -791,7 +791,7 @@ weir_ticket_cors(const weir_http_msg_t *m, char *out, size_t len)
 }
 
 /*
- * POST <context>[/<version>]/ticket trades a bearer token for a one-time
+ * POST <context>[/<version>][/path]/ticket trades a bearer token for a one-time
  * ticket (the version's on_handshake chain authenticates it, and the
  * runtime answers); OPTIONS is its CORS preflight. Returns WEIR_DECLINED
  * when M is not such a request, else WEIR_OK (answered or under way).
@@ -799,8 +799,9 @@ weir_ticket_cors(const weir_http_msg_t *m, char *out, size_t len)
 static int
 weir_ticket_request(weir_session_t *s, const weir_http_msg_t *m)
 {
-    static const char path[] = "/ticket";
-    if (s->route.rest_len != sizeof(path) - 1 || memcmp(s->route.rest, path, sizeof(path) - 1) != 0)
+    static const char path[] = "/ticket";      /* the end of any path of the API version */
+    size_t pl = sizeof(path) - 1;
+    if (s->route.rest_len < pl || memcmp(s->route.rest + s->route.rest_len - pl, path, pl) != 0)
         return WEIR_DECLINED;
     int post = weir_http_name_eq(m->method, m->method_len, "POST");
     if (!post && !weir_http_name_eq(m->method, m->method_len, "OPTIONS")) return WEIR_DECLINED;
