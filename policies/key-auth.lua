@@ -30,8 +30,9 @@
 -- configuration with `KEYS_FILE:LINE: message`; messages never quote a
 -- line's first word, in case a raw key was written there by mistake.
 --
--- The key itself is never logged, never put in a message and never kept in
--- ctx: only its hash is looked up (a table lookup, so the time taken says
+-- The key itself is never logged, never put in a message, never kept in
+-- ctx and, unless `hide_credentials = false`, never forwarded to the
+-- backend (its header and query parameter are removed): only its hash is looked up (a table lookup, so the time taken says
 -- nothing about how close a wrong key came to a right one).
 --
 -- @module key-auth
@@ -64,6 +65,8 @@ local _M = {
           description = "request header the key is read from (any case)" },
         { name = "query_param", type = "string", default = "apikey",
           description = "query parameter the key is read from (for browsers, which cannot set headers)" },
+        { name = "hide_credentials", type = "boolean", default = true,
+          description = "remove the key (its header and query parameter) from what the backend receives" },
         { name = "key_in", type = "list", non_empty = true, default = { "header", "query" },
           elements = { type = "enum", one_of = { "header", "query" } },
           description = 'where to look for the key, in order: "header", "query" '
@@ -186,6 +189,10 @@ function _M.on_handshake(ctx, conf)
     if key then
         rec = conf._keys[sha256_hex(key)]
         key = nil
+    end
+    if rec and conf.hide_credentials then
+        ctx:clear_backend_header(conf._header)
+        ctx:hide_query_arg(conf.query_param)
     end
     if not rec then
         return weir_error("/problems/unauthorized", "Invalid or missing API key", 401)

@@ -107,6 +107,38 @@ fakes.parse_query = ctxmod.parse_query
 -- The methods of a fake ctx; each records its call.
 local methods = {}
 
+--- Record a change to the backend's request: `ctx.backend.headers[lower
+-- name] = value`, `ctx.backend.cleared[lower name] = true`,
+-- `ctx.backend.hidden_query[name] = true`, `ctx.backend.hidden_protocols[p] = true`.
+function methods:set_backend_header(name, value)
+    if type(name) ~= "string" or type(value) ~= "string" or value:find("%c") then
+        error("ctx:set_backend_header(name, value): a header name and a value without control characters", 2)
+    end
+    self.backend.headers[lower(name)] = value
+end
+function methods:clear_backend_header(name)
+    if type(name) ~= "string" then error("ctx:clear_backend_header(name): name must be a string", 2) end
+    self.backend.headers[lower(name)] = nil
+    self.backend.cleared[lower(name)] = true
+end
+function methods:hide_query_arg(name)
+    if type(name) ~= "string" then error("ctx:hide_query_arg(name): name must be a string", 2) end
+    self.backend.hidden_query[name] = true
+end
+function methods:hide_subprotocol(p)
+    if type(p) ~= "string" then error("ctx:hide_subprotocol(p): p must be a string", 2) end
+    self.backend.hidden_protocols[p] = true
+end
+
+--- Record an interceptor: `ctx.intercepts[msg_type] = fn` (call it yourself:
+-- fn(ctx, payload)).
+function methods:intercept(msg_type, fn)
+    if type(msg_type) ~= "string" or type(fn) ~= "function" then
+        error("ctx:intercept(msg_type, fn): a string and a function", 2)
+    end
+    self.intercepts[msg_type] = fn
+end
+
 --- Record a message sent to the client: `ctx.sent[i] = { payload =, opcode = }`.
 function methods:send(payload, opcode)
     if type(payload) ~= "string" then error("ctx:send(payload [, opcode]): payload must be a string", 2) end
@@ -191,7 +223,8 @@ local next_id = 0
 --   `client_ip` ("127.0.0.1"), `client_port` (40000), `scheme` ("ws"),
 --   `subprotocols` (default: from the sec-websocket-protocol header),
 --   `consumer` (nil), `vars` ({})
--- @treturn table the ctx, with `sent`, `closed`, `logs`, `timers` and `clock` (0)
+-- @treturn table the ctx, with `sent`, `closed`, `logs`, `timers`, `clock` (0),
+--   `backend` (changes to the backend's request) and `intercepts`
 -- @usage local ctx = fakes.ctx({ headers = { ApiKey = "k" }, query_string = "v=1" })
 function fakes.ctx(opts)
     opts = opts or {}
@@ -232,7 +265,8 @@ function fakes.ctx(opts)
         },
         consumer = opts.consumer,
         vars = opts.vars or {},
-        sent = {}, closed = nil, logs = {}, timers = {}, clock = 0,
+        sent = {}, closed = nil, logs = {}, timers = {}, clock = 0, intercepts = {},
+        backend = { headers = {}, cleared = {}, hidden_query = {}, hidden_protocols = {} },
     }, CTX_MT)
 end
 

@@ -47,6 +47,16 @@ describe("key-auth on_handshake", function()
         assert.same("alice", ctx.consumer.subscriber)
     end)
 
+    it("hides the key from the backend (hide_credentials, on by default)", function()
+        local _, ctx = handshake({ query_string = "room=1&apikey=" .. SHOP })
+        assert.is_true(ctx.backend.hidden_query.apikey)
+        assert.is_true(ctx.backend.cleared.apikey)
+        local _, kept = handshake({ query_string = "apikey=" .. SHOP },
+                                  { keys_file = conf.keys_file, hide_credentials = false })
+        assert.is_nil(kept.backend.hidden_query.apikey)
+        assert.is_nil(kept.backend.cleared.apikey)
+    end)
+
     it("accepts a percent-encoded key in the query", function()
         local v = handshake({ query_string = "apikey=" .. SHOP:gsub("%-", "%%2D") })
         assert.same({ kind = "pass" }, v)

@@ -89,9 +89,21 @@ describe("key-auth through weir", function()
 
     it("accepts the key in the apikey query parameter", function()
         local id = tag()
-        local ws = open("/shop/1.0/" .. id .. "?apikey=" .. PROD)
+        local ws = open("/shop/1.0/" .. id .. "?x=1&apikey=" .. PROD .. "&y=2")
         assert.equal("hello", ask(ws, "hello"))
-        record(prod, id)
+        local rec = record(prod, id)
+        assert.equal("/" .. id .. "?x=1&y=2", rec.url, "the key reached the backend's URL")
+        ws:close()
+    end)
+
+    it("never forwards the key in its header either", function()
+        local id = tag()
+        local ws = open("/shop/1.0/" .. id, { apikey = PROD })
+        assert.equal("hello", ask(ws, "hello"))
+        local rec = record(prod, id)
+        for _, kv in ipairs(rec.headers) do
+            assert.is_nil(kv[2]:find(PROD, 1, true), "the key reached the backend in " .. kv[1])
+        end
         ws:close()
     end)
 
