@@ -6,7 +6,7 @@
 
 SAN      ?= 0
 CC       ?= cc
-PKGS     := luajit libuv openssl
+PKGS     := luajit libuv openssl libcurl
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
             -DWEIR_LUA_DIR='"$(CURDIR)/lua"'

@@ -1,227 +1,124 @@
 /*
  * http_client.c — owns outgoing HTTP/1.1 calls made on a worker's loop on
- * behalf of policies, and the process-wide cache of their TLS contexts.
+ * behalf of policies: one libcurl multi handle per loop (its keep-alive
+ * pool and DNS cache), the libuv handles that drive it, and the check of
+ * each request and response against weir's bounds.
  *
- * Life of a call: parse and check the request → build the request bytes →
- * start the one timer → resolve (uv_getaddrinfo, skipped for IP literals)
- * → connect each address in turn until one accepts (non-blocking, uv_poll)
- * → TLS handshake (https) → write the request while reading → parse the
- * head (skipping 1xx) → read the body by Content-Length, chunked or until
- * EOF → the callback → release.
+ * The loop drives curl through the multi-socket interface: curl says which
+ * sockets to watch (weir_http_socket_cb: one uv_poll_t per socket) and when
+ * to be woken (weir_http_timer_cb: the loop's one uv_timer_t); the poll and
+ * timer callbacks hand what happened to curl_multi_socket_action, then
+ * collect the finished transfers (weir_http_collect). Callers' callbacks run
+ * only from there, never from inside a curl callback, so they may start and
+ * cancel calls freely.
  *
- * Ending: whatever ends a call (success, failure, timeout, cancel) goes
- * through weir_http_finish(), which closes the socket first, then runs the
- * callback (unless cancelled), then frees the buffers and closes the timer.
- * The struct itself is freed only when no libuv handle of it is open and no
- * DNS lookup of it is pending (weir_http_maybe_free). A failure found while
- * weir_http_request() itself runs is delivered through the timer, fired at
- * once, so the callback never runs inside weir_http_request().
+ * Life of a call: check the request (URL, method, header lines, CA file)
+ * → an easy handle with weir's options (HTTP/1.1, http and https only, no
+ * proxy, no redirects, no signals, the timeout, TLS verification) → added
+ * to the loop's multi handle → curl resolves (in its resolver thread),
+ * connects or takes an idle pooled connection, does TLS, sends, receives:
+ * weir_http_header_cb checks and normalises the head, weir_http_write_cb
+ * collects the body, both within max_response → weir_http_finish: the easy
+ * handle leaves the multi (its connection goes back to the pool, unless
+ * curl closed it), the callback runs, the call is freed.
  *
- * Bounds: the request is built once (head + copied body); the response head
- * (and then the read buffer) is WEIR_HTTP_MAX_HEAD bytes; the body buffer
- * grows to at most max_response minus the head; a chunk-size line is at
- * most WEIR_HTTP_MAX_LINE bytes and the trailers WEIR_HTTP_MAX_HEAD.
+ * Ending: a call ends exactly once, in weir_http_finish or weir_http_cancel;
+ * both take the easy handle out of the multi before anything else. Handles:
+ * a socket's poll handle and the loop's timer are freed from their close
+ * callbacks; a loop's state goes when it was cleaned up and the last of its
+ * handles closed (weir_http_client_cleanup).
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
+#include <curl/curl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 
 #include "http_client.h"
 #include "log.h"
 #include "weir.h"
 
 #define WEIR_HTTP_MAX_URL   8192    /* bytes of a URL */
-#define WEIR_HTTP_MAX_LINE  4096    /* bytes of a chunk-size line */
 
-typedef enum {
-    WEIR_HC_RESOLVE = 0,            /* waiting for uv_getaddrinfo */
-    WEIR_HC_CONNECT,                /* non-blocking connect in progress */
-    WEIR_HC_TLS,                    /* TLS handshake */
-    WEIR_HC_IO,                     /* writing the request, reading the response */
-} weir_http_state_e;
+typedef struct weir_http_loop_s weir_http_loop_t;
+typedef struct weir_http_sock_s weir_http_sock_t;
 
-typedef enum {
-    WEIR_HB_NONE = 0,               /* HEAD, 204, 304: no body */
-    WEIR_HB_LENGTH,                 /* Content-Length */
-    WEIR_HB_CHUNKED,
-    WEIR_HB_EOF,                    /* until the server closes */
-} weir_http_body_e;
+/* One loop's client: its multi handle, timer, calls and watched sockets. */
+struct weir_http_loop_s {
+    weir_http_loop_t   *next;           /* every loop with a client, in this process */
+    uv_loop_t          *loop;
+    CURLM              *multi;          /* NULL once cleaned up */
+    uv_timer_t          timer;          /* curl's one timeout (CURLMOPT_TIMERFUNCTION) */
+    weir_http_call_t   *calls;          /* calls running, doubly linked */
+    weir_http_sock_t   *socks;          /* sockets watched and not closing, doubly linked */
+    unsigned            nhandles;       /* handles whose close callback has not run */
+    unsigned            dead:1;         /* cleaned up: curl's callbacks touch no handle; freed
+                                         * when NHANDLES drops to 0 */
+};
 
-typedef enum {
-    WEIR_HK_SIZE = 0,               /* hex digits of a chunk size */
-    WEIR_HK_EXT,                    /* chunk extensions, up to LF */
-    WEIR_HK_DATA,
-    WEIR_HK_DATA_CR,                /* CRLF after chunk data */
-    WEIR_HK_DATA_LF,
-    WEIR_HK_TRAILER,                /* trailer lines, up to an empty one */
-} weir_http_chunk_e;
+/* A socket curl asked to watch (curl_multi_assign keeps it with the fd). */
+struct weir_http_sock_s {
+    weir_http_sock_t   *prev, *next;
+    weir_http_loop_t   *hl;
+    curl_socket_t       fd;
+    int                 events;         /* UV_READABLE | UV_WRITABLE, as curl asked */
+    unsigned            closing:1;      /* uv_close called: freed from its close callback */
+    uv_poll_t           poll;
+};
 
 struct weir_http_call_s {
-    uv_loop_t          *loop;
+    weir_http_call_t   *prev, *next;    /* in HL->calls */
+    weir_http_loop_t   *hl;
+    CURL               *easy;
+    struct curl_slist  *out_headers;    /* what curl sends besides its own, and what it must not */
     weir_http_cb        cb;
     void               *data;
-
-    weir_http_state_e   state;
-    unsigned            starting:1;     /* inside weir_http_request(): defer the callback */
-    unsigned            finished:1;     /* weir_http_finish() ran: nothing more may happen */
-    unsigned            cancelled:1;
-    unsigned            gai_pending:1;  /* uv_getaddrinfo's callback has not run yet */
-    unsigned            tls:1;
-    unsigned            verify:1;
-    unsigned            is_ip:1;        /* the host is an IP literal: no DNS, no SNI */
-    unsigned            head_only:1;    /* HEAD request: no body in the response */
-    unsigned            in_body:1;      /* the final head was parsed */
-    unsigned            hs_want_write:1;/* the handshake waits for writability */
-    unsigned            r_want_write:1; /* SSL_read waits for writability */
-    unsigned            w_want_read:1;  /* SSL_write waits for readability */
-    unsigned            send_failed:1;  /* writing failed: only the response may save the call */
-    unsigned            nhandles;       /* libuv handles open (timer, polls closing) */
-
-    uv_timer_t          timer;          /* the whole call's timeout; also fires deferred failures */
-    uv_getaddrinfo_t    gai;
-    struct addrinfo    *ai_list;        /* owned, from uv_getaddrinfo */
-    struct addrinfo    *ai_next;        /* next address to try */
-    struct sockaddr_storage lit;        /* the IP literal's address */
-    socklen_t           lit_len;        /* 0 when not an IP literal or already tried */
-    int                 conn_errno;     /* why the last connect failed */
-
-    uv_poll_t          *poll;           /* on FD; closed and freed asynchronously */
-    int                 fd;
-    int                 events;         /* what POLL is armed for */
-    SSL_CTX            *ctx;            /* referenced (https) */
-    SSL                *ssl;
-
-    char               *host;           /* no brackets; also SNI and name to verify */
+    char               *host;           /* for the log and the name-mismatch message */
     uint16_t            port;
+    unsigned            tls:1;
+    unsigned            is_ip:1;        /* the host is an IP literal */
+    unsigned            head_only:1;    /* HEAD: no body in the response */
+    unsigned            in_cb:1;        /* the callback runs: cancel is ignored */
 
-    char               *out;            /* the request, head then body */
-    size_t              out_len;
-    size_t              out_off;        /* bytes already sent */
-
-    char               *head;           /* response head, then the read buffer */
-    size_t              head_len;
-    size_t              scan;           /* where to resume looking for the head's end */
-    size_t              head_cap;       /* min(WEIR_HTTP_MAX_HEAD, max_response) */
-    size_t              resp_bytes;     /* head bytes (1xx included) + body bytes */
+    /* the response, as the callbacks see it */
+    unsigned            in_head:1;      /* a status line was read, its empty line not yet */
+    unsigned            head_done:1;    /* the final head ended: later header lines are trailers */
+    int                 status;         /* of the last status line */
+    size_t              head_bytes;     /* bytes of every head (1xx included), bound WEIR_HTTP_MAX_HEAD */
+    size_t              trailer_bytes;  /* bound WEIR_HTTP_MAX_HEAD */
+    size_t              resp_bytes;     /* head bytes + body bytes, bound MAX_RESPONSE */
     size_t              max_response;
-
-    int                 status;
-    char               *hdrs;           /* normalised header lines of the final response */
+    uint64_t            cl;             /* Content-Length of the final head, UINT64_MAX: none */
+    unsigned            te:1;           /* the final head has Transfer-Encoding */
+    char               *hdrs;           /* normalised header lines of the final head */
     size_t              hdrs_len;
-
-    weir_http_body_e    mode;
-    uint64_t            remaining;      /* LENGTH: body bytes to come; chunked: of this chunk */
-    weir_http_chunk_e   chunk;
-    unsigned            chunk_digits;
-    size_t              line_len;       /* chunk-size line or current trailer line */
-    size_t              trailer_len;    /* all trailer bytes */
+    size_t              hdrs_cap;
     char               *body;
     size_t              body_len;
     size_t              body_cap;
 
     const char         *error;          /* set by weir_http_fail: a literal or ERRBUF */
-    char                errbuf[256];    /* the failure's message */
-    char                ioerr[192];     /* why the last send or recv failed */
+    char                errbuf[256];
+    char                cerr[CURL_ERROR_SIZE];  /* curl's own message (CURLOPT_ERRORBUFFER) */
 };
 
-/* ---- the TLS context cache ---------------------------------------------- */
+static weir_http_loop_t *weir_http_loops;
+static int               weir_http_curl_ready;     /* curl_global_init ran */
 
-typedef struct weir_http_ctx_s {
-    struct weir_http_ctx_s *next;
-    int                     verify;
-    char                   *ca_file;   /* NULL: system store */
-    SSL_CTX                *ctx;
-} weir_http_ctx_t;
+/* CA files found loadable, so that each is read once per process here */
+typedef struct weir_http_ca_s {
+    struct weir_http_ca_s *next;
+    char                  *path;
+} weir_http_ca_t;
 
-static weir_http_ctx_t *weir_http_ctxs;
-
-static const char *
-weir_http_ssl_reason(void)
-{
-    unsigned long e = ERR_peek_last_error();
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
-    return r ? r : "unknown error";
-}
-
-/*
- * The cached client context for (VERIFY, CA_FILE), made on first use.
- * Returns a new reference (free it with SSL_CTX_free), or NULL with ERR.
- */
-static SSL_CTX *
-weir_http_ctx_get(int verify, const char *ca_file, char *err, size_t errlen)
-{
-    weir_http_ctx_t *e;
-    SSL_CTX *ctx = NULL;
-
-    if (!verify) ca_file = NULL;
-    for (e = weir_http_ctxs; e != NULL; e = e->next) {
-        if (e->verify == verify
-            && (e->ca_file == NULL ? ca_file == NULL : ca_file != NULL && strcmp(e->ca_file, ca_file) == 0)) {
-            SSL_CTX_up_ref(e->ctx);
-            return e->ctx;
-        }
-    }
-
-    e = calloc(1, sizeof(*e));
-    if (e == NULL) goto failed;
-    if (ca_file != NULL && (e->ca_file = strdup(ca_file)) == NULL) goto failed;
-    ERR_clear_error();
-    ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL) goto failed;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
-                              | SSL_MODE_RELEASE_BUFFERS);
-    /* many servers close without close_notify; bodies until EOF still end */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    if (verify) {
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-        if (ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1
-                            : SSL_CTX_set_default_verify_paths(ctx) != 1)
-            goto failed;
-    } else {
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    }
-    e->verify = verify;
-    e->ctx = ctx;
-    e->next = weir_http_ctxs;
-    weir_http_ctxs = e;
-    SSL_CTX_up_ref(ctx);
-    return ctx;
-
-failed:
-    if (ca_file != NULL) snprintf(err, errlen, "cannot load CA file %s: %s", ca_file, weir_http_ssl_reason());
-    else snprintf(err, errlen, "cannot set up TLS: %s", e ? weir_http_ssl_reason() : "out of memory");
-    ERR_clear_error();
-    SSL_CTX_free(ctx);
-    if (e) free(e->ca_file);
-    free(e);
-    return NULL;
-}
-
-void
-weir_http_client_cleanup(void)
-{
-    while (weir_http_ctxs != NULL) {
-        weir_http_ctx_t *e = weir_http_ctxs;
-        weir_http_ctxs = e->next;
-        SSL_CTX_free(e->ctx);
-        free(e->ca_file);
-        free(e);
-    }
-}
+static weir_http_ca_t *weir_http_cas;
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -230,15 +127,6 @@ weir_http_tchar(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
            || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-static int
-weir_http_hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
 }
 
 /* NAME[0..LEN) equals the NUL-terminated S, ignoring case. */
@@ -275,6 +163,22 @@ weir_http_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Record why C failed (the first reason wins); curl is told to stop by the
+ * callback that returns an error. */
+static void
+weir_http_fail(weir_http_call_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+weir_http_fail(weir_http_call_t *c, const char *fmt, ...)
+{
+    if (c->error != NULL) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->errbuf, sizeof(c->errbuf), fmt, ap);
+    va_end(ap);
+    c->error = c->errbuf;
+}
+
 /* ---- the request ------------------------------------------------------------ */
 
 typedef struct {
@@ -283,16 +187,13 @@ typedef struct {
     size_t      host_len;
     int         bracketed;
     uint16_t    port;
-    int         explicit_port;
-    const char *target;         /* path and query, TARGET_LEN bytes; "" means "/" */
-    size_t      target_len;
 } weir_http_url_t;
 
-/* Split URL; returns WEIR_OK or WEIR_ERROR with ERR. Pointers go into URL. */
+/* Check and split URL; returns WEIR_OK or WEIR_ERROR with ERR. Pointers go into URL. */
 static int
 weir_http_parse_url(const char *url, weir_http_url_t *u, char *err, size_t errlen)
 {
-    const char *p, *auth, *auth_end, *end;
+    const char *p, *auth, *auth_end;
     size_t n = url ? strnlen(url, WEIR_HTTP_MAX_URL + 1) : 0;
 
     memset(u, 0, sizeof(*u));
@@ -320,7 +221,6 @@ weir_http_parse_url(const char *url, weir_http_url_t *u, char *err, size_t errle
         weir_http_err(err, errlen, "bad URL: not http:// or https://");
         return WEIR_ERROR;
     }
-    end = url + n;
     auth_end = auth + strcspn(auth, "/?#");
     if (memchr(auth, '@', (size_t) (auth_end - auth)) != NULL) {
         weir_http_err(err, errlen, "bad URL: user info is not supported");
@@ -371,24 +271,47 @@ weir_http_parse_url(const char *url, weir_http_url_t *u, char *err, size_t errle
             return WEIR_ERROR;
         }
         u->port = (uint16_t) v;
-        u->explicit_port = 1;
     }
-    const char *frag = memchr(auth_end, '#', (size_t) (end - auth_end));
-    u->target = auth_end;
-    u->target_len = (size_t) ((frag ? frag : end) - auth_end);
+
+    /* what weir accepts, curl must accept too: refuse it now rather than in the callback */
+    CURLU *cu = curl_url();
+    if (cu == NULL) {
+        weir_http_err(err, errlen, "out of memory");
+        return WEIR_ERROR;
+    }
+    CURLUcode r = curl_url_set(cu, CURLUPART_URL, url, CURLU_PATH_AS_IS);
+    curl_url_cleanup(cu);
+    if (r != CURLUE_OK) {
+        weir_http_err(err, errlen, "bad URL: %s", curl_url_strerror(r));
+        return WEIR_ERROR;
+    }
+    return WEIR_OK;
+}
+
+/* Append LINE (NUL-terminated) to *LIST. WEIR_OK or WEIR_ERROR (out of memory). */
+static int
+weir_http_slist_add(struct curl_slist **list, const char *line)
+{
+    struct curl_slist *n = curl_slist_append(*list, line);
+    if (n == NULL) return WEIR_ERROR;
+    *list = n;
     return WEIR_OK;
 }
 
 /*
- * Check the caller's header lines: each "Name: value\r\n", no CR or LF
- * inside. Sets *HAS_HOST / *HAS_UA when the caller gives its own.
+ * Check the caller's header lines (each "Name: value\r\n", no CR or LF
+ * inside, no framing header) and turn them into curl's list in C: an empty
+ * value becomes "Name;" (curl's way to send a header empty). Headers curl
+ * would add on its own and weir does not send (Accept, Expect, the form
+ * Content-Type of a POST) are disabled unless the caller gives them.
  */
 static int
-weir_http_check_headers(const char *h, int *has_host, int *has_ua, char *err, size_t errlen)
+weir_http_headers(weir_http_call_t *c, const char *h, char *err, size_t errlen)
 {
-    *has_host = *has_ua = 0;
-    if (h == NULL) return WEIR_OK;
-    while (*h != '\0') {
+    int has_accept = 0, has_expect = 0, has_ctype = 0;
+    char *line = NULL;
+
+    while (h != NULL && *h != '\0') {
         const char *eol = strstr(h, "\r\n");
         const char *colon = strchr(h, ':');
         size_t nl;
@@ -408,8 +331,8 @@ weir_http_check_headers(const char *h, int *has_host, int *has_ua, char *err, si
             }
         }
         for (const char *p = colon + 1; p < eol; p++) {
-            unsigned char c = (unsigned char) *p;
-            if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            unsigned char ch = (unsigned char) *p;
+            if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
                 weir_http_err(err, errlen, "bad header line: control character in %.*s", (int) WEIR_MIN(nl, 64), h);
                 return WEIR_ERROR;
             }
@@ -419,424 +342,84 @@ weir_http_check_headers(const char *h, int *has_host, int *has_ua, char *err, si
             weir_http_err(err, errlen, "bad header line: %.*s is set by the client", (int) nl, h);
             return WEIR_ERROR;
         }
-        if (weir_http_eq(h, nl, "Host")) *has_host = 1;
-        if (weir_http_eq(h, nl, "User-Agent")) *has_ua = 1;
+        has_accept |= weir_http_eq(h, nl, "Accept");
+        has_expect |= weir_http_eq(h, nl, "Expect");
+        has_ctype |= weir_http_eq(h, nl, "Content-Type");
+
+        const char *v = colon + 1, *ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t')) v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        line = malloc(nl + (size_t) (ve - v) + 3);
+        if (line == NULL) goto nomem;
+        if (ve == v) snprintf(line, nl + 2, "%.*s;", (int) nl, h);
+        else sprintf(line, "%.*s: %.*s", (int) nl, h, (int) (ve - v), v);
+        if (weir_http_slist_add(&c->out_headers, line) != WEIR_OK) goto nomem;
+        free(line);
+        line = NULL;
         h = eol + 2;
     }
-    return WEIR_OK;
-}
-
-/* Build the request into C->out. Returns WEIR_OK or WEIR_ERROR with ERR. */
-static int
-weir_http_build(weir_http_call_t *c, const weir_http_req_t *req, const weir_http_url_t *u, const char *method,
-                char *err, size_t errlen)
-{
-    int has_host, has_ua;
-    size_t hl = req->headers ? strlen(req->headers) : 0;
-
-    if (weir_http_check_headers(req->headers, &has_host, &has_ua, err, errlen) != WEIR_OK) return WEIR_ERROR;
-    int with_cl = req->body != NULL || req->body_len > 0 || strcmp(method, "POST") == 0
-                  || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
-    size_t cap = strlen(method) + u->target_len + u->host_len + hl + 256;
-    if (req->body_len > SIZE_MAX - cap) goto nomem;
-    c->out = malloc(cap + req->body_len);
-    if (c->out == NULL) goto nomem;
-
-    int n = snprintf(c->out, cap, "%s %s%.*s HTTP/1.1\r\n", method,
-                     u->target_len == 0 || u->target[0] == '?' ? "/" : "", (int) u->target_len, u->target);
-    size_t o = (size_t) n;
-    if (!has_host) {
-        o += (size_t) snprintf(c->out + o, cap - o, "Host: %s%.*s%s", u->bracketed ? "[" : "",
-                               (int) u->host_len, u->host, u->bracketed ? "]" : "");
-        if (u->explicit_port && u->port != (u->tls ? 443 : 80))
-            o += (size_t) snprintf(c->out + o, cap - o, ":%u", (unsigned) u->port);
-        o += (size_t) snprintf(c->out + o, cap - o, "\r\n");
-    }
-    if (!has_ua) o += (size_t) snprintf(c->out + o, cap - o, "User-Agent: weir/" WEIR_VERSION "\r\n");
-    if (with_cl) o += (size_t) snprintf(c->out + o, cap - o, "Content-Length: %zu\r\n", req->body_len);
-    o += (size_t) snprintf(c->out + o, cap - o, "Connection: close\r\n");
-    if (o + hl + 2 >= cap) goto nomem;      /* cannot happen: CAP counts every part */
-    memcpy(c->out + o, req->headers ? req->headers : "", hl);
-    o += hl;
-    memcpy(c->out + o, "\r\n", 2);
-    o += 2;
-    if (req->body_len > 0) memcpy(c->out + o, req->body, req->body_len);
-    c->out_len = o + req->body_len;
+    if ((!has_accept && weir_http_slist_add(&c->out_headers, "Accept:") != WEIR_OK)
+        || (!has_expect && weir_http_slist_add(&c->out_headers, "Expect:") != WEIR_OK)
+        || (!has_ctype && weir_http_slist_add(&c->out_headers, "Content-Type:") != WEIR_OK))
+        goto nomem;
     return WEIR_OK;
 
 nomem:
+    free(line);
     weir_http_err(err, errlen, "out of memory");
     return WEIR_ERROR;
 }
 
-/* ---- ending a call ------------------------------------------------------------ */
-
-static void weir_http_finish(weir_http_call_t *c, int ok);
-static void weir_http_connect_next(weir_http_call_t *c);
-static void weir_http_io(weir_http_call_t *c);
-
-static void
-weir_http_maybe_free(weir_http_call_t *c)
-{
-    if (c->nhandles == 0 && !c->gai_pending) free(c);
-}
-
-static void
-weir_http_poll_closed(uv_handle_t *h)
-{
-    weir_http_call_t *c = h->data;
-    free(h);
-    c->nhandles--;
-    weir_http_maybe_free(c);
-}
-
-static void
-weir_http_timer_closed(uv_handle_t *h)
-{
-    weir_http_call_t *c = h->data;
-    c->nhandles--;
-    weir_http_maybe_free(c);
-}
-
-/* Close the socket (and its TLS and poll handle) now; the handle's memory
- * goes in its close callback. The poll handle is closed before the fd, so
- * a new socket reusing the number is never confused with this one. */
-static void
-weir_http_close_socket(weir_http_call_t *c)
-{
-    if (c->ssl != NULL) {
-        SSL_free(c->ssl);
-        c->ssl = NULL;
-    }
-    if (c->poll != NULL) {
-        uv_close((uv_handle_t *) c->poll, weir_http_poll_closed);
-        c->poll = NULL;
-    }
-    if (c->fd >= 0) close(c->fd);
-    c->fd = -1;
-    c->events = 0;
-    c->r_want_write = c->w_want_read = c->hs_want_write = 0;
-}
-
 /*
- * End C: on success (OK) with the parsed response, else with C->error.
- * Runs the callback unless cancelled. C's buffers are gone afterwards and C
- * itself is freed later, from a close callback: the caller must return
- * without touching anything but C->finished.
+ * Whether PATH is a CA file with at least one certificate, checked once
+ * per path per process. WEIR_OK, or WEIR_ERROR with ERR.
  */
-static void
-weir_http_finish(weir_http_call_t *c, int ok)
-{
-    if (c->finished) return;
-    c->finished = 1;
-    weir_http_close_socket(c);
-    uv_timer_stop(&c->timer);
-    if (c->gai_pending) uv_cancel((uv_req_t *) &c->gai);   /* its callback frees what it got */
-    if (c->ai_list != NULL) uv_freeaddrinfo(c->ai_list);
-    c->ai_list = c->ai_next = NULL;
-
-    if (!c->cancelled) {
-        weir_http_res_t res;
-        memset(&res, 0, sizeof(res));
-        if (ok) {
-            res.status = c->status;
-            res.headers = c->hdrs ? c->hdrs : "";
-            res.headers_len = c->hdrs_len;
-            res.body = c->body ? c->body : "";
-            res.body_len = c->body_len;
-        } else {
-            res.error = c->error ? c->error : "unknown error";
-            if (weir_log_enabled(WEIR_LOG_DEBUG)) {
-                char h[300], e[300];
-                weir_log(WEIR_LOG_DEBUG, "http call failed", "\"host\":\"%s\",\"port\":%u,\"error\":\"%s\"",
-                         weir_log_str(h, sizeof(h), c->host), (unsigned) c->port,
-                         weir_log_str(e, sizeof(e), res.error));
-            }
-        }
-        c->cb(c, &res, c->data);
-    }
-
-    if (c->ctx != NULL) SSL_CTX_free(c->ctx);
-    c->ctx = NULL;
-    free(c->host);
-    free(c->out);
-    free(c->head);
-    free(c->hdrs);
-    free(c->body);
-    c->host = c->out = c->head = c->hdrs = c->body = NULL;
-    uv_close((uv_handle_t *) &c->timer, weir_http_timer_closed);
-}
-
-static void
-weir_http_timer_cb(uv_timer_t *t)
-{
-    weir_http_call_t *c = t->data;
-    if (c->error == NULL) c->error = "timeout";
-    weir_http_finish(c, 0);
-}
-
-/*
- * Fail C with the printf-style message. Inside weir_http_request() the
- * failure is only recorded and the timer fired at once, so that the
- * callback runs from the loop.
- */
-static void
-weir_http_fail(weir_http_call_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-weir_http_fail(weir_http_call_t *c, const char *fmt, ...)
-{
-    if (c->finished) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->errbuf, sizeof(c->errbuf), fmt, ap);
-    va_end(ap);
-    c->error = c->errbuf;
-    if (c->starting) {
-        weir_http_close_socket(c);
-        uv_timer_stop(&c->timer);
-        uv_timer_start(&c->timer, weir_http_timer_cb, 0, 0);
-        return;
-    }
-    weir_http_finish(c, 0);
-}
-
-void
-weir_http_cancel(weir_http_call_t *c)
-{
-    if (c == NULL || c->finished) return;
-    c->cancelled = 1;
-    weir_http_finish(c, 0);
-}
-
-/* ---- socket I/O ----------------------------------------------------------------- */
-
-static void weir_http_poll_cb(uv_poll_t *h, int status, int events);
-
-/* Arm the poll handle for what C waits for now. */
-static void
-weir_http_arm(weir_http_call_t *c)
-{
-    int ev;
-    if (c->finished || c->poll == NULL) return;
-    switch (c->state) {
-    case WEIR_HC_CONNECT: ev = UV_WRITABLE; break;
-    case WEIR_HC_TLS:     ev = c->hs_want_write ? UV_WRITABLE : UV_READABLE; break;
-    default:
-        ev = UV_READABLE;
-        if ((c->out_off < c->out_len && !c->w_want_read) || c->r_want_write) ev |= UV_WRITABLE;
-        break;
-    }
-    if (ev == c->events) return;
-    int r = uv_poll_start(c->poll, ev, weir_http_poll_cb);
-    if (r < 0) {
-        weir_http_fail(c, "poll: %s", uv_strerror(r));
-        return;
-    }
-    c->events = ev;
-}
-
-/* Receive into BUF: >0 bytes, 0 at the end of the stream, WEIR_AGAIN, or
- * WEIR_ERROR with C->ioerr set (C not failed yet). */
-static ssize_t
-weir_http_recv(weir_http_call_t *c, char *buf, size_t n)
-{
-    if (c->ssl != NULL) {
-        c->r_want_write = 0;
-        ERR_clear_error();
-        errno = 0;      /* SSL_ERROR_SYSCALL is judged by it */
-        int r = SSL_read(c->ssl, buf, (int) WEIR_MIN(n, (size_t) 1 << 30));
-        if (r > 0) return r;
-        int e = SSL_get_error(c->ssl, r);
-        switch (e) {
-        case SSL_ERROR_WANT_READ:   return WEIR_AGAIN;
-        case SSL_ERROR_WANT_WRITE:  c->r_want_write = 1; return WEIR_AGAIN;
-        case SSL_ERROR_ZERO_RETURN: return 0;
-        case SSL_ERROR_SYSCALL:
-            if (ERR_peek_error() == 0) {
-                char tmp[128];
-                if (errno == 0) return 0;
-                snprintf(c->ioerr, sizeof(c->ioerr), "%s", weir_http_errno_msg("recv", errno, tmp, sizeof(tmp)));
-                return WEIR_ERROR;
-            }
-            /* fall through */
-        default:
-            snprintf(c->ioerr, sizeof(c->ioerr), "TLS: %s", weir_http_ssl_reason());
-            ERR_clear_error();
-            return WEIR_ERROR;
-        }
-    }
-    for (;;) {
-        ssize_t r = recv(c->fd, buf, n, 0);
-        if (r >= 0) return r;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return WEIR_AGAIN;
-        char tmp[128];
-        snprintf(c->ioerr, sizeof(c->ioerr), "%s", weir_http_errno_msg("recv", errno, tmp, sizeof(tmp)));
-        return WEIR_ERROR;
-    }
-}
-
-/* Send from BUF: bytes written (maybe 0), or WEIR_ERROR with C->ioerr set. */
-static ssize_t
-weir_http_send(weir_http_call_t *c, const char *buf, size_t n)
-{
-    if (c->ssl != NULL) {
-        c->w_want_read = 0;
-        ERR_clear_error();
-        errno = 0;
-        int r = SSL_write(c->ssl, buf, (int) WEIR_MIN(n, (size_t) 1 << 30));
-        if (r > 0) return r;
-        switch (SSL_get_error(c->ssl, r)) {
-        case SSL_ERROR_WANT_WRITE: return 0;
-        case SSL_ERROR_WANT_READ:  c->w_want_read = 1; return 0;
-        case SSL_ERROR_SYSCALL:
-            if (ERR_peek_error() == 0 && errno != 0) {
-                char tmp[128];
-                snprintf(c->ioerr, sizeof(c->ioerr), "%s", weir_http_errno_msg("send", errno, tmp, sizeof(tmp)));
-                return WEIR_ERROR;
-            }
-            /* fall through */
-        default:
-            snprintf(c->ioerr, sizeof(c->ioerr), "TLS: %s", weir_http_ssl_reason());
-            ERR_clear_error();
-            return WEIR_ERROR;
-        }
-    }
-    for (;;) {
-        ssize_t r = send(c->fd, buf, n, MSG_NOSIGNAL);
-        if (r >= 0) return r;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-        char tmp[128];
-        snprintf(c->ioerr, sizeof(c->ioerr), "%s", weir_http_errno_msg("send", errno, tmp, sizeof(tmp)));
-        return WEIR_ERROR;
-    }
-}
-
-/* ---- the response ------------------------------------------------------------------ */
-
-/* Append to the body, within max_response. WEIR_OK, or WEIR_ERROR (C failed). */
 static int
-weir_http_append(weir_http_call_t *c, const char *p, size_t n)
+weir_http_ca_check(const char *path, char *err, size_t errlen)
 {
-    if (n == 0) return WEIR_OK;
-    size_t allowed = c->max_response - c->resp_bytes;
-    if (n > allowed) {
-        weir_http_fail(c, "response too large");
+    weir_http_ca_t *e;
+    for (e = weir_http_cas; e != NULL; e = e->next)
+        if (strcmp(e->path, path) == 0) return WEIR_OK;
+
+    X509_STORE *st = X509_STORE_new();
+    int ok = st != NULL && X509_STORE_load_file(st, path) == 1;
+    X509_STORE_free(st);
+    if (!ok) {
+        weir_http_err(err, errlen, "cannot load CA file %s", path);
         return WEIR_ERROR;
     }
-    if (c->body_len + n > c->body_cap) {
-        size_t limit = c->body_len + allowed;       /* the most the body may ever hold */
-        size_t cap = WEIR_MAX(c->body_cap * 2, (size_t) 16384);
-        cap = WEIR_MAX(cap, c->body_len + n);
-        cap = WEIR_MIN(cap, limit);
-        char *nb = realloc(c->body, cap);
+    e = calloc(1, sizeof(*e));
+    if (e == NULL || (e->path = strdup(path)) == NULL) {
+        free(e);
+        weir_http_err(err, errlen, "out of memory");
+        return WEIR_ERROR;
+    }
+    e->next = weir_http_cas;
+    weir_http_cas = e;
+    return WEIR_OK;
+}
+
+/* ---- the response (curl's callbacks) -------------------------------------------- */
+
+/* Append N bytes at P to C's header lines. WEIR_OK or WEIR_ERROR (C failed). */
+static int
+weir_http_hdrs_put(weir_http_call_t *c, const char *p, size_t n)
+{
+    if (c->hdrs_len + n + 1 > c->hdrs_cap) {
+        size_t cap = WEIR_MAX(c->hdrs_cap * 2, (size_t) 1024);
+        cap = WEIR_MAX(cap, c->hdrs_len + n + 1);
+        char *nb = realloc(c->hdrs, cap);
         if (nb == NULL) {
             weir_http_fail(c, "out of memory");
             return WEIR_ERROR;
         }
-        c->body = nb;
-        c->body_cap = cap;
+        c->hdrs = nb;
+        c->hdrs_cap = cap;
     }
-    memcpy(c->body + c->body_len, p, n);
-    c->body_len += n;
-    c->resp_bytes += n;
+    memcpy(c->hdrs + c->hdrs_len, p, n);
+    c->hdrs_len += n;
+    c->hdrs[c->hdrs_len] = '\0';
     return WEIR_OK;
-}
-
-/*
- * Feed N body bytes at P to the decoder. Returns WEIR_AGAIN (more to come),
- * WEIR_DONE (the body is complete: bytes after it are ignored) or WEIR_ERROR
- * (C failed).
- */
-static int
-weir_http_body_feed(weir_http_call_t *c, const char *p, size_t n)
-{
-    const char *end = p + n;
-
-    if (c->mode == WEIR_HB_EOF) return weir_http_append(c, p, n) == WEIR_OK ? WEIR_AGAIN : WEIR_ERROR;
-    if (c->mode == WEIR_HB_LENGTH) {
-        size_t take = (size_t) WEIR_MIN((uint64_t) n, c->remaining);
-        if (weir_http_append(c, p, take) != WEIR_OK) return WEIR_ERROR;
-        c->remaining -= take;
-        return c->remaining == 0 ? WEIR_DONE : WEIR_AGAIN;
-    }
-
-    while (p < end) {
-        unsigned char ch = (unsigned char) *p;
-        switch (c->chunk) {
-        case WEIR_HK_SIZE:
-        case WEIR_HK_EXT:
-            if (++c->line_len > WEIR_HTTP_MAX_LINE) goto malformed;
-            p++;
-            if (ch == '\n') {
-                if (c->chunk_digits == 0) goto malformed;
-                c->line_len = 0;
-                if (c->remaining == 0) {
-                    c->chunk = WEIR_HK_TRAILER;
-                } else {
-                    if (c->remaining > (uint64_t) (c->max_response - c->resp_bytes)) {
-                        weir_http_fail(c, "response too large");
-                        return WEIR_ERROR;
-                    }
-                    c->chunk = WEIR_HK_DATA;
-                }
-            } else if (c->chunk == WEIR_HK_EXT) {
-                if (ch != '\t' && ch != '\r' && (ch < 0x20 || ch == 0x7f)) goto malformed;
-            } else if (weir_http_hexval(ch) >= 0) {
-                if (c->remaining > (UINT64_MAX >> 4)) goto malformed;
-                c->remaining = (c->remaining << 4) | (uint64_t) weir_http_hexval(ch);
-                c->chunk_digits++;
-            } else if (ch == ';' || ch == ' ' || ch == '\t' || ch == '\r') {
-                if (c->chunk_digits == 0) goto malformed;
-                c->chunk = WEIR_HK_EXT;
-            } else {
-                goto malformed;
-            }
-            break;
-        case WEIR_HK_DATA: {
-            size_t take = (size_t) WEIR_MIN((uint64_t) (end - p), c->remaining);
-            if (weir_http_append(c, p, take) != WEIR_OK) return WEIR_ERROR;
-            p += take;
-            c->remaining -= take;
-            if (c->remaining == 0) c->chunk = WEIR_HK_DATA_CR;
-            break;
-        }
-        case WEIR_HK_DATA_CR:
-        case WEIR_HK_DATA_LF:
-            p++;
-            if (ch == '\r' && c->chunk == WEIR_HK_DATA_CR) {
-                c->chunk = WEIR_HK_DATA_LF;
-            } else if (ch == '\n') {
-                c->chunk = WEIR_HK_SIZE;
-                c->chunk_digits = 0;
-                c->line_len = 0;
-            } else {
-                goto malformed;
-            }
-            break;
-        case WEIR_HK_TRAILER:
-            /* trailer fields are read and dropped */
-            p++;
-            if (++c->trailer_len > WEIR_HTTP_MAX_HEAD) {
-                weir_http_fail(c, "response head too large");
-                return WEIR_ERROR;
-            }
-            if (ch == '\n') {
-                if (c->line_len == 0) return WEIR_DONE;
-                c->line_len = 0;
-            } else if (ch != '\r') {
-                c->line_len++;
-            }
-            break;
-        }
-    }
-    return WEIR_AGAIN;
-
-malformed:
-    weir_http_fail(c, "malformed response: bad chunk");
-    return WEIR_ERROR;
 }
 
 /* Parse a Content-Length value (a list of equal numbers is one number) into
@@ -865,465 +448,582 @@ weir_http_content_length(const char *v, size_t len, uint64_t *cl)
     return any ? WEIR_OK : WEIR_ERROR;
 }
 
-/* Whether the last transfer coding in V is "chunked". */
+/* A status line, LL bytes at P without its line end. WEIR_OK or WEIR_ERROR (C failed). */
 static int
-weir_http_last_chunked(const char *v, size_t len)
+weir_http_status_line(weir_http_call_t *c, const char *p, size_t ll)
 {
-    while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t' || v[len - 1] == ',')) len--;
-    size_t i = len;
-    while (i > 0 && v[i - 1] != ',' && v[i - 1] != ' ' && v[i - 1] != '\t') i--;
-    return weir_http_eq(v + i, len - i, "chunked");
-}
-
-/*
- * Parse the response head HEAD[0..LEN) (LEN includes the empty line).
- * A 1xx head is only checked. A final head fills status, the normalised
- * header lines and the body mode. Returns WEIR_OK or WEIR_ERROR (C failed).
- */
-static int
-weir_http_parse_head(weir_http_call_t *c, const char *head, size_t len)
-{
-    const char *p = head, *end = head + len;
-    const char *why = "bad status line";
-    const char *line, *eol;
-    size_t ll;
-    uint64_t cl = UINT64_MAX;
-    int te = 0, chunked = 0;
-
-    /* status line: HTTP/1.x SP 3DIGIT [SP reason] */
-    eol = memchr(p, '\n', len);
-    ll = (size_t) (eol - p);
-    if (ll > 0 && p[ll - 1] == '\r') ll--;
+    /* HTTP/1.x SP 3DIGIT [SP reason] */
     if (ll < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' || p[8] != ' '
         || p[9] < '1' || p[9] > '9' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9'
         || (ll > 12 && p[12] != ' '))
         goto malformed;
-    c->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
     for (size_t i = 12; i < ll; i++)
         if (p[i] == '\r' || (p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f) goto malformed;
-    p = eol + 1;
-    if (c->status >= 100 && c->status < 200 && c->status != 101) return WEIR_OK;
-
-    free(c->hdrs);
-    c->hdrs_len = 0;
-    c->hdrs = malloc(2 * len + 1);     /* "n:v\n" grows at most by 2 per line */
-    if (c->hdrs == NULL) {
-        weir_http_fail(c, "out of memory");
-        return WEIR_ERROR;
-    }
-    for (;;) {
-        line = p;
-        eol = memchr(p, '\n', (size_t) (end - p));
-        ll = (size_t) (eol - line);
-        p = eol + 1;
-        if (ll > 0 && line[ll - 1] == '\r') ll--;
-        if (ll == 0) break;
-
-        why = "bad header line";
-        for (size_t i = 0; i < ll; i++) {
-            unsigned char ch = (unsigned char) line[i];
-            if ((ch < 0x20 && ch != '\t') || ch == 0x7f) goto malformed;
-        }
-        const char *v, *ve = line + ll;
-        if (line[0] == ' ' || line[0] == '\t') {
-            /* obs-fold: the line continues the previous value */
-            if (c->hdrs_len == 0) goto malformed;
-            for (v = line; v < ve && (*v == ' ' || *v == '\t'); v++) {}
-            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-            c->hdrs_len -= 2;
-            if (ve > v) {
-                c->hdrs[c->hdrs_len++] = ' ';
-                memcpy(c->hdrs + c->hdrs_len, v, (size_t) (ve - v));
-                c->hdrs_len += (size_t) (ve - v);
-            }
-            memcpy(c->hdrs + c->hdrs_len, "\r\n", 2);
-            c->hdrs_len += 2;
-            continue;   /* framing headers are never folded by sane servers; not re-read */
-        }
-        const char *colon = memchr(line, ':', ll);
-        if (colon == NULL || colon == line) goto malformed;
-        for (const char *q = line; q < colon; q++)
-            if (!weir_http_tchar((unsigned char) *q)) goto malformed;
-        size_t nl = (size_t) (colon - line);
-        for (v = colon + 1; v < ve && (*v == ' ' || *v == '\t'); v++) {}
-        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-        size_t vl = (size_t) (ve - v);
-
-        memcpy(c->hdrs + c->hdrs_len, line, nl);
-        c->hdrs_len += nl;
-        memcpy(c->hdrs + c->hdrs_len, ": ", 2);
-        c->hdrs_len += 2;
-        memcpy(c->hdrs + c->hdrs_len, v, vl);
-        c->hdrs_len += vl;
-        memcpy(c->hdrs + c->hdrs_len, "\r\n", 2);
-        c->hdrs_len += 2;
-
-        if (weir_http_eq(line, nl, "Content-Length")) {
-            why = "bad Content-Length";
-            if (weir_http_content_length(v, vl, &cl) != WEIR_OK) goto malformed;
-        } else if (weir_http_eq(line, nl, "Transfer-Encoding")) {
-            te = 1;
-            chunked = weir_http_last_chunked(v, vl);
-        }
-    }
-    c->hdrs[c->hdrs_len] = '\0';
-
+    c->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
     if (c->status == 101) {
         weir_http_fail(c, "malformed response: unexpected 101");
         return WEIR_ERROR;
     }
-    if (c->head_only || c->status == 204 || c->status == 304) {
-        c->mode = WEIR_HB_NONE;
-    } else if (te) {
-        c->mode = chunked ? WEIR_HB_CHUNKED : WEIR_HB_EOF;
-    } else if (cl != UINT64_MAX) {
-        if (cl > (uint64_t) (c->max_response - c->resp_bytes)) {
-            weir_http_fail(c, "response too large");
-            return WEIR_ERROR;
-        }
-        c->mode = cl == 0 ? WEIR_HB_NONE : WEIR_HB_LENGTH;
-        c->remaining = cl;
-        if (cl > 0 && (c->body = malloc((size_t) cl)) == NULL) {
-            weir_http_fail(c, "out of memory");
-            return WEIR_ERROR;
-        }
-        c->body_cap = (size_t) cl;
-    } else {
-        c->mode = WEIR_HB_EOF;
-    }
+    c->in_head = 1;
+    c->hdrs_len = 0;
+    c->cl = UINT64_MAX;
+    c->te = 0;
     return WEIR_OK;
 
 malformed:
-    weir_http_fail(c, "malformed response: %s", why);
+    weir_http_fail(c, "malformed response: bad status line");
     return WEIR_ERROR;
 }
 
-/* Where the head in C->head ends (past its empty line), or 0. */
-static size_t
+/* A header line (LL bytes at LINE, no line end) of the head being read. */
+static int
+weir_http_header_line(weir_http_call_t *c, const char *line, size_t ll)
+{
+    const char *v, *ve = line + ll;
+
+    for (size_t i = 0; i < ll; i++) {
+        unsigned char ch = (unsigned char) line[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) goto malformed;
+    }
+    if (c->status < 200) return WEIR_OK;        /* an interim head: checked, not kept */
+
+    if (line[0] == ' ' || line[0] == '\t') {
+        /* obs-fold: the line continues the previous value */
+        if (c->hdrs_len == 0) goto malformed;
+        for (v = line; v < ve && (*v == ' ' || *v == '\t'); v++) {}
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        c->hdrs_len -= 2;
+        if (ve > v && (weir_http_hdrs_put(c, " ", 1) != WEIR_OK
+                       || weir_http_hdrs_put(c, v, (size_t) (ve - v)) != WEIR_OK))
+            return WEIR_ERROR;
+        return weir_http_hdrs_put(c, "\r\n", 2);
+    }
+    const char *colon = memchr(line, ':', ll);
+    if (colon == NULL || colon == line) goto malformed;
+    for (const char *q = line; q < colon; q++)
+        if (!weir_http_tchar((unsigned char) *q)) goto malformed;
+    size_t nl = (size_t) (colon - line);
+    for (v = colon + 1; v < ve && (*v == ' ' || *v == '\t'); v++) {}
+    while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+    size_t vl = (size_t) (ve - v);
+
+    if (weir_http_hdrs_put(c, line, nl) != WEIR_OK || weir_http_hdrs_put(c, ": ", 2) != WEIR_OK
+        || weir_http_hdrs_put(c, v, vl) != WEIR_OK || weir_http_hdrs_put(c, "\r\n", 2) != WEIR_OK)
+        return WEIR_ERROR;
+    if (weir_http_eq(line, nl, "Content-Length") && weir_http_content_length(v, vl, &c->cl) != WEIR_OK) {
+        weir_http_fail(c, "malformed response: bad Content-Length");
+        return WEIR_ERROR;
+    }
+    if (weir_http_eq(line, nl, "Transfer-Encoding")) c->te = 1;
+    return WEIR_OK;
+
+malformed:
+    weir_http_fail(c, "malformed response: bad header line");
+    return WEIR_ERROR;
+}
+
+/* The empty line after a head. A final head decides the body's bound. */
+static int
 weir_http_head_end(weir_http_call_t *c)
 {
-    size_t i = c->scan;
-    for (; i < c->head_len; i++) {
-        if (c->head[i] != '\n') continue;
-        if (i + 1 < c->head_len && c->head[i + 1] == '\n') return i + 2;
-        if (i + 2 < c->head_len && c->head[i + 1] == '\r' && c->head[i + 2] == '\n') return i + 3;
-        if (i + 2 >= c->head_len) break;    /* maybe an empty line still arriving */
+    c->in_head = 0;
+    if (c->status < 200) return WEIR_OK;        /* an interim response: the final one follows */
+    c->head_done = 1;
+    if (c->head_only || c->status == 204 || c->status == 304 || c->te || c->cl == UINT64_MAX || c->cl == 0)
+        return WEIR_OK;
+    if (c->cl > (uint64_t) (c->max_response - c->resp_bytes)) {
+        weir_http_fail(c, "response too large");
+        return WEIR_ERROR;
     }
-    c->scan = i;
-    return 0;
-}
-
-/*
- * New bytes arrived in C->head. Parse every complete head (1xx ones are
- * dropped), then feed what follows the final head to the body decoder.
- * Returns WEIR_AGAIN, WEIR_DONE (the response is complete) or WEIR_ERROR
- * (C failed).
- */
-static int
-weir_http_head_step(weir_http_call_t *c)
-{
-    for (;;) {
-        size_t hl = weir_http_head_end(c);
-        if (hl == 0) {
-            if (c->head_len == c->head_cap) {
-                weir_http_fail(c, "%s", c->resp_bytes + c->head_len >= c->max_response
-                                            ? "response too large" : "response head too large");
-                return WEIR_ERROR;
-            }
-            return WEIR_AGAIN;
-        }
-        c->resp_bytes += hl;
-        if (c->resp_bytes > c->max_response) {
-            weir_http_fail(c, "response too large");
-            return WEIR_ERROR;
-        }
-        if (weir_http_parse_head(c, c->head, hl) != WEIR_OK) return WEIR_ERROR;
-        size_t rest = c->head_len - hl;
-        if (c->status < 200 && c->status != 101) {
-            /* an interim response: the final one follows; the 16 KiB bound covers them all */
-            memmove(c->head, c->head + hl, rest);
-            c->head_len = rest;
-            c->head_cap -= hl;
-            c->scan = 0;
-            continue;
-        }
-        c->in_body = 1;
-        if (c->mode == WEIR_HB_NONE) return WEIR_DONE;
-        if (rest == 0) return WEIR_AGAIN;
-        return weir_http_body_feed(c, c->head + hl, rest);
+    c->body = malloc((size_t) c->cl);
+    if (c->body == NULL) {
+        weir_http_fail(c, "out of memory");
+        return WEIR_ERROR;
     }
-}
-
-/* The server closed its side: the response ends here. Fails or finishes C. */
-static void
-weir_http_eof(weir_http_call_t *c)
-{
-    if (c->in_body && c->mode == WEIR_HB_EOF) {
-        weir_http_finish(c, 1);
-        return;
-    }
-    if (c->send_failed) {
-        weir_http_fail(c, "%s", c->ioerr);
-        return;
-    }
-    weir_http_fail(c, "connection closed before the response was complete");
-}
-
-/* Read all that is available and act on it. */
-static void
-weir_http_read(weir_http_call_t *c)
-{
-    for (;;) {
-        char *buf;
-        size_t room;
-        if (!c->in_body) {
-            buf = c->head + c->head_len;
-            room = c->head_cap - c->head_len;
-        } else {
-            buf = c->head;      /* the head was copied out: its buffer reads the body */
-            room = WEIR_HTTP_MAX_HEAD;
-        }
-        ssize_t n = weir_http_recv(c, buf, room);
-        if (n == WEIR_AGAIN) return;
-        if (n == 0) {
-            weir_http_eof(c);
-            return;
-        }
-        if (n < 0) {
-            weir_http_fail(c, "%s", c->ioerr);
-            return;
-        }
-        int r;
-        if (!c->in_body) {
-            c->head_len += (size_t) n;
-            r = weir_http_head_step(c);
-        } else {
-            r = weir_http_body_feed(c, buf, (size_t) n);
-        }
-        if (r == WEIR_DONE) {
-            weir_http_finish(c, 1);
-            return;
-        }
-        if (r == WEIR_ERROR) return;
-    }
-}
-
-/* Send what is left of the request. A failure is remembered, not fatal:
- * the server may have answered already (say, 413) and closed. */
-static void
-weir_http_flush(weir_http_call_t *c)
-{
-    while (c->out_off < c->out_len) {
-        ssize_t w = weir_http_send(c, c->out + c->out_off, c->out_len - c->out_off);
-        if (w == WEIR_ERROR) {
-            c->send_failed = 1;
-            c->out_off = c->out_len;
-            break;
-        }
-        if (w == 0) return;
-        c->out_off += (size_t) w;
-    }
-    free(c->out);
-    c->out = NULL;
-    c->out_off = c->out_len = 0;
-}
-
-/* The connection is up (and TLS done): write and read. */
-static void
-weir_http_io(weir_http_call_t *c)
-{
-    if (c->out_off < c->out_len) weir_http_flush(c);
-    weir_http_read(c);
-    if (!c->finished) weir_http_arm(c);
-}
-
-/* ---- connecting ---------------------------------------------------------------------- */
-
-static void
-weir_http_tls_step(weir_http_call_t *c)
-{
-    ERR_clear_error();
-    errno = 0;
-    int r = SSL_do_handshake(c->ssl);
-    if (r == 1) {
-        c->state = WEIR_HC_IO;
-        c->hs_want_write = 0;
-        weir_http_io(c);
-        return;
-    }
-    int e = SSL_get_error(c->ssl, r);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-        c->hs_want_write = e == SSL_ERROR_WANT_WRITE;
-        weir_http_arm(c);
-        return;
-    }
-    long vr = SSL_get_verify_result(c->ssl);
-    if (c->verify && vr != X509_V_OK) {
-        weir_http_fail(c, "TLS: certificate verify failed: %s", X509_verify_cert_error_string(vr));
-    } else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
-        char tmp[128];
-        weir_http_fail(c, "TLS: %s", errno == 0 ? "connection closed during the handshake"
-                                                 : weir_http_errno_msg("handshake", errno, tmp, sizeof(tmp)));
-    } else {
-        weir_http_fail(c, "TLS: %s", weir_http_ssl_reason());
-    }
-    ERR_clear_error();
-}
-
-static int
-weir_http_tls_start(weir_http_call_t *c)
-{
-    c->ssl = SSL_new(c->ctx);
-    if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1) return WEIR_ERROR;
-    if (!c->is_ip && SSL_set_tlsext_host_name(c->ssl, c->host) != 1) return WEIR_ERROR;
-    if (c->verify) {
-        if (c->is_ip) {
-            if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->host) != 1) return WEIR_ERROR;
-        } else {
-            SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-            if (SSL_set1_host(c->ssl, c->host) != 1) return WEIR_ERROR;
-        }
-    }
-    SSL_set_connect_state(c->ssl);
-    c->state = WEIR_HC_TLS;
+    c->body_cap = (size_t) c->cl;
     return WEIR_OK;
 }
 
-/* The non-blocking connect ended: go on, or try the next address. */
-static void
-weir_http_connected(weir_http_call_t *c)
+/*
+ * CURLOPT_HEADERFUNCTION: one line of a head (status line, header line or
+ * the empty line; interim heads included) or of the trailers, with its line
+ * end. Returning anything but N makes curl abort the transfer.
+ */
+static size_t
+weir_http_header_cb(char *p, size_t size, size_t n, void *ud)
 {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-    if (err != 0) {
-        c->conn_errno = err;
-        weir_http_close_socket(c);
-        weir_http_connect_next(c);
-        return;
-    }
-    if (c->tls) {
-        if (weir_http_tls_start(c) != WEIR_OK) {
-            weir_http_fail(c, "TLS: cannot set up the connection: %s", weir_http_ssl_reason());
-            ERR_clear_error();
-            return;
+    weir_http_call_t *c = ud;
+    WEIR_UNUSED(size);      /* always 1 */
+
+    if (c->error != NULL) return 0;
+    if (c->head_done) {
+        /* trailer fields are read and dropped */
+        c->trailer_bytes += n;
+        if (c->trailer_bytes > WEIR_HTTP_MAX_HEAD) {
+            weir_http_fail(c, "response head too large");
+            return 0;
         }
-        weir_http_tls_step(c);
-        return;
+        return n;
     }
-    c->state = WEIR_HC_IO;
-    weir_http_io(c);
+    c->resp_bytes += n;
+    c->head_bytes += n;
+    if (c->resp_bytes > c->max_response) {
+        weir_http_fail(c, "response too large");
+        return 0;
+    }
+    if (c->head_bytes > WEIR_HTTP_MAX_HEAD) {
+        weir_http_fail(c, "response head too large");
+        return 0;
+    }
+    size_t ll = n;
+    if (ll > 0 && p[ll - 1] == '\n') ll--;
+    if (ll > 0 && p[ll - 1] == '\r') ll--;
+
+    int r;
+    if (!c->in_head) r = weir_http_status_line(c, p, ll);
+    else if (ll == 0) r = weir_http_head_end(c);
+    else r = weir_http_header_line(c, p, ll);
+    return r == WEIR_OK ? n : 0;
 }
 
+/* CURLOPT_WRITEFUNCTION: body bytes (de-chunked), kept within max_response. */
+static size_t
+weir_http_write_cb(char *p, size_t size, size_t n, void *ud)
+{
+    weir_http_call_t *c = ud;
+    WEIR_UNUSED(size);      /* always 1 */
+
+    if (c->error != NULL) return 0;
+    if (n == 0) return 0;
+    size_t allowed = c->max_response - c->resp_bytes;
+    if (n > allowed) {
+        weir_http_fail(c, "response too large");
+        return 0;
+    }
+    if (c->body_len + n > c->body_cap) {
+        size_t limit = c->body_len + allowed;       /* the most the body may ever hold */
+        size_t cap = WEIR_MAX(c->body_cap * 2, (size_t) 16384);
+        cap = WEIR_MAX(cap, c->body_len + n);
+        cap = WEIR_MIN(cap, limit);
+        char *nb = realloc(c->body, cap);
+        if (nb == NULL) {
+            weir_http_fail(c, "out of memory");
+            return 0;
+        }
+        c->body = nb;
+        c->body_cap = cap;
+    }
+    memcpy(c->body + c->body_len, p, n);
+    c->body_len += n;
+    c->resp_bytes += n;
+    return n;
+}
+
+/* ---- ending a call ------------------------------------------------------------ */
+
 /*
- * On POLLERR libuv stops the handle and reports UV_EBADF: the socket's own
- * error (SO_ERROR, or what recv/send say, such as a reset after the last
- * response bytes) tells more, so the state's handler runs anyway; the
- * poll error is reported only when that handler did not end the call.
+ * The errno behind curl's message for C, or 0. CURLINFO_OS_ERRNO may be
+ * left over from an earlier step (a refused first address, a failed
+ * close_notify), so it counts only when the message names it; else the
+ * message is matched against the errors weir names itself.
  */
+static int
+weir_http_cerr_errno(weir_http_call_t *c)
+{
+    static const int known[] = { ECONNRESET, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH };
+    long e = 0;
+    char num[32];
+
+    curl_easy_getinfo(c->easy, CURLINFO_OS_ERRNO, &e);
+    if (e > 0) {
+        snprintf(num, sizeof(num), "errno %ld", e);
+        if (strstr(c->cerr, strerror((int) e)) != NULL || strstr(c->cerr, num) != NULL) return (int) e;
+    }
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strstr(c->cerr, strerror(known[i])) != NULL) return known[i];
+    return 0;
+}
+
+/* OpenSSL's reason in curl's message for C ("OpenSSL/3.0.x: error:0A00010B:SSL
+ * routines::wrong version number" → "wrong version number"), else the message. */
+static const char *
+weir_http_tls_reason(weir_http_call_t *c)
+{
+    const char *p = c->cerr;
+    if (strncmp(p, "OpenSSL/", 8) == 0 && strstr(p, ": ") != NULL) p = strstr(p, ": ") + 2;
+    if (strncmp(p, "error:", 6) == 0) {
+        const char *q = p;
+        for (int i = 0; i < 4 && q != NULL; i++) {
+            q = strchr(q, ':');
+            if (q != NULL) q++;
+        }
+        if (q != NULL && *q != '\0') p = q;
+    }
+    return p;
+}
+
+/* The message for a call curl ended with RC (C->error, when set, wins). */
+static const char *
+weir_http_error(weir_http_call_t *c, CURLcode rc)
+{
+    long oserr = 0, vr = 0;
+    int e;
+    char tmp[128];
+    const char *why;
+
+    if (c->error != NULL) return c->error;
+    if (c->cerr[0] == '\0') snprintf(c->cerr, sizeof(c->cerr), "%s", curl_easy_strerror(rc));
+    why = c->cerr;
+    switch (rc) {
+    case CURLE_OK:              /* the connection closed inside a head */
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        return "connection closed before the response was complete";
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_COULDNT_RESOLVE_HOST:
+        weir_http_fail(c, "DNS: %s", why);
+        break;
+    case CURLE_COULDNT_CONNECT:
+        curl_easy_getinfo(c->easy, CURLINFO_OS_ERRNO, &oserr);
+        if (oserr > 0) weir_http_fail(c, "%s", weir_http_errno_msg("connect", (int) oserr, tmp, sizeof(tmp)));
+        else weir_http_fail(c, "connect: %s", why);
+        break;
+    case CURLE_PEER_FAILED_VERIFICATION:
+        /* OpenSSL verified the chain (its result, when it failed); curl checks the
+         * name or IP itself, and reports that as "unspecified" */
+        curl_easy_getinfo(c->easy, CURLINFO_SSL_VERIFYRESULT, &vr);
+        if ((vr == X509_V_OK || vr == X509_V_ERR_UNSPECIFIED) && strstr(why, "name") != NULL)
+            vr = c->is_ip ? X509_V_ERR_IP_ADDRESS_MISMATCH : X509_V_ERR_HOSTNAME_MISMATCH;
+        if (vr == X509_V_OK || vr == X509_V_ERR_UNSPECIFIED)
+            weir_http_fail(c, "TLS: certificate verify failed: %s", why);
+        else
+            weir_http_fail(c, "TLS: certificate verify failed: %s", X509_verify_cert_error_string(vr));
+        break;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+        if (strstr(why, "chunked") != NULL) return "malformed response: bad chunk";
+        if ((e = weir_http_cerr_errno(c)) != 0)
+            weir_http_fail(c, "%s", weir_http_errno_msg(rc == CURLE_SEND_ERROR ? "send" : "recv", e, tmp, sizeof(tmp)));
+        else if (c->tls) weir_http_fail(c, "TLS: %s", weir_http_tls_reason(c));
+        else weir_http_fail(c, "%s: %s", rc == CURLE_SEND_ERROR ? "send" : "recv", why);
+        break;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL:    /* the URL's scheme was checked: this is the reply */
+        weir_http_fail(c, "malformed response: %s", why);
+        break;
+    case CURLE_FILESIZE_EXCEEDED:
+        return "response too large";
+    case CURLE_OUT_OF_MEMORY:
+        return "out of memory";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_SSL_ENGINE_INITFAILED:
+        if ((e = weir_http_cerr_errno(c)) != 0)
+            weir_http_fail(c, "TLS: %s", weir_http_errno_msg("handshake", e, tmp, sizeof(tmp)));
+        else
+            weir_http_fail(c, "TLS: %s", weir_http_tls_reason(c));
+        break;
+    default:
+        weir_http_fail(c, "%s", why);
+        break;
+    }
+    return c->error;
+}
+
+static void
+weir_http_unlink(weir_http_call_t *c)
+{
+    weir_http_loop_t *hl = c->hl;
+    if (c->prev) c->prev->next = c->next;
+    else hl->calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void
+weir_http_call_free(weir_http_call_t *c)
+{
+    if (c->easy != NULL) curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->out_headers);
+    free(c->host);
+    free(c->hdrs);
+    free(c->body);
+    free(c);
+}
+
+/* Curl ended C's transfer with RC: run the callback (unless C fails
+ * otherwise) and free C. Only from weir_http_collect. */
+static void
+weir_http_finish(weir_http_call_t *c, CURLcode rc)
+{
+    weir_http_res_t res;
+
+    weir_http_unlink(c);
+    curl_multi_remove_handle(c->hl->multi, c->easy);
+    memset(&res, 0, sizeof(res));
+    if (rc == CURLE_OK && c->error == NULL && c->head_done) {
+        res.status = c->status;
+        res.headers = c->hdrs ? c->hdrs : "";
+        res.headers_len = c->hdrs_len;
+        res.body = c->body ? c->body : "";
+        res.body_len = c->body_len;
+    } else {
+        res.error = weir_http_error(c, rc);
+        if (res.error == NULL) res.error = "unknown error";
+        if (weir_log_enabled(WEIR_LOG_DEBUG)) {
+            char h[300], e[300], ce[600];
+            weir_log(WEIR_LOG_DEBUG, "http call failed", "\"host\":\"%s\",\"port\":%u,\"error\":\"%s\",\"curl\":\"%s\"",
+                     weir_log_str(h, sizeof(h), c->host), (unsigned) c->port, weir_log_str(e, sizeof(e), res.error),
+                     weir_log_str(ce, sizeof(ce), c->cerr[0] ? c->cerr : curl_easy_strerror(rc)));
+        }
+    }
+    c->in_cb = 1;
+    c->cb(c, &res, c->data);
+    weir_http_call_free(c);
+}
+
+/* Run the callbacks of every transfer of HL that curl finished. */
+static void
+weir_http_collect(weir_http_loop_t *hl)
+{
+    CURLMsg *m;
+    int left;
+
+    while (!hl->dead && (m = curl_multi_info_read(hl->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE) continue;
+        weir_http_call_t *c = NULL;
+        CURLcode rc = m->data.result;       /* M is gone once the handle leaves the multi */
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **) &c);
+        if (c != NULL) weir_http_finish(c, rc);
+    }
+}
+
+void
+weir_http_cancel(weir_http_call_t *c)
+{
+    if (c == NULL || c->in_cb) return;
+    weir_http_unlink(c);
+    curl_multi_remove_handle(c->hl->multi, c->easy);
+    weir_http_call_free(c);
+}
+
+/* ---- the loop side: sockets and the timer ---------------------------------------- */
+
+/* One of HL's handles has closed; HL goes with its last one once cleaned up. */
+static void
+weir_http_loop_release(weir_http_loop_t *hl)
+{
+    if (--hl->nhandles == 0 && hl->dead) free(hl);
+}
+
+static void
+weir_http_sock_closed(uv_handle_t *h)
+{
+    weir_http_sock_t *s = h->data;
+    weir_http_loop_t *hl = s->hl;
+    free(s);
+    weir_http_loop_release(hl);
+}
+
+static void
+weir_http_timer_closed(uv_handle_t *h)
+{
+    weir_http_loop_release(h->data);
+}
+
+/* Close H, whose close callback CB frees it. A handle someone else closed
+ * already (uv_walk at a worker's exit, the loop then run to its end) gets
+ * CB now: libuv is done with it. Each handle comes here once. */
+static void
+weir_http_handle_close(uv_handle_t *h, uv_close_cb cb)
+{
+    if (uv_is_closing(h)) cb(h);
+    else uv_close(h, cb);
+}
+
+/* Stop watching S: the poll handle is closed before curl closes the fd, so a
+ * new socket given the same number is never confused with this one. */
+static void
+weir_http_sock_close(weir_http_sock_t *s)
+{
+    weir_http_loop_t *hl = s->hl;
+    if (s->prev) s->prev->next = s->next;
+    else hl->socks = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->closing = 1;
+    weir_http_handle_close((uv_handle_t *) &s->poll, weir_http_sock_closed);
+}
+
 static void
 weir_http_poll_cb(uv_poll_t *h, int status, int events)
 {
-    weir_http_call_t *c = h->data;
-    WEIR_UNUSED(events);
-    if (c->finished) return;
-    if (status < 0) c->events = 0;      /* libuv stopped the handle */
-    switch (c->state) {
-    case WEIR_HC_CONNECT: weir_http_connected(c); return;
-    case WEIR_HC_TLS:     weir_http_tls_step(c); break;
-    case WEIR_HC_IO:      weir_http_io(c); break;
-    default:              break;
-    }
-    if (status < 0 && !c->finished) weir_http_fail(c, "poll: %s", uv_strerror(status));
-}
+    weir_http_sock_t *s = h->data;
+    weir_http_loop_t *hl = s->hl;
+    int flags = 0, running;
 
-/* Start connecting to the next address; fail C when none is left. */
-static void
-weir_http_connect_next(weir_http_call_t *c)
-{
-    for (;;) {
-        const struct sockaddr *sa;
-        socklen_t salen;
-        if (c->lit_len > 0) {
-            sa = (const struct sockaddr *) &c->lit;
-            salen = c->lit_len;
-            c->lit_len = 0;
-        } else if (c->ai_next != NULL) {
-            sa = c->ai_next->ai_addr;
-            salen = c->ai_next->ai_addrlen;
-            c->ai_next = c->ai_next->ai_next;
-            if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) continue;
-        } else {
-            char tmp[128];
-            if (c->conn_errno == 0) weir_http_fail(c, "DNS: no address");
-            else weir_http_fail(c, "%s", weir_http_errno_msg("connect", c->conn_errno, tmp, sizeof(tmp)));
-            return;
-        }
-
-        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            c->conn_errno = errno;
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (connect(fd, sa, salen) < 0 && errno != EINPROGRESS) {
-            c->conn_errno = errno;
-            close(fd);
-            continue;
-        }
-        c->poll = malloc(sizeof(*c->poll));
-        if (c->poll == NULL) {
-            close(fd);
-            weir_http_fail(c, "out of memory");
-            return;
-        }
-        int r = uv_poll_init(c->loop, c->poll, fd);
-        if (r < 0) {
-            free(c->poll);
-            c->poll = NULL;
-            close(fd);
-            weir_http_fail(c, "poll: %s", uv_strerror(r));
-            return;
-        }
-        c->poll->data = c;
-        c->nhandles++;
-        c->fd = fd;
-        c->events = 0;
-        c->state = WEIR_HC_CONNECT;
-        weir_http_arm(c);
-        return;
-    }
-}
-
-static void
-weir_http_gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    weir_http_call_t *c = req->data;
-    c->gai_pending = 0;
-    if (c->finished) {
-        uv_freeaddrinfo(res);
-        weir_http_maybe_free(c);
-        return;
-    }
+    if (s->closing || hl->dead) return;
     if (status < 0) {
-        weir_http_fail(c, "DNS: %s", uv_strerror(status));
-        return;
+        /* libuv stopped the handle on POLLERR: curl finds the socket's error */
+        flags = CURL_CSELECT_ERR;
+        events = s->events;
     }
-    c->ai_list = c->ai_next = res;
-    weir_http_connect_next(c);
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(hl->multi, s->fd, flags, &running);
+    /* S is still allocated (freed from a close callback); curl may still want it */
+    if (status < 0 && !s->closing && !hl->dead) uv_poll_start(&s->poll, s->events, weir_http_poll_cb);
+    weir_http_collect(hl);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch FD for WHAT, or stop watching it. */
+static int
+weir_http_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    weir_http_loop_t *hl = userp;
+    weir_http_sock_t *s = socketp;
+    WEIR_UNUSED(easy);
+
+    if (what == CURL_POLL_REMOVE) {
+        if (s != NULL && !s->closing) weir_http_sock_close(s);
+        return 0;
+    }
+    if (hl->dead) return 0;
+    if (s == NULL) {
+        s = calloc(1, sizeof(*s));
+        if (s == NULL) {
+            weir_log(WEIR_LOG_ERROR, "http client: out of memory", NULL);
+            return -1;
+        }
+        int r = uv_poll_init_socket(hl->loop, &s->poll, fd);
+        if (r < 0) {
+            weir_log(WEIR_LOG_ERROR, "http client: cannot watch a socket", "\"error\":\"%s\"", uv_strerror(r));
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        s->hl = hl;
+        s->fd = fd;
+        s->next = hl->socks;
+        if (hl->socks) hl->socks->prev = s;
+        hl->socks = s;
+        hl->nhandles++;
+        curl_multi_assign(hl->multi, fd, s);
+    }
+    s->events = (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0);
+    int r = uv_poll_start(&s->poll, s->events, weir_http_poll_cb);
+    if (r < 0) weir_log(WEIR_LOG_ERROR, "http client: cannot watch a socket", "\"error\":\"%s\"", uv_strerror(r));
+    return 0;
+}
+
+static void
+weir_http_timeout_cb(uv_timer_t *t)
+{
+    weir_http_loop_t *hl = t->data;
+    int running;
+    if (hl->dead) return;
+    curl_multi_socket_action(hl->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    weir_http_collect(hl);
+}
+
+/* CURLMOPT_TIMERFUNCTION: wake curl in MS ms (-1: never). Never calls curl
+ * from here: a 0 fires from the loop. */
+static int
+weir_http_timer_cb(CURLM *multi, long ms, void *userp)
+{
+    weir_http_loop_t *hl = userp;
+    WEIR_UNUSED(multi);
+    if (hl->dead) return 0;
+    if (ms < 0) uv_timer_stop(&hl->timer);
+    else uv_timer_start(&hl->timer, weir_http_timeout_cb, (uint64_t) ms, 0);
+    return 0;
+}
+
+/* LOOP's client, made on first use. NULL with ERR when that fails. */
+static weir_http_loop_t *
+weir_http_loop_get(uv_loop_t *loop, char *err, size_t errlen)
+{
+    weir_http_loop_t *hl;
+
+    for (hl = weir_http_loops; hl != NULL; hl = hl->next)
+        if (hl->loop == loop) return hl;
+    if (!weir_http_curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            weir_http_err(err, errlen, "cannot initialise libcurl");
+            return NULL;
+        }
+        weir_http_curl_ready = 1;
+    }
+    hl = calloc(1, sizeof(*hl));
+    if (hl == NULL || (hl->multi = curl_multi_init()) == NULL) {
+        free(hl);
+        weir_http_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    curl_multi_setopt(hl->multi, CURLMOPT_SOCKETFUNCTION, weir_http_socket_cb);
+    curl_multi_setopt(hl->multi, CURLMOPT_SOCKETDATA, hl);
+    curl_multi_setopt(hl->multi, CURLMOPT_TIMERFUNCTION, weir_http_timer_cb);
+    curl_multi_setopt(hl->multi, CURLMOPT_TIMERDATA, hl);
+    curl_multi_setopt(hl->multi, CURLMOPT_MAXCONNECTS, (long) WEIR_HTTP_POOL);
+    hl->loop = loop;
+    uv_timer_init(loop, &hl->timer);
+    hl->timer.data = hl;
+    hl->nhandles = 1;
+    hl->next = weir_http_loops;
+    weir_http_loops = hl;
+    return hl;
+}
+
+void
+weir_http_client_cleanup(void)
+{
+    while (weir_http_loops != NULL) {
+        weir_http_loop_t *hl = weir_http_loops;
+        weir_http_loops = hl->next;
+        hl->dead = 1;
+        while (hl->calls != NULL) {
+            weir_http_call_t *c = hl->calls;
+            weir_http_unlink(c);
+            curl_multi_remove_handle(hl->multi, c->easy);
+            weir_http_call_free(c);
+        }
+        curl_multi_cleanup(hl->multi);      /* closes the pooled connections */
+        hl->multi = NULL;
+        while (hl->socks != NULL) weir_http_sock_close(hl->socks);
+        weir_http_handle_close((uv_handle_t *) &hl->timer, weir_http_timer_closed);   /* may free HL */
+    }
+    while (weir_http_cas != NULL) {
+        weir_http_ca_t *e = weir_http_cas;
+        weir_http_cas = e->next;
+        free(e->path);
+        free(e);
+    }
+    if (weir_http_curl_ready) curl_global_cleanup();
+    weir_http_curl_ready = 0;
 }
 
 /* ---- the entry point ------------------------------------------------------------------ */
+
+#define WEIR_HTTP_SET(opt, val) \
+    do { if (rc == CURLE_OK) rc = curl_easy_setopt(c->easy, opt, val); } while (0)
 
 weir_http_call_t *
 weir_http_request(uv_loop_t *loop, const weir_http_req_t *req, weir_http_cb cb, void *data, char *err,
                   size_t errlen)
 {
     weir_http_call_t *c = NULL;
+    weir_http_loop_t *hl;
     weir_http_url_t u;
     const char *method;
     unsigned char tmp[sizeof(struct in6_addr)];
+    CURLcode rc = CURLE_OK;
 
     if (err != NULL && errlen > 0) err[0] = '\0';
     if (loop == NULL || req == NULL || cb == NULL) {
@@ -1344,82 +1044,84 @@ weir_http_request(uv_loop_t *loop, const weir_http_req_t *req, weir_http_cb cb, 
         weir_http_err(err, errlen, "body_len without a body");
         goto failed;
     }
+    if (u.tls && req->verify && req->ca_file != NULL && weir_http_ca_check(req->ca_file, err, errlen) != WEIR_OK)
+        goto failed;
 
     c = calloc(1, sizeof(*c));
     if (c == NULL || (c->host = strndup(u.host, u.host_len)) == NULL) {
         weir_http_err(err, errlen, "out of memory");
         goto failed;
     }
-    c->loop = loop;
     c->cb = cb;
     c->data = data;
-    c->fd = -1;
-    c->tls = u.tls != 0;
-    c->verify = req->verify != 0;
     c->port = u.port;
+    c->tls = u.tls != 0;
+    c->is_ip = u.bracketed || inet_pton(AF_INET, c->host, tmp) == 1;
     c->head_only = strcmp(method, "HEAD") == 0;
     c->max_response = req->max_response ? req->max_response : WEIR_HTTP_DEFAULT_MAX;
-    c->head_cap = WEIR_MIN(c->max_response, (size_t) WEIR_HTTP_MAX_HEAD);
-
-    if (u.bracketed) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *) &c->lit;
-        if (inet_pton(AF_INET6, c->host, &a->sin6_addr) != 1) {
-            weir_http_err(err, errlen, "bad URL: malformed IPv6 address");
-            goto failed;
-        }
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons(u.port);
-        c->lit_len = sizeof(*a);
-        c->is_ip = 1;
-    } else if (inet_pton(AF_INET, c->host, tmp) == 1) {
-        struct sockaddr_in *a = (struct sockaddr_in *) &c->lit;
-        memcpy(&a->sin_addr, tmp, sizeof(a->sin_addr));
-        a->sin_family = AF_INET;
-        a->sin_port = htons(u.port);
-        c->lit_len = sizeof(*a);
-        c->is_ip = 1;
-    }
-
-    if (weir_http_build(c, req, &u, method, err, errlen) != WEIR_OK) goto failed;
-    if (c->tls && (c->ctx = weir_http_ctx_get(c->verify, req->ca_file, err, errlen)) == NULL) goto failed;
-    c->head = malloc(WEIR_HTTP_MAX_HEAD);
-    if (c->head == NULL) {
+    c->cl = UINT64_MAX;
+    if (weir_http_headers(c, req->headers, err, errlen) != WEIR_OK) goto failed;
+    if ((hl = weir_http_loop_get(loop, err, errlen)) == NULL) goto failed;
+    c->hl = hl;
+    if ((c->easy = curl_easy_init()) == NULL) {
         weir_http_err(err, errlen, "out of memory");
         goto failed;
     }
 
-    /* from here on every failure is delivered through the callback */
-    uv_update_time(loop);       /* the timeout counts from now, not from this iteration's start */
-    uv_timer_init(loop, &c->timer);
-    c->timer.data = c;
-    c->nhandles = 1;
-    uv_timer_start(&c->timer, weir_http_timer_cb, req->timeout_ms ? req->timeout_ms : WEIR_HTTP_DEFAULT_TIMEOUT, 0);
-    c->starting = 1;
-    if (c->is_ip) {
-        weir_http_connect_next(c);
-    } else {
-        struct addrinfo hints;
-        char port[8];
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_flags = AI_NUMERICSERV;
-        snprintf(port, sizeof(port), "%u", (unsigned) u.port);
-        c->gai.data = c;
-        int r = uv_getaddrinfo(loop, &c->gai, weir_http_gai_cb, c->host, port, &hints);
-        if (r < 0) weir_http_fail(c, "DNS: %s", uv_strerror(r));
-        else c->gai_pending = 1;
+    WEIR_HTTP_SET(CURLOPT_PRIVATE, c);
+    WEIR_HTTP_SET(CURLOPT_URL, req->url);
+    WEIR_HTTP_SET(CURLOPT_PATH_AS_IS, 1L);                  /* the path as given: no dot-segment removal */
+    WEIR_HTTP_SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    WEIR_HTTP_SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    WEIR_HTTP_SET(CURLOPT_FOLLOWLOCATION, 0L);
+    WEIR_HTTP_SET(CURLOPT_PROXY, "");                       /* never a proxy from the environment */
+    WEIR_HTTP_SET(CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
+    WEIR_HTTP_SET(CURLOPT_NOSIGNAL, 1L);
+    WEIR_HTTP_SET(CURLOPT_QUICK_EXIT, 1L);                  /* removing a handle never waits for its DNS thread */
+    uint64_t timeout = req->timeout_ms ? req->timeout_ms : WEIR_HTTP_DEFAULT_TIMEOUT;
+    WEIR_HTTP_SET(CURLOPT_TIMEOUT_MS, (long) WEIR_MIN(timeout, (uint64_t) LONG_MAX));
+    WEIR_HTTP_SET(CURLOPT_USERAGENT, "weir/" WEIR_VERSION);
+    WEIR_HTTP_SET(CURLOPT_HTTPHEADER, c->out_headers);
+    WEIR_HTTP_SET(CURLOPT_HEADERFUNCTION, weir_http_header_cb);
+    WEIR_HTTP_SET(CURLOPT_HEADERDATA, c);
+    WEIR_HTTP_SET(CURLOPT_WRITEFUNCTION, weir_http_write_cb);
+    WEIR_HTTP_SET(CURLOPT_WRITEDATA, c);
+    WEIR_HTTP_SET(CURLOPT_ERRORBUFFER, c->cerr);
+    if (c->tls) {
+        WEIR_HTTP_SET(CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
+        WEIR_HTTP_SET(CURLOPT_SSL_VERIFYPEER, req->verify ? 1L : 0L);
+        WEIR_HTTP_SET(CURLOPT_SSL_VERIFYHOST, req->verify ? 2L : 0L);
+        if (req->verify && req->ca_file != NULL) WEIR_HTTP_SET(CURLOPT_CAINFO, req->ca_file);
     }
-    c->starting = 0;
+    if (c->head_only) {
+        WEIR_HTTP_SET(CURLOPT_NOBODY, 1L);
+    } else {
+        int with_body = req->body != NULL || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0
+                        || strcmp(method, "PATCH") == 0;
+        if (with_body) {
+            /* sent with Content-Length, even 0 */
+            WEIR_HTTP_SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+            WEIR_HTTP_SET(CURLOPT_COPYPOSTFIELDS, req->body_len > 0 ? req->body : "");
+        }
+        if (strcmp(method, with_body ? "POST" : "GET") != 0) WEIR_HTTP_SET(CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (rc != CURLE_OK) {
+        weir_http_err(err, errlen, "%s", rc == CURLE_OUT_OF_MEMORY ? "out of memory" : curl_easy_strerror(rc));
+        goto failed;
+    }
+
+    /* curl starts the transfer from the timer it sets now, never from here */
+    CURLMcode mr = curl_multi_add_handle(hl->multi, c->easy);
+    if (mr != CURLM_OK) {
+        weir_http_err(err, errlen, "%s", curl_multi_strerror(mr));
+        goto failed;
+    }
+    c->next = hl->calls;
+    if (hl->calls) hl->calls->prev = c;
+    hl->calls = c;
     return c;
 
 failed:
-    if (c != NULL) {
-        if (c->ctx != NULL) SSL_CTX_free(c->ctx);
-        free(c->host);
-        free(c->out);
-        free(c->head);
-        free(c);
-    }
+    if (c != NULL) weir_http_call_free(c);
     return NULL;
 }

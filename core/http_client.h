@@ -1,9 +1,14 @@
 /*
  * http_client.h — a non-blocking HTTP/1.1 client on a worker's libuv loop,
  * for what policies fetch while a hook waits (OAuth2 token introspection,
- * JWKS). One request per connection (Connection: close), http:// and
- * https://, every stage (DNS, connect, TLS, request, response) driven by the
- * loop and bounded by one timeout and one response size limit.
+ * JWKS). libcurl's multi-socket interface does the protocol work; the loop
+ * drives it. Each loop has one keep-alive pool: a call reuses an idle
+ * connection an earlier call left to the same scheme, host and port with the
+ * same TLS settings, so introspection on every new token does not pay for a
+ * TCP and TLS handshake each time. At most WEIR_HTTP_POOL connections stay
+ * open per loop after their calls ended. http:// and https:// only, no proxy,
+ * no redirects followed; every stage (DNS, connect, TLS, request, response)
+ * is bounded by one timeout and one response size limit.
  *
  * Error messages (weir_http_res_t.error) are short and stable at their
  * start, so callers may match prefixes:
@@ -30,6 +35,7 @@
 #define WEIR_HTTP_MAX_HEAD        16384        /* bytes of a response head (and of its trailers) */
 #define WEIR_HTTP_DEFAULT_TIMEOUT 10000        /* ms, when timeout_ms is 0 */
 #define WEIR_HTTP_DEFAULT_MAX     (1 << 20)    /* bytes, when max_response is 0 */
+#define WEIR_HTTP_POOL            16           /* connections a loop keeps open for reuse */
 
 typedef struct weir_http_call_s weir_http_call_t;
 
@@ -39,7 +45,8 @@ typedef struct {
                                 * no user info; a #fragment is dropped */
     const char *headers;       /* extra header lines, each "Name: value\r\n", or NULL; Host and
                                 * User-Agent here replace weir's; Content-Length,
-                                * Transfer-Encoding and Connection are refused */
+                                * Transfer-Encoding and Connection are refused; an
+                                * empty value is sent empty */
     const char *body;          /* may be NULL (then body_len must be 0); copied */
     size_t      body_len;
     uint64_t    timeout_ms;    /* whole call: DNS+connect+TLS+request+response; 0 = 10000 */
@@ -73,28 +80,37 @@ typedef void (*weir_http_cb)(weir_http_call_t *call, const weir_http_res_t *res,
  * strings it points to are copied or used before this returns: the caller
  * may free them at once.
  *
- * The callback may start new calls and cancel other calls. Creating the TLS
- * context for a (verify, ca_file) pair the first time reads the CA file (or
- * the system store's default file): that is the only blocking step, once per
- * pair per process.
+ * The callback may start new calls and cancel other calls. Checking a CA
+ * file the first time (it must hold at least one certificate) reads it:
+ * a blocking step, once per file per process. libcurl reads the CA file
+ * (or the system store) again for a new TLS connection unless the CA store
+ * it built last came from the same file less than a day ago. A pooled
+ * connection is reused only for calls with the same verify and ca_file.
  */
 weir_http_call_t *weir_http_request(uv_loop_t *loop, const weir_http_req_t *req, weir_http_cb cb,
                                     void *data, char *err, size_t errlen);
 
 /*
- * Abandon CALL: its callback will not run; the socket is closed at once and
- * the memory released once libuv has closed the call's handles (a loop
- * iteration; a DNS lookup already running in the thread pool is waited for).
- * Safe at any stage before the callback ran; ignored when CALL is NULL or
- * from inside CALL's own callback. Never pass a call whose callback has
- * returned: it is gone.
+ * Abandon CALL: its callback will not run and its memory is released at
+ * once. A connection in the middle of the call's exchange is closed (a
+ * socket's poll handle is freed from its close callback, a loop iteration
+ * later); a DNS lookup already running in libcurl's resolver thread is left
+ * to finish on its own. Safe at any stage before the callback ran; ignored
+ * when CALL is NULL or from inside CALL's own callback. Never pass a call
+ * whose callback has returned: it is gone.
  */
 void weir_http_cancel(weir_http_call_t *call);
 
 /*
- * Release process-wide state (the cached SSL_CTXs) at worker exit. Calls
- * still running keep their own reference to their context, so this is safe
- * at any time; a later call makes a new context.
+ * Release everything, at a worker's exit: every loop's calls still running
+ * are cancelled (their callbacks never run; do not cancel them afterwards),
+ * the pooled connections closed, the libcurl multi handles and libcurl's
+ * global state released. Not from inside a callback. The libuv handles (a
+ * timer per loop, a poll handle per socket) are closed with uv_close and
+ * freed from their close callbacks, so run each loop once more before
+ * uv_loop_close; handles that someone else closed already (uv_walk, with
+ * the loop then run to its end, as a worker's exit does) are freed at
+ * once. A later call starts afresh.
  */
 void weir_http_client_cleanup(void);
 

@@ -1,12 +1,14 @@
 -- core/http_client.c, the non-blocking HTTP/1.1 client policies call
--- through weir.http.request.
+-- through weir.http.request (libcurl's multi-socket interface on a libuv
+-- loop, with a keep-alive pool per loop).
 --
 -- The spec compiles spec/support/http_client_driver.c with the client twice
 -- (plain, and with AddressSanitizer + UBSan, whose reports fail the spec,
 -- leaks included), starts spec/support/http_test_server.py (plain HTTP on
--- 127.0.0.1 and [::1], HTTPS with certificates generated here), and runs
--- every case with both builds. The driver runs its calls concurrently on one
--- loop and prints one JSON line per result (see its header comment).
+-- 127.0.0.1 and [::1], HTTPS with certificates generated here; it keeps
+-- connections alive and numbers them, so reuse shows), and runs every case
+-- with both builds. The driver runs its calls concurrently on one loop and
+-- prints one JSON line per result (see its header comment).
 -- Timing is asserted only loosely: what matters is the error and the order.
 local helpers = require "helpers"
 local mime    = require "mime"
@@ -59,7 +61,7 @@ local function header(list, name)
 end
 
 local function compile(out, extra)
-    local cmd = fmt("cc %s %s -I%s -o %s %s $(pkg-config --cflags --libs libuv openssl)", CFLAGS, extra,
+    local cmd = fmt("cc %s %s -I%s -o %s %s $(pkg-config --cflags --libs libuv openssl libcurl)", CFLAGS, extra,
                     q(ROOT .. "/core"), q(out), concat((function()
                         local t = {}
                         for i, s in ipairs(SOURCES) do t[i] = q(s) end
@@ -166,7 +168,7 @@ describe("http client", function()
 
             -- Requests --------------------------------------------------------------------
 
-            it("GET: sends Host, User-Agent, Connection: close and the caller's headers", function()
+            it("GET: sends Host, User-Agent and the caller's headers, nothing else of its own", function()
                 local e = echo(call({ "-H", "X-Test: yes", "-H", "X-Empty:", http("/echo?x=1&y=%20") }))
                 assert.equal("GET", e.method)
                 assert.equal("/echo?x=1&y=%20", e.target)
@@ -174,10 +176,15 @@ describe("http client", function()
                 local h = e.headers
                 assert.equal("127.0.0.1:" .. srv.http, header(h, "Host"))
                 assert.equal("weir/0.1.0", header(h, "User-Agent"))
-                assert.equal("close", header(h, "Connection"))
                 assert.equal("yes", header(h, "X-Test"))
                 assert.equal("", header(h, "X-Empty"))
                 assert.is_nil(header(h, "Content-Length"))
+                -- connections are kept alive: HTTP/1.1's default, nothing to say
+                assert.is_nil(header(h, "Connection"))
+                -- libcurl's own additions are switched off
+                assert.is_nil(header(h, "Accept"))
+                assert.is_nil(header(h, "Expect"))
+                assert.equal(4, #h)      -- Host, User-Agent, X-Test, X-Empty
             end)
 
             it("the response's header lines come back as \"Name: value\\r\\n\"", function()
@@ -207,6 +214,7 @@ describe("http client", function()
                     local e = echo(r.by[name])
                     assert.equal(name:upper(), e.method)
                     assert.equal("0", header(e.headers, "Content-Length"))
+                    assert.is_nil(header(e.headers, "Content-Type"))
                     assert.equal(0, e.body_len)
                 end
             end)
@@ -214,6 +222,8 @@ describe("http client", function()
             it("a 512 KiB request body arrives whole", function()
                 local n = 512 * 1024
                 local e = echo(call({ "-X", "POST", "-Z", tostring(n), http("/echo") }))
+                assert.is_nil(header(e.headers, "Expect"))
+                assert.is_nil(header(e.headers, "Content-Type"))
                 assert.equal(n, e.body_len)
                 assert.equal(helpers.sha256(pattern(n)), e.body_sha256)
             end)
@@ -490,6 +500,112 @@ describe("http client", function()
                 local res = call({ "-t", "3000", fmt("https://127.0.0.1:%d/echo", srv.http) })
                 assert.equal(0, res.status)
                 assert.matches("^TLS: ", res.error)
+            end)
+
+            -- The keep-alive pool ------------------------------------------------------------------
+
+            -- Args for N calls to URL(i), each started from the previous one's callback,
+            -- named NAME.1 ... NAME.N; EXTRA (a list) goes before every URL.
+            local function chain(name, n, url, extra)
+                local args = {}
+                for i = 1, n do
+                    args[#args + 1] = "-n"
+                    args[#args + 1] = name .. "." .. i
+                    if i > 1 then
+                        args[#args + 1] = "-a"
+                        args[#args + 1] = name .. "." .. (i - 1)
+                    end
+                    for _, x in ipairs(extra or {}) do args[#args + 1] = x end
+                    args[#args + 1] = url(i)
+                end
+                return args
+            end
+
+            -- The echo records of NAME.1 ... NAME.N, after checking each came back in order.
+            local function echoes(r, name, n)
+                local list = {}
+                for i = 1, n do
+                    local e = echo(r.by[name .. "." .. i])
+                    assert.equal(i, r.by[name .. "." .. i].order)
+                    assert.matches("n=" .. i .. "$", e.target)
+                    list[i] = e
+                end
+                return list
+            end
+
+            it("sequential calls to one host reuse one connection", function()
+                local n = 6
+                local r = drive(chain("seq", n, function(i) return http("/echo?n=" .. i) end))
+                local list = echoes(r, "seq", n)
+                -- connections the server accepted while the calls ran: the first call's one
+                local opened = list[n].accepted - list[1].accepted + 1
+                assert.equal(1, opened)
+                assert.is_true(opened < n)
+                for i = 1, n do
+                    assert.equal(list[1].conn, list[i].conn)
+                    assert.equal(i, list[i].conn_request)
+                end
+            end)
+
+            it("sequential https calls reuse one verified connection (one TLS handshake)", function()
+                local n = 5
+                local r = drive(chain("tls", n, function(i) return https("/echo?n=" .. i, "localhost") end,
+                                      { "-v", "-C", good.cert }))
+                local list = echoes(r, "tls", n)
+                assert.equal(1, list[n].accepted - list[1].accepted + 1)
+                for i = 1, n do
+                    assert.equal(list[1].conn, list[i].conn)
+                    assert.equal(i, list[i].conn_request)
+                    assert.equal("localhost", list[i].sni)
+                end
+            end)
+
+            it("a connection made without verification is never reused for a verified call", function()
+                -- the second listener's certificate names only.localhost: verify=1 must refuse it
+                local r = drive({
+                    "-n", "unverified", https("/echo?n=1", "localhost", 2),
+                    "-n", "verified", "-a", "unverified", "-v", "-C", other.cert, https("/echo?n=2", "localhost", 2),
+                    "-n", "again", "-a", "verified", https("/echo?n=3", "localhost", 2),
+                })
+                local first = echo(r.by.unverified)
+                assert.matches("^TLS: certificate verify failed: [Hh]ostname mismatch", r.by.verified.error)
+                -- the unverified connection stayed in the pool for unverified calls
+                local again = echo(r.by.again)
+                assert.equal(first.conn, again.conn)
+                assert.equal(2, again.conn_request)
+            end)
+
+            it("a connection left in the middle of a response is closed, never reused", function()
+                -- the second call times out while the server sleeps on the pooled connection:
+                -- reusing it would hand the third call the second one's late answer
+                local r = drive({
+                    "-n", "first", http("/echo?n=1"),
+                    "-n", "slow", "-a", "first", "-t", "300", http("/echo?n=2&delay=1500"),
+                    "-n", "third", "-a", "slow", http("/echo?n=3"),
+                })
+                local first = echo(r.by.first)
+                assert.equal("timeout", r.by.slow.error)
+                local third = echo(r.by.third)
+                assert.equal("/echo?n=3", third.target)
+                assert.are_not.equal(first.conn, third.conn)
+                assert.equal(1, third.conn_request)
+            end)
+
+            it("a connection the server closed, saying so or not, is replaced", function()
+                local r = drive({
+                    "-n", "said", http("/echo?n=1&close=1"),
+                    "-n", "after_said", "-a", "said", http("/echo?n=2"),
+                    "-n", "quiet", "-a", "after_said", http("/echo?n=3&hangup=1"),
+                    "-n", "after_quiet", "-a", "quiet", http("/echo?n=4"),
+                    "-n", "reused", "-a", "after_quiet", http("/echo?n=5"),
+                })
+                local said, after_said = echo(r.by.said), echo(r.by.after_said)
+                local quiet, after_quiet = echo(r.by.quiet), echo(r.by.after_quiet)
+                assert.equal("close", header(ok(r.by.said).hlist, "Connection"))
+                assert.are_not.equal(said.conn, after_said.conn)
+                assert.equal(after_said.conn, quiet.conn)
+                assert.are_not.equal(quiet.conn, after_quiet.conn)
+                assert.equal(after_quiet.conn, echo(r.by.reused).conn)
             end)
 
             -- The loop ------------------------------------------------------------------------------

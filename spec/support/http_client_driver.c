@@ -6,7 +6,7 @@
  * Build (the spec does it):
  *   cc -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Icore \
  *      spec/support/http_client_driver.c core/http_client.c core/log.c \
- *      $(pkg-config --cflags --libs libuv openssl)
+ *      $(pkg-config --cflags --libs libuv openssl libcurl)
  *
  * Usage: http_client_driver [CALL OPTIONS] URL [[CALL OPTIONS] URL ...]
  * Options apply to the next URL, which ends a call's description:
@@ -354,7 +354,9 @@ main(int argc, char **argv)
         if (drv_calls[i].after == NULL) drv_start(&drv_calls[i]);
     uv_run(drv_loop, UV_RUN_DEFAULT);
 
+    /* the client's handles (its timer, its sockets' poll handles) close from the loop */
     weir_http_client_cleanup();
+    uv_run(drv_loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(drv_loop);
     printf("{\"summary\":true,\"callbacks\":%d,\"cancelled\":%d,\"start_errors\":%d,\"violations\":%d,"
            "\"loop_close\":%d}\n",

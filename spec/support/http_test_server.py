@@ -10,17 +10,26 @@ has IPv6 loopback, and prints, once listening, one line on stdout:
 
     {"http": PORT, "http6": PORT or null, "https": [PORT, ...], "pid": PID}
 
-Every connection serves one request (Connection: close). Paths, with query
-parameters (every path also takes delay=MS, a pause before answering):
+Connections are kept alive (HTTP/1.1) unless a response says otherwise:
+every listener counts the TCP connections it accepted and numbers them, so
+a client's connection reuse can be seen. Paths, with query parameters
+(every path also takes delay=MS, a pause before answering; close=1, answer
+with Connection: close and close; hangup=1, close after answering without
+saying so, as a server whose idle timeout struck would):
 
   /echo                     200, JSON: method, target, path, http_version,
                             headers ([[name, value], ...] in order), body_len,
                             body_sha256, body (latin-1, when <= 65536 bytes),
-                            sni (the TLS server name the client sent, or null)
+                            sni (the TLS server name the client sent, or null),
+                            conn (this connection's number on its listener,
+                            from 1), conn_request (this request's number on
+                            its connection, from 1), accepted (connections
+                            the listener accepted so far)
   /bytes?size=N&mode=M      N bytes, byte i being i % 251; M is length
                             (Content-Length, the default), chunked (chunks of
                             chunk=C bytes, default 1000, then a trailer) or
-                            close (no length: the body ends at the close);
+                            close (no length: the body ends at the close,
+                            Connection: close);
                             X-Body-Sha256 carries the body's hash;
                             body_delay=MS pauses after the head;
                             pad=N adds a header X-Pad of N bytes
@@ -55,6 +64,17 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256
     tls_ctx = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.accepted = 0
+
+    def count(self):
+        """A connection was accepted: its number on this listener."""
+        with self.lock:
+            self.accepted += 1
+            return self.accepted
+
     def handle_error(self, request, client_address):
         pass  # clients that hang up or fail the handshake are part of the tests
 
@@ -69,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self):
+        self.conn = self.server.count()
+        self.conn_requests = 0
         if self.server.tls_ctx is not None:
             # the handshake runs here, in the connection's thread, not in accept()
             self.request = self.server.tls_ctx.wrap_socket(self.request, server_side=True)
@@ -86,9 +108,11 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.close()
 
     def do_any(self):
-        self.close_connection = True
+        self.conn_requests += 1
         u = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(u.query, keep_blank_values=True).items()}
+        self.say_close = q.get("close") == "1"
+        self.hangup = q.get("hangup") == "1"
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n > 0 else b""
         if int(q.get("delay", 0)):
@@ -99,6 +123,14 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(404, b"not found\n")
         else:
             route(u, q, body)
+        if self.say_close or self.hangup:
+            self.close_connection = True
+
+    def end_head(self):
+        """Ends the head, with Connection: close when the connection ends after it."""
+        if self.say_close:
+            self.send_header("Connection", "close")
+        self.end_headers()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_any
 
@@ -108,8 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         if not (100 <= code < 200 or code in (204, 304)):
             self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
+        self.end_head()
         if self.command != "HEAD" and not (100 <= code < 200 or code in (204, 304)):
             self.wfile.write(body)
 
@@ -123,6 +154,9 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "sni": getattr(self.connection, "weir_sni", None),
+            "conn": self.conn,
+            "conn_request": self.conn_requests,
+            "accepted": self.server.accepted,
         }
         if len(body) <= 65536:
             rec["body"] = body.decode("latin-1")
@@ -142,8 +176,9 @@ class Handler(BaseHTTPRequestHandler):
         elif mode == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
             self.send_header("Trailer", "X-Trailer")
-        self.send_header("Connection", "close")
-        self.end_headers()
+        else:
+            self.say_close = True
+        self.end_head()
         self.wfile.flush()
         if int(q.get("body_delay", 0)):
             time.sleep(int(q["body_delay"]) / 1000)
@@ -166,6 +201,7 @@ class Handler(BaseHTTPRequestHandler):
         b64 = q.get("b64", "")
         self.wfile.write(base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)))
         self.wfile.flush()
+        self.close_connection = True
         self.rst = q.get("rst") == "1"
 
 
