@@ -229,6 +229,15 @@ local function validate(ctx, conf, tok)
         if not key then return nil, unauthorized(ks) end
         if not jose.key_allows(key, alg) then return nil, unauthorized("Token algorithm is not accepted") end
         local ok = jose.verify(key, alg, jws.signing_input, jws.signature)
+        if not ok and jws.kid == nil and ks ~= conf._hkey then
+            -- no kid: any key of the set that allows the algorithm may have signed it
+            for _, k in ipairs(ks.keys) do
+                if k ~= key and jose.key_allows(k, alg) and jose.verify(k, alg, jws.signing_input, jws.signature) then
+                    ok = true
+                    break
+                end
+            end
+        end
         if not ok then return nil, unauthorized("Token signature is not valid") end
         local claims = jws.payload
         local sok, why, problem, status = oauth.check_static(claims, conf)
