@@ -1336,9 +1336,13 @@ weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
     weir_session_t *s = l->s;
     size_t n;
     const uint8_t *p = weir_proxy_payload(s, l->is_backend ? 1 : 0, &n);
+    if (!l->is_backend && s->needle != NULL && l->msg_op == WEIR_WS_TEXT && n > 0 && n <= WEIR_SNIFF_MAX
+        && memmem(p, n, s->needle, strlen(s->needle)) != NULL) {
+        /* the interceptor first: what it takes, frame hooks never see */
+        int rc = weir_lua_intercept(s, n, v);
+        if (rc == WEIR_AGAIN || v->kind != WEIR_V_PASS || !l->assemble) return rc;
+    }
     if (l->assemble) return weir_lua_frame(s, l->is_backend ? 1 : 0, l->msg_op, n, v);
-    if (s->needle != NULL && n > 0 && memmem(p, n, s->needle, strlen(s->needle)) != NULL)
-        return weir_lua_intercept(s, n, v);
     memset(v, 0, sizeof(*v));
     v->kind = WEIR_V_PASS;
     return WEIR_OK;

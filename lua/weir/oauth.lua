@@ -107,7 +107,7 @@ function _M.parse_revocations(text, file)
         n = n + 1
         line = match(line, "^%s*(.-)%s*$")
         if line ~= "" and byte(line, 1) ~= 35 then
-            local kind, value = match(line, "^(%a+):(.+)$")
+            local kind, value = match(line, "^(%w+):(.+)$")
             if not kind or not REVOKE_KINDS[kind] then
                 errs[#errs + 1] = format("%s:%d: expected jti:ID, sha256:HEX, application:NAME or subscriber:NAME",
                                          file, n)

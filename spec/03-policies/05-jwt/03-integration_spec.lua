@@ -103,6 +103,8 @@ describe("jwt through weir", function()
                 helpers.policy_api("Short", "/short", be, { { "jwt", short } }),
                 helpers.policy_api("Scoped", "/scoped", be, { { "jwt", scoped } }),
                 helpers.policy_api("HeaderOnly", "/hdr", be, { { "jwt", hdronly } }),
+                helpers.policy_api("WithFrameHook", "/framed", be,
+                                   { { "jwt", base }, { "message-schema", { types = { "chat" } } } }),
             },
         }
         gw = helpers.start_weir(conf_tbl)
@@ -278,6 +280,18 @@ describe("jwt through weir", function()
             assert.equal("still", helpers.ask(ws, "still"))
             local rec = record(id)
             assert.is_nil(cjson.encode(rec.events):find(fresh, 1, true), "the backend saw the new token")
+            ws:close()
+        end)
+
+        it("takes in-band refreshes before a chain's frame hooks see them", function()
+            local id = tag()
+            local ws = open("/framed/" .. id, { headers = bearer(mint(good())) })
+            local fresh = mint(good({ exp_in = 600 }))
+            local ans = cjson.decode((helpers.ask(ws, cjson.encode({ type = "auth", token = fresh }))))
+            assert.equal("ok", ans.status)
+            local chat = '{"type":"chat","text":"auth"}'     -- holds "auth": looked at, then passed on
+            assert.equal(chat, helpers.ask(ws, chat))
+            assert.is_nil(cjson.encode(record(id).events):find(fresh, 1, true), "the backend saw the new token")
             ws:close()
         end)
 
