@@ -32,237 +32,21 @@
 #include "lua_bridge.h"
 #include "log.h"
 #include "proxy.h"
+#include "session_int.h"
 #include "tls.h"
 #include "worker.h"
 
-static void weir_leg_poll_cb(uv_poll_t *h, int status, int events);
-static void weir_leg_gone(weir_leg_t *l, const char *why);
-static void weir_leg_flush(weir_leg_t *l);
 static void weir_relay_read(weir_leg_t *l);
 static void weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len);
-static void weir_bad_gateway(weir_session_t *s, const char *why);
 static void weir_client_read_request(weir_session_t *s);
 static void weir_handshake_proceed(weir_session_t *s);
 static void weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v);
-static void weir_leg_flush_inject(weir_leg_t *l);
 static int  weir_relay_message(weir_leg_t *l);
 static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 
-static inline weir_leg_t *
-weir_other(weir_leg_t *l)
-{
-    return l->is_backend ? &l->s->client : &l->s->backend;
-}
-
-static inline uint64_t
-weir_now(weir_session_t *s)
-{
-    return uv_now(s->w->loop);
-}
-
-static inline const weir_limits_t *
-weir_limits(weir_session_t *s)
-{
-    return &s->w->conf->limits;
-}
-
-/* ---- poll and socket I/O ------------------------------------------------ */
-
-/* What the leg waits for now: UV_READABLE and/or UV_WRITABLE. */
-static int
-weir_leg_want(const weir_leg_t *l)
-{
-    const weir_session_t *s = l->s;
-    int ev = 0;
-
-    if (l->ssl_hs) return l->ssl_want_write ? UV_WRITABLE : UV_READABLE;
-    int reading;
-    if (l->lingering || l->discard) reading = 1;
-    else if (l->is_backend) reading = s->state >= WEIR_S_BACKEND && !l->paused;
-    else reading = (s->state == WEIR_S_REQUEST || s->state >= WEIR_S_OPEN) && !l->paused;
-    if (reading || l->ssl_want_read) ev |= UV_READABLE;
-    if (l->out_len > 0 || l->ssl_want_write || (l->is_backend && s->state == WEIR_S_CONNECT))
-        ev |= UV_WRITABLE;
-    return ev;
-}
-
-/*
- * Arm the poll handle for what the leg needs now. Interest in reading is
- * dropped lazily: it stays armed until an event comes that nobody wants
- * (see weir_leg_poll_cb), since pauses are short and most end before the
- * peer sends anything; each change is an epoll_ctl. Interest in writing is
- * exact: a socket is nearly always writable.
- */
-static void
-weir_leg_update(weir_leg_t *l)
-{
-    if (!l->opened || l->done) return;
-    int ev = weir_leg_want(l) | (l->events & UV_READABLE);
-    if (ev == l->events) return;
-    l->events = ev;
-    if (ev == 0) uv_poll_stop(&l->poll);
-    else uv_poll_start(&l->poll, ev, weir_leg_poll_cb);
-}
-
-static void
-weir_leg_open(weir_leg_t *l, int fd)
-{
-    l->fd = fd;
-    l->done = 0;
-    l->freed = 0;
-    l->opened = 1;
-    l->events = 0;
-    l->last_rx = weir_now(l->s);
-    uv_poll_init(l->s->w->loop, &l->poll, fd);
-    l->poll.data = l;
-}
-
-/* Receive into BUF: >0 bytes, 0 end of stream, WEIR_AGAIN, WEIR_ERROR. */
-static ssize_t
-weir_leg_recv(weir_leg_t *l, uint8_t *buf, size_t n)
-{
-    if (l->ssl != NULL) {
-        ERR_clear_error();
-        int r = SSL_read(l->ssl, buf, (int) n);
-        if (r > 0) return r;
-        switch (SSL_get_error(l->ssl, r)) {
-        case SSL_ERROR_WANT_READ:   return WEIR_AGAIN;
-        case SSL_ERROR_WANT_WRITE:  l->ssl_want_write = 1; weir_leg_update(l); return WEIR_AGAIN;
-        case SSL_ERROR_ZERO_RETURN: return 0;
-        default:                    return WEIR_ERROR;
-        }
-    }
-    for (;;) {
-        ssize_t r = recv(l->fd, buf, n, 0);
-        if (r >= 0) return r;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return WEIR_AGAIN;
-        return WEIR_ERROR;
-    }
-}
-
-/* Send from BUF: bytes written (maybe 0), or WEIR_ERROR. */
-static ssize_t
-weir_leg_send(weir_leg_t *l, const uint8_t *buf, size_t n)
-{
-    if (l->ssl != NULL) {
-        ERR_clear_error();
-        int r = SSL_write(l->ssl, buf, (int) WEIR_MIN(n, (size_t) 1 << 30));
-        if (r > 0) return r;
-        switch (SSL_get_error(l->ssl, r)) {
-        case SSL_ERROR_WANT_WRITE: return 0;
-        case SSL_ERROR_WANT_READ:  l->ssl_want_read = 1; return 0;
-        default:                   return WEIR_ERROR;
-        }
-    }
-    for (;;) {
-        ssize_t r = send(l->fd, buf, n, MSG_NOSIGNAL);
-        if (r >= 0) return r;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-        return WEIR_ERROR;
-    }
-}
-
-/* Append to the output queue without trying to write. */
-static void
-weir_leg_queue(weir_leg_t *l, const uint8_t *buf, size_t n)
-{
-    if (n == 0) return;
-    if (l->out_off + l->out_len + n > l->out_cap) {
-        if (l->out_len + n <= l->out_cap) {
-            memmove(l->out, l->out + l->out_off, l->out_len);
-        } else {
-            size_t cap = WEIR_MAX(l->out_cap * 2, l->out_len + n);
-            cap = WEIR_MAX(cap, (size_t) 16384);
-            uint8_t *nb = malloc(cap);
-            if (nb == NULL) abort();   /* bounded by buffer_size: out of memory is fatal */
-            if (l->out_len) memcpy(nb, l->out + l->out_off, l->out_len);
-            free(l->out);
-            l->out = nb;
-            l->out_cap = cap;
-        }
-        l->out_off = 0;
-    }
-    memcpy(l->out + l->out_off + l->out_len, buf, n);
-    l->out_len += n;
-}
-
-/*
- * Write BUF to L, queueing what the socket does not take. Returns WEIR_OK,
- * or WEIR_ERROR when the leg failed (it has then been handled as gone: the
- * caller must re-check its state).
- */
-static int
-weir_leg_write(weir_leg_t *l, const uint8_t *buf, size_t n)
-{
-    if (l->done) return WEIR_ERROR;
-    if (l->unsent) {                    /* a batch is open: weir_relay_process writes it */
-        weir_leg_queue(l, buf, n);
-        return WEIR_OK;
-    }
-    if (l->out_len == 0 && !l->ssl_hs && !(l->is_backend && l->s->state == WEIR_S_CONNECT)) {
-        ssize_t w = weir_leg_send(l, buf, n);
-        if (w == WEIR_ERROR) {
-            weir_leg_gone(l, "write failed");
-            return WEIR_ERROR;
-        }
-        buf += w;
-        n -= (size_t) w;
-        if (n == 0) return WEIR_OK;
-    }
-    weir_leg_queue(l, buf, n);
-    weir_leg_update(l);
-    return WEIR_OK;
-}
-
-static void
-weir_ready_add(weir_leg_t *l)
-{
-    weir_worker_t *w = l->s->w;
-    if (l->in_ready || l->done) return;
-    l->in_ready = 1;
-    l->ready_next = w->ready;
-    w->ready = l;
-    if (!uv_is_active((uv_handle_t *) &w->idle)) uv_idle_start(&w->idle, weir_worker_idle_cb);
-}
-
-static void
-weir_leg_pause(weir_leg_t *l, unsigned why)
-{
-    l->paused |= why;
-    weir_leg_update(l);
-}
-
-static void
-weir_leg_resume(weir_leg_t *l, unsigned why)
-{
-    if (!(l->paused & why)) return;
-    l->paused &= ~why;
-    weir_leg_update(l);
-    if (l->paused == 0 && l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
-}
-
-/* weir's keep-alive ping payload: "weir-" and 16 hex digits */
-#define WEIR_PING_TOKEN_LEN 21
-
-static void
-weir_ping_token(const weir_leg_t *l, char *out)
-{
-    snprintf(out, WEIR_PING_TOKEN_LEN + 1, "weir-%016llx", (unsigned long long) l->ping_token);
-}
-
-static int
-weir_ping_matches(const weir_leg_t *l, const uint8_t *payload)
-{
-    char token[WEIR_PING_TOKEN_LEN + 1];
-    weir_ping_token(l, token);
-    return memcmp(payload, token, WEIR_PING_TOKEN_LEN) == 0;
-}
-
 /* ---- closing -------------------------------------------------------------- */
 
-static void
+void
 weir_session_free(weir_session_t *s)
 {
     weir_worker_t *w = s->w;
@@ -303,188 +87,6 @@ weir_session_free(weir_session_t *s)
     weir_conf_release(w, s->conf);
     free(s);
     if (w->draining && w->nsessions == 0) uv_stop(w->loop);
-}
-
-static void
-weir_leg_closed_cb(uv_handle_t *h)
-{
-    weir_leg_t *l = h->data;
-    weir_session_t *s = l->s;
-    l->freed = 1;
-    if (s->client.freed && s->backend.freed) weir_session_free(s);
-}
-
-/* Close L's socket now. Safe to call twice. The session may be freed on a
- * later loop iteration, never during this call. */
-static void
-weir_leg_close_fd(weir_leg_t *l)
-{
-    if (l->done) return;
-    l->done = 1;
-    if (l->ssl) {
-        SSL_free(l->ssl);
-        l->ssl = NULL;
-    }
-    free(l->out);
-    l->out = NULL;
-    l->out_len = l->out_off = l->out_cap = 0;
-    if (l->opened) {
-        uv_close((uv_handle_t *) &l->poll, weir_leg_closed_cb);     /* stops polling too */
-    } else {
-        l->freed = 1;
-    }
-    if (l->fd >= 0) close(l->fd);
-    l->fd = -1;
-}
-
-/* Stop writing (FIN after what is queued) and read until the peer's EOF, so
- * the last frames are not destroyed by a reset. */
-static void
-weir_leg_shutdown(weir_leg_t *l)
-{
-    if (l->done || l->lingering) return;
-    l->lingering = 1;
-    if (l->ssl) {
-        ERR_clear_error();
-        (void) SSL_shutdown(l->ssl);
-    }
-    shutdown(l->fd, SHUT_WR);
-    l->deadline = weir_now(l->s) + weir_limits(l->s)->close_timeout_ms;
-    weir_leg_update(l);
-}
-
-/* Close L once its output queue has drained. */
-static void
-weir_leg_finish(weir_leg_t *l)
-{
-    if (l->done) return;
-    l->finish = 1;
-    if (l->out_len == 0) weir_leg_shutdown(l);
-}
-
-static void
-weir_note_close(weir_session_t *s, unsigned code, char side)
-{
-    if (s->close_side) return;
-    s->close_code = (uint16_t) code;
-    s->close_side = side;
-}
-
-/* Frame P[0..N) as one message into OUT (header, payload masked towards a
- * backend). OUT has room for WEIR_WS_MAX_HDR + N bytes. Returns its length. */
-static size_t
-weir_frame_message(weir_leg_t *dst, uint8_t *out, int opcode, const uint8_t *p, size_t n)
-{
-    uint8_t mask[4];
-    size_t hl;
-    if (dst->is_backend) {
-        weir_ws_random(mask, 4);
-        hl = weir_ws_build_hdr(out, 1, opcode, n, mask);
-        memcpy(out + hl, p, n);
-        weir_ws_mask(out + hl, n, mask, 0);
-    } else {
-        hl = weir_ws_build_hdr(out, 1, opcode, n, NULL);
-        memcpy(out + hl, p, n);
-    }
-    return hl + n;
-}
-
-/* Send a control frame (masked towards the backend). */
-static int
-weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, size_t n)
-{
-    uint8_t frame[WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL];
-    if (n > WEIR_WS_MAX_CONTROL) n = WEIR_WS_MAX_CONTROL;
-    return weir_leg_write(l, frame, weir_frame_message(l, frame, opcode, payload, n));
-}
-
-/*
- * weir closes leg L: an error JSON text frame first when JSON is given
- * (client leg only), then a close frame with CODE (0: empty) and REASON.
- * L then only waits for its peer's close. When L's output stream is in the
- * middle of a frame relayed from the other side, no close frame can be
- * framed: the socket is closed instead.
- */
-static void
-weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char *json, size_t jl)
-{
-    if (l->done || l->close_sent) return;
-    weir_session_t *s = l->s;
-    if (weir_other(l)->emitted_mid) {
-        weir_leg_close_fd(l);
-        return;
-    }
-    /* the error JSON is a message of its own: it cannot start inside an open
-     * fragmented message towards the client (RFC 6455 5.4), then only the close goes */
-    weir_leg_t *o = weir_other(l);
-    if (json != NULL && !l->is_backend && !o->msg_out_open && !o->emitted_mid) {
-        uint8_t hdr[WEIR_WS_MAX_HDR];
-        size_t hl = weir_ws_build_hdr(hdr, 1, WEIR_WS_TEXT, jl, NULL);
-        weir_leg_flush_inject(l);
-        if (weir_leg_write(l, hdr, hl) != WEIR_OK) return;
-        if (weir_leg_write(l, (const uint8_t *) json, jl) != WEIR_OK) return;
-    }
-    uint8_t payload[WEIR_WS_MAX_CONTROL];
-    size_t n = 0;
-    if (code != 0) {
-        payload[0] = (uint8_t) (code >> 8);
-        payload[1] = (uint8_t) code;
-        size_t rl = reason ? WEIR_MIN(strlen(reason), (size_t) WEIR_WS_MAX_CONTROL - 2) : 0;
-        if (rl > 0) memcpy(payload + 2, reason, rl);
-        n = 2 + rl;
-    }
-    weir_note_close(s, code, 'w');
-    l->close_sent = 1;
-    l->discard = 1;
-    l->deadline = weir_now(s) + weir_limits(s)->close_timeout_ms;
-    if (weir_leg_send_control(l, WEIR_WS_CLOSE, payload, n) != WEIR_OK) return;
-    if (l->close_rcvd) weir_leg_finish(l);
-    weir_leg_update(l);
-}
-
-/* As weir_leg_close_with, the error JSON built from PROBLEM and REASON. */
-static void
-weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char *problem)
-{
-    char json[512];
-    size_t jl = 0;
-    if (problem != NULL) jl = weir_error_json(json, sizeof(json), problem, (int) code, reason);
-    weir_leg_close_with(l, code, reason, problem ? json : NULL, jl);
-}
-
-/*
- * Leg L ended without a completed close handshake (EOF, error, timeout) or
- * ended cleanly: close it, and settle the other leg: answer a close it is
- * waiting for, or close it (1001 to a backend whose client is gone; the
- * bad-gateway JSON and 1014 to a client whose backend is gone).
- */
-static void
-weir_leg_gone(weir_leg_t *l, const char *why)
-{
-    if (l->done) return;
-    weir_session_t *s = l->s;
-    int clean = l->close_sent && l->close_rcvd;
-    weir_leg_close_fd(l);
-
-    weir_leg_t *o = weir_other(l);
-    if (!clean) {
-        weir_log(WEIR_LOG_DEBUG, "peer gone", "\"conn\":%llu,\"side\":\"%s\",\"why\":\"%s\"",
-                 (unsigned long long) s->id, l->is_backend ? "backend" : "client", why);
-        if (s->state >= WEIR_S_OPEN) weir_note_close(s, 1006, l->is_backend ? 'b' : 'c');
-    }
-    if (o->done) return;
-    if (s->state < WEIR_S_OPEN) {
-        if (l->is_backend) weir_bad_gateway(s, why);
-        else weir_leg_close_fd(o);
-        return;
-    }
-    if (o->close_sent) return;                  /* already closing: let it finish */
-    if (o->close_rcvd) {                        /* it waits for an answer l will never give */
-        weir_leg_send_close(o, o->rcvd_code, NULL, NULL);
-        return;
-    }
-    if (l->is_backend) weir_leg_send_close(o, 1014, "backend connection lost", "/problems/bad-gateway");
-    else weir_leg_send_close(o, 1001, "client gone", NULL);
 }
 
 /* ---- HTTP answers and the handshakes --------------------------------------- */
@@ -542,12 +144,7 @@ weir_handshake_done(weir_session_t *s)
     s->hs_len = s->hs_cap = s->bhs_len = s->bhs_cap = 0;
 }
 
-/*
- * The backend cannot be used: close it, complete the client's upgrade so a
- * browser can read the reason, and close the client with the bad-gateway
- * JSON and 1014.
- */
-static void
+void
 weir_bad_gateway(weir_session_t *s, const char *why)
 {
     char u[256];
@@ -1413,20 +1010,6 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
 }
 
 static void
-weir_linger_read(weir_leg_t *l)
-{
-    uint8_t *buf = l->s->w->rbuf;
-    for (int i = 0; i < 4; i++) {
-        ssize_t n = weir_leg_recv(l, buf, WEIR_RBUF_SIZE);
-        if (n == WEIR_AGAIN) return;
-        if (n <= 0) {
-            weir_leg_close_fd(l);
-            return;
-        }
-    }
-}
-
-static void
 weir_relay_read(weir_leg_t *l)
 {
     weir_session_t *s = l->s;
@@ -1471,33 +1054,6 @@ weir_relay_read(weir_leg_t *l)
     if (l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
 }
 
-/* Write what is queued for L; resume the other side when L drained. */
-static void
-weir_leg_flush(weir_leg_t *l)
-{
-    while (l->out_len > 0 && !l->done) {
-        ssize_t w = weir_leg_send(l, l->out + l->out_off, l->out_len);
-        if (w == WEIR_ERROR) {
-            weir_leg_gone(l, "write failed");
-            return;
-        }
-        if (w == 0) break;
-        l->out_off += (size_t) w;
-        l->out_len -= (size_t) w;
-    }
-    if (l->done) return;
-    if (l->out_len == 0 && l->out != NULL) {
-        free(l->out);
-        l->out = NULL;
-        l->out_off = l->out_cap = 0;
-    }
-    weir_leg_t *o = weir_other(l);
-    if ((o->paused & WEIR_PAUSE_PEER_FULL) && l->out_len <= weir_limits(l->s)->buffer_size / 2)
-        weir_leg_resume(o, WEIR_PAUSE_PEER_FULL);
-    if (l->finish && l->out_len == 0) weir_leg_shutdown(l);
-    weir_leg_update(l);
-}
-
 static void
 weir_leg_on_readable(weir_leg_t *l)
 {
@@ -1540,7 +1096,7 @@ weir_leg_on_writable(weir_leg_t *l)
     weir_leg_flush(l);
 }
 
-static void
+void
 weir_leg_poll_cb(uv_poll_t *h, int status, int events)
 {
     weir_leg_t *l = h->data;
@@ -1719,47 +1275,6 @@ weir_proxy_abort_all(weir_worker_t *w)
 }
 
 /* ---- whole messages: frame hooks, policies' own messages ---------------------- */
-
-/* DST's outgoing stream is between messages (a message of weir's may go). */
-static int
-weir_leg_between(weir_leg_t *dst)
-{
-    weir_leg_t *src = weir_other(dst);
-    return dst->s->state >= WEIR_S_OPEN && !src->emitted_mid && !src->msg_out_open && dst->inject_len == 0;
-}
-
-/*
- * Send one whole message to DST: at once when its stream is between
- * messages, else kept in DST's inject queue until it is.
- */
-static void
-weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
-{
-    if (dst->done || dst->close_sent) return;
-    if (weir_leg_between(dst) && n + WEIR_WS_MAX_HDR <= WEIR_RBUF_SIZE) {
-        size_t fl = weir_frame_message(dst, dst->s->w->sbuf, opcode, p, n);
-        if (dst->s->w->in_relay) dst->unsent = 1;
-        weir_leg_write(dst, dst->s->w->sbuf, fl);
-        return;
-    }
-    uint8_t *nb = realloc(dst->inject, dst->inject_len + WEIR_WS_MAX_HDR + n);
-    if (nb == NULL) abort();
-    dst->inject = nb;
-    dst->inject_len += weir_frame_message(dst, nb + dst->inject_len, opcode, p, n);
-    
-}
-
-static void
-weir_leg_flush_inject(weir_leg_t *l)
-{
-    if (l->inject_len == 0 || l->done || l->s->state < WEIR_S_OPEN) return;
-    uint8_t *b = l->inject;
-    size_t n = l->inject_len;
-    l->inject = NULL;
-    l->inject_len = 0;
-    weir_leg_write(l, b, n);
-    free(b);
-}
 
 /* Apply a frame hook's verdict on L's assembled message. */
 static void
