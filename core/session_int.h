@@ -135,6 +135,26 @@ void weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const
  * closed when the client did). */
 void weir_leg_gone(weir_leg_t *l, const char *why);
 
+/* ---- relay.c --------------------------------------------------------------- */
+
+/* Relay BUF[0..LEN) read from L (validated and re-masked in place) as one
+ * batch: messages weir writes itself meanwhile (frame hooks' verdicts,
+ * replies, policies' sends) are queued, and each leg is written once at
+ * the end, so a read of sixteen small messages still costs one send().
+ * May close either leg. */
+void weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len);
+
+/* Read from L and relay it to the other leg, pausing L when the other
+ * leg's queue nears buffer_size. May close either leg. */
+void weir_relay_read(weir_leg_t *l);
+
+/* Log the failure of a policy (a WEIR_V_FAIL verdict V) on S. */
+void weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v);
+
+/* Apply a frame hook's verdict V on L's assembled message: pass or replace
+ * it to the other leg, reply to L, or close the client. May close both legs. */
+void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
+
 /* ---- proxy.c --------------------------------------------------------------- */
 
 /* Free S, both legs' handles being closed: the access line, on_close, the
