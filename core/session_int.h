@@ -155,16 +155,47 @@ void weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v);
  * it to the other leg, reply to L, or close the client. May close both legs. */
 void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 
-/* ---- proxy.c --------------------------------------------------------------- */
+/* ---- handshake.c ----------------------------------------------------------- */
 
-/* Free S, both legs' handles being closed: the access line, on_close, the
- * buffers and its configuration's reference. */
-void weir_session_free(weir_session_t *s);
+/* Answer S's request with HTTP STATUS and the error JSON of TYPE and MSG
+ * (EXTRA: more header lines, or NULL), then close the client leg once it
+ * is out. S is then WEIR_S_CLOSED. */
+void weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra);
 
 /* The backend cannot be used: close it, complete the client's upgrade so a
  * browser can read the reason, and close the client with the bad-gateway
  * JSON and 1014. Logs "backend unavailable" with WHY. */
 void weir_bad_gateway(weir_session_t *s, const char *why);
+
+/* Apply on_handshake's verdict V: refuse the request (the policy's error
+ * JSON, 500 when it failed) or go on to the backend (the sandbox endpoint
+ * for a sandbox key). */
+void weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v);
+
+/* Read the client's request head (up to max_header_size). Once complete it
+ * is routed and checked, then answered, or handed to on_handshake and the
+ * backend. */
+void weir_client_read_request(weir_session_t *s);
+
+/* Read the backend's response head. A valid 101 sends the client's 101 and
+ * opens the relay (relaying frames that came with the heads); anything
+ * else is a bad gateway. */
+void weir_backend_read_response(weir_session_t *s);
+
+/* Advance L's TLS handshake. Done: the client's request is read next, or
+ * weir's request goes to the backend. Failed: the client leg is closed, a
+ * backend is a bad gateway. */
+void weir_tls_step(weir_leg_t *l);
+
+/* The backend's connect completed (or failed: a bad gateway): start TLS,
+ * or send weir's request. */
+void weir_backend_connected(weir_session_t *s);
+
+/* ---- proxy.c --------------------------------------------------------------- */
+
+/* Free S, both legs' handles being closed: the access line, on_close, the
+ * buffers and its configuration's reference. */
+void weir_session_free(weir_session_t *s);
 
 /* The poll callback of every leg: dispatches by the session's state. */
 void weir_leg_poll_cb(uv_poll_t *h, int status, int events);
