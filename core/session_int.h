@@ -191,7 +191,7 @@ void weir_tls_step(weir_leg_t *l);
  * or send weir's request. */
 void weir_backend_connected(weir_session_t *s);
 
-/* ---- proxy.c --------------------------------------------------------------- */
+/* ---- session.c ------------------------------------------------------------- */
 
 /* Free S, both legs' handles being closed: the access line, on_close, the
  * buffers and its configuration's reference. */

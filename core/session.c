@@ -1,6 +1,8 @@
 /*
- * proxy.c — sessions: the client and backend handshakes, the frame relay,
- * backpressure, the close handshake on both legs, keep-alive and timeouts.
+ * session.c — a session's life: accept, the poll events of its legs
+ * dispatched by its state, the tick (handshake, close and idle timeouts,
+ * keep-alive pings), shutdown, reload and the free; and what a policy may
+ * do to a connection (the weir_proxy_* calls of the Lua bridge).
  *
  * Life of a session: accept → (TLS) → read the request head → route →
  * connect the backend → (TLS) → send weir's request → read the backend's
@@ -9,15 +11,8 @@
  * access line logged). Nothing is freed while a libuv handle may still call
  * back: a leg is "done" when its socket is closed and "freed" when its
  * handle's close callback has run; the session goes when both are freed.
- *
- * The relay is cut-through: a frame's header is validated and forwarded
- * as soon as it is read, its payload streamed as it arrives. Client frames
- * are unmasked (to validate text), then re-masked in place with a fresh key
- * for the backend; the frame keeps its length, so what was read is written
- * as one contiguous range, minus frames weir consumes (its own pongs).
  */
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -26,17 +21,69 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
-
 #include "http.h"
-#include "lua_bridge.h"
 #include "log.h"
-#include "proxy.h"
+#include "lua_bridge.h"
 #include "session_int.h"
-#include "tls.h"
 #include "worker.h"
 
-/* ---- closing -------------------------------------------------------------- */
+/* ---- a session's life --------------------------------------------------- */
+
+void
+weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *sa)
+{
+    weir_session_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return;
+    }
+    s->w = w;
+    s->conf = w->conf;
+    w->conf->refs++;
+    s->id = ((uint64_t) w->id << 40) | ++w->next_id;
+    s->started = uv_now(w->loop);
+    s->client.s = s;
+    s->backend.s = s;
+    s->backend.is_backend = 1;
+    s->backend.fd = -1;
+    s->backend.done = 1;
+    s->backend.freed = 1;
+    s->listen_tls = w->listen_tls[li] != NULL;
+
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, s->peer_ip, sizeof(s->peer_ip));
+        snprintf(s->peer, sizeof(s->peer), "[%s]:%u", s->peer_ip, ntohs(a->sin6_port));
+        s->peer_port = ntohs(a->sin6_port);
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *) sa;
+        inet_ntop(AF_INET, &a->sin_addr, s->peer_ip, sizeof(s->peer_ip));
+        snprintf(s->peer, sizeof(s->peer), "%s:%u", s->peer_ip, ntohs(a->sin_port));
+        s->peer_port = ntohs(a->sin_port);
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+    s->next = w->sessions;
+    if (w->sessions) w->sessions->prev = s;
+    w->sessions = s;
+    w->nsessions++;
+
+    weir_leg_open(&s->client, fd);
+    if (s->listen_tls) {
+        s->client.ssl = SSL_new(w->listen_tls[li]);
+        if (s->client.ssl == NULL || SSL_set_fd(s->client.ssl, fd) != 1) {
+            weir_leg_close_fd(&s->client);
+            return;
+        }
+        SSL_set_accept_state(s->client.ssl);
+        s->client.ssl_hs = 1;
+        s->state = WEIR_S_TLS;
+    } else {
+        s->state = WEIR_S_REQUEST;
+    }
+    weir_leg_update(&s->client);
+}
 
 void
 weir_session_free(weir_session_t *s)
@@ -81,7 +128,7 @@ weir_session_free(weir_session_t *s)
     if (w->draining && w->nsessions == 0) uv_stop(w->loop);
 }
 
-/* ---- the relay -------------------------------------------------------------- */
+/* ---- events ------------------------------------------------------------- */
 
 static void
 weir_leg_on_readable(weir_leg_t *l)
@@ -147,63 +194,21 @@ weir_leg_poll_cb(uv_poll_t *h, int status, int events)
     if (!l->done && (events & UV_READABLE)) weir_leg_on_readable(l);
 }
 
-/* ---- the worker's entry points ------------------------------------------- */
-
 void
-weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *sa)
+weir_proxy_run_ready(weir_worker_t *w)
 {
-    weir_session_t *s = calloc(1, sizeof(*s));
-    if (s == NULL) {
-        close(fd);
-        return;
+    weir_leg_t *l = w->ready;
+    w->ready = NULL;
+    while (l != NULL) {
+        weir_leg_t *next = l->ready_next;
+        l->in_ready = 0;
+        l->ready_next = NULL;
+        if (!l->done) weir_leg_on_readable(l);
+        l = next;
     }
-    s->w = w;
-    s->conf = w->conf;
-    w->conf->refs++;
-    s->id = ((uint64_t) w->id << 40) | ++w->next_id;
-    s->started = uv_now(w->loop);
-    s->client.s = s;
-    s->backend.s = s;
-    s->backend.is_backend = 1;
-    s->backend.fd = -1;
-    s->backend.done = 1;
-    s->backend.freed = 1;
-    s->listen_tls = w->listen_tls[li] != NULL;
-
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, s->peer_ip, sizeof(s->peer_ip));
-        snprintf(s->peer, sizeof(s->peer), "[%s]:%u", s->peer_ip, ntohs(a->sin6_port));
-        s->peer_port = ntohs(a->sin6_port);
-    } else {
-        const struct sockaddr_in *a = (const struct sockaddr_in *) sa;
-        inet_ntop(AF_INET, &a->sin_addr, s->peer_ip, sizeof(s->peer_ip));
-        snprintf(s->peer, sizeof(s->peer), "%s:%u", s->peer_ip, ntohs(a->sin_port));
-        s->peer_port = ntohs(a->sin_port);
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-
-    s->next = w->sessions;
-    if (w->sessions) w->sessions->prev = s;
-    w->sessions = s;
-    w->nsessions++;
-
-    weir_leg_open(&s->client, fd);
-    if (s->listen_tls) {
-        s->client.ssl = SSL_new(w->listen_tls[li]);
-        if (s->client.ssl == NULL || SSL_set_fd(s->client.ssl, fd) != 1) {
-            weir_leg_close_fd(&s->client);
-            return;
-        }
-        SSL_set_accept_state(s->client.ssl);
-        s->client.ssl_hs = 1;
-        s->state = WEIR_S_TLS;
-    } else {
-        s->state = WEIR_S_REQUEST;
-    }
-    weir_leg_update(&s->client);
 }
+
+/* ---- ticks -------------------------------------------------------------- */
 
 static void
 weir_tick_leg(weir_leg_t *l, uint64_t now)
@@ -266,6 +271,8 @@ weir_proxy_tick(weir_worker_t *w)
     }
 }
 
+/* ---- shutdown and reload ------------------------------------------------ */
+
 void
 weir_proxy_shutdown(weir_worker_t *w)
 {
@@ -281,20 +288,6 @@ weir_proxy_shutdown(weir_worker_t *w)
 }
 
 void
-weir_proxy_run_ready(weir_worker_t *w)
-{
-    weir_leg_t *l = w->ready;
-    w->ready = NULL;
-    while (l != NULL) {
-        weir_leg_t *next = l->ready_next;
-        l->in_ready = 0;
-        l->ready_next = NULL;
-        if (!l->done) weir_leg_on_readable(l);
-        l = next;
-    }
-}
-
-void
 weir_proxy_abort_all(weir_worker_t *w)
 {
     for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
@@ -303,7 +296,45 @@ weir_proxy_abort_all(weir_worker_t *w)
     }
 }
 
-/* ---- whole messages: frame hooks, policies' own messages ---------------------- */
+static weir_version_t *
+weir_find_version(weir_conf_t *conf, const char *api, const char *version)
+{
+    for (size_t a = 0; a < conf->napis; a++) {
+        if (strcmp(conf->apis[a].name, api) != 0) continue;
+        for (size_t v = 0; v < conf->apis[a].nversions; v++)
+            if (strcmp(conf->apis[a].versions[v].version, version) == 0) return &conf->apis[a].versions[v];
+    }
+    return NULL;
+}
+
+void
+weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf)
+{
+    for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
+        if (s->route.version == NULL || s->state == WEIR_S_CLOSED) continue;
+        weir_version_t *v = weir_find_version(conf, s->route.api->name, s->route.version->version);
+        if (v == NULL) {
+            if (s->state < WEIR_S_OPEN) {
+                weir_leg_close_fd(&s->backend);
+                weir_session_http(s, 503, "/problems/api-removed", "The API was removed", NULL);
+            } else {
+                weir_note_close(s, 1012, 'w');
+                weir_leg_send_close(&s->client, 1012, "API removed", "/problems/api-removed");
+                weir_leg_send_close(&s->backend, 1001, "API removed", NULL);
+            }
+            continue;
+        }
+        if (s->has_ctx) {
+            /* its ctx follows the new chain (the runtime switched it); the core
+             * follows the chain's frame hooks from the next message on */
+            s->hooks = v->hooks;
+            s->client.assemble_next = (v->hooks & WEIR_HOOK_FRAME_IN) != 0;
+            s->backend.assemble_next = (v->hooks & WEIR_HOOK_FRAME_OUT) != 0;
+        }
+    }
+}
+
+/* ---- what policies may do ----------------------------------------------- */
 
 void
 weir_proxy_resolved(weir_session_t *s, int hook, const weir_verdict_t *v)
@@ -376,44 +407,4 @@ weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *pr
     weir_note_close(s, (unsigned) code, 'w');
     weir_leg_close_with(&s->client, (unsigned) code, reason, problem ? json : NULL, jl);
     weir_leg_send_close(&s->backend, 1001, "client closed by policy", NULL);
-}
-
-/* ---- reload ----------------------------------------------------------------------- */
-
-static weir_version_t *
-weir_find_version(weir_conf_t *conf, const char *api, const char *version)
-{
-    for (size_t a = 0; a < conf->napis; a++) {
-        if (strcmp(conf->apis[a].name, api) != 0) continue;
-        for (size_t v = 0; v < conf->apis[a].nversions; v++)
-            if (strcmp(conf->apis[a].versions[v].version, version) == 0) return &conf->apis[a].versions[v];
-    }
-    return NULL;
-}
-
-void
-weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf)
-{
-    for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
-        if (s->route.version == NULL || s->state == WEIR_S_CLOSED) continue;
-        weir_version_t *v = weir_find_version(conf, s->route.api->name, s->route.version->version);
-        if (v == NULL) {
-            if (s->state < WEIR_S_OPEN) {
-                weir_leg_close_fd(&s->backend);
-                weir_session_http(s, 503, "/problems/api-removed", "The API was removed", NULL);
-            } else {
-                weir_note_close(s, 1012, 'w');
-                weir_leg_send_close(&s->client, 1012, "API removed", "/problems/api-removed");
-                weir_leg_send_close(&s->backend, 1001, "API removed", NULL);
-            }
-            continue;
-        }
-        if (s->has_ctx) {
-            /* its ctx follows the new chain (the runtime switched it); the core
-             * follows the chain's frame hooks from the next message on */
-            s->hooks = v->hooks;
-            s->client.assemble_next = (v->hooks & WEIR_HOOK_FRAME_IN) != 0;
-            s->backend.assemble_next = (v->hooks & WEIR_HOOK_FRAME_OUT) != 0;
-        }
-    }
 }
