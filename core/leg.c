@@ -18,7 +18,6 @@
 #include "http.h"
 #include "log.h"
 #include "session_int.h"
-#include "worker.h"
 
 static void weir_leg_shutdown(weir_leg_t *l);
 
@@ -190,6 +189,24 @@ weir_leg_flush(weir_leg_t *l)
     weir_leg_update(l);
 }
 
+/* The worker's idle handle, while the ready list is not empty: read its
+ * legs (those made ready meanwhile wait for the next turn of the loop). */
+static void
+weir_leg_ready_cb(uv_idle_t *h)
+{
+    weir_worker_t *w = h->data;
+    weir_leg_t *l = w->ready;
+    w->ready = NULL;
+    while (l != NULL) {
+        weir_leg_t *next = l->ready_next;
+        l->in_ready = 0;
+        l->ready_next = NULL;
+        if (!l->done) weir_leg_on_readable(l);
+        l = next;
+    }
+    if (w->ready == NULL) uv_idle_stop(h);
+}
+
 void
 weir_ready_add(weir_leg_t *l)
 {
@@ -198,7 +215,7 @@ weir_ready_add(weir_leg_t *l)
     l->in_ready = 1;
     l->ready_next = w->ready;
     w->ready = l;
-    if (!uv_is_active((uv_handle_t *) &w->idle)) uv_idle_start(&w->idle, weir_worker_idle_cb);
+    if (!uv_is_active((uv_handle_t *) &w->idle)) uv_idle_start(&w->idle, weir_leg_ready_cb);
 }
 
 void

@@ -161,7 +161,7 @@ struct weir_worker_s {
     uv_timer_t       tick;
     uint64_t         tick_ms;
     uv_timer_t       drain;
-    uv_idle_t        idle;
+    uv_idle_t        idle;              /* runs while the ready list is not empty (data: the worker) */
     weir_leg_t      *ready;             /* TLS legs with decrypted bytes pending */
     uv_signal_t      sig_term, sig_int, sig_hup;
     int              draining;
@@ -197,13 +197,7 @@ void weir_proxy_close(weir_session_t *s, int code, const char *reason, const cha
  * version is gone are closed 1012, the others follow their chain's hooks. */
 void weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf);
 
-/* Drop a reference to CONF, freeing it when unused and not current. */
-void weir_conf_release(weir_worker_t *w, weir_conf_t *conf);
-
 /* Close every socket of every session now (the worker is exiting). */
 void weir_proxy_abort_all(weir_worker_t *w);
-
-/* Read legs whose TLS layer still holds decrypted bytes. */
-void weir_proxy_run_ready(weir_worker_t *w);
 
 #endif

@@ -25,9 +25,16 @@
 #include "log.h"
 #include "lua_bridge.h"
 #include "session_int.h"
-#include "worker.h"
 
 /* ---- a session's life --------------------------------------------------- */
+
+/* Drop a session's reference to CONF; the last one frees a configuration
+ * that a reload replaced (the current one is the worker's). */
+static void
+weir_conf_release(weir_worker_t *w, weir_conf_t *conf)
+{
+    if (--conf->refs == 0 && conf != w->conf) weir_conf_free(conf);
+}
 
 void
 weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *sa)
@@ -130,7 +137,7 @@ weir_session_free(weir_session_t *s)
 
 /* ---- events ------------------------------------------------------------- */
 
-static void
+void
 weir_leg_on_readable(weir_leg_t *l)
 {
     weir_session_t *s = l->s;
@@ -192,20 +199,6 @@ weir_leg_poll_cb(uv_poll_t *h, int status, int events)
     }
     if (events & UV_WRITABLE) weir_leg_on_writable(l);
     if (!l->done && (events & UV_READABLE)) weir_leg_on_readable(l);
-}
-
-void
-weir_proxy_run_ready(weir_worker_t *w)
-{
-    weir_leg_t *l = w->ready;
-    w->ready = NULL;
-    while (l != NULL) {
-        weir_leg_t *next = l->ready_next;
-        l->in_ready = 0;
-        l->ready_next = NULL;
-        if (!l->done) weir_leg_on_readable(l);
-        l = next;
-    }
 }
 
 /* ---- ticks -------------------------------------------------------------- */

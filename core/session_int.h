@@ -200,4 +200,7 @@ void weir_session_free(weir_session_t *s);
 /* The poll callback of every leg: dispatches by the session's state. */
 void weir_leg_poll_cb(uv_poll_t *h, int status, int events);
 
+/* L can be read: read it as its session's state says. */
+void weir_leg_on_readable(weir_leg_t *l);
+
 #endif

@@ -71,14 +71,6 @@ weir_worker_tick_cb(uv_timer_t *t)
     weir_proxy_tick(t->data);
 }
 
-void
-weir_worker_idle_cb(uv_idle_t *h)
-{
-    weir_worker_t *w = h->data;
-    weir_proxy_run_ready(w);
-    if (w->ready == NULL) uv_idle_stop(h);
-}
-
 static void
 weir_worker_drain_cb(uv_timer_t *t)
 {
@@ -123,26 +115,6 @@ weir_worker_conf_tls(weir_conf_t *conf)
 }
 
 static void
-weir_worker_conf_free(weir_conf_t *conf)
-{
-    if (conf == NULL) return;
-    for (size_t a = 0; a < conf->napis; a++) {
-        for (size_t v = 0; v < conf->apis[a].nversions; v++) {
-            weir_version_t *ver = &conf->apis[a].versions[v];
-            if (ver->production) SSL_CTX_free(ver->production->tls_ctx);
-            if (ver->sandbox) SSL_CTX_free(ver->sandbox->tls_ctx);
-        }
-    }
-    weir_conf_free(conf);
-}
-
-void
-weir_conf_release(weir_worker_t *w, weir_conf_t *conf)
-{
-    if (--conf->refs == 0 && conf != w->conf) weir_worker_conf_free(conf);
-}
-
-static void
 weir_worker_log_conf_line(const char *line)
 {
     char e[2048];
@@ -169,7 +141,7 @@ weir_worker_reload(weir_worker_t *w)
     weir_conf_swap_listen(nc, w->conf);
     if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(w, nc) != WEIR_OK) {
         weir_conf_swap_listen(nc, w->conf);
-        weir_worker_conf_free(nc);
+        weir_conf_free(nc);
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
         return;
     }
@@ -177,7 +149,7 @@ weir_worker_reload(weir_worker_t *w)
     w->conf = nc;
     w->max_sessions = (nc->limits.max_connections + (uint64_t) nc->workers - 1) / (uint64_t) nc->workers;
     weir_proxy_reloaded(w, nc);
-    if (old->refs == 0) weir_worker_conf_free(old);
+    if (old->refs == 0) weir_conf_free(old);
     weir_log(WEIR_LOG_INFO, "worker reloaded", "\"worker\":%d,\"connections\":%llu", w->id,
              (unsigned long long) w->nsessions);
 }
@@ -210,7 +182,7 @@ weir_worker_cleanup(weir_worker_t *w)
     uv_loop_close(w->loop);
     weir_lua_cleanup(w);
     for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
-    weir_worker_conf_free(w->conf);
+    weir_conf_free(w->conf);
     w->conf = NULL;
     free(w->listen_tls);
     free(w->listeners);
