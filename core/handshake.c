@@ -23,7 +23,6 @@
 
 #include "http.h"
 #include "log.h"
-#include "lua_bridge.h"
 #include "session_int.h"
 #include "tls.h"
 
@@ -205,6 +204,20 @@ weir_backend_connect(weir_session_t *s)
 
 /* ---- the client's request ----------------------------------------------- */
 
+/* Give S a ctx in the policy engine (its version has a chain). */
+static int
+weir_policy_open(weir_session_t *s)
+{
+    weir_conn_info_t info = {
+        .api = s->route.api->name, .version = s->route.version->version, .context = s->route.api->context,
+        .head = s->hs, .head_len = s->hs_head, .peer_ip = s->peer_ip, .peer_port = s->peer_port,
+        .tls = s->listen_tls,
+    };
+    if (s->w->policy->open(s, &info) != WEIR_OK) return WEIR_ERROR;
+    s->has_ctx = 1;
+    return WEIR_OK;
+}
+
 /* The request head is complete: answer it or start the backend leg. */
 static void
 weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
@@ -254,7 +267,7 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
     weir_ws_accept(key->value, key->value_len, s->accept);
     s->ep = s->route.version->production;
     s->hooks = s->route.version->hooks;
-    if (s->hooks != 0 && weir_lua_open(s) != WEIR_OK) {
+    if (s->hooks != 0 && weir_policy_open(s) != WEIR_OK) {
         weir_session_http(s, 500, "/problems/internal-error", "Internal error", NULL);
         return;
     }
@@ -264,7 +277,7 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
     if (s->hooks & WEIR_HOOK_HANDSHAKE) {
         weir_verdict_t v;
         s->state = WEIR_S_POLICY;
-        if (weir_lua_handshake(s, &v) == WEIR_AGAIN) return;
+        if (s->w->policy->handshake(s, &v) == WEIR_AGAIN) return;
         if (s->state == WEIR_S_POLICY) weir_handshake_verdict(s, &v);
         return;
     }

@@ -16,13 +16,13 @@
 #include <uv.h>
 
 #include "conf.h"
+#include "conn.h"
 #include "route.h"
 #include "ws.h"
 
 #define WEIR_RBUF_SIZE  (64 * 1024)      /* bytes read per call */
 #define WEIR_STASH_SIZE (WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL + 1)
 
-typedef struct weir_session_s weir_session_t;
 typedef struct weir_worker_s  weir_worker_t;
 typedef struct weir_leg_s     weir_leg_t;
 
@@ -166,7 +166,11 @@ struct weir_worker_s {
     uv_signal_t      sig_term, sig_int, sig_hup;
     int              draining;
     int              in_relay;          /* depth of weir_relay_process: batch writes */
+    const weir_policy_ops_t *policy;    /* the policy engine of its sessions */
 };
+
+/* Make W's sessions ready to be served, POLICY deciding for their hooks. */
+void weir_proxy_init(weir_worker_t *w, const weir_policy_ops_t *policy);
 
 /* Take a freshly accepted socket FD from listener LI. */
 void weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *sa);
@@ -176,22 +180,6 @@ void weir_proxy_tick(weir_worker_t *w);
 
 /* Begin a graceful shutdown of every session (close 1001). */
 void weir_proxy_shutdown(weir_worker_t *w);
-
-typedef struct weir_verdict_s weir_verdict_t;
-
-/* The verdict of a hook that waited (from the Lua bridge). */
-void weir_proxy_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);
-
-/* The assembled message of direction DIR (0: from the client), for policies. */
-const uint8_t *weir_proxy_payload(weir_session_t *s, int dir, size_t *len);
-
-/* Send a message of weir's own to the client (after the 101, between messages). */
-int  weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);
-
-/* Close S on a policy's request: the error JSON of PROBLEM and MESSAGE (when
- * PROBLEM is not NULL) and CODE to the client, 1001 to the backend; before
- * the upgrade, a 403 with that JSON. */
-void weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *problem, const char *message);
 
 /* A reload installed NEW as the worker's configuration: sessions whose API
  * version is gone are closed 1012, the others follow their chain's hooks. */

@@ -19,10 +19,10 @@
 #include <openssl/ssl.h>
 
 #include "log.h"
-#include "lua_bridge.h"
 #include "session_int.h"
 
-static int weir_relay_message(weir_leg_t *l);
+static int  weir_relay_message(weir_leg_t *l);
+static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 
 /* ---- frames ------------------------------------------------------------- */
 
@@ -144,7 +144,7 @@ weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
 }
 
 /* A frame hook waits: keep what was read behind its message (in order) and
- * stop reading L until the verdict comes (weir_proxy_resolved). */
+ * stop reading L until the verdict comes (weir_relay_resolved). */
 static void
 weir_relay_hold(weir_leg_t *l, const uint8_t *p, size_t rest)
 {
@@ -200,7 +200,7 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     l->msg_op = (uint8_t) h->opcode;
     l->view = pl;
     l->view_len = n;
-    int rc = weir_lua_frame(s, l->is_backend ? 1 : 0, h->opcode, n, &v);
+    int rc = s->w->policy->frame(s, l->is_backend ? 1 : 0, h->opcode, n, &v);
     l->view = NULL;
     if (rc == WEIR_AGAIN) {
         weir_msg_copy(l, pl, n);
@@ -500,7 +500,8 @@ weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
              weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
 }
 
-void
+/* Apply a frame hook's verdict on L's assembled message. */
+static void
 weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v)
 {
     weir_session_t *s = l->s;
@@ -549,10 +550,29 @@ static int
 weir_relay_message(weir_leg_t *l)
 {
     weir_verdict_t v;
-    if (weir_lua_frame(l->s, l->is_backend ? 1 : 0, l->msg_op, l->msg_fill, &v) == WEIR_AGAIN) {
+    if (l->s->w->policy->frame(l->s, l->is_backend ? 1 : 0, l->msg_op, l->msg_fill, &v) == WEIR_AGAIN) {
         l->waiting = 1;
         return WEIR_AGAIN;
     }
     weir_apply_frame_verdict(l, &v);
     return WEIR_OK;
+}
+
+void
+weir_relay_resolved(weir_leg_t *l, const weir_verdict_t *v)
+{
+    if (!l->waiting || l->done) return;
+    l->waiting = 0;
+    weir_apply_frame_verdict(l, v);
+
+    /* what arrived behind the message, in order, then read again */
+    uint8_t *h = l->held;
+    size_t n = l->held_len;
+    l->held = NULL;
+    l->held_len = 0;
+    if (h != NULL) {
+        if (!l->done) weir_relay_process(l, h, n);
+        free(h);
+    }
+    if (!l->waiting && !l->done) weir_leg_resume(l, WEIR_PAUSE_POLICY);
 }

@@ -2,7 +2,7 @@
  * session.c — a session's life: accept, the poll events of its legs
  * dispatched by its state, the tick (handshake, close and idle timeouts,
  * keep-alive pings), shutdown, reload and the free; and what a policy may
- * do to a connection (the weir_proxy_* calls of the Lua bridge).
+ * do to a connection (the weir_conn_* calls of conn.h).
  *
  * Life of a session: accept → (TLS) → read the request head → route →
  * connect the backend → (TLS) → send weir's request → read the backend's
@@ -23,10 +23,15 @@
 
 #include "http.h"
 #include "log.h"
-#include "lua_bridge.h"
 #include "session_int.h"
 
 /* ---- a session's life --------------------------------------------------- */
+
+void
+weir_proxy_init(weir_worker_t *w, const weir_policy_ops_t *policy)
+{
+    w->policy = policy;
+}
 
 /* Drop a session's reference to CONF; the last one frees a configuration
  * that a reload replaced (the current one is the worker's). */
@@ -92,10 +97,23 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
     weir_leg_update(&s->client);
 }
 
+/* Who closed S first, for the access log and on_close. */
+static const char *
+weir_close_side(const weir_session_t *s)
+{
+    return s->close_side == 'c' ? "client" : s->close_side == 'b' ? "backend"
+           : s->close_side == 'w' ? "weir" : "none";
+}
+
 void
 weir_session_free(weir_session_t *s)
 {
     weir_worker_t *w = s->w;
+    weir_conn_end_t end = {
+        .code = s->close_code, .side = weir_close_side(s), .duration_ms = uv_now(w->loop) - s->started,
+        .frames_in = s->client.frames, .bytes_in = s->client.bytes,
+        .frames_out = s->backend.frames, .bytes_out = s->backend.bytes,
+    };
     if (s->prev) s->prev->next = s->next;
     else w->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
@@ -113,15 +131,15 @@ weir_session_free(weir_session_t *s)
                  s->route.version ? "\"" : "",
                  s->route.version ? weir_log_str(ver, sizeof(ver), s->route.version->version) : "null",
                  s->route.version ? "\"" : "",
-                 s->peer, s->http_status,
-                 (unsigned long long) (uv_now(w->loop) - s->started),
-                 (unsigned long long) s->client.frames, (unsigned long long) s->client.bytes,
-                 (unsigned long long) s->backend.frames, (unsigned long long) s->backend.bytes,
-                 s->close_code,
-                 s->close_side == 'c' ? "client" : s->close_side == 'b' ? "backend"
-                     : s->close_side == 'w' ? "weir" : "none");
+                 s->peer, s->http_status, (unsigned long long) end.duration_ms,
+                 (unsigned long long) end.frames_in, (unsigned long long) end.bytes_in,
+                 (unsigned long long) end.frames_out, (unsigned long long) end.bytes_out,
+                 end.code, end.side);
     }
-    weir_lua_close(s);
+    if (s->has_ctx) {
+        s->has_ctx = 0;
+        w->policy->close(s, &end);
+    }
     weir_leg_t *legs[2] = { &s->client, &s->backend };
     for (int i = 0; i < 2; i++) {
         free(legs[i]->msg);
@@ -329,32 +347,24 @@ weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf)
 
 /* ---- what policies may do ----------------------------------------------- */
 
+uint64_t
+weir_conn_id(const weir_session_t *s)
+{
+    return s->id;
+}
+
 void
-weir_proxy_resolved(weir_session_t *s, int hook, const weir_verdict_t *v)
+weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v)
 {
     if (hook == WEIR_HOOK_HANDSHAKE) {
         if (s->state == WEIR_S_POLICY && !s->client.done) weir_handshake_verdict(s, v);
         return;
     }
-    weir_leg_t *l = hook == WEIR_HOOK_FRAME_IN ? &s->client : &s->backend;
-    if (!l->waiting || l->done) return;
-    l->waiting = 0;
-    weir_apply_frame_verdict(l, v);
-
-    /* what arrived behind the message, in order, then read again */
-    uint8_t *h = l->held;
-    size_t n = l->held_len;
-    l->held = NULL;
-    l->held_len = 0;
-    if (h != NULL) {
-        if (!l->done) weir_relay_process(l, h, n);
-        free(h);
-    }
-    if (!l->waiting && !l->done) weir_leg_resume(l, WEIR_PAUSE_POLICY);
+    weir_relay_resolved(hook == WEIR_HOOK_FRAME_IN ? &s->client : &s->backend, v);
 }
 
 const uint8_t *
-weir_proxy_payload(weir_session_t *s, int dir, size_t *len)
+weir_conn_payload(weir_session_t *s, int dir, size_t *len)
 {
     weir_leg_t *l = dir ? &s->backend : &s->client;
     if (l->view != NULL) {
@@ -366,7 +376,7 @@ weir_proxy_payload(weir_session_t *s, int dir, size_t *len)
 }
 
 int
-weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n)
+weir_conn_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n)
 {
     weir_leg_t *c = &s->client;
     if (c->done || c->close_sent || s->state == WEIR_S_CLOSED) return WEIR_ERROR;
@@ -376,7 +386,7 @@ weir_proxy_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n)
 }
 
 void
-weir_proxy_close(weir_session_t *s, int code, const char *reason, const char *problem, const char *message)
+weir_conn_close(weir_session_t *s, int code, const char *reason, const char *problem, const char *message)
 {
     char json[1024];
     size_t jl = 0;

@@ -11,7 +11,6 @@
 #ifndef WEIR_SESSION_INT_H
 #define WEIR_SESSION_INT_H
 
-#include "lua_bridge.h"
 #include "proxy.h"
 
 static inline weir_leg_t *
@@ -151,9 +150,10 @@ void weir_relay_read(weir_leg_t *l);
 /* Log the failure of a policy (a WEIR_V_FAIL verdict V) on S. */
 void weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v);
 
-/* Apply a frame hook's verdict V on L's assembled message: pass or replace
- * it to the other leg, reply to L, or close the client. May close both legs. */
-void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
+/* The frame hook of L's message, which had waited, decided V: apply it,
+ * relay what arrived behind the message, in order, and read L again. May
+ * close both legs. */
+void weir_relay_resolved(weir_leg_t *l, const weir_verdict_t *v);
 
 /* ---- handshake.c ----------------------------------------------------------- */
 

@@ -139,7 +139,7 @@ weir_worker_reload(weir_worker_t *w)
     }
     nc->workers = w->conf->workers;
     weir_conf_swap_listen(nc, w->conf);
-    if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(w, nc) != WEIR_OK) {
+    if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(nc) != WEIR_OK) {
         weir_conf_swap_listen(nc, w->conf);
         weir_conf_free(nc);
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
@@ -180,7 +180,7 @@ weir_worker_cleanup(weir_worker_t *w)
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     uv_loop_close(w->loop);
-    weir_lua_cleanup(w);
+    weir_lua_cleanup();
     for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
     weir_conf_free(w->conf);
     w->conf = NULL;
@@ -231,7 +231,8 @@ weir_worker_run(weir_conf_t *conf, int id)
     }
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
-    if (weir_lua_init(w) != WEIR_OK) return 1;
+    if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
+    weir_proxy_init(w, &weir_lua_policy);
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;
