@@ -19,7 +19,15 @@
 #include "log.h"
 #include "session_int.h"
 
+static const weir_leg_owner_t *weir_owner;
+
 static void weir_leg_shutdown(weir_leg_t *l);
+
+void
+weir_leg_init(const weir_leg_owner_t *owner)
+{
+    weir_owner = owner;
+}
 
 /* ---- poll and socket I/O ------------------------------------------------ */
 
@@ -43,7 +51,7 @@ weir_leg_want(const weir_leg_t *l)
 /*
  * Arm the poll handle for what the leg needs now. Interest in reading is
  * dropped lazily: it stays armed until an event comes that nobody wants
- * (see weir_leg_poll_cb), since pauses are short and most end before the
+ * (see weir_session_poll_cb), since pauses are short and most end before the
  * peer sends anything; each change is an epoll_ctl. Interest in writing is
  * exact: a socket is nearly always writable.
  */
@@ -55,7 +63,7 @@ weir_leg_update(weir_leg_t *l)
     if (ev == l->events) return;
     l->events = ev;
     if (ev == 0) uv_poll_stop(&l->poll);
-    else uv_poll_start(&l->poll, ev, weir_leg_poll_cb);
+    else uv_poll_start(&l->poll, ev, weir_owner->poll);
 }
 
 void
@@ -201,7 +209,7 @@ weir_leg_ready_cb(uv_idle_t *h)
         weir_leg_t *next = l->ready_next;
         l->in_ready = 0;
         l->ready_next = NULL;
-        if (!l->done) weir_leg_on_readable(l);
+        if (!l->done) weir_owner->readable(l);
         l = next;
     }
     if (w->ready == NULL) uv_idle_stop(h);
@@ -272,7 +280,7 @@ weir_leg_closed_cb(uv_handle_t *h)
     weir_leg_t *l = h->data;
     weir_session_t *s = l->s;
     l->freed = 1;
-    if (s->client.freed && s->backend.freed) weir_session_free(s);
+    if (s->client.freed && s->backend.freed) weir_owner->freed(s);
 }
 
 void
@@ -456,7 +464,7 @@ weir_leg_gone(weir_leg_t *l, const char *why)
     }
     if (o->done) return;
     if (s->state < WEIR_S_OPEN) {
-        if (l->is_backend) weir_bad_gateway(s, why);
+        if (l->is_backend) weir_owner->backend_lost(s, why);
         else weir_leg_close_fd(o);
         return;
     }

@@ -27,12 +27,6 @@
 
 /* ---- a session's life --------------------------------------------------- */
 
-void
-weir_proxy_init(weir_worker_t *w, const weir_policy_ops_t *policy)
-{
-    w->policy = policy;
-}
-
 /* Drop a session's reference to CONF; the last one frees a configuration
  * that a reload replaced (the current one is the worker's). */
 static void
@@ -105,7 +99,8 @@ weir_close_side(const weir_session_t *s)
            : s->close_side == 'w' ? "weir" : "none";
 }
 
-void
+/* Both legs' handles are closed: the access line, on_close, and S goes. */
+static void
 weir_session_free(weir_session_t *s)
 {
     weir_worker_t *w = s->w;
@@ -155,8 +150,9 @@ weir_session_free(weir_session_t *s)
 
 /* ---- events ------------------------------------------------------------- */
 
-void
-weir_leg_on_readable(weir_leg_t *l)
+/* L can be read: read it as S's state says. */
+static void
+weir_session_readable(weir_leg_t *l)
 {
     weir_session_t *s = l->s;
     if (l->ssl_hs) {
@@ -177,8 +173,9 @@ weir_leg_on_readable(weir_leg_t *l)
     else if (s->state >= WEIR_S_OPEN) weir_relay_read(l);
 }
 
+/* L can be written (or its backend's connect completed). */
 static void
-weir_leg_on_writable(weir_leg_t *l)
+weir_session_writable(weir_leg_t *l)
 {
     weir_session_t *s = l->s;
     if (l->is_backend && s->state == WEIR_S_CONNECT) {
@@ -191,14 +188,15 @@ weir_leg_on_writable(weir_leg_t *l)
     }
     if (l->ssl_want_write) {
         l->ssl_want_write = 0;
-        weir_leg_on_readable(l);
+        weir_session_readable(l);
         if (l->done) return;
     }
     weir_leg_flush(l);
 }
 
-void
-weir_leg_poll_cb(uv_poll_t *h, int status, int events)
+/* The poll callback of every leg. */
+static void
+weir_session_poll_cb(uv_poll_t *h, int status, int events)
 {
     weir_leg_t *l = h->data;
     if (l->done) return;
@@ -212,11 +210,25 @@ weir_leg_poll_cb(uv_poll_t *h, int status, int events)
         /* an event nobody waits for any more: stop polling for it now */
         l->events = want;
         if (want == 0) uv_poll_stop(&l->poll);
-        else uv_poll_start(&l->poll, want, weir_leg_poll_cb);
+        else uv_poll_start(&l->poll, want, weir_session_poll_cb);
         events &= want;
     }
-    if (events & UV_WRITABLE) weir_leg_on_writable(l);
-    if (!l->done && (events & UV_READABLE)) weir_leg_on_readable(l);
+    if (events & UV_WRITABLE) weir_session_writable(l);
+    if (!l->done && (events & UV_READABLE)) weir_session_readable(l);
+}
+
+static const weir_leg_owner_t weir_session_legs = {
+    .poll         = weir_session_poll_cb,
+    .readable     = weir_session_readable,
+    .freed        = weir_session_free,
+    .backend_lost = weir_bad_gateway,
+};
+
+void
+weir_proxy_init(weir_worker_t *w, const weir_policy_ops_t *policy)
+{
+    w->policy = policy;
+    weir_leg_init(&weir_session_legs);
 }
 
 /* ---- ticks -------------------------------------------------------------- */

@@ -169,6 +169,20 @@ weir_limits(weir_session_t *s)
 
 /* ---- leg.c ----------------------------------------------------------------- */
 
+/*
+ * leg.c is the ground floor: it calls no other room. What only the rooms
+ * above it know, it asks of the legs' owner, which session.c registers once
+ * (weir_proxy_init).
+ */
+typedef struct {
+    uv_poll_cb   poll;                      /* every leg's poll callback */
+    void       (*readable)(weir_leg_t *l);  /* a leg of the ready list can be read */
+    void       (*freed)(weir_session_t *s); /* both legs' handles are closed: free S */
+    void       (*backend_lost)(weir_session_t *s, const char *why);  /* before the upgrade */
+} weir_leg_owner_t;
+
+void weir_leg_init(const weir_leg_owner_t *owner);
+
 /* The poll events L waits for now (UV_READABLE, UV_WRITABLE), from its
  * session's state, its pauses, its TLS layer and its output queue. */
 int weir_leg_want(const weir_leg_t *l);
@@ -323,17 +337,5 @@ void weir_tls_step(weir_leg_t *l);
 /* The backend's connect completed (or failed: a bad gateway): start TLS,
  * or send weir's request. */
 void weir_backend_connected(weir_session_t *s);
-
-/* ---- session.c ------------------------------------------------------------- */
-
-/* Free S, both legs' handles being closed: the access line, on_close, the
- * buffers and its configuration's reference. */
-void weir_session_free(weir_session_t *s);
-
-/* The poll callback of every leg: dispatches by the session's state. */
-void weir_leg_poll_cb(uv_poll_t *h, int status, int events);
-
-/* L can be read: read it as its session's state says. */
-void weir_leg_on_readable(weir_leg_t *l);
 
 #endif
