@@ -5,6 +5,9 @@
  * (control frames, its own messages, the error JSON and the close frame),
  * and the end of a leg: the lingering shutdown, the socket's close, and
  * what the other leg is told when one goes.
+ *
+ * leg.c calls no other room of a session; what it cannot decide itself it
+ * asks of the legs' owner (weir_leg_owner_t, in session_int.h).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,7 +22,7 @@
 #include "log.h"
 #include "session_int.h"
 
-static const weir_leg_owner_t *weir_owner;
+static const weir_leg_owner_t *weir_owner;     /* session.c's, set by weir_leg_init */
 
 static void weir_leg_shutdown(weir_leg_t *l);
 
@@ -387,7 +390,6 @@ weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
     if (nb == NULL) abort();
     dst->inject = nb;
     dst->inject_len += weir_frame_message(dst, nb + dst->inject_len, opcode, p, n);
-    
 }
 
 void

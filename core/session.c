@@ -2,7 +2,9 @@
  * session.c — a session's life: accept, the poll events of its legs
  * dispatched by its state, the tick (handshake, close and idle timeouts,
  * keep-alive pings), shutdown, reload and the free; and what a policy may
- * do to a connection (the weir_conn_* calls of conn.h).
+ * do to a connection (the weir_conn_* calls of conn.h). It is the top room
+ * of a session and the legs' owner: leg.c's poll callback, its ready list
+ * and the close of its handles come back here.
  *
  * Life of a session: accept → (TLS) → read the request head → route →
  * connect the backend → (TLS) → send weir's request → read the backend's
@@ -217,6 +219,7 @@ weir_session_poll_cb(uv_poll_t *h, int status, int events)
     if (!l->done && (events & UV_READABLE)) weir_session_readable(l);
 }
 
+/* What leg.c asks of the rooms above it (session_int.h). */
 static const weir_leg_owner_t weir_session_legs = {
     .poll         = weir_session_poll_cb,
     .readable     = weir_session_readable,

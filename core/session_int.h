@@ -11,9 +11,12 @@
  * buffer, frames are validated and re-masked there in place, and the bytes
  * are written to the other leg with one write per read in the common case.
  *
- * A function that "may close" a leg can leave it done (l->done): re-check
- * after it. None frees a session: that happens only in a libuv close
- * callback, so a session stays valid until the callback running returns.
+ * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
+ * handshake.c both, session.c all three; their functions are declared
+ * below in that order. A function that "may close" a leg can leave it done
+ * (l->done): re-check after it. None frees a session: that happens only in
+ * a libuv close callback, so a session stays valid until the callback
+ * running returns.
  */
 #ifndef WEIR_SESSION_INT_H
 #define WEIR_SESSION_INT_H
@@ -145,19 +148,22 @@ struct weir_session_s {
     char             peer_ip[48];
 };
 
-
+/* The other leg of L's session. */
 static inline weir_leg_t *
 weir_other(weir_leg_t *l)
 {
     return l->is_backend ? &l->s->client : &l->s->backend;
 }
 
+/* The loop's time, in ms. */
 static inline uint64_t
 weir_now(weir_session_t *s)
 {
     return uv_now(s->w->loop);
 }
 
+/* The limits in force: the worker's current configuration's (a reload
+ * applies them to open sessions too). */
 static inline const weir_limits_t *
 weir_limits(weir_session_t *s)
 {
@@ -170,17 +176,17 @@ weir_limits(weir_session_t *s)
 /* ---- leg.c ----------------------------------------------------------------- */
 
 /*
- * leg.c is the ground floor: it calls no other room. What only the rooms
- * above it know, it asks of the legs' owner, which session.c registers once
- * (weir_proxy_init).
+ * What leg.c cannot decide, since it calls no other room, it asks of the
+ * legs' owner: session.c, which registers itself once per worker.
  */
 typedef struct {
     uv_poll_cb   poll;                      /* every leg's poll callback */
     void       (*readable)(weir_leg_t *l);  /* a leg of the ready list can be read */
     void       (*freed)(weir_session_t *s); /* both legs' handles are closed: free S */
-    void       (*backend_lost)(weir_session_t *s, const char *why);  /* before the upgrade */
+    void       (*backend_lost)(weir_session_t *s, const char *why);  /* the backend went before the 101 */
 } weir_leg_owner_t;
 
+/* Register OWNER, before any leg is opened. */
 void weir_leg_init(const weir_leg_owner_t *owner);
 
 /* The poll events L waits for now (UV_READABLE, UV_WRITABLE), from its
