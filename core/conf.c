@@ -420,6 +420,7 @@ weir_conf_free_endpoint(weir_endpoint_t *ep)
     free(ep->host_header);
     free(ep->ca_file);
     free(ep->server_name);
+    SSL_CTX_free(ep->tls_ctx);
     free(ep);
 }
 

@@ -30,7 +30,7 @@ typedef struct {
     char                    *ca_file;      /* NULL: system default store */
     int                      verify;       /* verify certificate and host name */
     char                    *server_name;  /* SNI and name to verify; NULL: host */
-    void                    *tls_ctx;      /* SSL_CTX, made by each worker at start */
+    void                    *tls_ctx;      /* SSL_CTX, made by each worker; freed with the endpoint */
 } weir_endpoint_t;
 
 typedef struct {

@@ -38,7 +38,8 @@ struct weir_lua_io_s {
 };
 
 static lua_State      *weir_L;
-static weir_worker_t  *weir_lw;
+static uv_loop_t      *weir_lua_loop;
+static weir_conf_t    *weir_lua_conf;     /* the current configuration: its limits apply */
 static int             weir_ref[8];
 enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS };
 static const char *weir_ref_names[] = { "load", "open", "handshake", "frame", "close", "io_done", "timers" };
@@ -89,7 +90,7 @@ weir_map_put(weir_session_t *s)
             if (o[i] != NULL) weir_map_put(o[i]);
         free(o);
     }
-    size_t i = weir_map_slot(s->id);
+    size_t i = weir_map_slot(weir_conn_id(s));
     while (weir_map[i] != NULL) i = (i + 1) & (weir_map_cap - 1);
     weir_map[i] = s;
     weir_map_n++;
@@ -100,7 +101,7 @@ weir_map_get(uint64_t id)
 {
     if (weir_map_cap == 0) return NULL;
     for (size_t i = weir_map_slot(id); weir_map[i] != NULL; i = (i + 1) & (weir_map_cap - 1))
-        if (weir_map[i]->id == id) return weir_map[i];
+        if (weir_conn_id(weir_map[i]) == id) return weir_map[i];
     return NULL;
 }
 
@@ -109,7 +110,7 @@ weir_map_del(uint64_t id)
 {
     if (weir_map_cap == 0) return;
     size_t i = weir_map_slot(id);
-    while (weir_map[i] != NULL && weir_map[i]->id != id) i = (i + 1) & (weir_map_cap - 1);
+    while (weir_map[i] != NULL && weir_conn_id(weir_map[i]) != id) i = (i + 1) & (weir_map_cap - 1);
     if (weir_map[i] == NULL) return;
     weir_map[i] = NULL;
     weir_map_n--;
@@ -133,7 +134,7 @@ weir_budget_hook(lua_State *L, lua_Debug *ar)
         return;
     }
     if (L == weir_L) return;      /* the runtime's own code: let it settle the failure */
-    lua_pushfstring(L, "policy exceeded its CPU budget of %d ms", (int) weir_lw->conf->limits.policy_budget_ms);
+    lua_pushfstring(L, "policy exceeded its CPU budget of %d ms", (int) weir_lua_conf->limits.policy_budget_ms);
     lua_error(L);
 }
 
@@ -144,7 +145,7 @@ weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
     WEIR_UNUSED(samples);
     WEIR_UNUSED(vmstate);
     if (!weir_in_call || weir_over) return;
-    if (weir_clock_ns() - weir_call_start_ns < weir_lw->conf->limits.policy_budget_ms * 1000000ULL) return;
+    if (weir_clock_ns() - weir_call_start_ns < weir_lua_conf->limits.policy_budget_ms * 1000000ULL) return;
     weir_over = 1;
     lua_sethook(L, weir_budget_hook, LUA_MASKCOUNT, 1);
 }
@@ -268,9 +269,10 @@ weir_lua_load(weir_conf_t *conf)
 }
 
 int
-weir_lua_init(weir_worker_t *w)
+weir_lua_init(uv_loop_t *loop, weir_conf_t *conf)
 {
-    weir_lw = w;
+    weir_lua_loop = loop;
+    weir_lua_conf = conf;
     weir_L = luaL_newstate();
     if (weir_L == NULL) return WEIR_ERROR;
     luaL_openlibs(weir_L);
@@ -298,16 +300,17 @@ weir_lua_init(weir_worker_t *w)
     }
     lua_settop(weir_L, 0);
 
-    uv_timer_init(w->loop, &weir_lua_timer);
+    uv_timer_init(loop, &weir_lua_timer);
     lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
-    return weir_lua_load(w->conf);
+    return weir_lua_load(conf);
 }
 
 int
-weir_lua_reload(weir_worker_t *w, weir_conf_t *conf)
+weir_lua_reload(weir_conf_t *conf)
 {
-    WEIR_UNUSED(w);
-    return weir_lua_load(conf);
+    if (weir_lua_load(conf) != WEIR_OK) return WEIR_ERROR;
+    weir_lua_conf = conf;
+    return WEIR_OK;
 }
 
 void
@@ -322,9 +325,8 @@ weir_lua_cancel_io(void)
 }
 
 void
-weir_lua_cleanup(weir_worker_t *w)
+weir_lua_cleanup(void)
 {
-    WEIR_UNUSED(w);
     weir_lua_cancel_io();
     weir_http_client_cleanup();
     if (weir_L != NULL) {
@@ -344,32 +346,31 @@ weir_lua_failures(void)
     return weir_failures;
 }
 
-/* ---- hooks ------------------------------------------------------------------- */
+/* ---- hooks: the sessions' policy engine ---------------------------------------- */
 
-int
-weir_lua_open(weir_session_t *s)
+static int
+weir_lua_open(weir_session_t *s, const weir_conn_info_t *c)
 {
     weir_lua_push(R_OPEN);
-    lua_pushnumber(weir_L, (lua_Number) s->id);
-    lua_pushstring(weir_L, s->route.api->name);
-    lua_pushstring(weir_L, s->route.version->version);
-    lua_pushstring(weir_L, s->route.api->context);
-    lua_pushlstring(weir_L, s->hs, s->hs_head);
-    lua_pushstring(weir_L, s->peer_ip);
-    lua_pushinteger(weir_L, s->peer_port);
-    lua_pushinteger(weir_L, s->listen_tls);
-    lua_pushinteger(weir_L, s->ticket_req);
+    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
+    lua_pushstring(weir_L, c->api);
+    lua_pushstring(weir_L, c->version);
+    lua_pushstring(weir_L, c->context);
+    lua_pushlstring(weir_L, c->head, c->head_len);
+    lua_pushstring(weir_L, c->peer_ip);
+    lua_pushinteger(weir_L, c->peer_port);
+    lua_pushinteger(weir_L, c->tls);
+    lua_pushinteger(weir_L, c->ticket);
     if (weir_lua_call(9) != WEIR_OK) return WEIR_ERROR;
-    s->has_ctx = 1;
     weir_map_put(s);
     return WEIR_OK;
 }
 
-int
+static int
 weir_lua_handshake(weir_session_t *s, weir_verdict_t *v)
 {
     weir_lua_push(R_HANDSHAKE);
-    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
     if (weir_lua_call(1) != WEIR_OK) {
         weir_lua_fail_verdict(v, "runtime error");
         return WEIR_OK;
@@ -377,11 +378,11 @@ weir_lua_handshake(weir_session_t *s, weir_verdict_t *v)
     return weir_lua_verdict(1, v);
 }
 
-int
+static int
 weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v)
 {
     weir_lua_push(R_FRAME);
-    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
     lua_pushinteger(weir_L, dir);
     lua_pushinteger(weir_L, opcode);
     lua_pushnumber(weir_L, (lua_Number) len);
@@ -392,15 +393,15 @@ weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_
     return weir_lua_verdict(1, v);
 }
 
-int
+static int
 weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v)
 {
     weir_lua_push(R_FRAME);
-    lua_pushnumber(weir_L, (lua_Number) s->id);
+    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
     lua_pushinteger(weir_L, 0);
-    lua_pushinteger(weir_L, WEIR_WS_TEXT);
+    lua_pushinteger(weir_L, 1);              /* text */
     lua_pushnumber(weir_L, (lua_Number) len);
-    lua_pushinteger(weir_L, 1);
+    lua_pushinteger(weir_L, 1);              /* the interceptor, not the frame hooks */
     if (weir_lua_call(5) != WEIR_OK) {
         weir_lua_fail_verdict(v, "runtime error");
         return WEIR_OK;
@@ -408,25 +409,31 @@ weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v)
     return weir_lua_verdict(1, v);
 }
 
-void
-weir_lua_close(weir_session_t *s)
+static void
+weir_lua_close(weir_session_t *s, const weir_conn_end_t *e)
 {
-    if (!s->has_ctx) return;
-    weir_map_del(s->id);
-    s->has_ctx = 0;
+    uint64_t id = weir_conn_id(s);
+    weir_map_del(id);
     weir_lua_push(R_CLOSE);
-    lua_pushnumber(weir_L, (lua_Number) s->id);
-    lua_pushinteger(weir_L, s->close_code);
-    lua_pushstring(weir_L, s->close_side == 'c' ? "client" : s->close_side == 'b' ? "backend"
-                                                    : s->close_side == 'w' ? "weir" : "none");
-    lua_pushnumber(weir_L, (lua_Number) (uv_now(s->w->loop) - s->started));
-    lua_pushnumber(weir_L, (lua_Number) s->client.frames);
-    lua_pushnumber(weir_L, (lua_Number) s->client.bytes);
-    lua_pushnumber(weir_L, (lua_Number) s->backend.frames);
-    lua_pushnumber(weir_L, (lua_Number) s->backend.bytes);
+    lua_pushnumber(weir_L, (lua_Number) id);
+    lua_pushinteger(weir_L, e->code);
+    lua_pushstring(weir_L, e->side);
+    lua_pushnumber(weir_L, (lua_Number) e->duration_ms);
+    lua_pushnumber(weir_L, (lua_Number) e->frames_in);
+    lua_pushnumber(weir_L, (lua_Number) e->bytes_in);
+    lua_pushnumber(weir_L, (lua_Number) e->frames_out);
+    lua_pushnumber(weir_L, (lua_Number) e->bytes_out);
     weir_lua_call(8);
     lua_settop(weir_L, 0);
 }
+
+const weir_policy_ops_t weir_lua_policy = {
+    .open      = weir_lua_open,
+    .handshake = weir_lua_handshake,
+    .frame     = weir_lua_frame,
+    .intercept = weir_lua_intercept,
+    .close     = weir_lua_close,
+};
 
 /* ---- I/O results and timers ------------------------------------------------- */
 
@@ -442,7 +449,7 @@ weir_lua_deliver(void)
     int hook = (int) lua_tointeger(weir_L, 2);
     weir_verdict_t v;
     if (weir_lua_verdict(3, &v) == WEIR_AGAIN) return;
-    weir_proxy_resolved(s, hook, &v);
+    weir_conn_resolved(s, hook, &v);
 }
 
 static void
@@ -490,7 +497,7 @@ weir_ffi_payload(uint64_t id, int dir, size_t *len)
     weir_session_t *s = weir_map_get(id);
     *len = 0;
     if (s == NULL) return NULL;
-    const uint8_t *p = weir_proxy_payload(s, dir, len);
+    const uint8_t *p = weir_conn_payload(s, dir, len);
     return (const char *) p;
 }
 
@@ -499,7 +506,7 @@ weir_ffi_send(uint64_t id, int opcode, const char *p, size_t n)
 {
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
-    return weir_proxy_send(s, opcode, (const uint8_t *) p, n);
+    return weir_conn_send(s, opcode, (const uint8_t *) p, n);
 }
 
 int
@@ -507,7 +514,7 @@ weir_ffi_close(uint64_t id, int code, const char *reason, const char *problem, c
 {
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
-    weir_proxy_close(s, code, reason, problem, message);
+    weir_conn_close(s, code, reason, problem, message);
     return WEIR_OK;
 }
 
@@ -517,7 +524,7 @@ weir_ffi_upstream(uint64_t id, const char *query, size_t qlen, const char *del, 
 {
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
-    return weir_proxy_upstream(s, query, qlen, del, dlen, add, alen, proto, plen, proto_set);
+    return weir_conn_upstream(s, query, qlen, del, dlen, add, alen, proto, plen, proto_set);
 }
 
 int
@@ -525,7 +532,7 @@ weir_ffi_intercept(uint64_t id, const char *needle)
 {
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
-    return weir_proxy_intercept(s, needle);
+    return weir_conn_intercept(s, needle);
 }
 
 void
@@ -573,7 +580,7 @@ weir_ffi_http(const char *method, const char *url, const char *headers, const ch
         .timeout_ms = timeout_ms > 0 ? (uint64_t) timeout_ms : 0, .verify = verify, .ca_file = ca,
     };
     io->token = ++weir_next_token;
-    io->call = weir_http_request(weir_lw->loop, &req, weir_lua_http_done, io, err, errlen);
+    io->call = weir_http_request(weir_lua_loop, &req, weir_lua_http_done, io, err, errlen);
     if (io->call == NULL) {
         free(io);
         return 0;

@@ -71,14 +71,6 @@ weir_worker_tick_cb(uv_timer_t *t)
     weir_proxy_tick(t->data);
 }
 
-void
-weir_worker_idle_cb(uv_idle_t *h)
-{
-    weir_worker_t *w = h->data;
-    weir_proxy_run_ready(w);
-    if (w->ready == NULL) uv_idle_stop(h);
-}
-
 static void
 weir_worker_drain_cb(uv_timer_t *t)
 {
@@ -123,26 +115,6 @@ weir_worker_conf_tls(weir_conf_t *conf)
 }
 
 static void
-weir_worker_conf_free(weir_conf_t *conf)
-{
-    if (conf == NULL) return;
-    for (size_t a = 0; a < conf->napis; a++) {
-        for (size_t v = 0; v < conf->apis[a].nversions; v++) {
-            weir_version_t *ver = &conf->apis[a].versions[v];
-            if (ver->production) SSL_CTX_free(ver->production->tls_ctx);
-            if (ver->sandbox) SSL_CTX_free(ver->sandbox->tls_ctx);
-        }
-    }
-    weir_conf_free(conf);
-}
-
-void
-weir_conf_release(weir_worker_t *w, weir_conf_t *conf)
-{
-    if (--conf->refs == 0 && conf != w->conf) weir_worker_conf_free(conf);
-}
-
-static void
 weir_worker_log_conf_line(const char *line)
 {
     char e[2048];
@@ -167,9 +139,9 @@ weir_worker_reload(weir_worker_t *w)
     }
     nc->workers = w->conf->workers;
     weir_conf_swap_listen(nc, w->conf);
-    if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(w, nc) != WEIR_OK) {
+    if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(nc) != WEIR_OK) {
         weir_conf_swap_listen(nc, w->conf);
-        weir_worker_conf_free(nc);
+        weir_conf_free(nc);
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
         return;
     }
@@ -177,7 +149,7 @@ weir_worker_reload(weir_worker_t *w)
     w->conf = nc;
     w->max_sessions = (nc->limits.max_connections + (uint64_t) nc->workers - 1) / (uint64_t) nc->workers;
     weir_proxy_reloaded(w, nc);
-    if (old->refs == 0) weir_worker_conf_free(old);
+    if (old->refs == 0) weir_conf_free(old);
     weir_log(WEIR_LOG_INFO, "worker reloaded", "\"worker\":%d,\"connections\":%llu", w->id,
              (unsigned long long) w->nsessions);
 }
@@ -208,9 +180,9 @@ weir_worker_cleanup(weir_worker_t *w)
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     uv_loop_close(w->loop);
-    weir_lua_cleanup(w);
+    weir_lua_cleanup();
     for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
-    weir_worker_conf_free(w->conf);
+    weir_conf_free(w->conf);
     w->conf = NULL;
     free(w->listen_tls);
     free(w->listeners);
@@ -259,7 +231,8 @@ weir_worker_run(weir_conf_t *conf, int id)
     }
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
-    if (weir_lua_init(w) != WEIR_OK) return 1;
+    if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
+    weir_proxy_init(w, &weir_lua_policy);
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;

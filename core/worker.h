@@ -5,14 +5,9 @@
 #ifndef WEIR_WORKER_H
 #define WEIR_WORKER_H
 
-#include <uv.h>
-
 #include "conf.h"
 
 /* Run worker number ID on CONF (listeners already open). Returns the exit code. */
 int  weir_worker_run(weir_conf_t *conf, int id);
-
-/* libuv idle callback: serves legs with decrypted TLS bytes pending. */
-void weir_worker_idle_cb(uv_idle_t *h);
 
 #endif

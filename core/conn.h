@@ -1,0 +1,121 @@
+/*
+ * conn.h — a connection as the policy engine sees it, and the engine as
+ * the sessions see it: all the two sides know of each other.
+ *
+ * The sessions tell the engine of each event with one call through the
+ * weir_policy_ops_t their worker was given (core/lua_bridge.c's is the
+ * only one); a hook that waits on I/O answers WEIR_AGAIN and delivers its
+ * verdict later through weir_conn_resolved(). In return the engine may do
+ * to a connection what the weir_conn_* calls below allow, and nothing else:
+ * a session is opaque here.
+ */
+#ifndef WEIR_CONN_H
+#define WEIR_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "weir.h"
+
+typedef struct weir_session_s weir_session_t;
+
+/* The hooks a version's chain implements (weir_version_t.hooks); the
+ * sessions call the engine only for these. */
+enum {
+    WEIR_HOOK_HANDSHAKE = 1,
+    WEIR_HOOK_FRAME_IN  = 2,
+    WEIR_HOOK_FRAME_OUT = 4,
+    WEIR_HOOK_CLOSE     = 8,
+};
+
+enum {                            /* lua/weir/chain.lua */
+    WEIR_V_PASS = 0, WEIR_V_REPLACE, WEIR_V_DROP, WEIR_V_REPLY, WEIR_V_ERROR, WEIR_V_FAIL,
+    WEIR_V_RESPOND,               /* on_handshake: an HTTP answer (payload, status in code), no upgrade */
+};
+
+/* A hook's verdict. Its strings belong to the engine and stay valid until
+ * the next call into it. */
+typedef struct weir_verdict_s {
+    int          kind;            /* WEIR_V_* */
+    const char  *payload;         /* REPLACE/REPLY: the message; ERROR: the error JSON; FAIL: the error */
+    size_t       len;
+    int          code;            /* REPLY: opcode; ERROR: HTTP status or close code, 0 for none */
+    const char  *reason;          /* ERROR: the message; FAIL: the policy's name */
+    int          sandbox;         /* handshake PASS: the consumer's key is a sandbox key */
+} weir_verdict_t;
+
+/* What the engine learns of a connection when it opens (borrowed for the
+ * call). */
+typedef struct {
+    const char  *api, *version;   /* the API and version it was routed to */
+    const char  *context;         /* the API's context path */
+    const char  *head;            /* the client's request head, HEAD_LEN bytes */
+    size_t       head_len;
+    const char  *peer_ip;
+    uint16_t     peer_port;
+    int          tls;             /* 1: the client came over wss:// */
+    int          ticket;          /* 1: a POST <path>/ticket, answered without an upgrade */
+} weir_conn_info_t;
+
+/* How a connection ended. */
+typedef struct {
+    unsigned     code;            /* the first close code seen, 0: none */
+    const char  *side;            /* who closed first: "client", "backend", "weir" or "none" */
+    uint64_t     duration_ms;
+    uint64_t     frames_in, bytes_in;     /* data frames and payload bytes from the client */
+    uint64_t     frames_out, bytes_out;   /* from the backend */
+} weir_conn_end_t;
+
+/*
+ * The engine, one call per event. OPEN gives S a ctx (its version has a
+ * chain): WEIR_OK, or WEIR_ERROR when it cannot (the client gets a 500).
+ * HANDSHAKE and FRAME (DIR 0: from the client; the message is read with
+ * weir_conn_payload) return WEIR_OK with V filled in, or WEIR_AGAIN when
+ * the hook waits. CLOSE runs on_close and forgets S: the engine must not
+ * name S after it. Only a connection the engine opened is closed.
+ */
+typedef struct {
+    int  (*open)(weir_session_t *s, const weir_conn_info_t *info);
+    int  (*handshake)(weir_session_t *s, weir_verdict_t *v);
+    int  (*frame)(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v);
+    /* the ctx's interceptor (weir_conn_intercept) on the client's text message of LEN bytes */
+    int  (*intercept)(weir_session_t *s, size_t len, weir_verdict_t *v);
+    void (*close)(weir_session_t *s, const weir_conn_end_t *end);
+} weir_policy_ops_t;
+
+/* S's id: never 0, and no other open connection of the instance has it. */
+uint64_t weir_conn_id(const weir_session_t *s);
+
+/* The message of direction DIR (0: from the client) that a frame hook is
+ * deciding on: borrowed until the hook returns. */
+const uint8_t *weir_conn_payload(weir_session_t *s, int dir, size_t *len);
+
+/* Send a message of weir's own (OPCODE: text, or binary) to the client as
+ * soon as its stream is between messages (and the 101 is out). WEIR_ERROR
+ * when the client is gone, closing or refused, or when the message would
+ * take the bytes waiting for it past buffer_size. */
+int  weir_conn_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);
+
+/* Close S on a policy's request: the error JSON of PROBLEM and MESSAGE (when
+ * PROBLEM is not NULL) and CODE to the client, 1001 to the backend; before
+ * the upgrade, a 403 with that JSON. */
+void weir_conn_close(weir_session_t *s, int code, const char *reason, const char *problem, const char *message);
+
+/* Policies' changes to the request the backend receives (ctx:set_backend_header,
+ * ctx:hide_query_arg, ctx:hide_subprotocol): QUERY replaces the client's query
+ * (when QUERY is not NULL), DEL lists lower-case header names to drop, one per
+ * line, ADD holds header lines to add, PROTO (when PROTO_SET) replaces the
+ * offered subprotocols. Copied. WEIR_ERROR once the backend is being reached. */
+int  weir_conn_upstream(weir_session_t *s, const char *query, size_t qlen, const char *del, size_t dlen,
+                        const char *add, size_t alen, const char *proto, size_t plen, int proto_set);
+
+/* Hand the client's text messages (one frame, at most WEIR_SNIFF_MAX bytes,
+ * or any whole message when a frame hook assembles them) that contain
+ * NEEDLE to the engine's intercept call (ctx:intercept); NULL stops it.
+ * Copied. */
+int  weir_conn_intercept(weir_session_t *s, const char *needle);
+
+/* The verdict V of HOOK (WEIR_HOOK_*), which had waited, for S. */
+void weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);
+
+#endif

@@ -1,0 +1,604 @@
+/*
+ * relay.c — the frame relay between the legs once both are upgraded:
+ * frames are validated, re-masked and streamed on, whole messages are
+ * given to frame hooks and their verdicts applied, and a leg's input is
+ * held while its hook waits.
+ *
+ * The relay is cut-through: a frame's header is validated and forwarded
+ * as soon as it is read, its payload streamed as it arrives. Client frames
+ * are unmasked (to validate text), then re-masked in place with a fresh key
+ * for the backend; the frame keeps its length, so what was read is written
+ * as one contiguous range, minus frames weir consumes (its own pongs).
+ * A direction with a frame hook gets whole messages instead: one read whole
+ * in the buffer is checked and shown to the hook where it lies (and left in
+ * the range on a pass); others are assembled in the leg's msg buffer.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/ssl.h>
+
+#include "log.h"
+#include "session_int.h"
+
+static int  weir_relay_message(weir_leg_t *l);
+static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
+
+/* ---- frames ------------------------------------------------------------- */
+
+/* Write [FROM, TO) of L's input to the other leg. */
+static inline void
+weir_emit(weir_leg_t *l, const uint8_t *from, const uint8_t *to)
+{
+    if (to > from) weir_leg_write(weir_other(l), from, (size_t) (to - from));
+}
+
+/* May frames from L go to the other leg? */
+static inline int
+weir_forwarding(weir_leg_t *l)
+{
+    weir_leg_t *o = weir_other(l);
+    return !l->discard && !l->close_rcvd && !o->done && !o->close_sent;
+}
+
+/*
+ * L broke the protocol: close it with CODE, and close the other leg (1001 to
+ * a backend, bad-gateway JSON and 1014 to a client). MID says whether the
+ * other leg's output stream ends inside one of L's frames.
+ */
+static void
+weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int open)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l);
+    static const char *problems[] = { [2] = "/problems/protocol-error", [7] = "/problems/invalid-payload",
+                                      [9] = "/problems/message-too-big" };
+
+    l->emitted_mid = (unsigned) mid;
+    l->msg_out_open = (unsigned) open;
+    l->remaining = 0;
+    if (l->close_sent) {                       /* weir already closed it: no second close */
+        weir_leg_gone(l, reason);
+        return;
+    }
+    weir_log(WEIR_LOG_INFO, "protocol violation", "\"conn\":%llu,\"side\":\"%s\",\"code\":%u,\"why\":\"%s\"",
+             (unsigned long long) s->id, l->is_backend ? "backend" : "client", code, reason);
+    weir_note_close(s, code, l->is_backend ? 'b' : 'c');
+    if (l->is_backend) {
+        weir_leg_send_close(l, code, reason, NULL);
+        weir_leg_send_close(o, 1014, "backend broke the WebSocket protocol", "/problems/bad-gateway");
+    } else {
+        weir_leg_send_close(l, code, reason, problems[code - 1000 < 10 ? code - 1000 : 2]);
+        weir_leg_send_close(o, 1001, "client gone", NULL);
+    }
+    /* "Fail the WebSocket connection" (RFC 6455 7.1.7): nothing more of its
+     * input is processed; its socket closes once the close frame is out */
+    weir_leg_finish(l);
+}
+
+/* L sent a valid close frame; PL is its (unmasked) payload. Returns 1 when
+ * the frame is to be forwarded as part of the range. */
+static int
+weir_relay_close(weir_leg_t *l, const uint8_t *pl, size_t n)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l);
+    unsigned code = n >= 2 ? ((unsigned) pl[0] << 8) | pl[1] : 0;
+    int fwd = weir_forwarding(l);
+
+    weir_note_close(s, code, l->is_backend ? 'b' : 'c');
+    l->close_rcvd = 1;
+    l->rcvd_code = (uint16_t) code;
+    if (fwd) {
+        o->close_sent = 1;
+        if (!o->close_rcvd) o->deadline = weir_now(s) + weir_limits(s)->close_timeout_ms;
+    }
+    return fwd;
+}
+
+/* Unmask, validate and re-mask one chunk of the current data frame's payload.
+ * Returns 0, or 1007 when the text is not UTF-8. */
+static unsigned
+weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
+{
+    int text = l->msg_opcode == WEIR_WS_TEXT;
+    if (!l->is_backend) {
+        if (text) {
+            weir_ws_mask(p, n, l->in_mask, l->frame_off);
+            l->utf8 = weir_utf8_step(l->utf8, p, n);
+            if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
+            weir_ws_mask(p, n, l->out_mask, l->frame_off);
+        } else {
+            uint8_t k[4];
+            for (int i = 0; i < 4; i++) k[i] = l->in_mask[i] ^ l->out_mask[i];
+            weir_ws_mask(p, n, k, l->frame_off);
+        }
+    } else if (text) {
+        l->utf8 = weir_utf8_step(l->utf8, p, n);
+        if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
+    }
+    return 0;
+}
+
+/* Append a chunk of the current message to L's assembly buffer (unmasked,
+ * validated). Returns 0, or 1007 when the text is not UTF-8. */
+static unsigned
+weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
+{
+    if (!l->is_backend) weir_ws_mask(p, n, l->in_mask, l->frame_off);
+    if (l->msg_opcode == WEIR_WS_TEXT) {
+        l->utf8 = weir_utf8_step(l->utf8, p, n);
+        if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
+    }
+    if (l->msg_fill + n > l->msg_cap) {
+        size_t cap = WEIR_MAX(l->msg_cap * 2, l->msg_fill + n);
+        cap = WEIR_MAX(cap, (size_t) 4096);
+        uint8_t *nb = realloc(l->msg, cap);
+        if (nb == NULL) abort();             /* bounded by max_message_size */
+        l->msg = nb;
+        l->msg_cap = cap;
+    }
+    memcpy(l->msg + l->msg_fill, p, n);
+    l->msg_fill += n;
+    return 0;
+}
+
+/* A frame hook waits: keep what was read behind its message (in order) and
+ * stop reading L until the verdict comes (weir_relay_resolved). */
+static void
+weir_relay_hold(weir_leg_t *l, const uint8_t *p, size_t rest)
+{
+    if (rest > 0) {
+        l->held = malloc(rest);
+        if (l->held == NULL) abort();
+        memcpy(l->held, p, rest);
+        l->held_len = rest;
+    }
+    weir_leg_pause(l, WEIR_PAUSE_POLICY);
+}
+
+/* Keep a copy of the message P[0..N) in L's assembly buffer. */
+static void
+weir_msg_copy(weir_leg_t *l, const uint8_t *p, size_t n)
+{
+    if (n > l->msg_cap) {
+        uint8_t *nb = realloc(l->msg, WEIR_MAX(n, (size_t) 4096));
+        if (nb == NULL) abort();
+        l->msg = nb;
+        l->msg_cap = WEIR_MAX(n, (size_t) 4096);
+    }
+    memcpy(l->msg, p, n);
+    l->msg_fill = n;
+}
+
+/*
+ * Run what wants L's whole message (in l->view or l->msg): the interceptor
+ * first when the client's text holds the session's needle (what it takes,
+ * frame hooks never see), then the frame hooks when they assemble this
+ * direction; a message read only for the interceptor and without the
+ * needle passes with no call into the engine.
+ */
+static int
+weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
+{
+    weir_session_t *s = l->s;
+    const uint8_t *p = l->view != NULL ? l->view : l->msg;
+    size_t n = l->view != NULL ? l->view_len : l->msg_fill;
+    if (!l->is_backend && s->needle != NULL && l->msg_op == WEIR_WS_TEXT && n > 0 && n <= WEIR_SNIFF_MAX
+        && memmem(p, n, s->needle, strlen(s->needle)) != NULL) {
+        int rc = s->w->policy->intercept(s, n, v);
+        if (rc == WEIR_AGAIN || v->kind != WEIR_V_PASS || !l->assemble) return rc;
+    }
+    if (l->assemble) return s->w->policy->frame(s, l->is_backend ? 1 : 0, l->msg_op, n, v);
+    memset(v, 0, sizeof(*v));
+    v->kind = WEIR_V_PASS;
+    return WEIR_OK;
+}
+
+/*
+ * A frame hook's message that is one whole frame at FRAME (header length
+ * HL) in the read buffer: unmask and check it in place, let the hook read
+ * it there, and on a pass leave the frame (re-masked for the backend) in
+ * the range being forwarded; otherwise cut it out of the range (*FROM) and
+ * apply the verdict. Returns WEIR_OK, WEIR_AGAIN (the hook waits: the
+ * message was copied out, the caller holds the rest) or WEIR_ERROR (L
+ * failed and was closed).
+ */
+static int
+weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t hl, uint8_t **from)
+{
+    weir_session_t *s = l->s;
+    uint8_t *pl = frame + hl;
+    size_t n = (size_t) h->len;
+    weir_verdict_t v;
+
+    l->frames++;
+    l->bytes += n;
+    s->last_data = uv_now(s->w->loop);
+    if (!l->is_backend) weir_ws_mask(pl, n, h->mask, 0);
+    if (h->opcode == WEIR_WS_TEXT && weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n) != WEIR_UTF8_ACCEPT) {
+        weir_emit(l, *from, frame);
+        weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
+        return WEIR_ERROR;
+    }
+    l->msg_op = (uint8_t) h->opcode;
+    l->view = pl;
+    l->view_len = n;
+    int rc = weir_relay_hook(l, &v);
+    l->view = NULL;
+    if (rc == WEIR_AGAIN) {
+        weir_msg_copy(l, pl, n);
+        l->waiting = 1;
+        weir_emit(l, *from, frame);
+        *from = pl + n;
+        return WEIR_AGAIN;
+    }
+    if (v.kind == WEIR_V_PASS && weir_forwarding(l)) {
+        if (!l->is_backend) {
+            uint8_t *mk = frame + hl - 4;
+            weir_ws_random(mk, 4);
+            weir_ws_mask(pl, n, mk, 0);
+        }
+        return WEIR_OK;
+    }
+    weir_emit(l, *from, frame);
+    *from = pl + n;
+    if (v.kind != WEIR_V_PASS) weir_apply_frame_verdict(l, &v);
+    return WEIR_OK;
+}
+
+/*
+ * Relay the bytes BUF[0..LEN) read from L (writable: validated and
+ * re-masked in place). Whole frames and the streamed part of the current
+ * one go to the other leg as one write; an incomplete header or control
+ * frame at the end is kept in L's stash for the next read.
+ */
+static void
+weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l);
+    uint64_t max_msg = weir_limits(s)->max_message_size;
+    uint8_t *p = buf, *end = buf + len, *from = buf;
+    uint8_t *frame = NULL;          /* header of the current frame, when in BUF */
+    weir_ws_hdr_t h;
+
+    while (p < end) {
+        if (l->remaining > 0) {
+            size_t take = (size_t) WEIR_MIN(l->remaining, (uint64_t) (end - p));
+            if (l->collect) {
+                if (weir_relay_collect(l, p, take) != 0) {
+                    weir_emit(l, from, frame ? frame : from);
+                    weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
+                    return;
+                }
+            } else if (l->fwd_frame) {
+                if (weir_relay_payload(l, p, take) != 0) {
+                    weir_emit(l, from, frame ? frame : from);
+                    weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid,
+                                    frame == NULL || l->msg_frames > 1);
+                    return;
+                }
+            }
+            p += take;
+            l->remaining -= take;
+            l->frame_off += take;
+            if (!l->fwd_frame) from = p;
+            if (l->remaining > 0) break;
+            goto frame_end;
+        }
+
+        frame = p;
+        int hl = weir_ws_parse_hdr(p, (size_t) (end - p), &h);
+        if (hl == 0) break;
+        const char *bad = NULL;
+        unsigned code = 1002;
+        if (hl < 0) bad = "invalid payload length";
+        else if (h.rsv) bad = "reserved bits set";
+        else if (h.masked == l->is_backend) bad = l->is_backend ? "masked frame from backend" : "unmasked frame";
+        else if ((h.opcode & 7) > 2) bad = "reserved opcode";
+        else if ((h.opcode & 8) && (!h.fin || h.len > WEIR_WS_MAX_CONTROL)) bad = "invalid control frame";
+        else if (h.opcode == WEIR_WS_CONT && l->msg_opcode == 0) bad = "continuation without a message";
+        else if ((h.opcode == WEIR_WS_TEXT || h.opcode == WEIR_WS_BINARY) && l->msg_opcode != 0)
+            bad = "new message inside a fragmented one";
+        else if (!(h.opcode & 8) && h.len > max_msg - (h.opcode == WEIR_WS_CONT ? l->msg_len : 0)) {
+            bad = "message too big";
+            code = 1009;
+        }
+        if (bad != NULL) {
+            weir_emit(l, from, frame);
+            weir_relay_fail(l, code, bad, 0, l->msg_opcode != 0 && l->fwd_frame);
+            return;
+        }
+
+        if (h.opcode & 8) {
+            /* control frames are handled whole */
+            if ((uint64_t) (end - p) < (uint64_t) hl + h.len) break;
+            uint8_t *pl = p + hl;
+            size_t n = (size_t) h.len;
+            if (!l->is_backend) weir_ws_mask(pl, n, h.mask, 0);
+            int fwd = weir_forwarding(l);
+            if (h.opcode == WEIR_WS_CLOSE) {
+                unsigned cc = n >= 2 ? ((unsigned) pl[0] << 8) | pl[1] : 0;
+                if (n == 1 || (n >= 2 && !weir_ws_close_code_valid(cc))) bad = "invalid close code";
+                else if (n > 2 && weir_utf8_step(WEIR_UTF8_ACCEPT, pl + 2, n - 2) != WEIR_UTF8_ACCEPT) {
+                    bad = "invalid UTF-8 in close reason";
+                    code = 1007;
+                }
+                if (bad != NULL) {
+                    weir_emit(l, from, frame);
+                    weir_relay_fail(l, code, bad, 0, l->msg_opcode != 0 && l->fwd_frame);
+                    return;
+                }
+                fwd = weir_relay_close(l, pl, n);
+            } else if (h.opcode == WEIR_WS_PONG && l->ping_sent && n == WEIR_PING_TOKEN_LEN
+                       && weir_ping_matches(l, pl)) {
+                l->ping_sent = 0;           /* the answer to weir's keep-alive */
+                fwd = 0;
+            }
+            if (fwd && !l->is_backend) {
+                uint8_t *mk = p + hl - 4;
+                weir_ws_random(mk, 4);
+                weir_ws_mask(pl, n, mk, 0);
+            }
+            p += (size_t) hl + n;
+            if (!fwd) {
+                weir_emit(l, from, frame);
+                from = p;
+            }
+            if (h.opcode == WEIR_WS_CLOSE) {
+                /* nothing after a close frame counts */
+                weir_emit(l, from, p);
+                from = p = end;
+                if (fwd && o->close_rcvd) weir_leg_finish(o);
+                if (!fwd && !l->close_sent) weir_leg_send_close(l, l->rcvd_code, NULL, NULL);
+                else if (l->close_sent) weir_leg_finish(l);
+                break;
+            }
+            frame = NULL;
+            continue;
+        }
+
+        /* a data frame: validate and forward its header, then stream its payload */
+        if (h.opcode != WEIR_WS_CONT) {
+            l->assemble = l->assemble_next;     /* a reload changes it between messages only */
+            l->sniff = !l->is_backend && !l->assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
+                       && h.fin && h.len <= WEIR_SNIFF_MAX;
+            l->msg_opcode = (uint8_t) h.opcode;
+            l->msg_len = 0;
+            l->msg_frames = 0;
+            l->utf8 = WEIR_UTF8_ACCEPT;
+        }
+        l->msg_frames++;
+        l->msg_len += h.len;
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l)
+            && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
+            /* the whole message is this one frame, all in this buffer: the
+             * hook reads it where it is, and a pass forwards it in place */
+            int rc = weir_relay_inline(l, &h, frame, (size_t) hl, &from);
+            p += (size_t) hl + (size_t) h.len;
+            l->msg_opcode = 0;
+            l->msg_len = 0;
+            if (rc == WEIR_ERROR || l->done) return;
+            if (rc == WEIR_AGAIN) {
+                weir_relay_hold(l, p, (size_t) (end - p));
+                return;
+            }
+            frame = NULL;
+            continue;
+        }
+        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff;
+        l->collect = (l->assemble || l->sniff) && weir_forwarding(l);
+        if (l->collect && h.opcode != WEIR_WS_CONT) {
+            l->msg_fill = 0;
+            l->msg_op = (uint8_t) h.opcode;
+        }
+        l->frame_fin = h.fin;
+        l->remaining = h.len;
+        l->frame_off = 0;
+        l->frames++;
+        l->bytes += h.len;
+        s->last_data = uv_now(s->w->loop);
+        if (!l->is_backend) {
+            memcpy(l->in_mask, h.mask, 4);
+            if (l->fwd_frame) {             /* only frames forwarded as read need a key */
+                weir_ws_random(l->out_mask, 4);
+                memcpy(p + hl - 4, l->out_mask, 4);
+            }
+        }
+        p += hl;
+        if (!l->fwd_frame) {
+            weir_emit(l, from, frame);
+            from = p;
+        }
+        if (h.len > 0) continue;
+
+frame_end:
+        if (l->frame_fin) {
+            int bad_text = (l->fwd_frame || l->collect) && l->msg_opcode == WEIR_WS_TEXT
+                           && l->utf8 != WEIR_UTF8_ACCEPT;
+            l->msg_opcode = 0;
+            l->msg_len = 0;
+            if (bad_text) {
+                weir_emit(l, from, frame ? frame : from);
+                weir_relay_fail(l, 1007, "invalid UTF-8 in text message", frame == NULL && l->emitted_mid,
+                                frame == NULL || l->msg_frames > 1);
+                return;
+            }
+            if (l->collect) {
+                /* a whole message for the frame hook: what came before it goes first */
+                l->collect = 0;
+                weir_emit(l, from, p);
+                from = p;
+                if (weir_relay_message(l) == WEIR_AGAIN) {
+                    weir_relay_hold(l, p, (size_t) (end - p));
+                    return;
+                }
+                if (l->done) return;
+            }
+        }
+        frame = NULL;
+    }
+
+    weir_emit(l, from, p);
+    l->emitted_mid = l->remaining > 0 && l->fwd_frame;
+    l->msg_out_open = l->msg_opcode != 0 && l->fwd_frame;
+    if (!o->done && o->inject_len > 0 && !l->emitted_mid && !l->msg_out_open) weir_leg_flush_inject(o);
+    size_t left = (size_t) (end - p);
+    if (left > 0) {
+        /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
+        memmove(l->stash, p, left);
+        l->nstash = (uint8_t) left;
+    }
+}
+
+void
+weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
+{
+    weir_worker_t *w = l->s->w;
+    weir_leg_t *o = weir_other(l);
+    w->in_relay++;
+    weir_relay_frames(l, buf, len);
+    w->in_relay--;
+    if (o->unsent) {
+        o->unsent = 0;
+        weir_leg_flush(o);
+    }
+    if (l->unsent) {
+        l->unsent = 0;
+        weir_leg_flush(l);
+    }
+}
+
+void
+weir_relay_read(weir_leg_t *l)
+{
+    weir_session_t *s = l->s;
+    weir_worker_t *w = s->w;
+    weir_leg_t *o = weir_other(l);
+    size_t ceiling = (size_t) weir_limits(s)->buffer_size;
+
+    for (int round = 0; round < 16; round++) {
+        if (l->done) return;
+        if (l->lingering) {
+            weir_linger_read(l);
+            return;
+        }
+        if (l->paused) return;
+        size_t room = WEIR_RBUF_SIZE;
+        if (weir_forwarding(l)) {
+            if (o->out_len + 1024 > ceiling) {
+                weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
+                return;
+            }
+            room = WEIR_MIN(room, ceiling - o->out_len);
+        }
+        uint8_t *buf = w->rbuf;
+        size_t stashed = l->nstash;
+        memcpy(buf, l->stash, stashed);
+        ssize_t n = weir_leg_recv(l, buf + stashed, room);
+        if (n == WEIR_AGAIN) return;
+        if (n <= 0) {
+            weir_leg_gone(l, n == 0 ? "end of stream" : "read error");
+            return;
+        }
+        l->last_rx = uv_now(w->loop);
+        l->nstash = 0;
+        weir_relay_process(l, buf, stashed + (size_t) n);
+        if (l->done) return;
+        if (!o->done && o->out_len + 1024 > ceiling && weir_forwarding(l)) {
+            weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
+            return;
+        }
+        if (l->ssl == NULL && (size_t) n < room) return;   /* the socket is drained */
+    }
+    if (l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
+}
+
+/* ---- whole messages for frame hooks, and their verdicts ----------------- */
+
+void
+weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
+{
+    char e[512], pn[128];
+    weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":%llu,\"policy\":\"%s\",\"error\":\"%s\"",
+             (unsigned long long) s->id, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"),
+             weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
+}
+
+/* Apply a frame hook's verdict on L's assembled message. */
+static void
+weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v)
+{
+    weir_session_t *s = l->s;
+    weir_leg_t *o = weir_other(l), *c = &s->client;
+    int fwd = !l->discard && !o->done && !o->close_sent;
+
+    switch (v->kind) {
+    case WEIR_V_PASS:
+        if (fwd) weir_leg_message(o, l->msg_op, l->msg, l->msg_fill);
+        break;
+    case WEIR_V_REPLACE:
+        if (fwd) weir_leg_message(o, l->msg_op, (const uint8_t *) v->payload, v->len);
+        break;
+    case WEIR_V_REPLY:
+        weir_leg_message(l, v->code == WEIR_WS_BINARY ? WEIR_WS_BINARY : WEIR_WS_TEXT,
+                         (const uint8_t *) v->payload, v->len);
+        break;
+    case WEIR_V_ERROR:
+        if (v->code) {
+            weir_note_close(s, (unsigned) v->code, 'w');
+            weir_leg_close_with(c, (unsigned) v->code, v->reason, v->payload, v->len);
+            weir_leg_send_close(&s->backend, 1001, "client closed by policy", NULL);
+        } else {
+            weir_leg_message(c, WEIR_WS_TEXT, (const uint8_t *) v->payload, v->len);
+        }
+        break;
+    case WEIR_V_FAIL:
+        weir_log_policy_failure(s, v);
+        weir_note_close(s, 1011, 'w');
+        weir_leg_send_close(c, 1011, "internal error", "/problems/internal-error");
+        weir_leg_send_close(&s->backend, 1001, "client closed: internal error", NULL);
+        break;
+    default:
+        break;
+    }
+    l->msg_fill = 0;
+    if (l->msg_cap > 65536) {
+        free(l->msg);
+        l->msg = NULL;
+        l->msg_cap = 0;
+    }
+}
+
+/* L's message is complete: run the frame hook. WEIR_AGAIN when it waits. */
+static int
+weir_relay_message(weir_leg_t *l)
+{
+    weir_verdict_t v;
+    if (weir_relay_hook(l, &v) == WEIR_AGAIN) {
+        l->waiting = 1;
+        return WEIR_AGAIN;
+    }
+    weir_apply_frame_verdict(l, &v);
+    return WEIR_OK;
+}
+
+void
+weir_relay_resolved(weir_leg_t *l, const weir_verdict_t *v)
+{
+    if (!l->waiting || l->done) return;
+    l->waiting = 0;
+    weir_apply_frame_verdict(l, v);
+
+    /* what arrived behind the message, in order, then read again */
+    uint8_t *h = l->held;
+    size_t n = l->held_len;
+    l->held = NULL;
+    l->held_len = 0;
+    if (h != NULL) {
+        if (!l->done) weir_relay_process(l, h, n);
+        free(h);
+    }
+    if (!l->waiting && !l->done) weir_leg_resume(l, WEIR_PAUSE_POLICY);
+}

@@ -1,0 +1,358 @@
+/*
+ * session_int.h — what the rooms of a session share and nothing outside
+ * them sees: leg.c (bytes on a socket), handshake.c (both handshakes),
+ * relay.c (frames between the legs) and session.c (a session's life). The
+ * worker sees proxy.h, the policy engine conn.h.
+ *
+ * A session is one allocation holding both legs. Each leg owns a socket (and
+ * an SSL when it is TLS), a poll handle, a small stash for a frame header or
+ * a control frame split across reads, and an output queue that exists only
+ * while the peer is not keeping up. Reads go into the worker's one shared
+ * buffer, frames are validated and re-masked there in place, and the bytes
+ * are written to the other leg with one write per read in the common case.
+ *
+ * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
+ * handshake.c both, session.c all three; their functions are declared
+ * below in that order. A function that "may close" a leg can leave it done
+ * (l->done): re-check after it. None frees a session: that happens only in
+ * a libuv close callback, so a session stays valid until the callback
+ * running returns.
+ */
+#ifndef WEIR_SESSION_INT_H
+#define WEIR_SESSION_INT_H
+
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include "proxy.h"
+#include "route.h"
+#include "ws.h"
+
+#define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to the interceptor */
+
+typedef struct weir_upstream_s weir_upstream_t;
+
+/* why a leg is not being read: bits, cleared independently */
+enum {
+    WEIR_PAUSE_PEER_FULL = 1,   /* the other leg's output queue is full */
+    WEIR_PAUSE_HANDSHAKE = 2,   /* waiting for the other leg's handshake */
+    WEIR_PAUSE_POLICY    = 4,   /* a frame hook of this direction waits on I/O */
+};
+
+struct weir_leg_s {
+    weir_session_t *s;
+    int             fd;                 /* -1 when never opened */
+    SSL            *ssl;                /* NULL for plain TCP */
+    uv_poll_t       poll;
+    int             events;             /* poll mask currently armed */
+    unsigned        is_backend:1;
+    unsigned        opened:1;           /* poll initialised: must be uv_close'd */
+    unsigned        done:1;             /* fd closed (or never opened) */
+    unsigned        freed:1;            /* poll handle closed */
+    unsigned        close_sent:1;       /* a close frame is queued to this peer */
+    unsigned        close_rcvd:1;       /* this peer sent a close frame */
+    unsigned        discard:1;          /* weir closed it: read only for its close */
+    unsigned        lingering:1;        /* write side shut, reading until EOF */
+    unsigned        ssl_hs:1;           /* TLS handshake in progress */
+    unsigned        ssl_want_write:1;   /* SSL_read needs the socket writable */
+    unsigned        ssl_want_read:1;    /* SSL_write needs the socket readable */
+    unsigned        fwd_frame:1;        /* the frame being streamed is forwarded */
+    unsigned        frame_fin:1;        /* FIN bit of that frame */
+    unsigned        in_ready:1;         /* queued on the worker's ready list */
+    unsigned        finish:1;           /* shut down once the output queue drains */
+    unsigned        emitted_mid:1;      /* the other leg's output ends inside our frame */
+    unsigned        msg_out_open:1;     /* frames of our open message went to the other leg */
+    unsigned        assemble:1;         /* a frame hook wants this direction's whole messages */
+    unsigned        assemble_next:1;    /* assemble from the next message on (set by reloads) */
+    unsigned        sniff:1;            /* the current message is read whole for ctx:intercept */
+    unsigned        collect:1;          /* the current message is being assembled in msg */
+    unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
+    unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
+    unsigned        paused;             /* WEIR_PAUSE_* bits */
+
+    /* reading: frames from this peer */
+    uint64_t        remaining;          /* payload bytes still to come, current data frame */
+    uint64_t        frame_off;          /* payload offset, for the mask phase */
+    uint64_t        msg_len;            /* bytes of the current message so far */
+    uint32_t        msg_frames;         /* frames of the current message so far */
+    uint8_t         in_mask[4];         /* this frame's mask (client leg) */
+    uint8_t         out_mask[4];        /* fresh mask towards the backend */
+    uint8_t         msg_opcode;         /* 0, or TEXT/BINARY of the message in progress */
+    uint8_t         nstash;
+    uint16_t        rcvd_code;          /* code of the close this peer sent, 0: none */
+    uint32_t        utf8;               /* validator state of the current text message */
+    uint8_t         stash[WEIR_STASH_SIZE];
+
+    /* messages assembled for frame hooks, and input held while a hook waits */
+    uint8_t        *msg;                /* the message's payload, unmasked */
+    size_t          msg_fill, msg_cap;
+    uint8_t         msg_op;             /* its opcode */
+    const uint8_t  *view;               /* or: the message where it lies in the read buffer */
+    size_t          view_len;
+    uint8_t        *held;
+    size_t          held_len;
+
+    /* messages weir adds to this peer's stream, held until it is between messages */
+    uint8_t        *inject;
+    size_t          inject_len;
+
+    /* writing: bytes queued for this peer */
+    uint8_t        *out;                /* NULL while nothing waits */
+    size_t          out_off, out_len, out_cap;
+
+    /* liveness */
+    uint64_t        last_rx;            /* loop time (ms) of the last read */
+    uint64_t        ping_sent;          /* 0, or when weir's keep-alive ping went */
+    uint64_t        ping_token;         /* payload of that ping */
+    uint64_t        deadline;           /* 0, or when a close/linger gives up */
+
+    /* counters for the access log */
+    uint64_t        frames, bytes;      /* data frames and payload bytes received */
+
+    weir_leg_t     *ready_next;
+};
+
+enum {
+    WEIR_S_TLS = 0,         /* client TLS handshake */
+    WEIR_S_REQUEST,         /* reading the client's request head */
+    WEIR_S_POLICY,          /* on_handshake waits on I/O */
+    WEIR_S_CONNECT,         /* connecting to the backend */
+    WEIR_S_BACKEND,         /* backend handshake (TLS, request, response) */
+    WEIR_S_OPEN,            /* relaying */
+    WEIR_S_CLOSED,          /* an HTTP answer or a close is on its way out */
+};
+
+struct weir_session_s {
+    weir_leg_t       client;
+    weir_leg_t       backend;
+    weir_worker_t   *w;
+    weir_conf_t     *conf;              /* the configuration it was routed with (a reference) */
+    weir_session_t  *prev, *next;       /* the worker's list */
+    uint64_t         id;
+    uint64_t         started;           /* loop time, ms */
+    uint64_t         last_data;         /* loop time of the last data frame either way */
+    int              state;             /* WEIR_S_* */
+    int              listen_tls;        /* client came over wss:// */
+    unsigned         hooks;             /* WEIR_HOOK_* of its version's chain */
+    unsigned         has_ctx:1;         /* the Lua runtime holds a ctx for it */
+    unsigned         ticket_req:1;      /* a POST <path>/ticket, answered without an upgrade */
+    weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
+    char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
+    uint16_t         peer_port;
+    weir_route_t     route;
+    weir_endpoint_t *ep;
+    char            *hs;                /* client request head, until the 101 */
+    size_t           hs_len, hs_cap, hs_head;
+    char            *bhs;               /* backend response head */
+    size_t           bhs_len, bhs_cap;
+    const char      *protocols;         /* client's Sec-WebSocket-Protocol (in hs) */
+    size_t           protocols_len;
+    char             accept[WEIR_WS_ACCEPT_LEN + 1];   /* for the client */
+    char             expect[WEIR_WS_ACCEPT_LEN + 1];   /* from the backend */
+    int              http_status;       /* answer to the client's request, for the log */
+    uint16_t         close_code;        /* first close code seen, for the log */
+    char             close_side;        /* 'c'lient, 'b'ackend, 'w'eir */
+    char             peer[64];          /* client address "ip:port" */
+    char             peer_ip[48];
+};
+
+/* The other leg of L's session. */
+static inline weir_leg_t *
+weir_other(weir_leg_t *l)
+{
+    return l->is_backend ? &l->s->client : &l->s->backend;
+}
+
+/* The loop's time, in ms. */
+static inline uint64_t
+weir_now(weir_session_t *s)
+{
+    return uv_now(s->w->loop);
+}
+
+/* The limits in force: the worker's current configuration's (a reload
+ * applies them to open sessions too). */
+static inline const weir_limits_t *
+weir_limits(weir_session_t *s)
+{
+    return &s->w->conf->limits;
+}
+
+/* weir's keep-alive ping payload: "weir-" and 16 hex digits */
+#define WEIR_PING_TOKEN_LEN 21
+
+/* ---- leg.c ----------------------------------------------------------------- */
+
+/*
+ * What leg.c cannot decide, since it calls no other room, it asks of the
+ * legs' owner: session.c, which registers itself once per worker.
+ */
+typedef struct {
+    uv_poll_cb   poll;                      /* every leg's poll callback */
+    void       (*readable)(weir_leg_t *l);  /* a leg of the ready list can be read */
+    void       (*freed)(weir_session_t *s); /* both legs' handles are closed: free S */
+    void       (*backend_lost)(weir_session_t *s, const char *why);  /* the backend went before the 101 */
+} weir_leg_owner_t;
+
+/* Register OWNER, before any leg is opened. */
+void weir_leg_init(const weir_leg_owner_t *owner);
+
+/* The poll events L waits for now (UV_READABLE, UV_WRITABLE), from its
+ * session's state, its pauses, its TLS layer and its output queue. */
+int weir_leg_want(const weir_leg_t *l);
+
+/* Arm L's poll handle for what it waits for now (weir_leg_want). No-op on
+ * a leg never opened or already done. */
+void weir_leg_update(weir_leg_t *l);
+
+/* L takes the socket FD: its poll handle is initialised (armed by the next
+ * weir_leg_update). From then on only weir_leg_close_fd closes FD. */
+void weir_leg_open(weir_leg_t *l, int fd);
+
+/* Read at most N bytes from L (through TLS when it has it) into BUF.
+ * Returns the bytes read (> 0), 0 at the peer's end of stream, WEIR_AGAIN
+ * when nothing is there yet, WEIR_ERROR on failure. Never closes L. */
+ssize_t weir_leg_recv(weir_leg_t *l, uint8_t *buf, size_t n);
+
+/* Append BUF[0..N) to L's output queue without trying to write (the
+ * caller flushes). Bounded by buffer_size; out of memory aborts. */
+void weir_leg_queue(weir_leg_t *l, const uint8_t *buf, size_t n);
+
+/* Write BUF[0..N) to L, queueing what the socket does not take (all of it
+ * while a relay batch is open). Returns WEIR_OK, or WEIR_ERROR when L is
+ * done or failed: a failure was handled as gone (weir_leg_gone, which may
+ * close the other leg too), and the caller must re-check its state. */
+int weir_leg_write(weir_leg_t *l, const uint8_t *buf, size_t n);
+
+/* Write what is queued for L. When the queue falls to half of buffer_size
+ * the other leg is read again; a finishing leg whose queue is empty is shut
+ * down. A write failure handles L as gone. */
+void weir_leg_flush(weir_leg_t *l);
+
+/* L's TLS layer holds decrypted bytes no poll event will announce: read L
+ * again from the worker's idle handle. */
+void weir_ready_add(weir_leg_t *l);
+
+/* Stop reading L for reason WHY (WEIR_PAUSE_* bits). */
+void weir_leg_pause(weir_leg_t *l, unsigned why);
+
+/* Clear reason WHY; L is read again once no reason is left (at once, from
+ * the ready list, when its TLS layer holds bytes). */
+void weir_leg_resume(weir_leg_t *l, unsigned why);
+
+/* Read and drop what a lingering (or closing) L still sends; its socket is
+ * closed at end of stream or on an error. */
+void weir_linger_read(weir_leg_t *l);
+
+/* The payload of L's keep-alive ping into OUT: WEIR_PING_TOKEN_LEN
+ * characters and a NUL. */
+void weir_ping_token(const weir_leg_t *l, char *out);
+
+/* 1 when PAYLOAD (WEIR_PING_TOKEN_LEN bytes) answers L's ping. */
+int weir_ping_matches(const weir_leg_t *l, const uint8_t *payload);
+
+/* Close L's socket now (its TLS and queue go with it). Safe to call twice.
+ * The session may be freed on a later loop iteration, never during this call. */
+void weir_leg_close_fd(weir_leg_t *l);
+
+/* Close L once its output queue has drained: shut down its write side and
+ * read until the peer's end of stream. */
+void weir_leg_finish(weir_leg_t *l);
+
+/* Record the first close of S, for the access log and on_close: CODE and
+ * SIDE ('c'lient, 'b'ackend, 'w'eir). Later ones are ignored. */
+void weir_note_close(weir_session_t *s, unsigned code, char side);
+
+/* Send a control frame with PAYLOAD[0..N) (cut to 125 bytes), masked
+ * towards a backend. Returns as weir_leg_write. */
+int weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, size_t n);
+
+/* Send one whole message of weir's own to DST: at once when its stream is
+ * between messages (into the open relay batch, if any), else kept in
+ * DST's inject queue until it is. Nothing goes to a leg done or closing. */
+void weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n);
+
+/* Write L's inject queue, now that its stream is between messages. No-op
+ * before the upgrade or on a leg done. */
+void weir_leg_flush_inject(weir_leg_t *l);
+
+/* weir closes leg L: an error JSON text frame first when JSON is given
+ * (client leg only), then a close frame with CODE (0: empty) and REASON.
+ * L then only waits for its peer's close. When L's output stream is in the
+ * middle of a frame relayed from the other side, no close frame can be
+ * framed: the socket is closed instead. May handle L as gone. */
+void weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char *json, size_t jl);
+
+/* As weir_leg_close_with, the error JSON built from PROBLEM (NULL: none),
+ * CODE and REASON. */
+void weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char *problem);
+
+/* Leg L ended without a completed close handshake (EOF, error, timeout) or
+ * ended cleanly: close it, and settle the other leg: answer a close it is
+ * waiting for, or close it (1001 to a backend whose client is gone; the
+ * bad-gateway JSON and 1014 to a client whose backend is gone; before the
+ * upgrade, a bad gateway when the backend went, the backend's socket
+ * closed when the client did). */
+void weir_leg_gone(weir_leg_t *l, const char *why);
+
+/* ---- relay.c --------------------------------------------------------------- */
+
+/* Relay BUF[0..LEN) read from L (validated and re-masked in place) as one
+ * batch: messages weir writes itself meanwhile (frame hooks' verdicts,
+ * replies, policies' sends) are queued, and each leg is written once at
+ * the end, so a read of sixteen small messages still costs one send().
+ * May close either leg. */
+void weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len);
+
+/* Read from L and relay it to the other leg, pausing L when the other
+ * leg's queue nears buffer_size. May close either leg. */
+void weir_relay_read(weir_leg_t *l);
+
+/* Log the failure of a policy (a WEIR_V_FAIL verdict V) on S. */
+void weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v);
+
+/* The frame hook of L's message, which had waited, decided V: apply it,
+ * relay what arrived behind the message, in order, and read L again. May
+ * close both legs. */
+void weir_relay_resolved(weir_leg_t *l, const weir_verdict_t *v);
+
+/* ---- handshake.c ----------------------------------------------------------- */
+
+/* Answer S's request with HTTP STATUS and the error JSON of TYPE and MSG
+ * (EXTRA: more header lines, or NULL), then close the client leg once it
+ * is out. S is then WEIR_S_CLOSED. */
+void weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra);
+
+/* The backend cannot be used: close it, complete the client's upgrade so a
+ * browser can read the reason, and close the client with the bad-gateway
+ * JSON and 1014. Logs "backend unavailable" with WHY. */
+void weir_bad_gateway(weir_session_t *s, const char *why);
+
+/* Apply on_handshake's verdict V: refuse the request (the policy's error
+ * JSON, 500 when it failed) or go on to the backend (the sandbox endpoint
+ * for a sandbox key). */
+void weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v);
+
+/* Forget S's changes to the backend's request (after the 101, or at the free). */
+void weir_upstream_free(weir_session_t *s);
+
+/* Read the client's request head (up to max_header_size). Once complete it
+ * is routed and checked, then answered, or handed to on_handshake and the
+ * backend. */
+void weir_client_read_request(weir_session_t *s);
+
+/* Read the backend's response head. A valid 101 sends the client's 101 and
+ * opens the relay (relaying frames that came with the heads); anything
+ * else is a bad gateway. */
+void weir_backend_read_response(weir_session_t *s);
+
+/* Advance L's TLS handshake. Done: the client's request is read next, or
+ * weir's request goes to the backend. Failed: the client leg is closed, a
+ * backend is a bad gateway. */
+void weir_tls_step(weir_leg_t *l);
+
+/* The backend's connect completed (or failed: a bad gateway): start TLS,
+ * or send weir's request. */
+void weir_backend_connected(weir_session_t *s);
+
+#endif
