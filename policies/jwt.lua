@@ -68,8 +68,8 @@ for _, f in ipairs(oauth.SCHEMA) do _M.schema[#_M.schema + 1] = f end
 -- one of these is required (checked by init)
 _M.required_one_of = { "jwks_file", "jwks_url", "secret", "secret_file" }
 
--- JWKS fetched from URLs, per worker, kept across reloads:
--- url → { keyset =, fetched =, attempted =, inflight = }
+-- JWKS fetched from URLs, per worker:
+-- url, CA and verify → { keyset =, fetched =, attempted =, inflight = (when the fetch started) }
 local remote = {}
 
 local function unauthorized(msg, problem)
@@ -119,12 +119,13 @@ end
 -- Fetch the JWKS of CONF's URL now (the hook waits). Keeps the old keys
 -- when it fails. Returns the keyset (maybe the old one).
 local function fetch(conf, r)
-    r.inflight = true
-    r.attempted = now()
+    local mark = now()
+    r.inflight = mark
+    r.attempted = mark
     local res, err = weir.http.request{ url = conf.jwks_url, timeout = conf.jwks_timeout / 1000,
                                         verify = conf.jwks_verify, ca = conf.jwks_ca,
                                         headers = { Accept = "application/json" } }
-    r.inflight = false
+    if r.inflight == mark then r.inflight = nil end
     if not res then
         weir.log("warn", "JWKS fetch failed", { url = conf.jwks_url, error = err })
     elseif res.status ~= 200 then
@@ -143,13 +144,22 @@ end
 -- The keyset to use; REFRESH: a kid was not found in it.
 local function keyset(conf, refresh)
     if not conf.jwks_url then return conf._keyset end
-    local r = remote[conf.jwks_url]
+    -- keys fetched without verifying the server are not shared with a
+    -- policy that verifies it (nor with another CA)
+    local id = conf._jwks_id
+    if not id then
+        id = conf.jwks_url .. "\0" .. tostring(conf.jwks_ca) .. "\0" .. tostring(conf.jwks_verify)
+        conf._jwks_id = id
+    end
+    local r = remote[id]
     if not r then
         r = { attempted = -1e18, fetched = -1e18 }
-        remote[conf.jwks_url] = r
+        remote[id] = r
     end
-    if r.inflight then return r.keyset end
     local t = now()
+    -- a fetch older than its timeout was abandoned: its connection closed
+    -- while it waited, and a hook whose connection is gone never resumes
+    if r.inflight and t - r.inflight < conf.jwks_timeout / 1000 then return r.keyset end
     if not r.keyset and t - r.attempted >= 1 then return fetch(conf, r) end
     if refresh and t - r.attempted >= conf.jwks_min_refresh / 1000 then return fetch(conf, r) end
     if r.keyset and t - r.fetched >= conf.jwks_max_age / 1000 and t - r.attempted >= conf.jwks_min_refresh / 1000 then
