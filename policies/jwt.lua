@@ -72,6 +72,8 @@ _M.required_one_of = { "jwks_file", "jwks_url", "secret", "secret_file" }
 -- url, CA and verify → { keyset =, fetched =, attempted =, inflight = (when the fetch started) }
 local remote = {}
 
+local UNAVAILABLE = "Signing keys are not available"
+
 local function unauthorized(msg, problem)
     return weir_error(problem or "/problems/unauthorized", msg, 401)
 end
@@ -195,7 +197,7 @@ local function find_key(conf, alg, kid)
             ks = again
         end
     end
-    if not ks and conf.jwks_url then return nil, "Signing keys are not available" end
+    if not ks and conf.jwks_url then return nil, UNAVAILABLE end
     return nil, "Token signing key is unknown"
 end
 
@@ -236,7 +238,12 @@ local function validate(ctx, conf, tok)
             return nil, unauthorized("Token algorithm is not accepted")
         end
         local key, ks = find_key(conf, alg, jws.kid)
-        if not key then return nil, unauthorized(ks) end
+        if not key then
+            if ks == UNAVAILABLE then       -- the issuer's keys never arrived: not the token's fault
+                return nil, weir_error("/problems/unavailable", UNAVAILABLE, 503)
+            end
+            return nil, unauthorized(ks)
+        end
         if not jose.key_allows(key, alg) then return nil, unauthorized("Token algorithm is not accepted") end
         local ok = jose.verify(key, alg, jws.signing_input, jws.signature)
         if not ok and jws.kid == nil and ks ~= conf._hkey then

@@ -397,7 +397,12 @@ function _M.refresh(ctx, conf, payload, validate)
     if type(tok) ~= "string" or tok == "" then return auth_error("The auth message has no token") end
     local t, err = validate(ctx, conf, tok)
     tok = nil
-    if not t then return auth_error(err and err.message or "Invalid token") end
+    if not t then
+        if err and err.problem ~= "/problems/unauthorized" and err.code then
+            return weir.reply(weir.error_json(err.problem, err.code, err.message))
+        end
+        return auth_error(err and err.message or "Invalid token")
+    end
     local old = ctx.consumer
     if t.consumer.subscriber ~= old.subscriber or t.consumer.application ~= old.application then
         return auth_error("The new token belongs to another subscriber or application", "/problems/forbidden")

@@ -66,14 +66,16 @@ describe("jwt with a JWKS URL", function()
     end
 
     -- Refused with 401 and the error JSON; returns the decoded error.
-    local function refused(api, tok)
+    -- STATUS 401 (the token refused, the default) or 503 (no keys to check it with)
+    local function refused(api, tok, status)
+        status = status or 401
         local ws, res = helpers.ws_connect(gw.port, { path = "/" .. api .. "/" .. tag(), headers = bearer(tok) })
         if ws then ws:close() end
         assert.is_nil(ws, "the upgrade was accepted")
         assert.is_table(res, "no HTTP answer: " .. tostring(res))
-        assert.equal(401, res.status)
+        assert.equal(status, res.status)
         assert.equal("application/json", res.headers["content-type"])
-        return helpers.check_error(res.body, "/problems/unauthorized", 401)
+        return helpers.check_error(res.body, status == 503 and "/problems/unavailable" or "/problems/unauthorized", status)
     end
 
     -- JWKS requests SRV has had
@@ -185,7 +187,7 @@ describe("jwt with a JWKS URL", function()
     it("refuses with the JSON while the server is down at start, and recovers when it comes up", function()
         serve({ "k1" })
         local tok = token("k1")
-        local err = refused("late", tok)
+        local err = refused("late", tok, 503)
         assert.equal("Signing keys are not available", err.error.message)
         assert.is_true(gw:alive())
         gw:wait_log(function(r)
@@ -217,7 +219,7 @@ describe("jwt with a JWKS URL", function()
     it("never lends keys fetched without verifying the server to a policy that verifies it", function()
         serve({ "k1" })
         accepted("noverify", token("k1"))
-        local err = refused("verify", token("k1"))
+        local err = refused("verify", token("k1"), 503)
         assert.equal("Signing keys are not available", err.error.message)
         gw:wait_log(function(r)
             return r.msg == "JWKS fetch failed" and type(r.url) == "string" and r.url:find("api=shared", 1, true)
@@ -246,8 +248,8 @@ describe("jwt with a JWKS URL", function()
         end
         local res = assert(conn:read_response(15))
         conn:close()
-        assert.equal(401, res.status)
-        local err = helpers.check_error(res.body, "/problems/unauthorized", 401)
+        assert.equal(503, res.status)
+        local err = helpers.check_error(res.body, "/problems/unavailable", 503)
         assert.equal("Signing keys are not available", err.error.message)
         gw:wait_log(function(r) return r.msg == "JWKS fetch failed" and r.error == "timeout" end)
     end)
