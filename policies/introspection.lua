@@ -271,11 +271,8 @@ local function validate(ctx, conf, tok)
             cache_put(conf, h, e)
         end
     end
-    local ok, why, problem = oauth.check_time(e.claims, conf, t)
-    if not ok then return nil, unauthorized(why, problem) end
-    if oauth.revoked(conf, e) then
-        return nil, unauthorized("The access token has been revoked", "/problems/token-revoked")
-    end
+    local bad = oauth.check_live(e, conf, t)
+    if bad then return nil, bad end
     return e
 end
 _M._validate = validate
@@ -292,43 +289,14 @@ local function fail_open(ctx, conf)
     return false
 end
 
+-- fail_open: raise, so that the chain logs, counts and passes (never for
+-- a ticket request: no ticket is issued without a token)
+local function on_failed(ctx, conf)
+    if fail_open(ctx, conf) then error("token introspection unavailable", 0) end
+end
+
 function _M.on_handshake(ctx, conf)
-    local req = ctx.request
-    local kind, cred = oauth.credential(ctx, conf)
-    if not kind then return unauthorized("Missing access token") end
-    if req.ticket_request then
-        if not conf.tickets then
-            return weir_error("/problems/not-found", "Tickets are not enabled for this API", 404)
-        end
-        if kind ~= "token" then return unauthorized("A ticket is requested with a bearer token") end
-    end
-    local rec, err, failed
-    if kind == "ticket" then
-        rec = oauth.redeem(ctx, cred)
-        cred = nil
-        if not rec then return unauthorized("Invalid or expired ticket") end
-        local ok, why, problem = oauth.check_time(rec.claims or { exp = rec.exp }, conf, now())
-        if not ok then return unauthorized(why, problem) end
-        if oauth.revoked(conf, rec) then
-            return unauthorized("The access token has been revoked", "/problems/token-revoked")
-        end
-    else
-        rec, err, failed = validate(ctx, conf, cred)
-        cred = nil
-        if not rec then
-            -- fail_open: raise, so that the chain logs, counts and passes
-            -- (never for a ticket: no ticket is issued without a token)
-            if failed and not req.ticket_request and fail_open(ctx, conf) then
-                error("token introspection unavailable", 0)
-            end
-            return err
-        end
-    end
-    if req.ticket_request then
-        oauth.ticket_for(ctx, conf, rec)
-    end
-    local ok, verr = oauth.accept(ctx, conf, rec, validate)
-    if not ok then return verr end
+    return oauth.handshake(ctx, conf, validate, on_failed)
 end
 
 function _M.recheck(ctx, conf)

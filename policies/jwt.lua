@@ -266,44 +266,13 @@ local function validate(ctx, conf, tok)
               hash = hex(h), consumer = oauth.consumer(claims, conf) }
         cache_put(conf, h, e)
     end
-    local ok, why, problem = oauth.check_time(e.claims, conf, t)
-    if not ok then return nil, unauthorized(why, problem) end
-    if oauth.revoked(conf, e) then
-        return nil, unauthorized("The access token has been revoked", "/problems/token-revoked")
-    end
+    local bad = oauth.check_live(e, conf, t)
+    if bad then return nil, bad end
     return e
 end
 
 function _M.on_handshake(ctx, conf)
-    local req = ctx.request
-    local kind, cred = oauth.credential(ctx, conf)
-    if not kind then return unauthorized("Missing access token") end
-    if req.ticket_request then
-        if not conf.tickets then
-            return weir_error("/problems/not-found", "Tickets are not enabled for this API", 404)
-        end
-        if kind ~= "token" then return unauthorized("A ticket is requested with a bearer token") end
-    end
-    local rec, err
-    if kind == "ticket" then
-        rec = oauth.redeem(ctx, cred)
-        cred = nil
-        if not rec then return unauthorized("Invalid or expired ticket") end
-        local ok, why, problem = oauth.check_time(rec.claims or { exp = rec.exp }, conf, now())
-        if not ok then return unauthorized(why, problem) end
-        if oauth.revoked(conf, rec) then
-            return unauthorized("The access token has been revoked", "/problems/token-revoked")
-        end
-    else
-        rec, err = validate(ctx, conf, cred)
-        cred = nil
-        if not rec then return err end
-    end
-    if req.ticket_request then
-        oauth.ticket_for(ctx, conf, rec)
-    end
-    local ok, verr = oauth.accept(ctx, conf, rec, validate)
-    if not ok then return verr end
+    return oauth.handshake(ctx, conf, validate)
 end
 
 function _M.recheck(ctx, conf)

@@ -430,6 +430,62 @@ function _M.recheck(ctx, conf)
 end
 
 ------------------------------------------------------------------------------
+-- The handshake of a token policy
+------------------------------------------------------------------------------
+
+local function unauthorized(msg, problem)
+    return weir.error(problem or "/problems/unauthorized", msg, 401)
+end
+
+--- What can change while a validated token is reused (from a cache, a
+-- ticket): its time claims and the revocation list. Returns nil when the
+-- token is still good, else a weir.error verdict.
+function _M.check_live(rec, conf, now)
+    local ok, why, problem = _M.check_time(rec.claims or { exp = rec.exp }, conf, now)
+    if not ok then return unauthorized(why, problem) end
+    if revoked(conf, rec) then return unauthorized("The access token has been revoked", "/problems/token-revoked") end
+    return nil
+end
+
+--- The on_handshake of a token policy: find the credential, redeem a
+-- ticket or VALIDATE(ctx, conf, token) a token (which returns the token
+-- record, or nil, a weir.error verdict and, when the validator itself could
+-- not work, true), answer a ticket request, or accept the token on CTX.
+-- ON_FAILED(ctx, conf), when given, is called when the validator could not
+-- work (not for a ticket request), before its verdict is returned.
+-- @treturn nil|table nothing (accepted) or the verdict to return
+function _M.handshake(ctx, conf, validate, on_failed)
+    local req = ctx.request
+    local kind, cred = _M.credential(ctx, conf)
+    if not kind then return unauthorized("Missing access token") end
+    if req.ticket_request then
+        if not conf.tickets then
+            return weir.error("/problems/not-found", "Tickets are not enabled for this API", 404)
+        end
+        if kind ~= "token" then return unauthorized("A ticket is requested with a bearer token") end
+    end
+    local rec, err, failed
+    if kind == "ticket" then
+        rec = _M.redeem(ctx, cred)
+        cred = nil
+        if not rec then return unauthorized("Invalid or expired ticket") end
+        local bad = _M.check_live(rec, conf, weir.now())
+        if bad then return bad end
+    else
+        rec, err, failed = validate(ctx, conf, cred)
+        cred = nil
+        if not rec then
+            if failed and on_failed and not req.ticket_request then on_failed(ctx, conf) end
+            return err
+        end
+    end
+    if req.ticket_request then _M.ticket_for(ctx, conf, rec) end
+    local ok, verr = _M.accept(ctx, conf, rec, validate)
+    if not ok then return verr end
+    return nil
+end
+
+------------------------------------------------------------------------------
 -- Tickets
 ------------------------------------------------------------------------------
 
