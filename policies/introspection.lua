@@ -161,7 +161,7 @@ function _M.init(conf)
     conf._log_url = loggable(conf.introspection_url)
     conf._ttl = (conf.cache_ttl or 0) / 1000
     conf._neg_ttl = (conf.negative_ttl or 0) / 1000
-    conf._cache_new, conf._cache_old, conf._cache_n = {}, {}, 0
+    conf._cache = oauth.cache(conf.cache_size)
     return true
 end
 
@@ -171,18 +171,13 @@ end
 
 -- The entry for hash H, if still good at T.
 local function cache_get(conf, h, t)
-    local e = conf._cache_new[h] or conf._cache_old[h]
+    local e = conf._cache:get(h)
     if e and e.till > t then return e end
     return nil
 end
 
 local function cache_put(conf, h, entry)
-    if conf.cache_size == 0 then return end
-    if conf._cache_n >= (conf.cache_size + 1) / 2 then
-        conf._cache_old, conf._cache_new, conf._cache_n = conf._cache_new, {}, 0
-    end
-    if not conf._cache_new[h] then conf._cache_n = conf._cache_n + 1 end
-    conf._cache_new[h] = entry
+    conf._cache:put(h, entry)
 end
 
 -- Remember a refusal of hash H at T (for negative_ttl).

@@ -110,7 +110,7 @@ function _M.init(conf)
         if not ks then return nil, conf.jwks_file .. ": " .. tostring(kerr) end
         conf._keyset = ks
     end
-    conf._cache_new, conf._cache_old, conf._cache_n = {}, {}, 0
+    conf._cache = oauth.cache(conf.cache_size)
     return true
 end
 
@@ -205,19 +205,6 @@ end
 -- Validation
 ------------------------------------------------------------------------------
 
-local function cache_get(conf, h)
-    return conf._cache_new[h] or conf._cache_old[h]
-end
-
-local function cache_put(conf, h, entry)
-    if conf.cache_size == 0 then return end
-    if conf._cache_n >= (conf.cache_size + 1) / 2 then
-        conf._cache_old, conf._cache_new, conf._cache_n = conf._cache_new, {}, 0
-    end
-    if not conf._cache_new[h] then conf._cache_n = conf._cache_n + 1 end
-    conf._cache_new[h] = entry
-end
-
 local function hex(s)
     return (s:gsub(".", function(c) return format("%02x", byte(c)) end))
 end
@@ -228,7 +215,7 @@ local function validate(ctx, conf, tok)
     if #tok > conf.max_token_size then return nil, unauthorized("Token is too large") end
     local h = jose.sha256(tok)
     local t = now()
-    local e = cache_get(conf, h)
+    local e = conf._cache:get(h)
     if e and e.keyset ~= (e.hmac and conf._hkey or keyset(conf, false)) then e = nil end
     if not e then
         local jws, err = jose.decode(tok, conf.max_token_size)
@@ -264,7 +251,7 @@ local function validate(ctx, conf, tok)
               exp = type(claims.exp) == "number" and claims.exp or nil,
               jti = type(jti) == "string" and jti or nil,
               hash = hex(h), consumer = oauth.consumer(claims, conf) }
-        cache_put(conf, h, e)
+        conf._cache:put(h, e)
     end
     local bad = oauth.check_live(e, conf, t)
     if bad then return nil, bad end

@@ -430,6 +430,26 @@ function _M.recheck(ctx, conf)
 end
 
 ------------------------------------------------------------------------------
+-- A cache of validated tokens, per worker
+------------------------------------------------------------------------------
+
+--- A cache of at most SIZE entries (0: none) keyed by a token's hash: two
+-- generations, the older dropped whole when the newer is half full, so
+-- neither a lookup nor an insert ever walks it.
+-- @usage local c = oauth.cache(conf.cache_size); c:put(h, e); c:get(h)
+function _M.cache(size)
+    local c = { size = size, new = {}, old = {}, n = 0 }
+    function c:get(h) return self.new[h] or self.old[h] end
+    function c:put(h, entry)
+        if self.size == 0 then return end
+        if self.n >= (self.size + 1) / 2 then self.old, self.new, self.n = self.new, {}, 0 end
+        if not self.new[h] then self.n = self.n + 1 end
+        self.new[h] = entry
+    end
+    return c
+end
+
+------------------------------------------------------------------------------
 -- The handshake of a token policy
 ------------------------------------------------------------------------------
 

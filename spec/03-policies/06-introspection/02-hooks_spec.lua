@@ -74,8 +74,8 @@ describe("introspection on_handshake", function()
             assert.is_nil(policy.on_handshake(ctx("t" .. i), c))
         end
         local n = 0
-        for _ in pairs(c._cache_new) do n = n + 1 end
-        for _ in pairs(c._cache_old) do n = n + 1 end
+        for _ in pairs(c._cache.new) do n = n + 1 end
+        for _ in pairs(c._cache.old) do n = n + 1 end
         assert.is_true(n <= 5, n .. " answers kept")
         assert.equal(10, #calls)
         policy.on_handshake(ctx("t10"), c)                -- recent: cached
