@@ -1,5 +1,5 @@
 --- Rate limits and connection counts shared by every worker of the host:
--- the Lua side of core/limits.c (the algorithm: docs/throttling.md).
+-- the Lua side of core/limit.c (the algorithm: docs/throttling.md).
 --
 -- A policy or the runtime turns a key and a limit into a ref at the
 -- handshake (`limits.ref`); the core then charges frames to refs without
@@ -28,7 +28,7 @@ local ffi_new, ffi_string = ffi.new, ffi.string
 
 local _M = { _VERSION = "0.1.0" }
 
-local ABI = 1   -- must equal WEIR_LIMITS_ABI in core/limits.h
+local ABI = 1   -- must equal WEIR_LIMITS_ABI in core/limit.h
 
 ffi.cdef [[
     typedef struct {

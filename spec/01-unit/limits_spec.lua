@@ -1,20 +1,20 @@
--- core/limits.c, the host's rate limits (GCRA buckets in shared memory) and
+-- core/limit.c, the host's rate limits (GCRA buckets in shared memory) and
 -- connection counts, and lua/weir/limits.lua, its Lua side.
 --
--- The spec compiles spec/support/limits_driver.c with core/limits.c twice
+-- The spec compiles spec/support/limits_driver.c with core/limit.c twice
 -- (plain, and with AddressSanitizer + UBSan, whose reports fail the spec)
 -- and runs scripts through it: the clock is injected (every take names its
 -- microsecond), so nothing sleeps and every expected number is exact.
 -- Decisions are compared with an exact model of GCRA written here in
 -- rational arithmetic. Races fork real processes on one shared zone.
--- The Lua module is run against core/limits.c built as a shared library.
+-- The Lua module is run against core/limit.c built as a shared library.
 local helpers = require "helpers"
 local ffi     = require "ffi"
 
 local fmt, concat, floor = string.format, table.concat, math.floor
 
 local ROOT    = helpers.root
-local SOURCES = { ROOT .. "/spec/support/limits_driver.c", ROOT .. "/core/limits.c", ROOT .. "/core/log.c" }
+local SOURCES = { ROOT .. "/spec/support/limits_driver.c", ROOT .. "/core/limit.c", ROOT .. "/core/log.c" }
 local CFLAGS  = "-std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE"
 local SAN     = "-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 local SAN_ENV = {
@@ -385,6 +385,33 @@ describe("limits", function()
                 assert.equal(2, by.b.allowed)
             end)
 
+            it("one key under another count, period or unit is another bucket (a reload that changes a limit)", function()
+                local by = run({
+                    { "init 0 0" },
+                    { ref("a", "sub:x", "frames", 5, MINUTE), "ra" },
+                    { ref("b", "sub:x", "frames", 6, MINUTE), "rb" },
+                    { ref("c", "sub:x", "frames", 5, HOUR), "rc" },
+                    { ref("d", "sub:x", "bytes", 5, MINUTE), "rd" },
+                    { ref("e", "sub:x", "frames", 5, MINUTE, 2, "in"), "re" },   -- the same units: shared
+                    { fmt("burst %d in 1 1 10 a", T0), "a" },
+                    { fmt("burst %d in 1 1 10 b", T0), "b" },
+                    { fmt("burst %d in 1 1 10 c", T0), "c" },
+                    { fmt("burst %d in 1 1 10 d", T0), "d" },
+                    { fmt("take %d in 1 1 e", T0), "e" },
+                })
+                local seen = {}
+                for _, r in ipairs({ by.ra, by.rb, by.rc, by.rd }) do
+                    assert.is_nil(seen[r.index])
+                    seen[r.index] = true
+                end
+                assert.equal(by.ra.index, by.re.index)
+                assert.equal(5, by.a.allowed)
+                assert.equal(6, by.b.allowed)
+                assert.equal(5, by.c.allowed)
+                assert.equal(5, by.d.allowed)
+                assert.equal(-5, by.e.rc)
+            end)
+
             it("specs out of range are refused with a message", function()
                 local _, res = run({
                     { "init 0 0" },
@@ -592,7 +619,7 @@ describe("limits", function()
         local limits
 
         setup(function()
-            local so = compile(helpers.tmpdir() .. "/liblimits.so", { ROOT .. "/core/limits.c", ROOT .. "/core/log.c" },
+            local so = compile(helpers.tmpdir() .. "/liblimits.so", { ROOT .. "/core/limit.c", ROOT .. "/core/log.c" },
                                "-O2 -shared -fPIC")
             ffi.cdef "int weir_limits_init(size_t buckets, size_t conn_slots);"
             local lib = ffi.load(so, true)                    -- global: ffi.C finds weir_ffi_*

@@ -1,10 +1,10 @@
 /*
- * limits_driver.c — runs core/limits.c from a script, with an injected
+ * limits_driver.c — runs core/limit.c from a script, with an injected
  * clock, for spec/01-unit/limits_spec.lua; also its benchmark.
  *
  * Build (the spec does it):
  *   cc -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Icore \
- *      spec/support/limits_driver.c core/limits.c core/log.c $(pkg-config --cflags --libs openssl)
+ *      spec/support/limits_driver.c core/limit.c core/log.c $(pkg-config --cflags --libs openssl)
  *
  * Reads one command a line from stdin and prints one JSON line for each
  * (blank lines and lines starting with # are skipped). NAMEs name refs; DIR
@@ -46,7 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "limits.h"
+#include "limit.h"
 #include "weir.h"
 
 #define DRV_MAX_REFS  256

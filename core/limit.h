@@ -1,5 +1,5 @@
 /*
- * limits.h — rate limits and connection counts shared by every worker of
+ * limit.h — rate limits and connection counts shared by every worker of
  * one host: a zone of shared memory the master maps before it forks.
  *
  * Rate limits are GCRA buckets (see docs/throttling.md): one 64-bit
@@ -21,9 +21,11 @@
  *
  * Finding or claiming a bucket or a slot holds the zone's process-shared
  * robust mutex; the per-frame take and the release never do.
+ *
+ * (limit.h, not limits.h: compiled with -Icore, <limits.h> would find it.)
  */
-#ifndef WEIR_LIMITS_H
-#define WEIR_LIMITS_H
+#ifndef WEIR_LIMIT_H
+#define WEIR_LIMIT_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /*
- * limits.c — the host's rate-limit buckets and connection counts (see
- * limits.h; the algorithm and its accuracy: docs/throttling.md).
+ * limit.c — the host's rate-limit buckets and connection counts (see
+ * limit.h; the algorithm and its accuracy: docs/throttling.md).
  *
  * The zone is one mapping: a header (the claim lock, the hash salt,
  * counters), the bucket table, the connection-slot table.
@@ -24,7 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "limits.h"
+#include "limit.h"
 #include "log.h"
 #include "weir.h"
 
@@ -163,17 +163,21 @@ weir_count(uint64_t *counter)
     __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
 }
 
-/* The first 128 bits of SHA-256(salt || KEY): keys an attacker chooses (a
- * client address) cannot be aimed at one probe window. Never (0,0). */
+/*
+ * The first 128 bits of SHA-256(salt || KEY || TAG[0..TLEN)): keys an
+ * attacker chooses (a client address) cannot be aimed at one probe window.
+ * Never (0,0).
+ */
 static int
-weir_limit_hash(const char *key, size_t len, uint64_t out[2])
+weir_limit_hash(const char *key, size_t len, const void *tag, size_t tlen, uint64_t out[2])
 {
-    uint8_t buf[WEIR_SALT_LEN + WEIR_LIMIT_KEY_MAX], md[EVP_MAX_MD_SIZE];
+    uint8_t buf[WEIR_SALT_LEN + WEIR_LIMIT_KEY_MAX + 32], md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
-    if (len > WEIR_LIMIT_KEY_MAX) return WEIR_ERROR;
+    if (len > WEIR_LIMIT_KEY_MAX || tlen > 32) return WEIR_ERROR;
     memcpy(buf, weir_lz->salt, WEIR_SALT_LEN);
     if (len) memcpy(buf + WEIR_SALT_LEN, key, len);
-    if (!EVP_Digest(buf, WEIR_SALT_LEN + len, md, &mdlen, EVP_sha256(), NULL)) return WEIR_ERROR;
+    if (tlen) memcpy(buf + WEIR_SALT_LEN + len, tag, tlen);
+    if (!EVP_Digest(buf, WEIR_SALT_LEN + len + tlen, md, &mdlen, EVP_sha256(), NULL)) return WEIR_ERROR;
     memcpy(out, md, 2 * sizeof(uint64_t));
     if (out[0] == 0 && out[1] == 0) out[1] = 1;
     return WEIR_OK;
@@ -488,7 +492,10 @@ weir_limit_resolve(weir_limit_ref_t *ref, const char *key, size_t len, const wei
     if (weir_limit_params(ref, spec, err, errlen) != WEIR_OK) return WEIR_ERROR;
     if (key == NULL) return WEIR_OK;
     if (weir_lz == NULL) return weir_limit_fail(err, errlen, "the limits zone is not mapped");
-    if (weir_limit_hash(key, len, ref->key) != WEIR_OK)
+    /* the bucket is named by the key and by what fixes its units: a reload
+     * that changes a limit's count, period or unit starts fresh buckets */
+    uint64_t tag[3] = { spec->count, spec->period_us, (uint64_t) spec->unit };
+    if (weir_limit_hash(key, len, tag, sizeof(tag), ref->key) != WEIR_OK)
         return weir_limit_fail(err, errlen, len > WEIR_LIMIT_KEY_MAX ? "a limit's key is longer than 512 bytes"
                                                                      : "cannot hash a limit's key");
     weir_limit_claim(ref, now_us);
@@ -535,7 +542,7 @@ weir_conn_acquire(weir_conn_ref_t *ref, const char *key, size_t len, uint64_t ma
 {
     memset(ref, 0, sizeof(*ref));
     ref->index = WEIR_NO_INDEX;
-    if (weir_lz == NULL || weir_limit_hash(key, len, ref->key) != WEIR_OK) return WEIR_ERROR;
+    if (weir_lz == NULL || weir_limit_hash(key, len, NULL, 0, ref->key) != WEIR_OK) return WEIR_ERROR;
     uint64_t mask = weir_lz->nslots - 1, home = ref->key[0] & mask;
     uint64_t probe = WEIR_MIN((uint64_t) WEIR_LIMIT_PROBE, weir_lz->nslots);
     int64_t found = -1, free_slot = -1;
@@ -593,7 +600,7 @@ uint64_t
 weir_conn_count(const char *key, size_t len)
 {
     uint64_t h[2];
-    if (weir_lz == NULL || weir_limit_hash(key, len, h) != WEIR_OK) return 0;
+    if (weir_lz == NULL || weir_limit_hash(key, len, NULL, 0, h) != WEIR_OK) return 0;
     uint64_t mask = weir_lz->nslots - 1, home = h[0] & mask;
     uint64_t probe = WEIR_MIN((uint64_t) WEIR_LIMIT_PROBE, weir_lz->nslots), n = 0;
     weir_limits_lock();
