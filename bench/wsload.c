@@ -24,6 +24,10 @@
  * closes by code, connections lost without a close, mismatches, messages
  * never echoed. The exit status is 1 when any error was counted.
  *
+ * Every handshake can carry extra headers (-H, e.g. an API key), and one
+ * more that changes from handshake to handshake (-T FILE: the file's lines
+ * taken in turn, e.g. a different bearer token each time).
+ *
  * Output: human text on stderr (unless -q), then one JSON line on stdout.
  */
 #include "wsbench.h"
@@ -96,6 +100,9 @@ static int           opt_rate = 200;     /* handshakes in progress at once */
 static const char   *opt_label = "";
 static char          opt_headers[8192];  /* extra request headers, CRLF-ended */
 static size_t        opt_headers_len = 0;
+static char        **opt_rr;             /* -T: header lines, one per handshake in turn */
+static size_t       *opt_rr_len;
+static size_t        opt_rr_n = 0, opt_rr_max = 0, opt_rr_next = 0;
 static char          opt_host[256];
 static char          opt_hostport[300];
 static int           opt_port = 80;
@@ -393,7 +400,20 @@ static void conn_send_handshake(wsload_conn_t *c)
     char key[25];
     wb_base64(raw, 16, key);
     wb_accept_key(key, 24, c->accept);
-    unsigned char *p = wb_buf_reserve(&c->out, 1024 + strlen(opt_path) + opt_headers_len);
+    /* -T: this handshake's header line, the file's lines taken in turn */
+    const char *rr = "";
+    size_t rr_len = 0;
+    if (opt_rr_n > 0) {
+        rr = opt_rr[opt_rr_next];
+        rr_len = opt_rr_len[opt_rr_next];
+        opt_rr_next = (opt_rr_next + 1) % opt_rr_n;
+    }
+    unsigned char *p = wb_buf_reserve(&c->out, 1024 + strlen(opt_path) + opt_headers_len
+                                               + opt_rr_max + 2);
+    if (p == NULL) {
+        fprintf(stderr, "wsload: out of memory\n");
+        exit(2);
+    }
     int n = sprintf((char *)p,
                     "GET %s HTTP/1.1\r\n"
                     "Host: %s\r\n"
@@ -401,8 +421,9 @@ static void conn_send_handshake(wsload_conn_t *c)
                     "Connection: Upgrade\r\n"
                     "Sec-WebSocket-Key: %s\r\n"
                     "Sec-WebSocket-Version: 13\r\n"
-                    "%.*s\r\n",
-                    opt_path, opt_hostport, key, (int)opt_headers_len, opt_headers);
+                    "%.*s%.*s%s\r\n",
+                    opt_path, opt_hostport, key, (int)opt_headers_len, opt_headers,
+                    (int)rr_len, rr, rr_len ? "\r\n" : "");
     c->out.len += (size_t)n;
     c->state = S_HANDSHAKE;
 }
@@ -865,11 +886,65 @@ static void usage(void)
         "  -j         JSON payloads: {\"type\":\"bench\",\"seq\":N,\"pad\":\"...\"}, exactly -s\n"
         "             bytes (-s at least 52)\n"
         "  -H 'Name: value'  extra handshake header, repeatable\n"
+        "  -T FILE    a file of 'Name: value' lines: each handshake sends the next\n"
+        "             one (in turn, from the first again after the last)\n"
         "  -r N       handshakes in progress at once while opening (200)\n"
         "  -l LABEL   label copied into the JSON line\n"
         "  -q         no human-readable text on stderr\n"
         "exit status: 0 no errors, 1 errors counted, 2 usage or setup failure\n");
     exit(2);
+}
+
+/*
+ * -T FILE: read the header lines to take in turn, one per handshake (blank
+ * lines skipped, a CR before the LF dropped). Returns 0, or -1 with a message.
+ */
+static int load_rr_headers(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "wsload: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    size_t cap = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t l;
+    int lineno = 0;
+    while ((l = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        while (l > 0 && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+            line[--l] = 0;
+        if (l == 0)
+            continue;
+        if (!strchr(line, ':') || (size_t)l > WSLOAD_MAX_HEAD) {
+            fprintf(stderr, "wsload: %s:%d: not a 'Name: value' header line\n", path, lineno);
+            fclose(f);
+            free(line);
+            return -1;
+        }
+        if (opt_rr_n == cap) {
+            cap = cap ? cap * 2 : 256;
+            opt_rr = realloc(opt_rr, cap * sizeof(*opt_rr));
+            opt_rr_len = realloc(opt_rr_len, cap * sizeof(*opt_rr_len));
+            if (opt_rr == NULL || opt_rr_len == NULL) {
+                fprintf(stderr, "wsload: out of memory\n");
+                exit(2);
+            }
+        }
+        opt_rr[opt_rr_n] = strdup(line);
+        opt_rr_len[opt_rr_n] = (size_t)l;
+        if ((size_t)l > opt_rr_max)
+            opt_rr_max = (size_t)l;
+        opt_rr_n++;
+    }
+    fclose(f);
+    free(line);
+    if (opt_rr_n == 0) {
+        fprintf(stderr, "wsload: %s: no header lines\n", path);
+        return -1;
+    }
+    return 0;
 }
 
 static int parse_url(const char *url)
@@ -904,7 +979,7 @@ static int parse_url(const char *url)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:r:l:qh")) != -1) {
+    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:T:r:l:qh")) != -1) {
         switch (opt) {
         case 'm':
             if (strcmp(optarg, "echo") == 0) opt_mode = M_ECHO;
@@ -929,6 +1004,10 @@ int main(int argc, char **argv)
             opt_headers_len += l + 2;
             break;
         }
+        case 'T':
+            if (opt_rr_n > 0 || load_rr_headers(optarg) < 0)
+                usage();
+            break;
         case 'r': opt_rate = atoi(optarg); break;
         case 'l': opt_label = optarg; break;
         case 'q': opt_quiet = 1; break;
