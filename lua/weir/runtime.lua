@@ -360,7 +360,13 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
     ctxs[id] = nil
     ctx._closed = true
     local ts = rawget(ctx, "_timers")
-    if ts then for t in pairs(ts) do t:cancel() end end
+    if ts then
+        -- collected first: cancelling removes a timer from ts, and removing
+        -- keys under a running pairs() lost timers once compiled
+        local list, n = {}, 0
+        for t in pairs(ts) do n = n + 1; list[n] = t end
+        for i = 1, n do list[i]:cancel() end
+    end
     for token in pairs(ctx._io or {}) do
         C.weir_ffi_http_cancel(token)
         io[token] = nil
