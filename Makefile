@@ -83,9 +83,13 @@ install: $(BIN)
 	fi
 	install -m 644 packaging/weir.conf.lua $(DESTDIR)$(DATADIR)/weir.conf.lua
 
-# A Debian package of this tree, made with dpkg-deb (packaging/build-deb).
+# A Debian package of this tree, made with dpkg-deb (packaging/build-deb):
+# $(BUILD)/deb/weir_VERSION_ARCH.deb
 deb: $(BIN)
-	@packaging/build-deb $(BIN) $(BUILD)/deb
+	@rm -rf $(BUILD)/deb
+	@$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/work/debian/weir PREFIX=/usr \
+	    SBINDIR=/usr/sbin SYSCONFDIR=/etc STATEDIR=/var/lib/weir >/dev/null
+	@packaging/build-deb $(BUILD)/deb
 
 bench: deps
 	@$(MAKE) --no-print-directory all
