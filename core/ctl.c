@@ -11,6 +11,13 @@
  * master knows whom to answer (a plain kill -HUP asks for no report). It
  * accepts only a connection whose peer is the master's pid. For a stop it
  * waits until the master has exited.
+ *
+ * SIGHUP does not queue: sent while a reload runs, two more requests merge
+ * into one, and the sigqueue value of only one of them arrives. So the
+ * master reports to every `weir -s reload` waiting when a reload starts
+ * (those listening on a "weir-ctl-PID" socket, from /proc/net/unix): each
+ * of them had checked, hence finished writing, its configuration before it
+ * listened, so that reload has read it.
  */
 #include <errno.h>
 #include <limits.h>
@@ -333,16 +340,51 @@ weir_ctl_requester(const siginfo_t *si)
 }
 
 int
+weir_ctl_waiting(pid_t *out, int max)
+{
+    static const char   name[] = " @weir-ctl-";
+    char                line[512], *at, *end;
+    unsigned long       flags;
+    long                pid;
+    FILE               *f;
+    int                 n = 0;
+
+    if ((f = fopen("/proc/net/unix", "r")) == NULL) return 0;
+    while (n < max && fgets(line, sizeof(line), f) != NULL) {
+        /* "Num: RefCount Protocol Flags Type St Inode Path"; a listening
+         * socket has __SO_ACCEPTCON (0x10000) in Flags */
+        if ((at = strstr(line, name)) == NULL) continue;
+        if (sscanf(line, "%*s %*s %*s %lx", &flags) != 1 || !(flags & 0x10000)) continue;
+        pid = strtol(at + sizeof(name) - 1, &end, 10);
+        if (pid <= 0 || pid > INT_MAX || (*end != '\n' && *end != '\0')) continue;
+        int seen = 0;
+        for (int i = 0; i < n; i++) seen |= out[i] == (pid_t) pid;
+        if (!seen) out[n++] = (pid_t) pid;
+    }
+    fclose(f);
+    return n;
+}
+
+int
 weir_ctl_send_report(pid_t to, const char *report, size_t len)
 {
     struct sockaddr_un  a;
     socklen_t           alen = weir_ctl_addr(&a, to);
+    struct ucred        cred;
+    socklen_t           clen = sizeof(cred);
     size_t              off = 0;
     int                 s, e;
 
     s = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s < 0) return WEIR_ERROR;
     if (connect(s, (struct sockaddr *) &a, alen) != 0) goto failed;
+    /* only to a listener of this user or root: a report may quote the
+     * configuration */
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) goto failed;
+    if (cred.uid != getuid() && cred.uid != 0) {
+        errno = EPERM;
+        goto failed;
+    }
     while (off < len) {
         ssize_t n = send(s, report + off, len - off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) continue;

@@ -43,9 +43,17 @@ int   weir_ctl_run(const weir_conf_t *conf, const char *what, int wait);
 pid_t weir_ctl_requester(const siginfo_t *si);
 
 /*
+ * The master: the pids of the `weir -s reload` processes waiting for a
+ * report now (listening on their sockets). Writes at most MAX into OUT;
+ * returns how many.
+ */
+int   weir_ctl_waiting(pid_t *out, int max);
+
+/*
  * The master: send REPORT (its first line "applied", "partial" or
- * "refused", then lines to show) to the `weir -s` with pid TO. Never waits
- * on it. Returns WEIR_OK, or WEIR_ERROR with errno set.
+ * "refused", then lines to show) to the `weir -s` with pid TO, when it
+ * runs as this user or as root. Never waits on it. Returns WEIR_OK, or
+ * WEIR_ERROR with errno set.
  */
 int   weir_ctl_send_report(pid_t to, const char *report, size_t len);
 

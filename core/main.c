@@ -38,6 +38,7 @@
 #endif
 
 #define WEIR_RELOAD_WAIT_MS 15000     /* how long the master waits for its workers' reloads */
+#define WEIR_RELOAD_REPORTS_MAX 64    /* weir -s reload processes one reload reports to */
 
 typedef struct {
     pid_t    pid;            /* 0 when not running */
@@ -512,7 +513,8 @@ weir_master_await(weir_master_t *m, pid_t *asked, int n, int *ok, int *failed, i
  * success the master keeps the new configuration (for workers it starts
  * later), applies the log level and file, tells every worker to reload and
  * waits for their answers. A report of all that goes to REQUESTER (a
- * `weir -s reload`), when not 0.
+ * `weir -s reload`), when not 0, and to every other `weir -s reload` that
+ * waits when it starts.
  */
 static void
 weir_master_reload(weir_master_t *m, pid_t requester)
@@ -523,11 +525,16 @@ weir_master_reload(weir_master_t *m, pid_t requester)
         weir_report_t body;     /* errors, or what needs a restart and warnings */
     }              *rep = calloc(1, sizeof(*rep));
     weir_conf_t    *conf = m->conf, *nc = NULL;
-    pid_t           asked[m->n > 0 ? m->n : 1];
-    int             nasked = 0, ok = 0, failed = 0, silent = 0, needs;
+    pid_t           asked[m->n > 0 ? m->n : 1], to[WEIR_RELOAD_REPORTS_MAX];
+    int             nasked = 0, ok = 0, failed = 0, silent = 0, needs, nto;
     char            e[PATH_MAX + 16];
 
     if (rep == NULL) return;
+    /* whoever waits now gets this reload's report (see ctl.c) */
+    nto = weir_ctl_waiting(to, WEIR_RELOAD_REPORTS_MAX - 1);
+    int known = requester <= 0;
+    for (int i = 0; i < nto; i++) known |= to[i] == requester;
+    if (!known) to[nto++] = requester;
     sd_notify(0, "RELOADING=1\nSTATUS=reloading the configuration");
     weir_reload_report = &rep->body;
     weir_conf_sink = weir_master_log_conf_line;
@@ -584,9 +591,10 @@ weir_master_reload(weir_master_t *m, pid_t requester)
 
 done:
     sd_notifyf(0, "READY=1\nSTATUS=serving with %d worker%s", m->running, m->running == 1 ? "" : "s");
-    if (requester > 0 && weir_ctl_send_report(requester, rep->out.buf, rep->out.len) != WEIR_OK)
-        weir_log(WEIR_LOG_WARN, "cannot send the reload report", "\"to_pid\":%d,\"error\":\"%s\"",
-                 (int) requester, strerror(errno));
+    for (int i = 0; i < nto; i++)
+        if (weir_ctl_send_report(to[i], rep->out.buf, rep->out.len) != WEIR_OK && to[i] == requester)
+            weir_log(WEIR_LOG_WARN, "cannot send the reload report", "\"to_pid\":%d,\"error\":\"%s\"",
+                     (int) requester, strerror(errno));
     free(rep);
 }
 

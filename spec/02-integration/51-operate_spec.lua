@@ -203,6 +203,21 @@ describe("weir -s reload", function()
         gw:wait_log(function(r) return r.msg == "reload done" end, 20)
     end)
 
+    it("several weir -s reload at once each get a report (SIGHUPs sent during a reload merge)", function()
+        local runs = {}
+        for i = 1, 4 do
+            local out = helpers.tmpdir() .. "/concurrent-" .. i .. ".out"
+            runs[i] = { out = out, pid = helpers.spawn({ helpers.bin, "-s", "reload", "-c", gw.conf_path },
+                                                        { stdout = out, stderr = out }) }
+        end
+        for i, r in ipairs(runs) do
+            local code = helpers.wait(r.pid, 90)
+            local text = helpers.read_file(r.out) or ""
+            assert.equal(0, code, "weir -s reload #" .. i .. ": " .. text)
+            assert.truthy(text:find("applied in 2 of 2 workers", 1, true), text)
+        end
+    end)
+
     it("the log says how the reload went", function()
         local rec = gw:wait_log(function(r) return r.msg == "reload done" and r.complete == true end)
         assert.equal(2, rec.workers_applied)
