@@ -460,19 +460,27 @@ weir_reload_apis(const weir_conf_t *old, const weir_conf_t *nc, weir_report_t *r
     weir_report_add(r, "%s\n", added + removed > 0 ? ")" : "");
 }
 
+/* How the workers asked to reload answered. */
+typedef struct {
+    int ok;          /* applied it */
+    int failed;      /* could not, and keep the previous configuration */
+    int died;        /* died meanwhile (restarted with the new one) */
+    int silent;      /* no answer in time */
+} weir_answers_t;
+
 /*
  * Wait until every worker of ASKED (N pids, 0 for none) answered its reload
  * or died, at most WEIR_RELOAD_WAIT_MS. Other signals wait. Counts the
- * answers into *OK, *FAILED and *SILENT.
+ * answers into A.
  */
 static void
-weir_master_await(weir_master_t *m, pid_t *asked, int n, int *ok, int *failed, int *silent)
+weir_master_await(weir_master_t *m, pid_t *asked, int n, weir_answers_t *a)
 {
     sigset_t ws;
     uint64_t deadline = weir_clock_ms() + WEIR_RELOAD_WAIT_MS;
     int      pending = 0;
 
-    *ok = *failed = 0;
+    memset(a, 0, sizeof(*a));
     for (int i = 0; i < n; i++) pending += asked[i] > 0;
     sigemptyset(&ws);
     sigaddset(&ws, SIGCHLD);
@@ -488,8 +496,8 @@ weir_master_await(weir_master_t *m, pid_t *asked, int n, int *ok, int *failed, i
                 if (asked[i] != si.si_pid) continue;
                 asked[i] = 0;
                 pending--;
-                if (si.si_value.sival_int) (*ok)++;
-                else (*failed)++;
+                if (si.si_value.sival_int) a->ok++;
+                else a->failed++;
             }
         } else if (sig == SIGCHLD) {
             weir_master_reap(m);
@@ -499,12 +507,12 @@ weir_master_await(weir_master_t *m, pid_t *asked, int n, int *ok, int *failed, i
                 if (asked[i] > 0 && !alive) {
                     asked[i] = 0;
                     pending--;
-                    (*failed)++;
+                    a->died++;
                 }
             }
         }
     }
-    *silent = pending;
+    a->silent = pending;
 }
 
 /*
@@ -526,7 +534,8 @@ weir_master_reload(weir_master_t *m, pid_t requester)
     }              *rep = calloc(1, sizeof(*rep));
     weir_conf_t    *conf = m->conf, *nc = NULL;
     pid_t           asked[m->n > 0 ? m->n : 1], to[WEIR_RELOAD_REPORTS_MAX];
-    int             nasked = 0, ok = 0, failed = 0, silent = 0, needs, nto;
+    weir_answers_t  a;
+    int             nasked = 0, needs, nto;
     char            e[PATH_MAX + 16];
 
     if (rep == NULL) return;
@@ -573,21 +582,26 @@ weir_master_reload(weir_master_t *m, pid_t requester)
     weir_log(WEIR_LOG_INFO, "reloading", "\"workers\":%d", m->running);
     for (int i = 0; i < m->n; i++)
         if (m->slots[i].pid > 0 && kill(m->slots[i].pid, SIGHUP) == 0) asked[nasked++] = m->slots[i].pid;
-    weir_master_await(m, asked, nasked, &ok, &failed, &silent);
-    if (failed > 0 || silent > 0) needs++;
+    weir_master_await(m, asked, nasked, &a);
+    if (a.failed > 0 || a.died > 0 || a.silent > 0) needs++;
     weir_log(needs ? WEIR_LOG_WARN : WEIR_LOG_INFO, "reload done",
              "\"complete\":%s,\"workers\":%d,\"workers_applied\":%d,\"workers_failed\":%d,"
-             "\"workers_silent\":%d", needs ? "false" : "true", nasked, ok, failed, silent);
+             "\"workers_died\":%d,\"workers_silent\":%d", needs ? "false" : "true", nasked, a.ok, a.failed,
+             a.died, a.silent);
 
     weir_report_add(&rep->out, "%s\nweir: reloaded %s: %s in %d of %d worker%s\n%s%s",
-                    needs ? "partial" : "applied", conf->file, needs ? "applied in part" : "applied", ok,
+                    needs ? "partial" : "applied", conf->file, needs ? "applied in part" : "applied", a.ok,
                     nasked, nasked == 1 ? "" : "s", rep->apis.buf, rep->body.buf);
-    if (failed > 0)
+    if (a.failed > 0)
         weir_report_add(&rep->out, "  not applied: %d worker%s could not apply it and keep%s the previous "
-                        "configuration (the log says why)\n", failed, failed == 1 ? "" : "s", failed == 1 ? "s" : "");
-    if (silent > 0)
-        weir_report_add(&rep->out, "  not confirmed: %d worker%s did not answer within %d s\n", silent,
-                        silent == 1 ? "" : "s", WEIR_RELOAD_WAIT_MS / 1000);
+                        "configuration (the log says why)\n", a.failed, a.failed == 1 ? "" : "s",
+                        a.failed == 1 ? "s" : "");
+    if (a.died > 0)
+        weir_report_add(&rep->out, "  not applied: %d worker%s died while reloading (restarted with the new "
+                        "configuration; the log says why)\n", a.died, a.died == 1 ? "" : "s");
+    if (a.silent > 0)
+        weir_report_add(&rep->out, "  not confirmed: %d worker%s did not answer within %d s\n", a.silent,
+                        a.silent == 1 ? "" : "s", WEIR_RELOAD_WAIT_MS / 1000);
 
 done:
     sd_notifyf(0, "READY=1\nSTATUS=serving with %d worker%s", m->running, m->running == 1 ? "" : "s");
@@ -773,8 +787,12 @@ main(int argc, char **argv)
         return WEIR_EXIT_FAILURE;
     }
     weir_log_warnings(conf, 1, NULL);
-    if (weir_open_listeners(conf) != WEIR_OK || weir_shm_init() != WEIR_OK
-        || (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK)) {
+    int started = weir_open_listeners(conf) == WEIR_OK;
+    if (started && weir_shm_init() != WEIR_OK) {
+        if (weir_log_is_file()) fprintf(stderr, "weir: cannot map shared memory (the log says why)\n");
+        started = 0;
+    }
+    if (!started || (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK)) {
         sd_notifyf(0, "STATUS=failed to start (see the log)\nERRNO=%d", EINVAL);
         weir_conf_free(conf);
         return WEIR_EXIT_FAILURE;

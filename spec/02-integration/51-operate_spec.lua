@@ -186,6 +186,31 @@ describe("weir -s reload", function()
         assert.equal(0, (weir_s("reload", gw)))
     end)
 
+    it("workers that cannot apply it: exit 3, and they keep serving the previous configuration", function()
+        -- a policy that accepts its configuration in the master and refuses
+        -- it in a worker (weir.http exists only there)
+        local dir = helpers.tmpdir() .. "/worker-refuses"
+        assert(os.execute("mkdir -p " .. helpers.shell_quote(dir)) == 0)
+        helpers.write_file(dir .. "/spec-worker-refuses.lua", [[
+local weir = require "weir"
+return { name = "spec-worker-refuses", priority = 12, on_handshake = function() end,
+         init = function() if weir.http then return nil, "refused in a worker" end return true end }
+]])
+        local bad = helpers.deepcopy(conf)
+        bad.policy_paths = { dir }
+        bad.policies = { { "spec-worker-refuses", {} } }
+        rewrite(gw, bad)
+        local code, out, err = weir_s("reload", gw)
+        assert.equal(3, code, out .. err)
+        assert.truthy(out:find("applied in part in 0 of 2 workers", 1, true), out)
+        assert.truthy(out:find("not applied: 2 workers could not apply it and keep the previous configuration", 1, true), out)
+        local ws = helpers.ws_connect(gw.port, { path = "/second" })
+        assert.truthy(ws, "the previous configuration no longer serves")
+        ws:close()
+        rewrite(gw, conf)
+        assert.equal(0, (weir_s("reload", gw)))
+    end)
+
     it("a configuration with errors: exit 1, nothing signalled", function()
         local before = #gw:logs()
         helpers.write_file(gw.conf_path, "return { workers = 1,, }\n")
