@@ -318,9 +318,15 @@ weir_spawn(weir_master_t *m, int id)
 {
     pid_t pid = fork();
     if (pid == 0) {
-        /* a USR1 before the worker's own handler is set must not kill it */
-        signal(SIGUSR1, SIG_IGN);
-        sigprocmask(SIG_SETMASK, &m->old, NULL);
+        /* the worker unblocks these once its handlers are set: one sent
+         * while it starts (a reload just after a start) waits for them
+         * instead of killing it */
+        sigset_t mask = m->old;
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGUSR1);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigprocmask(SIG_SETMASK, &mask, NULL);
         exit(weir_worker_run(m->conf, id));      /* the worker frees its configurations */
     }
     if (pid < 0) weir_log(WEIR_LOG_ERROR, "cannot fork a worker", "\"error\":\"%s\"", strerror(errno));

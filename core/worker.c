@@ -299,6 +299,13 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_signal_start(&w->sig_hup, weir_worker_hup_cb, SIGHUP);
     uv_signal_init(&loop, &weir_sig_usr1);
     uv_signal_start(&weir_sig_usr1, weir_worker_usr1_cb, SIGUSR1);
+    sigset_t handled;        /* blocked by the master until now (weir_spawn) */
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGHUP);
+    sigaddset(&handled, SIGUSR1);
+    sigprocmask(SIG_UNBLOCK, &handled, NULL);
 
     weir_worker_listen(w, 1);
     weir_log(WEIR_LOG_INFO, "worker started", "\"worker\":%d", id);

@@ -250,6 +250,74 @@ return { name = "spec-worker-refuses", priority = 12, on_handshake = function() 
     end)
 end)
 
+describe("a reload just after a start", function()
+    teardown(helpers.cleanup)
+
+    it("reaches every worker, even those still starting (none dies of the SIGHUP)", function()
+        -- workers take a while to start: their policy's init is slow there
+        -- (weir.http exists only in a worker), not in the master
+        local dir = helpers.tmpdir() .. "/slow-init"
+        assert(os.execute("mkdir -p " .. helpers.shell_quote(dir)) == 0)
+        helpers.write_file(dir .. "/spec-slow-init.lua", [[
+local weir = require "weir"
+local started = false
+return { name = "spec-slow-init", priority = 13, on_handshake = function() end,
+         init = function()
+             if weir.http and not started then
+                 started = true
+                 local t = os.clock()
+                 while os.clock() - t < 0.5 do end
+             end
+             return true
+         end }
+]])
+        local gw = helpers.start_weir({ workers = 3, policy_paths = { dir }, policies = { { "spec-slow-init", {} } },
+                                        apis = { helpers.api("Echo", "/echo", "ws://127.0.0.1:9") } },
+                                      { wait = false })
+        helpers.wait_until(function()
+            for _, r in ipairs(gw:logs()) do if r.msg == "weir started" then return true end end
+        end, 15, "weir to start")
+        helpers.kill(gw.pid, "HUP")
+        local rec = gw:wait_log(function(r) return r.msg == "reload done" end, 30)
+        assert.equal(3, rec.workers_applied)
+        assert.equal(0, rec.workers_died)
+        for _, r in ipairs(gw:logs()) do assert.not_equal("worker died", r.msg) end
+        assert.equal(0, (gw:stop()))
+    end)
+end)
+
+describe("a reload and the log", function()
+    teardown(helpers.cleanup)
+
+    it("applies a new log.file and log.level in the master and every worker", function()
+        local gw = helpers.start_weir({ workers = 2, apis = { helpers.api("Echo", "/echo", "ws://127.0.0.1:9") } })
+        local conf = helpers.deepcopy(gw.conf)
+        local old_path = gw.log_path
+        conf.log.file = helpers.tmpdir() .. "/after-reload.log"
+        rewrite(gw, conf)
+        local code, out, err = weir_s("reload", gw)
+        assert.equal(0, code, out .. err)
+        assert.truthy(out:find("applied: log.file: " .. conf.log.file, 1, true), out)
+        gw.log_path = conf.log.file
+        local workers = {}
+        for _, r in ipairs(gw:logs()) do if r.msg == "worker reloaded" then workers[r.pid] = true end end
+        local n = 0
+        for _ in pairs(workers) do n = n + 1 end
+        assert.equal(2, n, "not every worker logs to the new file")
+        assert.truthy(gw:wait_log(function(r) return r.msg == "reload done" end))
+
+        -- level warn: the info records of the next reload are not written
+        conf.log.level = "warn"
+        rewrite(gw, conf)
+        assert.equal(0, (weir_s("reload", gw)))
+        local before = #gw:logs()
+        assert.equal(0, (weir_s("reload", gw)))
+        for i = before + 1, #gw:logs() do assert.not_equal("info", gw:logs()[i].level) end
+        assert.is_nil((helpers.read_file(old_path) or ""):find("after-reload", 1, true))
+        assert.equal(0, (gw:stop()))
+    end)
+end)
+
 describe("weir -s stop", function()
     teardown(helpers.cleanup)
 
