@@ -888,25 +888,31 @@ check_priority_ties = function(conf, ctx)
     local warned = {}
     for _, api in ipairs(conf.apis) do
         for _, v in ipairs(api.versions) do
-            local entries, at = {}, {}
+            -- the merged chain as weir.runtime builds it: a version's entry
+            -- replaces the global one of the same policy, and takes its own
+            -- place in the order (seq)
+            local entries, seqs, at, seq = {}, {}, {}, 0
             for _, list in ipairs({ conf.policies, v.policies }) do
                 for _, e in ipairs(list or {}) do
+                    seq = seq + 1
                     local i = at[e.name]
-                    if i then entries[i] = e else entries[#entries + 1] = e; at[e.name] = #entries end
+                    if not i then i = #entries + 1; at[e.name] = i end
+                    entries[i], seqs[i] = e, seq
                 end
             end
             for j = 2, #entries do
                 for i = 1, j - 1 do
-                    local a, b = entries[i], entries[j]
-                    local key = a.field .. "\0" .. b.field
-                    if a.priority == b.priority and not warned[key] then
+                    local first, second = entries[i], entries[j]
+                    if seqs[j] < seqs[i] then first, second = second, first end
+                    local key = first.field .. "\0" .. second.field
+                    if first.priority == second.priority and not warned[key] then
                         warned[key] = true
-                        warn(ctx, ctx.entry_nodes[b] or { path = b.field },
+                        warn(ctx, ctx.entry_nodes[second] or { path = second.field },
                              format("policy %s has the same priority as %s (%s, at %s): %s runs first "
                                     .. "because it comes first in the configuration (the global chain, "
                                     .. "then the version's); give one of them another priority if the "
-                                    .. "order matters", show(b.name), show(a.name), show_number(a.priority),
-                                    a.field, show(a.name)))
+                                    .. "order matters", show(second.name), show(first.name),
+                                    show_number(first.priority), first.field, show(first.name)))
                     end
                 end
             end

@@ -114,6 +114,19 @@ return { name = "spec-tie", priority = 1250, on_handshake = function() end }
         assert.equal(2, count(lines, "same priority"), err)
     end)
 
+    it("a version's entry that replaces a global one runs after the global entries it ties with", function()
+        local conf = backend_conf({ policy_paths = { dir }, policies = {
+            { "key-auth", { keys_file = dir .. "/good-keys.txt" } },
+            { "spec-tie", {} },
+        } })
+        conf.apis[1].versions[1].policies = { { "key-auth", { keys_file = "good-keys.txt" } } }
+        local code, _, lines, err = check(conf)
+        assert.equal(0, code, err)
+        assert.equal(1, #lines, err)
+        assert.truthy(lines[1]:find('apis[1].versions[1].policies[1]: policy "key-auth" has the same priority as '
+                                    .. '"spec-tie" (1250, at policies[2]): "spec-tie" runs first', 1, true), err)
+    end)
+
     it("policies with different priorities draw no warning", function()
         local conf = backend_conf()
         conf.apis[1].versions[1].policies = {
