@@ -117,8 +117,9 @@ end
 
 local MAX_PROBLEMS = 20   -- reported per keys file; the rest are counted
 
--- Parse one key line (N is its number, POS where its first word starts).
--- Returns the hash and its consumer template, or nil and a message.
+-- Parse one key line; POS is where its first word starts, FIRST_LINE maps
+-- each hash already read to its line. Returns the hash and its consumer
+-- template, or nil and a message.
 local function parse_key_line(line, pos, first_line)
     local word, after = match(line, "^(%S+)()", pos)
     local hex = match(word, "^sha256:(%x+)$")

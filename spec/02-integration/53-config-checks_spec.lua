@@ -81,6 +81,19 @@ return { name = "spec-tie", priority = 1250, on_handshake = function() end }
         assert.equal(5, #lines, err)
     end)
 
+    it("a keys file with very many bad lines: the first 20, then how many more", function()
+        local bad = {}
+        for i = 1, 25 do bad[i] = "junk" .. i end
+        helpers.write_file(dir .. "/junk-keys.txt", table.concat(bad, "\n") .. "\n")
+        local conf = backend_conf()
+        conf.apis[1].versions[1].policies = { { "key-auth", { keys_file = dir .. "/junk-keys.txt" } } }
+        local code, _, lines, err = check(conf)
+        assert.equal(1, code, err)
+        assert.equal(21, #lines, err)
+        assert.truthy(lines[20]:find("junk-keys.txt:20:", 1, true), err)
+        assert.truthy(lines[21]:find("junk-keys.txt: 5 more problems after line 20", 1, true), err)
+    end)
+
     it("a keys file's problems never quote a line's first word (it may be a raw key)", function()
         local conf = backend_conf()
         conf.apis[1].versions[1].policies = { { "key-auth", { keys_file = dir .. "/bad-keys.txt" } } }
