@@ -985,6 +985,16 @@ weir_conf_free(weir_conf_t *conf)
     free(conf);
 }
 
+const char *
+weir_conf_listen_name(const weir_listen_t *l, char *buf, size_t len)
+{
+    int  v6 = strchr(l->address, ':') != NULL;
+
+    snprintf(buf, len, "%s%s%s:%u%s", v6 ? "[" : "", l->address, v6 ? "]" : "", l->port,
+             l->tls_cert ? " (TLS)" : "");
+    return buf;
+}
+
 void
 weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b)
 {

@@ -108,6 +108,9 @@ const char *weir_conf_lua_dir(char *err, size_t len);
  */
 int  weir_conf_load(const char *file, weir_conf_t **out);
 
+/* Listener L for messages: "127.0.0.1:8080", "[::1]:8443 (TLS)". Returns BUF. */
+const char *weir_conf_listen_name(const weir_listen_t *l, char *buf, size_t len);
+
 /* Exchange the listeners of A and B (a reload keeps the running ones). */
 void weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b);
 
