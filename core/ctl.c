@@ -90,19 +90,37 @@ weir_ctl_alive(pid_t pid, unsigned long long start)
     return weir_ctl_stat(pid, &state, &s) == 0 && s == start && state != 'Z' && state != 'X';
 }
 
-/* Read /proc/PID/comm (the program's name) into BUF. */
-static void
-weir_ctl_comm(const char *pid, char *buf, size_t len)
+/*
+ * The program process PID runs (PID "self": this one), into BUF: the name
+ * of its executable file (" (deleted)" dropped: a weir whose binary was
+ * upgraded under it is still weir), or, when that cannot be read (another
+ * user's process), its comm, which the kernel cuts to 15 bytes: then
+ * returns 1, else 0.
+ */
+static int
+weir_ctl_program(const char *pid, char *buf, size_t len)
 {
-    char  path[64];
-    FILE *f;
+    char     path[64], exe[PATH_MAX];
+    ssize_t  n;
+    FILE    *f;
 
     buf[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%s/exe", pid);
+    n = readlink(path, exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        size_t l = strlen(exe);
+        if (l > 10 && strcmp(exe + l - 10, " (deleted)") == 0) exe[l - 10] = '\0';
+        const char *base = strrchr(exe, '/');
+        snprintf(buf, len, "%s", base != NULL ? base + 1 : exe);
+        return 0;
+    }
     snprintf(path, sizeof(path), "/proc/%s/comm", pid);
-    if ((f = fopen(path, "r")) == NULL) return;
+    if ((f = fopen(path, "r")) == NULL) return 1;
     if (fgets(buf, (int) len, f) == NULL) buf[0] = '\0';
     fclose(f);
     buf[strcspn(buf, "\n")] = '\0';
+    return 1;
 }
 
 /*
@@ -112,7 +130,7 @@ weir_ctl_comm(const char *pid, char *buf, size_t len)
 static int
 weir_ctl_find(const weir_conf_t *conf, pid_t *pid, unsigned long long *start)
 {
-    char   state, comm[64], mine[64], num[32];
+    char   state, comm[NAME_MAX + 1], mine[NAME_MAX + 1], num[32];
     long   v;
     FILE  *f;
 
@@ -143,9 +161,9 @@ weir_ctl_find(const weir_conf_t *conf, pid_t *pid, unsigned long long *start)
         return WEIR_EXIT_NOT_RUNNING;
     }
     snprintf(num, sizeof(num), "%ld", v);
-    weir_ctl_comm(num, comm, sizeof(comm));
-    weir_ctl_comm("self", mine, sizeof(mine));
-    if (comm[0] != '\0' && mine[0] != '\0' && strcmp(comm, mine) != 0) {
+    int cut = weir_ctl_program(num, comm, sizeof(comm));
+    weir_ctl_program("self", mine, sizeof(mine));
+    if (comm[0] != '\0' && mine[0] != '\0' && strncmp(comm, mine, cut ? 15 : sizeof(mine)) != 0) {
         fprintf(stderr, "weir: weir is not running: process %ld, named by %s, is \"%s\", not %s (a pid "
                 "file left by a weir that did not stop cleanly)\n", v, conf->pid_file, comm, mine);
         return WEIR_EXIT_NOT_RUNNING;
