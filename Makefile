@@ -1,17 +1,31 @@
-# weir — build, run, test, bench.
+# weir — build, run, test, install, package, bench.
 #   make            build build/weir (SAN=1: ASan+UBSan build in build-san/)
 #   make run        install what is missing, build, start the echo example
 #   make test       install what is missing, build, run every spec
+#   make install    install weir (PREFIX=/usr/local, DESTDIR for a staging root; see below)
+#   make deb        build the Debian package into build/deb/ (SAN=1: build-san/deb/)
 #   make bench      weir against direct, nginx and HAProxy (see bench/README.md)
 
 SAN      ?= 0
 CC       ?= cc
-PKGS     := luajit libuv openssl libcurl
+PKGS     := luajit libuv openssl libcurl libsystemd
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
-            -DWEIR_LUA_DIR='"$(CURDIR)/lua"'
+            -DWEIR_CONF_DEFAULT='"$(SYSCONFDIR)/weir/weir.conf.lua"'
 LDLIBS   += -lm
 LDFLAGS  += -rdynamic      # policies reach weir_ffi_* through LuaJIT's FFI
+
+# Where make install puts things. The binary finds its Lua runtime and stock
+# policies relative to itself (SBINDIR/../share/weir), so any PREFIX works
+# and the tree can be moved as a whole; WEIR_LUA_DIR overrides.
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+DATADIR    ?= $(PREFIX)/share/weir
+DOCDIR     ?= $(PREFIX)/share/doc/weir
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+STATEDIR   ?= /var/lib/weir
+DESTDIR    ?=
 
 ifeq ($(SAN),1)
 BUILD    := build-san
@@ -25,11 +39,11 @@ SRCS     := $(wildcard core/*.c)
 OBJS     := $(SRCS:core/%.c=$(BUILD)/%.o)
 BIN      := $(BUILD)/weir
 
-.PHONY: all deps run test bench clean
+.PHONY: all deps run test bench clean install deb
 
 all: $(BIN)
 
-$(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)
+$(BUILD)/%.o: core/%.c $(wildcard core/*.h) Makefile | $(BUILD)
 	$(CC) $(CFLAGS) $$(pkg-config --cflags $(PKGS)) -c -o $@ $<
 
 $(BIN): $(OBJS)
@@ -48,6 +62,34 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory all
 	@WEIR_BIN=$(CURDIR)/$(BIN) WEIR_SAN=$(SAN) spec/run
+
+# The binary, the Lua runtime, the stock policies, the documentation and the
+# man page, an example configuration (never over an existing one) and the
+# state directory.
+install: $(BIN)
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DATADIR)/lua/weir $(DESTDIR)$(DATADIR)/policies \
+	    $(DESTDIR)$(DOCDIR)/policies $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/weir \
+	    $(DESTDIR)$(STATEDIR)
+	install -m 755 $(BIN) $(DESTDIR)$(SBINDIR)/weir
+	install -m 644 lua/weir/*.lua $(DESTDIR)$(DATADIR)/lua/weir/
+	cp -R policies/. $(DESTDIR)$(DATADIR)/policies/
+	install -m 644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	install -m 644 docs/policies/*.md $(DESTDIR)$(DOCDIR)/policies/
+	install -m 644 packaging/weir.8 $(DESTDIR)$(MANDIR)/man8/weir.8
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/weir/weir.conf.lua ]; then \
+	    echo "kept $(DESTDIR)$(SYSCONFDIR)/weir/weir.conf.lua (the example is $(DATADIR)/weir.conf.lua)"; \
+	else \
+	    install -m 644 packaging/weir.conf.lua $(DESTDIR)$(SYSCONFDIR)/weir/weir.conf.lua; \
+	fi
+	install -m 644 packaging/weir.conf.lua $(DESTDIR)$(DATADIR)/weir.conf.lua
+
+# A Debian package of this tree, made with dpkg-deb (packaging/build-deb):
+# $(BUILD)/deb/weir_VERSION_ARCH.deb
+deb: $(BIN)
+	@rm -rf $(BUILD)/deb
+	@$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/work/debian/weir PREFIX=/usr \
+	    SBINDIR=/usr/sbin SYSCONFDIR=/etc STATEDIR=/var/lib/weir >/dev/null
+	@packaging/build-deb $(BUILD)/deb
 
 bench: deps
 	@$(MAKE) --no-print-directory all

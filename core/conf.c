@@ -34,10 +34,6 @@
 #include "conf.h"
 #include "log.h"
 
-#ifndef WEIR_LUA_DIR
-#error "WEIR_LUA_DIR must name the directory holding weir/conf.lua"
-#endif
-
 #define WEIR_CONF_FIELD_MAX  512         /* longest field path kept for a message */
 #define WEIR_CONF_MAX_WORKERS 1024       /* as in weir.conf's schema */
 
@@ -612,8 +608,17 @@ static int
 weir_conf_copy_api(weir_conf_ctx_t *ctx, int idx, weir_api_t *api)
 {
     size_t  i;
+    char   *unknown = NULL;
+    int     rc;
 
-    if (weir_conf_string(ctx, idx, "name", 1, &api->name) != WEIR_OK
+    rc = weir_conf_string(ctx, idx, "unknown_version", 1, &unknown);
+    if (rc == WEIR_OK && strcmp(unknown, "404") != 0 && strcmp(unknown, "default") != 0) {
+        rc = weir_conf_internal(ctx, "unknown_version", "is neither \"404\" nor \"default\"");
+    }
+    api->unknown_version_404 = rc == WEIR_OK && strcmp(unknown, "404") == 0;
+    free(unknown);
+    if (rc != WEIR_OK
+        || weir_conf_string(ctx, idx, "name", 1, &api->name) != WEIR_OK
         || weir_conf_string(ctx, idx, "context", 1, &api->context) != WEIR_OK
         || weir_conf_copy_list(ctx, idx, "versions", sizeof(weir_version_t),
                                (void **) &api->versions, &api->nversions,
@@ -640,6 +645,37 @@ static int
 weir_conf_copy_api_item(weir_conf_ctx_t *ctx, int idx, void *item)
 {
     return weir_conf_copy_api(ctx, idx, item);
+}
+
+/* Copy the normalised table's "warnings" (a list of strings, maybe empty
+ * or absent) into CONF. */
+static int
+weir_conf_copy_warnings(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
+{
+    lua_State  *L = ctx->L;
+    size_t      i, n;
+    int         t;
+
+    if ((t = weir_conf_table(ctx, idx, "warnings")) <= 0) {
+        return t < 0 ? WEIR_ERROR : WEIR_OK;
+    }
+    n = lua_objlen(L, t);
+    if (n > 0 && (conf->warnings = calloc(n, sizeof(char *))) == NULL) {
+        return weir_conf_oom(ctx);
+    }
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, t, (int) i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            return weir_conf_internal(ctx, "warnings", "has an entry that is not a string");
+        }
+        if ((conf->warnings[i] = strdup(lua_tostring(L, -1))) == NULL) {
+            return weir_conf_oom(ctx);
+        }
+        conf->nwarnings = i + 1;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return WEIR_OK;
 }
 
 /*
@@ -711,11 +747,86 @@ weir_conf_copy(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
     {
         goto done;
     }
+    if (weir_conf_copy_warnings(ctx, idx, conf) != WEIR_OK) {
+        goto done;
+    }
     rc = WEIR_OK;
 
 done:
     free(level);
     return rc;
+}
+
+/* ---- finding the Lua runtime -------------------------------------------- */
+
+static char weir_conf_lua[PATH_MAX];     /* found once, inherited by the workers */
+
+/* Whether DIR holds weir's Lua runtime; if so, its absolute form goes into
+ * weir_conf_lua. */
+static int
+weir_conf_take_lua_dir(const char *dir)
+{
+    char  probe[PATH_MAX + 32], real[PATH_MAX];
+
+    snprintf(probe, sizeof(probe), "%s/weir/conf.lua", dir);
+    if (access(probe, R_OK) != 0 || realpath(dir, real) == NULL) {
+        return 0;
+    }
+    snprintf(weir_conf_lua, sizeof(weir_conf_lua), "%s", real);
+    return 1;
+}
+
+const char *
+weir_conf_lua_dir(char *err, size_t len)
+{
+    const char  *env;
+    char         exe[PATH_MAX], installed[PATH_MAX + 32], tree[PATH_MAX + 32], *slash;
+    ssize_t      n;
+
+    if (weir_conf_lua[0] != '\0') {
+        return weir_conf_lua;
+    }
+    env = getenv("WEIR_LUA_DIR");
+    if (env != NULL && env[0] != '\0') {
+        if (weir_conf_take_lua_dir(env)) {
+            return weir_conf_lua;
+        }
+        if (err != NULL) {
+            snprintf(err, len, "WEIR_LUA_DIR is %s, which holds no weir/conf.lua: it must name "
+                     "the directory of weir's Lua runtime (or be unset)", env);
+        }
+        return NULL;
+    }
+
+    /* BINDIR/../share/weir/lua, then BINDIR/../lua, BINDIR's parent
+     * written out (not "..") so that messages read well */
+    n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) {
+        if (err != NULL) {
+            snprintf(err, len, "cannot find weir's own binary (/proc/self/exe: %s): set WEIR_LUA_DIR "
+                     "to the directory holding weir/conf.lua", strerror(errno));
+        }
+        return NULL;
+    }
+    exe[n] = '\0';
+    for (int up = 0; up < 2; up++) {        /* the binary's directory, then its parent */
+        slash = strrchr(exe, '/');
+        if (slash == NULL) {
+            break;
+        }
+        *slash = '\0';
+    }
+    snprintf(installed, sizeof(installed), "%s/share/weir/lua", exe);
+    snprintf(tree, sizeof(tree), "%s/lua", exe);
+    if (weir_conf_take_lua_dir(installed) || weir_conf_take_lua_dir(tree)) {
+        return weir_conf_lua;
+    }
+    if (err != NULL) {
+        snprintf(err, len, "cannot find weir's Lua runtime (weir/conf.lua) in %s or %s: install weir "
+                 "with its runtime (make install), or set WEIR_LUA_DIR to the directory holding "
+                 "weir/conf.lua", installed, tree);
+    }
+    return NULL;
 }
 
 /* ---- running weir.conf ------------------------------------------------- */
@@ -739,14 +850,15 @@ weir_conf_run(weir_conf_ctx_t *ctx)
 {
     lua_State   *L = ctx->L;
     const char  *dir;
-    char         cwd[PATH_MAX];
+    char         cwd[PATH_MAX], why[PATH_MAX * 3];
     long         cpus;
     size_t       i, n;
     int          handler;
 
-    dir = getenv("WEIR_LUA_DIR");
-    if (dir == NULL || dir[0] == '\0') {
-        dir = WEIR_LUA_DIR;
+    dir = weir_conf_lua_dir(why, sizeof(why));
+    if (dir == NULL) {
+        weir_conf_say("%s", why);
+        return WEIR_ERROR;
     }
 
     /* weir's own Lua tree first; C modules (cjson) from the system's paths */
@@ -864,10 +976,24 @@ weir_conf_free(weir_conf_t *conf)
         free(conf->listen[i].tls_key);
     }
     free(conf->listen);
+    for (i = 0; conf->warnings != NULL && i < conf->nwarnings; i++) {
+        free(conf->warnings[i]);
+    }
+    free(conf->warnings);
     free(conf->file);
     free(conf->pid_file);
     free(conf->log_file);
     free(conf);
+}
+
+const char *
+weir_conf_listen_name(const weir_listen_t *l, char *buf, size_t len)
+{
+    int  v6 = strchr(l->address, ':') != NULL;
+
+    snprintf(buf, len, "%s%s%s:%u%s", v6 ? "[" : "", l->address, v6 ? "]" : "", l->port,
+             l->tls_cert ? " (TLS)" : "");
+    return buf;
 }
 
 void

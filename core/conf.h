@@ -48,6 +48,8 @@ typedef struct {
     weir_version_t  *versions;
     size_t           nversions;
     weir_version_t  *default_version;      /* NULL when none is marked default */
+    int              unknown_version_404;  /* a version-shaped segment naming no version: 404,
+                                              not the default version (unknown_version) */
 } weir_api_t;
 
 typedef struct {
@@ -83,15 +85,31 @@ typedef struct {
     weir_limits_t    limits;
     weir_api_t      *apis;
     size_t           napis;
+    char           **warnings;             /* "FILE:LINE: FIELD: message", nothing refused */
+    size_t           nwarnings;
     uint64_t         refs;                 /* sessions routed with it (worker-local) */
 } weir_conf_t;
+
+/*
+ * The directory holding weir's Lua runtime (weir/conf.lua), absolute:
+ * $WEIR_LUA_DIR when set, else found from the binary's own place,
+ * BINDIR/../share/weir/lua (installed) then BINDIR/../lua (the build tree).
+ * Found once and kept (workers inherit it). Returns NULL when there is none,
+ * after writing into ERR (when not NULL) where it looked.
+ */
+const char *weir_conf_lua_dir(char *err, size_t len);
 
 /*
  * Load and validate FILE. On success returns WEIR_OK and *out owns a new
  * configuration (free it with weir_conf_free). On failure returns WEIR_ERROR
  * and has written one line per error to stderr, each "file:line: field: what".
+ * Warnings (a configuration weir accepts but that is probably not what was
+ * meant) are not printed: they are kept in conf->warnings.
  */
 int  weir_conf_load(const char *file, weir_conf_t **out);
+
+/* Listener L for messages: "127.0.0.1:8080", "[::1]:8443 (TLS)". Returns BUF. */
+const char *weir_conf_listen_name(const weir_listen_t *l, char *buf, size_t len);
 
 /* Exchange the listeners of A and B (a reload keeps the running ones). */
 void weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b);

@@ -1,12 +1,15 @@
 /*
  * log.c — JSON-lines logging. Owns the log stream (stderr or an append-mode
  * file shared by master and workers: each record is one write(2) of a whole
- * line, so lines from different processes never interleave).
+ * line, so lines from different processes never interleave). SIGUSR1
+ * makes the master and every worker open the file again by its name
+ * (weir_log_reopen), which is how logrotate hands over a new file.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
@@ -17,6 +20,7 @@
 
 int weir_log_level = WEIR_LOG_INFO;
 static int weir_log_fd = 2;
+static char *weir_log_path;          /* NULL: stderr */
 
 static const char *weir_log_names[] = { "debug", "info", "warn", "error" };
 
@@ -25,16 +29,39 @@ weir_log_open(const char *file, int level)
 {
     weir_log_level = level;
     if (file == NULL) {
+        if (weir_log_fd != 2) close(weir_log_fd);
         weir_log_fd = 2;
+        free(weir_log_path);
+        weir_log_path = NULL;
         return WEIR_OK;
     }
-    int fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    char *path = strdup(file);          /* FILE may be weir_log_path itself */
+    if (path == NULL) return WEIR_ERROR;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fprintf(stderr, "weir: cannot open log file %s: %s\n", file, strerror(errno));
+        int e = errno;
+        free(path);
+        errno = e;
         return WEIR_ERROR;
     }
+    if (weir_log_fd != 2) close(weir_log_fd);
     weir_log_fd = fd;
+    free(weir_log_path);
+    weir_log_path = path;
     return WEIR_OK;
+}
+
+int
+weir_log_reopen(void)
+{
+    if (weir_log_path == NULL) return WEIR_OK;
+    return weir_log_open(weir_log_path, weir_log_level);
+}
+
+const char *
+weir_log_file(void)
+{
+    return weir_log_path;
 }
 
 char *

@@ -19,8 +19,24 @@ typedef enum {
 
 extern int weir_log_level;
 
-/* Open FILE for appending (NULL: stderr). Returns WEIR_OK or WEIR_ERROR. */
+/*
+ * Log to FILE, appending (NULL: stderr), from now on, at LEVEL and above.
+ * Returns WEIR_OK, or WEIR_ERROR with errno set when FILE cannot be opened:
+ * then the level is set but records keep going where they went before.
+ * Prints nothing: the caller says what failed.
+ */
 int  weir_log_open(const char *file, int level);
+
+/*
+ * Open the log file again by its name (after logrotate moved it away), so
+ * that records go to a file of that name again. Nothing to do when logging
+ * to stderr. Returns WEIR_OK, or WEIR_ERROR with errno set (the old file
+ * stays in use).
+ */
+int  weir_log_reopen(void);
+
+/* The log file's name, or NULL when logging to stderr. */
+const char *weir_log_file(void);
 
 /*
  * Log MSG at LEVEL. FIELDS_FMT, when not NULL, is a printf format producing

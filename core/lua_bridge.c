@@ -277,8 +277,8 @@ weir_lua_init(uv_loop_t *loop, weir_conf_t *conf)
     if (weir_L == NULL) return WEIR_ERROR;
     luaL_openlibs(weir_L);
 
-    const char *dir = getenv("WEIR_LUA_DIR");
-    if (dir == NULL || *dir == '\0') dir = WEIR_LUA_DIR;
+    const char *dir = weir_conf_lua_dir(NULL, 0);      /* found by the master before it forked */
+    if (dir == NULL) return WEIR_ERROR;
     lua_getglobal(weir_L, "package");
     lua_pushfstring(weir_L, "%s/?.lua;%s/?/init.lua;", dir, dir);
     lua_getfield(weir_L, -2, "path");

@@ -1,274 +1,210 @@
 /*
- * main.c — the command line and the master process: checks or loads the
- * configuration, opens the listeners, forks the workers, restarts a worker
- * that dies, and on SIGTERM/SIGINT drains the workers and exits.
- * The master carries no traffic.
+ * main.c — the command line: checks a configuration (-t, -T), signals a
+ * running weir (-s, through ctl.c), or starts one: loads the
+ * configuration, opens the log, the listeners and the pid file, then hands
+ * over to the master process (master.c). Fatal start-up errors are said on
+ * stderr as well as logged, so that they are seen even with log.file set.
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "conf.h"
+#include "ctl.h"
 #include "log.h"
+#include "master.h"
 #include "shm.h"
 #include "weir.h"
-#include "worker.h"
 
-typedef struct {
-    pid_t    pid;            /* 0 when not running */
-    uint64_t started_ms;
-    uint64_t respawn_at_ms;  /* 0, or when to start it again */
-} weir_slot_t;
-
-static uint64_t
-weir_clock_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
-}
+#ifndef WEIR_CONF_DEFAULT
+#define WEIR_CONF_DEFAULT "/etc/weir/weir.conf.lua"
+#endif
 
 static void
 weir_usage(FILE *f)
 {
     fprintf(f,
             "weir %s — a Lua-scriptable WebSocket API gateway\n\n"
-            "usage: weir [-t] -c FILE\n"
-            "       weir -s reload|stop -c FILE\n"
+            "usage: weir -c FILE                      run in the foreground: a master and its workers\n"
+            "       weir -t -c FILE                   check the configuration\n"
+            "       weir -T -c FILE                   check it, and that weir could start now\n"
+            "       weir -s SIGNAL [--no-wait] -c FILE\n"
+            "                                         signal the running weir (found by pid_file)\n"
             "       weir -v | -h\n\n"
-            "  -c FILE   the configuration file (a Lua file returning a table)\n"
-            "  -t        check the configuration and exit (0: valid)\n"
-            "  -s SIGNAL reload: check the configuration, then have the running weir\n"
-            "            (found by the configuration's pid_file) reload it; stop: drain and stop\n"
-            "  -v        print the version and exit\n"
-            "  -h        print this help and exit\n\n"
-            "signals to the master: HUP reloads, TERM or INT drain and stop\n",
-            WEIR_VERSION);
+            "  -c FILE     the configuration (a Lua file returning a table); the installed one is\n"
+            "              %s\n"
+            "  -t          check the configuration, the files it names and every policy it uses:\n"
+            "              exit 0 when valid, 1 with every problem otherwise; warnings (a pid or log\n"
+            "              file this user cannot write, policies with the same priority) do not fail it\n"
+            "  -T          as -t, and fail unless weir could start now as this user: the pid and log\n"
+            "              files can be written and every listen address can be bound\n"
+            "  -s SIGNAL   reload  check the configuration, have the running weir apply it and print\n"
+            "                      what it applied and what needs a restart (exit 0: all of it,\n"
+            "                      3: not all of it, 1: none of it)\n"
+            "              stop    drain the connections and stop; waits until weir has exited\n"
+            "              reopen  reopen the log file (after logrotate moved it)\n"
+            "  --no-wait   with -s: return once the signal is sent\n"
+            "  -v          print the version and exit\n"
+            "  -h          print this help and exit\n\n"
+            "signals to the master: HUP reload, TERM or INT drain and stop, USR1 reopen the log file\n"
+            "environment: WEIR_LUA_DIR  weir's Lua runtime (default: ../share/weir/lua from the binary,\n"
+            "                           else ../lua: the build tree)\n"
+            "             WEIR_POLICY_DIR  the stock policies (default: ../policies from the Lua runtime)\n"
+            "exit status: 0 done, 1 failed, 2 usage, 3 a reload applied only in part, 7 weir is not\n"
+            "             running (-s)\n"
+            "see weir(8)\n",
+            WEIR_VERSION, WEIR_CONF_DEFAULT);
 }
 
-/* Open every listener; on failure log it and return WEIR_ERROR. */
+/* ---- checking what a start needs ----------------------------------------- */
+
+/*
+ * Whether this user could create or append to PATH: "" when so, else why
+ * (into WHY). Writes nothing.
+ */
+static const char *
+weir_writable(const char *path, char *why, size_t len)
+{
+    char        dir[PATH_MAX];
+    struct stat st;
+    const char *slash = strrchr(path, '/');
+
+    why[0] = '\0';
+    if (access(path, F_OK) == 0) {
+        if (access(path, W_OK) != 0) snprintf(why, len, "%s", strerror(errno));
+        return why;
+    }
+    if (slash == NULL) snprintf(dir, sizeof(dir), ".");
+    else if (slash == path) snprintf(dir, sizeof(dir), "/");
+    else snprintf(dir, sizeof(dir), "%.*s", (int) (slash - path), path);
+    if (stat(dir, &st) != 0) snprintf(why, len, "its directory %s does not exist", dir);
+    else if (!S_ISDIR(st.st_mode)) snprintf(why, len, "%s is not a directory", dir);
+    else if (access(dir, W_OK | X_OK) != 0) snprintf(why, len, "its directory %s is not writable (%s)", dir,
+                                                     strerror(errno));
+    return why;
+}
+
+/* Open listener L: a non-blocking socket bound and listening. Returns the
+ * fd, or -1 with ERR saying why. */
 static int
-weir_open_listeners(weir_conf_t *conf)
+weir_listen_open(const weir_listen_t *l, char *err, size_t len)
 {
-    for (size_t i = 0; i < conf->nlisten; i++) {
-        weir_listen_t *l = &conf->listen[i];
-        struct sockaddr_storage ss;
-        socklen_t len;
-        memset(&ss, 0, sizeof(ss));
-        if (strchr(l->address, ':') != NULL) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *) &ss;
-            a->sin6_family = AF_INET6;
-            a->sin6_port = htons(l->port);
-            if (inet_pton(AF_INET6, l->address, &a->sin6_addr) != 1) goto bad_address;
-            len = sizeof(*a);
-        } else {
-            struct sockaddr_in *a = (struct sockaddr_in *) &ss;
-            a->sin_family = AF_INET;
-            a->sin_port = htons(l->port);
-            if (inet_pton(AF_INET, l->address, &a->sin_addr) != 1) goto bad_address;
-            len = sizeof(*a);
-        }
-        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int one = 1;
-        if (fd < 0) goto failed;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, 4096) < 0) {
-            close(fd);
-            goto failed;
-        }
-        l->fd = fd;
-        weir_log(WEIR_LOG_INFO, "listening", "\"address\":\"%s\",\"port\":%u,\"tls\":%s", l->address,
-                 l->port, l->tls_cert ? "true" : "false");
-        continue;
+    struct sockaddr_storage ss;
+    socklen_t slen;
+    int one = 1, fd;
 
-    failed:
-        weir_log(WEIR_LOG_ERROR, "cannot listen", "\"address\":\"%s\",\"port\":%u,\"error\":\"%s\"",
-                 l->address, l->port, strerror(errno));
-        return WEIR_ERROR;
-    bad_address:
-        weir_log(WEIR_LOG_ERROR, "invalid listen address", "\"address\":\"%s\"", l->address);
-        return WEIR_ERROR;
+    memset(&ss, 0, sizeof(ss));
+    if (strchr(l->address, ':') != NULL) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *) &ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(l->port);
+        if (inet_pton(AF_INET6, l->address, &a->sin6_addr) != 1) goto bad_address;
+        slen = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *) &ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons(l->port);
+        if (inet_pton(AF_INET, l->address, &a->sin_addr) != 1) goto bad_address;
+        slen = sizeof(*a);
     }
-    return WEIR_OK;
-}
-
-static pid_t
-weir_spawn(weir_conf_t *conf, int id, const sigset_t *old)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        sigprocmask(SIG_SETMASK, old, NULL);
-        exit(weir_worker_run(conf, id));      /* the worker frees its configurations */
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) goto failed;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *) &ss, slen) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        goto failed;
     }
-    if (pid < 0) weir_log(WEIR_LOG_ERROR, "cannot fork a worker", "\"error\":\"%s\"", strerror(errno));
-    return pid;
-}
+    return fd;
 
-static void
-weir_master_log_conf_line(const char *line)
-{
-    char e[2048];
-    weir_log(WEIR_LOG_ERROR, "configuration error", "\"error\":\"%s\"", weir_log_str(e, sizeof(e), line));
-}
-
-static int
-weir_listen_same(const weir_conf_t *a, const weir_conf_t *b)
-{
-    if (a->nlisten != b->nlisten) return 0;
-    for (size_t i = 0; i < a->nlisten; i++) {
-        const weir_listen_t *x = &a->listen[i], *y = &b->listen[i];
-        if (x->port != y->port || strcmp(x->address, y->address) != 0 || !x->tls_cert != !y->tls_cert
-            || (x->tls_cert && (strcmp(x->tls_cert, y->tls_cert) != 0 || strcmp(x->tls_key, y->tls_key) != 0)))
-            return 0;
-    }
-    return 1;
+failed:
+    snprintf(err, len, "%s", strerror(errno));
+    return -1;
+bad_address:
+    snprintf(err, len, "not an IP address");
+    return -1;
 }
 
 /*
- * SIGHUP: validate the configuration file and every policy it names. On any
- * error nothing changes (the errors are logged with file and line). On
- * success the master keeps the new configuration (for workers it starts
- * later) and tells every worker to reload. Returns the configuration now
- * in force.
+ * weir -t / -T: what else the start would need. The pid file and log file
+ * must be writable by this user; with STRICT they are errors and every
+ * listener is bound once (and closed), else they are warnings. Returns the
+ * number of errors.
  */
-static weir_conf_t *
-weir_master_reload(weir_conf_t *conf, weir_slot_t *slots, int n)
+static int
+weir_check_start(const weir_conf_t *conf, int strict)
 {
-    weir_conf_t *nc = NULL;
-    weir_conf_sink = weir_master_log_conf_line;
-    int rc = weir_conf_load(conf->file, &nc);
-    weir_conf_sink = NULL;
-    if (rc != WEIR_OK) {
-        weir_log(WEIR_LOG_ERROR, "reload refused: the configuration has errors, nothing changed", NULL);
-        return conf;
+    const char *files[2][2] = { { "pid_file", conf->pid_file }, { "log.file", conf->log_file } };
+    const char *kind = strict ? "" : "warning: ";
+    char        why[PATH_MAX + 128], name[128];
+    int         errors = 0;
+
+    for (int i = 0; i < 2; i++) {
+        if (files[i][1] == NULL || weir_writable(files[i][1], why, sizeof(why))[0] == '\0') continue;
+        fprintf(stderr, "weir: %s%s: %s: this user (uid %d) cannot write %s: %s\n", kind, conf->file,
+                files[i][0], (int) getuid(), files[i][1], why);
+        errors += strict;
     }
-    if (!weir_listen_same(conf, nc))
-        weir_log(WEIR_LOG_WARN, "reload: listen changes need a restart; the listeners stay as they are", NULL);
-    if (nc->workers != conf->workers)
-        weir_log(WEIR_LOG_WARN, "reload: a new worker count needs a restart", NULL);
-    nc->workers = conf->workers;
-    weir_conf_swap_listen(nc, conf);
-    weir_conf_free(conf);
-    weir_log(WEIR_LOG_INFO, "reloading", "\"workers\":%d", n);
-    for (int i = 0; i < n; i++)
-        if (slots[i].pid > 0) kill(slots[i].pid, SIGHUP);
-    return nc;
+    for (size_t i = 0; strict && i < conf->nlisten; i++) {
+        int fd = weir_listen_open(&conf->listen[i], why, sizeof(why));
+        if (fd >= 0) {
+            close(fd);
+            continue;
+        }
+        fprintf(stderr, "weir: %s: listen: cannot listen on %s: %s\n", conf->file,
+                weir_conf_listen_name(&conf->listen[i], name, sizeof(name)), why);
+        errors++;
+    }
+    return errors;
 }
 
+/* ---- starting ---------------------------------------------------------- */
+
+/* Open every listener; on failure log it, say it on stderr and return WEIR_ERROR. */
 static int
-weir_master(weir_conf_t **confp)
+weir_open_listeners(weir_conf_t *conf)
 {
-    weir_conf_t *conf = *confp;
-    sigset_t set, old;
-    sigemptyset(&set);
-    sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigprocmask(SIG_BLOCK, &set, &old);
-    signal(SIGPIPE, SIG_IGN);
+    char err[256], name[128];
 
-    int n = conf->workers;
-    weir_slot_t *slots = calloc((size_t) n, sizeof(*slots));
-    if (slots == NULL) return 1;
-    weir_log(WEIR_LOG_INFO, "weir started", "\"version\":\"%s\",\"workers\":%d", WEIR_VERSION, n);
-    for (int i = 0; i < n; i++) {
-        slots[i].pid = weir_spawn(conf, i, &old);
-        slots[i].started_ms = weir_clock_ms();
+    for (size_t i = 0; i < conf->nlisten; i++) {
+        weir_listen_t *l = &conf->listen[i];
+        l->fd = weir_listen_open(l, err, sizeof(err));
+        if (l->fd < 0) {
+            weir_log(WEIR_LOG_ERROR, "cannot listen", "\"address\":\"%s\",\"port\":%u,\"error\":\"%s\"",
+                     l->address, l->port, err);
+            if (weir_log_file() != NULL)
+                fprintf(stderr, "weir: cannot listen on %s: %s\n", weir_conf_listen_name(l, name, sizeof(name)), err);
+            return WEIR_ERROR;
+        }
+        weir_log(WEIR_LOG_INFO, "listening", "\"address\":\"%s\",\"port\":%u,\"tls\":%s", l->address,
+                 l->port, l->tls_cert ? "true" : "false");
     }
-
-    int stopping = 0, running = n;
-    uint64_t kill_at = 0;
-    for (;;) {
-        if (stopping && running == 0) break;
-        uint64_t now = weir_clock_ms(), wait_ms = 1000;
-        if (kill_at) {
-            if (now >= kill_at) {
-                for (int i = 0; i < n; i++)
-                    if (slots[i].pid > 0) kill(slots[i].pid, SIGKILL);
-                kill_at = 0;
-            } else {
-                wait_ms = WEIR_MIN(wait_ms, kill_at - now);
-            }
-        }
-        for (int i = 0; i < n && !stopping; i++) {
-            if (slots[i].pid > 0 || slots[i].respawn_at_ms == 0) continue;
-            if (now >= slots[i].respawn_at_ms) {
-                slots[i].respawn_at_ms = 0;
-                slots[i].pid = weir_spawn(conf, i, &old);
-                slots[i].started_ms = now;
-                if (slots[i].pid > 0) {
-                    running++;
-                    weir_log(WEIR_LOG_INFO, "worker restarted", "\"worker\":%d,\"worker_pid\":%d", i,
-                             (int) slots[i].pid);
-                }
-            } else {
-                wait_ms = WEIR_MIN(wait_ms, slots[i].respawn_at_ms - now);
-            }
-        }
-
-        struct timespec ts = { (time_t) (wait_ms / 1000), (long) (wait_ms % 1000) * 1000000L };
-        siginfo_t si;
-        int sig = sigtimedwait(&set, &si, &ts);
-        if (sig < 0) continue;
-
-        if (sig == SIGCHLD) {
-            int status;
-            pid_t pid;
-            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-                for (int i = 0; i < n; i++) {
-                    if (slots[i].pid != pid) continue;
-                    slots[i].pid = 0;
-                    running--;
-                    if (stopping) break;
-                    if (WIFSIGNALED(status))
-                        weir_log(WEIR_LOG_ERROR, "worker died", "\"worker\":%d,\"worker_pid\":%d,\"signal\":%d",
-                                 i, (int) pid, WTERMSIG(status));
-                    else
-                        weir_log(WEIR_LOG_ERROR, "worker exited", "\"worker\":%d,\"worker_pid\":%d,\"status\":%d",
-                                 i, (int) pid, WEXITSTATUS(status));
-                    /* a worker that dies at once is not restarted in a tight loop */
-                    uint64_t t = weir_clock_ms();
-                    slots[i].respawn_at_ms = t - slots[i].started_ms < 1000 ? t + 1000 : t;
-                    if (slots[i].respawn_at_ms == 0) slots[i].respawn_at_ms = 1;
-                    break;
-                }
-            }
-        } else if (sig == SIGTERM || sig == SIGINT) {
-            if (!stopping) {
-                weir_log(WEIR_LOG_INFO, "weir stopping", "\"signal\":%d", sig);
-                stopping = 1;
-                for (int i = 0; i < n; i++)
-                    if (slots[i].pid > 0) kill(slots[i].pid, SIGTERM);
-                kill_at = weir_clock_ms() + conf->limits.drain_timeout_ms + 5000;
-            }
-        } else if (sig == SIGHUP && !stopping) {
-            conf = *confp = weir_master_reload(conf, slots, n);
-        }
-    }
-    free(slots);
-    if (conf->pid_file) unlink(conf->pid_file);
-    weir_log(WEIR_LOG_INFO, "weir stopped", NULL);
-    return 0;
+    return WEIR_OK;
 }
 
 static int
 weir_write_pid(const char *file)
 {
+    char  e[PATH_MAX + 16];
     FILE *f = fopen(file, "w");
+
     if (f == NULL) {
-        weir_log(WEIR_LOG_ERROR, "cannot write pid file", "\"error\":\"%s\"", strerror(errno));
+        int err = errno;
+        weir_log(WEIR_LOG_ERROR, "cannot write pid file", "\"file\":\"%s\",\"error\":\"%s\"",
+                 weir_log_str(e, sizeof(e), file), strerror(err));
+        if (weir_log_file() != NULL) fprintf(stderr, "weir: cannot write the pid file %s: %s\n", file, strerror(err));
         return WEIR_ERROR;
     }
     fprintf(f, "%d\n", (int) getpid());
@@ -276,72 +212,83 @@ weir_write_pid(const char *file)
     return WEIR_OK;
 }
 
-/* weir -s reload|stop: signal the running master named by the pid file. */
-static int
-weir_signal_master(const weir_conf_t *conf, const char *what)
-{
-    int sig = strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "stop") == 0 ? SIGTERM : 0;
-    if (sig == 0) {
-        fprintf(stderr, "weir: -s takes reload or stop, not \"%s\"\n", what);
-        return 2;
-    }
-    if (conf->pid_file == NULL) {
-        fprintf(stderr, "weir: %s has no pid_file: cannot find the running master\n", conf->file);
-        return 1;
-    }
-    FILE *f = fopen(conf->pid_file, "r");
-    int pid = 0;
-    if (f == NULL || fscanf(f, "%d", &pid) != 1 || pid <= 1) {
-        fprintf(stderr, "weir: cannot read a process id from %s\n", conf->pid_file);
-        if (f) fclose(f);
-        return 1;
-    }
-    fclose(f);
-    if (kill(pid, sig) != 0) {
-        fprintf(stderr, "weir: cannot signal process %d: %s\n", pid, strerror(errno));
-        return 1;
-    }
-    return 0;
-}
+static const struct option weir_long_options[] = {
+    { "no-wait", no_argument, NULL, 'W' },
+    { "help",    no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'v' },
+    { NULL,      0,           NULL, 0 },
+};
 
 int
 main(int argc, char **argv)
 {
-    const char *file = NULL;
-    int test = 0, c;
+    const char *file = NULL, *sigarg = NULL;
+    int         test = 0, strict = 0, wait = 1, c;
     weir_conf_t *conf = NULL;
+    char        why[PATH_MAX * 3];
 
-    const char *sigarg = NULL;
-    while ((c = getopt(argc, argv, "c:ts:vh")) != -1) {
+    while ((c = getopt_long(argc, argv, "c:tTs:vh", weir_long_options, NULL)) != -1) {
         switch (c) {
         case 'c': file = optarg; break;
         case 's': sigarg = optarg; break;
         case 't': test = 1; break;
-        case 'v': printf("weir %s\n", WEIR_VERSION); return 0;
-        case 'h': weir_usage(stdout); return 0;
-        default:  weir_usage(stderr); return 2;
+        case 'T': test = strict = 1; break;
+        case 'W': wait = 0; break;
+        case 'v': printf("weir %s\n", WEIR_VERSION); return WEIR_EXIT_OK;
+        case 'h': weir_usage(stdout); return WEIR_EXIT_OK;
+        default:  fprintf(stderr, "weir: weir -h lists the options\n"); return WEIR_EXIT_USAGE;
         }
     }
-    if (file == NULL || optind != argc) {
-        weir_usage(stderr);
-        return 2;
+    if (optind != argc) {
+        fprintf(stderr, "weir: unexpected argument \"%s\" (weir -h lists the options)\n", argv[optind]);
+        return WEIR_EXIT_USAGE;
     }
-    if (weir_conf_load(file, &conf) != WEIR_OK) return 1;
+    if (file == NULL) {
+        fprintf(stderr, "weir: -c FILE is missing: weir runs only the configuration it is given. The installed "
+                "one is %s:\n  weir -c %s\n(weir -h lists the options)\n", WEIR_CONF_DEFAULT, WEIR_CONF_DEFAULT);
+        return WEIR_EXIT_USAGE;
+    }
+    if (!wait && sigarg == NULL) {
+        fprintf(stderr, "weir: --no-wait goes with -s\n");
+        return WEIR_EXIT_USAGE;
+    }
+    if (weir_conf_lua_dir(why, sizeof(why)) == NULL) {
+        fprintf(stderr, "weir: %s\n", why);
+        return WEIR_EXIT_FAILURE;
+    }
+    if (weir_conf_load(file, &conf) != WEIR_OK) return WEIR_EXIT_FAILURE;
     if (sigarg != NULL) {
-        int rc = weir_signal_master(conf, sigarg);
+        if (!wait || strcmp(sigarg, "reload") != 0)      /* else the master's report has them */
+            for (size_t i = 0; i < conf->nwarnings; i++) fprintf(stderr, "weir: warning: %s\n", conf->warnings[i]);
+        int rc = weir_ctl_run(conf, sigarg, wait);
         weir_conf_free(conf);
         return rc;
     }
     if (test) {
-        printf("weir: configuration %s is valid\n", file);
+        for (size_t i = 0; i < conf->nwarnings; i++) fprintf(stderr, "weir: warning: %s\n", conf->warnings[i]);
+        int errors = weir_check_start(conf, strict);
+        if (errors == 0)
+            printf("weir: configuration %s is valid%s\n", file, strict ? ", and weir could start now" : "");
         weir_conf_free(conf);
-        return 0;
+        return errors == 0 ? WEIR_EXIT_OK : WEIR_EXIT_FAILURE;
     }
-    if (weir_log_open(conf->log_file, conf->log_level) != WEIR_OK) return 1;
-    if (weir_open_listeners(conf) != WEIR_OK) return 1;
-    if (weir_shm_init() != WEIR_OK) return 1;
-    if (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK) return 1;
-    int rc = weir_master(&conf);
+    if (weir_log_open(conf->log_file, conf->log_level) != WEIR_OK) {
+        fprintf(stderr, "weir: cannot open the log file %s: %s\n", conf->log_file, strerror(errno));
+        weir_conf_free(conf);
+        return WEIR_EXIT_FAILURE;
+    }
+    weir_master_log_warnings(conf);
+    int started = weir_open_listeners(conf) == WEIR_OK;
+    if (started && weir_shm_init() != WEIR_OK) {
+        if (weir_log_file() != NULL) fprintf(stderr, "weir: cannot map shared memory (the log says why)\n");
+        started = 0;
+    }
+    if (!started || (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK)) {
+        sd_notifyf(0, "STATUS=failed to start (see the log)\nERRNO=%d", EINVAL);
+        weir_conf_free(conf);
+        return WEIR_EXIT_FAILURE;
+    }
+    int rc = weir_master_run(&conf);
     weir_conf_free(conf);
     return rc;
 }

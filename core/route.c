@@ -1,10 +1,38 @@
 /*
  * route.c — request routing: /<context>/<version>/rest → that version,
  * /<context>/rest → the default version. Contexts match whole segments.
+ * A first segment shaped like a version ("2", "1.0", "v9") that names none
+ * of the API's versions is not handed to the default version when the API
+ * says unknown_version = "404": the client asked for a version that does
+ * not exist, and gets a 404 rather than another version.
  */
 #include <string.h>
 
 #include "route.h"
+
+/* Whether SEG (LEN bytes) is shaped like a version name: an optional 'v'
+ * or 'V', then digits, then any number of '.' and digits ("2", "1.0.3",
+ * "v9"). */
+static int
+weir_route_version_shaped(const char *seg, size_t len)
+{
+    size_t  i = 0;
+    int     digits = 0;
+
+    if (len > 0 && (seg[0] == 'v' || seg[0] == 'V')) {
+        i = 1;
+    }
+    for (; i < len; i++) {
+        if (seg[i] >= '0' && seg[i] <= '9') {
+            digits++;
+        } else if (seg[i] == '.' && digits > 0) {
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return digits > 0;
+}
 
 int
 weir_route(const weir_conf_t *conf, const char *target, size_t len, weir_route_t *r)
@@ -40,6 +68,7 @@ weir_route(const weir_conf_t *conf, const char *target, size_t len, weir_route_t
                     return WEIR_OK;
                 }
             }
+            if (api->unknown_version_404 && weir_route_version_shaped(seg, sl)) return WEIR_DECLINED;
         }
         if (api->default_version == NULL) return WEIR_DECLINED;
         r->version = api->default_version;

@@ -18,7 +18,9 @@ typedef struct {
 
 /*
  * Route TARGET (origin-form, "/ctx/ver/rest?query"). Returns WEIR_OK and
- * fills R, or WEIR_DECLINED when no API (or no default version) matches.
+ * fills R, or WEIR_DECLINED when no API (or no default version) matches,
+ * or when the API refuses an unknown version (unknown_version = "404") and
+ * the first segment after its context is shaped like one.
  */
 int weir_route(const weir_conf_t *conf, const char *target, size_t len, weir_route_t *r);
 

@@ -1,7 +1,8 @@
 /*
  * worker.c — a worker's loop: accepting on the shared listeners, the
- * periodic tick (timeouts, keep-alive), TLS contexts, and the graceful
- * shutdown on SIGTERM/SIGINT.
+ * periodic tick (timeouts, keep-alive), TLS contexts, reloads (SIGHUP),
+ * reopening the log file (SIGUSR1), and the graceful shutdown on
+ * SIGTERM/SIGINT.
  */
 #include <errno.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ctl.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "proxy.h"
@@ -135,6 +137,7 @@ weir_worker_reload(weir_worker_t *w)
     weir_conf_sink = NULL;
     if (rc != WEIR_OK) {
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
+        weir_ctl_reloaded(0);
         return;
     }
     nc->workers = w->conf->workers;
@@ -143,6 +146,7 @@ weir_worker_reload(weir_worker_t *w)
         weir_conf_swap_listen(nc, w->conf);
         weir_conf_free(nc);
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);
+        weir_ctl_reloaded(0);
         return;
     }
     weir_conf_t *old = w->conf;
@@ -150,8 +154,10 @@ weir_worker_reload(weir_worker_t *w)
     w->max_sessions = (nc->limits.max_connections + (uint64_t) nc->workers - 1) / (uint64_t) nc->workers;
     weir_proxy_reloaded(w, nc);
     if (old->refs == 0) weir_conf_free(old);
+    weir_log_open(nc->log_file, nc->log_level);
     weir_log(WEIR_LOG_INFO, "worker reloaded", "\"worker\":%d,\"connections\":%llu", w->id,
              (unsigned long long) w->nsessions);
+    weir_ctl_reloaded(1);
 }
 
 static void
@@ -160,6 +166,17 @@ weir_worker_hup_cb(uv_signal_t *sig, int signum)
     WEIR_UNUSED(signum);
     weir_worker_t *w = sig->data;
     if (!w->draining) weir_worker_reload(w);
+}
+
+/* SIGUSR1 (sent by the master): open the log file again (logrotate). */
+static uv_signal_t weir_sig_usr1;
+
+static void
+weir_worker_usr1_cb(uv_signal_t *sig, int signum)
+{
+    WEIR_UNUSED(sig);
+    WEIR_UNUSED(signum);
+    weir_log_reopen();
 }
 
 static void
@@ -253,6 +270,15 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_signal_init(&loop, &w->sig_hup);
     w->sig_hup.data = w;
     uv_signal_start(&w->sig_hup, weir_worker_hup_cb, SIGHUP);
+    uv_signal_init(&loop, &weir_sig_usr1);
+    uv_signal_start(&weir_sig_usr1, weir_worker_usr1_cb, SIGUSR1);
+    sigset_t handled;        /* blocked by the master until now (weir_spawn) */
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGHUP);
+    sigaddset(&handled, SIGUSR1);
+    sigprocmask(SIG_UNBLOCK, &handled, NULL);
 
     weir_worker_listen(w, 1);
     weir_log(WEIR_LOG_INFO, "worker started", "\"worker\":%d", id);

@@ -26,9 +26,10 @@
 --   scopes       optional   comma-separated scopes (default: none)
 --
 -- The file is read when the configuration is loaded, so a reload (SIGHUP)
--- picks up added or revoked keys. A mistake in it refuses the
--- configuration with `KEYS_FILE:LINE: message`; messages never quote a
--- line's first word, in case a raw key was written there by mistake.
+-- picks up added or revoked keys. Mistakes in it refuse the configuration,
+-- each reported as `KEYS_FILE:LINE: message`, all of them at once (up to 20,
+-- then a count of the rest); messages never quote a line's first word, in
+-- case a raw key was written there by mistake.
 --
 -- The key itself is never logged, never put in a message, never kept in
 -- ctx and, unless `hide_credentials = false`, never forwarded to the
@@ -114,45 +115,66 @@ local function parse_fields(line, pos)
     return fields
 end
 
+local MAX_PROBLEMS = 20   -- reported per keys file; the rest are counted
+
+-- Parse one key line; POS is where its first word starts, FIRST_LINE maps
+-- each hash already read to its line. Returns the hash and its consumer
+-- template, or nil and a message.
+local function parse_key_line(line, pos, first_line)
+    local word, after = match(line, "^(%S+)()", pos)
+    local hex = match(word, "^sha256:(%x+)$")
+    if not hex or #hex ~= 64 then
+        return nil, sub(word, 1, 7) == "sha256:"
+            and "sha256: must be followed by the 64 hex digits of the key's hash"
+            or "a line starts with the key's hash, sha256:<64 hex digits> "
+               .. '(store hashes, not keys: printf %s "$KEY" | sha256sum)'
+    end
+    hex = lower(hex)
+    if first_line[hex] then
+        return nil, format("the same key hash is already on line %d", first_line[hex])
+    end
+    local f, err = parse_fields(line, after)
+    if not f then return nil, err end
+    for _, name in ipairs(REQUIRED) do
+        if not f[name] then return nil, format("field %s is required", name) end
+    end
+    local key_type = upper(f.key_type or "PRODUCTION")
+    if not KEY_TYPES[key_type] then
+        return nil, format("key_type must be PRODUCTION or SANDBOX, got %q", f.key_type)
+    end
+    local scopes = {}
+    for s in (f.scopes or ""):gmatch("[^,]+") do scopes[#scopes + 1] = s end
+    return hex, { application = f.application, subscriber = f.subscriber,
+                  tier = f.tier or DEFAULT_TIER, key_type = key_type, scopes = scopes }
+end
+
 -- Parse the text of a keys file. Returns hash → consumer template, or nil
--- and "FILE:LINE: message".
+-- and every problem, one "FILE:LINE: message" each (at most MAX_PROBLEMS,
+-- then one line counting the rest).
 local function parse_keys(text, file)
-    local keys, first_line = {}, {}
-    local n = 0
+    local keys, first_line, problems = {}, {}, {}
+    local n, more = 0, 0
     for line in (text .. "\n"):gmatch("([^\n]*)\n") do
         n = n + 1
         if byte(line, -1) == 13 then line = sub(line, 1, -2) end          -- CRLF files
         local pos = match(line, "^[ \t]*()")
         if pos <= #line and byte(line, pos) ~= HASH_CHAR then
-            local word, after = match(line, "^(%S+)()", pos)
-            local hex = match(word, "^sha256:(%x+)$")
-            if not hex or #hex ~= 64 then
-                local why = sub(word, 1, 7) == "sha256:"
-                    and "sha256: must be followed by the 64 hex digits of the key's hash"
-                    or "a line starts with the key's hash, sha256:<64 hex digits> "
-                       .. '(store hashes, not keys: printf %s "$KEY" | sha256sum)'
-                return nil, format("%s:%d: %s", file, n, why)
+            local hex, rec = parse_key_line(line, pos, first_line)
+            if hex then
+                keys[hex] = rec
+                first_line[hex] = n
+            elseif #problems < MAX_PROBLEMS then
+                problems[#problems + 1] = format("%s:%d: %s", file, n, rec)
+            else
+                more = more + 1
             end
-            hex = lower(hex)
-            if first_line[hex] then
-                return nil, format("%s:%d: the same key hash is already on line %d", file, n, first_line[hex])
-            end
-            local f, err = parse_fields(line, after)
-            if not f then return nil, format("%s:%d: %s", file, n, err) end
-            for _, name in ipairs(REQUIRED) do
-                if not f[name] then return nil, format("%s:%d: field %s is required", file, n, name) end
-            end
-            local key_type = upper(f.key_type or "PRODUCTION")
-            if not KEY_TYPES[key_type] then
-                return nil, format("%s:%d: key_type must be PRODUCTION or SANDBOX, got %q", file, n, f.key_type)
-            end
-            local scopes = {}
-            for s in (f.scopes or ""):gmatch("[^,]+") do scopes[#scopes + 1] = s end
-            keys[hex] = { application = f.application, subscriber = f.subscriber,
-                          tier = f.tier or DEFAULT_TIER, key_type = key_type, scopes = scopes }
-            first_line[hex] = n
         end
     end
+    if more > 0 then
+        problems[#problems + 1] = format("%s: %d more problem%s after line %s", file, more,
+                                         more == 1 and "" or "s", match(problems[MAX_PROBLEMS], ":(%d+):"))
+    end
+    if #problems > 0 then return nil, problems end
     return keys
 end
 
@@ -160,7 +182,8 @@ end
 -- @tparam table conf the normalised configuration (`keys_file` is absolute)
 -- @treturn[1] true
 -- @treturn[2] nil
--- @treturn[2] string "KEYS_FILE:LINE: message", or why the file cannot be read
+-- @treturn[2] string|table why the file cannot be read, or every problem in
+--   it, one "KEYS_FILE:LINE: message" each
 function _M.init(conf)
     local text, err = weir.read_file(conf.keys_file)
     if not text then return nil, "cannot read the keys file: " .. tostring(err) end

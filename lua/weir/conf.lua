@@ -364,6 +364,13 @@ local function report(ctx, node, msg)
     return nil
 end
 
+-- A warning: the configuration is accepted, but probably does not do what
+-- was meant. Reported like an error, never refuses anything.
+local function warn(ctx, node, msg)
+    local w = ctx.warnings
+    w[#w + 1] = { line = line_of(ctx, node), field = node.path, msg = msg, seq = #w + 1 }
+end
+
 -- Where NODE was written, for the C side's own messages.
 local function source_of(ctx, node)
     return { line = line_of(ctx, node), field = node.path }
@@ -412,6 +419,7 @@ local function sorted_keys(t, keep)
 end
 
 local validate           -- forward: validate(spec, value, node, ctx)
+local check_priority_ties   -- forward: check_priority_ties(conf, ctx)
 
 local function deep_copy(v)
     if type(v) ~= "table" then return v end
@@ -481,8 +489,12 @@ function types.enum(spec, v, node, ctx)
     for _, allowed in ipairs(spec.one_of) do
         if v == allowed then return v end
     end
-    return report(ctx, node, format("expected one of %s, got %s",
-                                    concat(spec.one_of, ", "), show(v)))
+    local hint = ""
+    for _, allowed in ipairs(spec.one_of) do
+        if type(v) == "number" and show(v) == allowed then hint = format(' (write it in quotes: "%s")', allowed) end
+    end
+    return report(ctx, node, format("expected one of %s, got %s%s",
+                                    concat(spec.one_of, ", "), show(v), hint))
 end
 
 function types.path(_, v, node, ctx)
@@ -671,6 +683,45 @@ local function policy_spec(mod)
     return mod._spec
 end
 
+-- The messages of a policy's init that refused CONF: `error(msg)`, or
+-- `return nil, msg` where msg is a string or a list of strings (every
+-- problem at once, as key-auth does for its keys file). nil when init
+-- accepted it.
+local function init_messages(mod, pconf)
+    local ok, res, msg = pcall(mod.init, pconf)
+    if not ok then return { tostring(res) } end
+    if res ~= nil or msg == nil then return nil end
+    if type(msg) ~= "table" then return { tostring(msg) } end
+    local out = {}
+    for i = 1, #msg do out[i] = tostring(msg[i]) end
+    if #out == 0 then out[1] = "(no reason given)" end
+    return out
+end
+
+-- Run policy NAME's init on PCONF (written at NODE) and report what it
+-- refused. A problem already reported for another entry (the same keys
+-- file used by two chains) is not repeated: the entry says where it was.
+local function init_policy(ctx, mod, name, pconf, node)
+    local msgs = init_messages(mod, pconf)
+    if not msgs then return end
+    local fresh, first = 0, nil
+    for _, m in ipairs(msgs) do
+        local key = name .. "\0" .. m
+        local seen = ctx.init_reported[key]
+        if seen then
+            first = first or seen
+        else
+            ctx.init_reported[key] = node
+            fresh = fresh + 1
+            report(ctx, node, "policy " .. name .. " refused its configuration: " .. m)
+        end
+    end
+    if fresh == 0 then
+        report(ctx, node, format("policy %s refused its configuration: the same problems as %s "
+                                 .. "(line %d), reported there", name, first.path, line_of(ctx, first)))
+    end
+end
+
 -- A chain: a list of { NAME, CONF [, fail_open = true] }. Each policy is
 -- loaded (from the policy paths, then the stock policies) and CONF checked
 -- against its schema, then given to its init().
@@ -709,17 +760,16 @@ function types.chain(_, v, node, ctx)
                 seen[name] = at.path
                 local raw = entry[2]
                 if raw == nil then raw = {} end
+                local before = #ctx.errors
                 local pconf = validate(policy_spec(mod), raw, child(at, 2), ctx)
-                if pconf ~= nil and mod.init then
-                    local ok, res, msg = pcall(mod.init, pconf)
-                    if not ok then
-                        report(ctx, child(at, 2), "policy " .. name .. " refused its configuration: " .. tostring(res))
-                    elseif res == nil and msg ~= nil then
-                        report(ctx, child(at, 2), "policy " .. name .. " refused its configuration: " .. tostring(msg))
-                    end
+                -- init sees only a configuration that passed the schema: a
+                -- second, confusing error from inside the policy helps no one
+                if pconf ~= nil and #ctx.errors == before and mod.init then
+                    init_policy(ctx, mod, name, pconf, child(at, 2))
                 end
                 out[#out + 1] = { name = name, mod = mod, conf = pconf, fail_open = entry.fail_open == true,
                                   priority = mod.priority, order = i, field = at.path }
+                ctx.entry_nodes[out[#out]] = at
             end
         end
     end
@@ -828,6 +878,46 @@ local function check_apis(list, node, ctx)
                format("duplicate context %s (already used by %s)", show(list[i].context),
                       child(node, first).path))
     end)
+end
+
+-- Warn about policies of one chain that have the same priority: their order
+-- is then the configuration's (the global chain's entries, then the
+-- version's, each as written; see weir.chain.sort), which is easy to change
+-- without meaning to. Each pair is named once, however many versions share it.
+check_priority_ties = function(conf, ctx)
+    local warned = {}
+    for _, api in ipairs(conf.apis) do
+        for _, v in ipairs(api.versions) do
+            -- the merged chain as weir.runtime builds it: a version's entry
+            -- replaces the global one of the same policy, and takes its own
+            -- place in the order (seq)
+            local entries, seqs, at, seq = {}, {}, {}, 0
+            for _, list in ipairs({ conf.policies, v.policies }) do
+                for _, e in ipairs(list or {}) do
+                    seq = seq + 1
+                    local i = at[e.name]
+                    if not i then i = #entries + 1; at[e.name] = i end
+                    entries[i], seqs[i] = e, seq
+                end
+            end
+            for j = 2, #entries do
+                for i = 1, j - 1 do
+                    local first, second = entries[i], entries[j]
+                    if seqs[j] < seqs[i] then first, second = second, first end
+                    local key = first.field .. "\0" .. second.field
+                    if first.priority == second.priority and not warned[key] then
+                        warned[key] = true
+                        warn(ctx, ctx.entry_nodes[second] or { path = second.field },
+                             format("policy %s has the same priority as %s (%s, at %s): %s runs first "
+                                    .. "because it comes first in the configuration (the global chain, "
+                                    .. "then the version's); give one of them another priority if the "
+                                    .. "order matters", show(second.name), show(first.name),
+                                    show_number(first.priority), first.field, show(first.name)))
+                    end
+                end
+            end
+        end
+    end
 end
 
 ------------------------------------------------------------------------------
@@ -939,6 +1029,10 @@ _M.schema = record({
         { name = "context", type = "string", required = true, check = check_context,
           description = 'path prefix the API is served under, e.g. "/echo": starts with "/", '
                         .. 'no trailing "/", unique' },
+        { name = "unknown_version", type = "enum", one_of = { "404", "default" }, default = "404",
+          description = 'a first path segment shaped like a version ("2", "1.0", "v9") that names none '
+                        .. 'of the versions: "404" refuses it, "default" hands it to the default '
+                        .. 'version as part of its path' },
         { name = "versions", type = "list", required = true, non_empty = true,
           check = check_versions, description = "the API's versions",
           elements = record({
@@ -1109,7 +1203,8 @@ function _M.parse(src, file, opts)
                              file, map.return_line or map.last_line or 1, show(value)) }
     end
 
-    local ctx = { map = map, errors = {}, dir = dir, cpus = opts.cpus }
+    local ctx = { map = map, errors = {}, warnings = {}, dir = dir, cpus = opts.cpus,
+                  init_reported = {}, entry_nodes = {} }
     for _, d in ipairs(map.duplicates) do
         local e = ctx.errors
         e[#e + 1] = { line = d.line, field = d.path, seq = #e + 1,
@@ -1118,7 +1213,9 @@ function _M.parse(src, file, opts)
 
     local conf = validate(_M.schema, value, { path = "" }, ctx)
     if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
+    check_priority_ties(conf, ctx)
     conf.file, conf.dir = abs, dir
+    conf.warnings = format_errors(file, ctx.warnings)
     return conf
 end
 
@@ -1135,9 +1232,11 @@ function _M.check_policy_conf(mod, conf, dir)
     local ctx = { map = { lines = {} }, errors = {}, dir = dir or "." }
     local out = validate(policy_spec(mod), conf, { path = "" }, ctx)
     if out ~= nil and #ctx.errors == 0 and mod.init then
-        local ok, res, msg = pcall(mod.init, out)
-        if not ok then return nil, { "init: " .. tostring(res) } end
-        if res == nil and msg ~= nil then return nil, { "init: " .. tostring(msg) } end
+        local msgs = init_messages(mod, out)
+        if msgs then
+            for i, m in ipairs(msgs) do msgs[i] = "init: " .. m end
+            return nil, msgs
+        end
     end
     if #ctx.errors > 0 then
         local errs = {}

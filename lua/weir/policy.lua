@@ -15,14 +15,20 @@ local _M = {}
 local HOOKS = { "on_handshake", "on_frame_in", "on_frame_out", "on_close" }
 _M.HOOKS = HOOKS
 
---- The directory of the stock policies (`<project>/policies`), found from
--- this file's place (`<project>/lua/weir/policy.lua`), or `WEIR_POLICY_DIR`.
+--- The directory of the stock policies: `WEIR_POLICY_DIR` when set, else
+-- `policies` beside weir's Lua directory, found from this file's place
+-- (`<dir>/weir/policy.lua` → `<dir>/../policies`): `<project>/policies` in
+-- the build tree, `<prefix>/share/weir/policies` when installed.
 function _M.stock_dir()
     local env = os.getenv("WEIR_POLICY_DIR")
     if env and env ~= "" then return env end
     local src = debug.getinfo(1, "S").source
-    local dir = match(src, "^@(.*)/lua/weir/[^/]*$")
-    if dir then return dir .. "/policies" end
+    local lua_dir = match(src, "^@(.*)/weir/[^/]*$")
+    if lua_dir then
+        local parent = match(lua_dir, "^(.*)/[^/]*$")
+        if parent then return (parent == "" and "" or parent) .. "/policies" end
+        return "policies"           -- a relative Lua directory of one segment
+    end
     return "policies"
 end
 
