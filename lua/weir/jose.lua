@@ -331,9 +331,14 @@ function importers.EC(jwk)
     local y
     y, err = b64_member(jwk, "y")
     if not y then return nil, err end
-    if #x ~= curve.size or #y ~= curve.size then
+    if #x > curve.size or #y > curve.size or #x < curve.size - 8 or #y < curve.size - 8 then
         return nil, format("%s coordinates must be %d bytes", jwk.crv, curve.size)
     end
+    -- RFC 7518 6.2.1.2 wants the full length, but some issuers drop leading
+    -- zero bytes (PyJWT before 2.8 does, once in 128 keys): put them back;
+    -- OpenSSL still checks that the point is on the curve
+    x = string.rep("\0", curve.size - #x) .. x
+    y = string.rep("\0", curve.size - #y) .. y
     local pkey = import_spki(spki(curve.alg_id, "\4" .. x .. y), EVP_PKEY_EC)
     if not pkey then return nil, "EC point is not on the curve" end
     return { pkey = pkey, crv = jwk.crv, bits = curve.size * 8 }
