@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "limit.h"
 #include "log.h"
 #include "shm.h"
 #include "weir.h"
@@ -340,6 +341,7 @@ main(int argc, char **argv)
     if (weir_log_open(conf->log_file, conf->log_level) != WEIR_OK) return 1;
     if (weir_open_listeners(conf) != WEIR_OK) return 1;
     if (weir_shm_init() != WEIR_OK) return 1;
+    if (weir_limits_init(0, 0) != WEIR_OK) return 1;
     if (conf->pid_file && weir_write_pid(conf->pid_file) != WEIR_OK) return 1;
     int rc = weir_master(&conf);
     weir_conf_free(conf);
