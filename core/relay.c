@@ -683,13 +683,12 @@ static size_t
 weir_throttle_json(char *buf, size_t cap, int code, uint64_t retry_us)
 {
     char tmp[768];
-    size_t n = weir_error_json(tmp, sizeof(tmp), "/problems/throttled", code, "Message rate limit exceeded");
+    weir_error_json(tmp, sizeof(tmp), "/problems/throttled", code, "Message rate limit exceeded");
     const char *cut = strstr(tmp, "},\"timestamp\"");
     if (cut == NULL) return 0;
     uint64_t ms = (retry_us + 999) / 1000;
     int k = snprintf(buf, cap, "%.*s,\"retry_after\":%llu.%03llu%s", (int) (cut - tmp), tmp,
                      (unsigned long long) (ms / 1000), (unsigned long long) (ms % 1000), cut);
-    WEIR_UNUSED(n);
     return k < 0 || (size_t) k >= cap ? 0 : (size_t) k;
 }
 
