@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "limit.h"
 #include "weir.h"
 
 typedef struct weir_session_s weir_session_t;
@@ -114,6 +115,25 @@ int  weir_conn_upstream(weir_session_t *s, const char *query, size_t qlen, const
  * NEEDLE to the engine's intercept call (ctx:intercept); NULL stops it.
  * Copied. */
 int  weir_conn_intercept(weir_session_t *s, const char *needle);
+
+/* What happens to a message over a rate limit (weir_conn_limit). */
+enum {
+    WEIR_THROTTLE_DELAY = 1,      /* stop reading its sender until the limit allows it: nothing lost */
+    WEIR_THROTTLE_DROP  = 2,      /* not forwarded; the client is told (/problems/throttled) at most once a second */
+    WEIR_THROTTLE_CLOSE = 3,      /* not forwarded; the client gets the JSON and close 1008 */
+};
+
+/*
+ * Enforce a rate limit on S's data messages from now on, in C, without a
+ * call into the engine: KEY[0..LEN) names a bucket shared by every
+ * connection of the host limited by the same key and limit (KEY NULL: S's
+ * own). SPEC says what it counts and in which direction. ACTION_IN applies
+ * to the client's messages, ACTION_OUT to the backend's (WEIR_THROTTLE_*; 0:
+ * drop and delay); with several limits the strictest action of a direction
+ * applies. Returns WEIR_OK, or WEIR_ERROR with a message in ERR.
+ */
+int  weir_conn_limit(weir_session_t *s, const char *key, size_t len, const weir_limit_spec_t *spec, int action_in,
+                     int action_out, char *err, size_t errlen);
 
 /* The verdict V of HOOK (WEIR_HOOK_*), which had waited, for S. */
 void weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);

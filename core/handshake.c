@@ -170,15 +170,15 @@ weir_handshake_done(weir_session_t *s)
     weir_upstream_free(s);
 }
 
-void
-weir_bad_gateway(weir_session_t *s, const char *why)
+/* Complete the client's upgrade without a backend (its socket is closed),
+ * so that a browser can read why it is closed next. WEIR_ERROR when the
+ * client is gone. */
+static int
+weir_upgrade_alone(weir_session_t *s)
 {
-    char u[256];
-    weir_log(WEIR_LOG_WARN, "backend unavailable", "\"conn\":%llu,\"url\":\"%s\",\"why\":\"%s\"",
-             (unsigned long long) s->id, s->ep ? weir_log_str(u, sizeof(u), s->ep->url) : "", why);
-    weir_leg_close_fd(&s->backend);
     weir_leg_t *c = &s->client;
-    if (c->done) return;
+    weir_leg_close_fd(&s->backend);
+    if (c->done) return WEIR_ERROR;
     if (s->state < WEIR_S_OPEN) {
         char proto[128];
         size_t pl = weir_first_protocol(s, proto, sizeof(proto));
@@ -188,6 +188,17 @@ weir_bad_gateway(weir_session_t *s, const char *why)
         c->paused &= ~WEIR_PAUSE_HANDSHAKE;
         c->last_rx = weir_now(s);
     }
+    return WEIR_OK;
+}
+
+void
+weir_bad_gateway(weir_session_t *s, const char *why)
+{
+    char u[256];
+    weir_log(WEIR_LOG_WARN, "backend unavailable", "\"conn\":%llu,\"url\":\"%s\",\"why\":\"%s\"",
+             (unsigned long long) s->id, s->ep ? weir_log_str(u, sizeof(u), s->ep->url) : "", why);
+    weir_leg_t *c = &s->client;
+    if (weir_upgrade_alone(s) != WEIR_OK) return;
     weir_leg_send_close(c, 1014, "backend unavailable", "/problems/bad-gateway");
 }
 
@@ -470,11 +481,22 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
         if (weir_http_parse(s->hs, s->hs_len, 1, &m) > 0) weir_ticket_cors(&m, cors, sizeof(cors));
     }
     switch (v->kind) {
-    case WEIR_V_RESPOND:
-    case WEIR_V_ERROR: {
+    case WEIR_V_ERROR:
+        if (v->code >= 1000 && v->code <= 4999 && !s->ticket_req) {
+            /* a WebSocket close code: upgrade, then the JSON and that close */
+            if (weir_upgrade_alone(s) != WEIR_OK) return;
+            s->http_status = 101;
+            weir_note_close(s, (unsigned) v->code, 'w');
+            weir_leg_close_with(&s->client, (unsigned) v->code, v->reason, v->payload, v->len);
+            return;
+        }
+        /* fall through */
+    case WEIR_V_RESPOND: {
         int status = v->kind == WEIR_V_RESPOND ? (v->code >= 200 && v->code <= 599 ? v->code : 200)
                      : v->code >= 400 && v->code <= 599 ? v->code : 403;
-        size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, s->ticket_req ? cors : NULL);
+        /* a refusal for too many connections says when to try again */
+        const char *extra = s->ticket_req ? cors : status == 429 ? "Retry-After: 1\r\n" : NULL;
+        size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, extra);
         s->http_status = status;
         s->state = WEIR_S_CLOSED;
         if (weir_leg_write(&s->client, (uint8_t *) buf, n) == WEIR_OK) weir_leg_finish(&s->client);

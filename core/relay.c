@@ -12,17 +12,28 @@
  * A direction with a frame hook gets whole messages instead: one read whole
  * in the buffer is checked and shown to the hook where it lies (and left in
  * the range on a pass); others are assembled in the leg's msg buffer.
+ *
+ * Rate limits (ctx:limit) are decided at a data message's first frame,
+ * without a call into the engine: the message passes whole, is dropped
+ * whole, or is held with everything read behind it until its limit allows
+ * it (delay). Its continuation frames always pass and their bytes are
+ * charged as they come (what a bucket cannot take is owed and charged with
+ * that direction's next message), so a message is never cut.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/ssl.h>
 
+#include "http.h"
+#include "limit.h"
 #include "log.h"
 #include "session_int.h"
 
 static int  weir_relay_message(weir_leg_t *l);
 static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
+static int  weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8_t *end, uint8_t **from);
+static void weir_throttle_more(weir_leg_t *l, uint64_t bytes);
 
 /* ---- frames ------------------------------------------------------------- */
 
@@ -361,6 +372,18 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
 
         /* a data frame: validate and forward its header, then stream its payload */
         if (h.opcode != WEIR_WS_CONT) {
+            l->throttled = 0;
+            if (s->thr != NULL && weir_forwarding(l)) {
+                /* rate limits decide on a message's first frame, for the whole message */
+                int rc = weir_throttle_check(l, &h, frame, end, &from);
+                if (rc == WEIR_ERROR || l->done) return;
+                if (rc == WEIR_AGAIN) {
+                    l->emitted_mid = 0;
+                    l->msg_out_open = 0;
+                    if (!o->done && o->inject_len > 0) weir_leg_flush_inject(o);
+                    return;
+                }
+            }
             l->assemble = l->assemble_next;     /* a reload changes it between messages only */
             l->sniff = !l->is_backend && !l->assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
                        && h.fin && h.len <= WEIR_SNIFF_MAX;
@@ -368,10 +391,12 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             l->msg_len = 0;
             l->msg_frames = 0;
             l->utf8 = WEIR_UTF8_ACCEPT;
+        } else if (s->thr != NULL && !l->throttled && weir_forwarding(l)) {
+            weir_throttle_more(l, h.len);      /* a passed message's continuation: charged, never cut */
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l)
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
              * hook reads it where it is, and a pass forwards it in place */
@@ -387,8 +412,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             frame = NULL;
             continue;
         }
-        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff;
-        l->collect = (l->assemble || l->sniff) && weir_forwarding(l);
+        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->throttled;
+        l->collect = (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled;
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;
@@ -513,6 +538,245 @@ weir_relay_read(weir_leg_t *l)
         if (l->ssl == NULL && (size_t) n < room) return;   /* the socket is drained */
     }
     if (l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
+}
+
+
+/* ---- rate limits -------------------------------------------------------- */
+
+struct weir_throttle_s {
+    weir_session_t   *s;
+    weir_limit_ref_t *refs;             /* n of them, charged by both legs */
+    int               n;
+    uint8_t           action[2];        /* [0] client's messages, [1] backend's: WEIR_THROTTLE_* */
+    uint64_t          debt[2];          /* continuation bytes a bucket could not take, charged next */
+    uint64_t          notice_us;        /* when the client was last told it is throttled, 0: never */
+    uint64_t          due_ms;           /* a delayed leg is tried again then (loop time) */
+    weir_throttle_t  *dprev, *dnext;    /* the worker's delayed sessions */
+    unsigned          listed:1;         /* on that list */
+};
+
+/* The worker's sessions with a delayed leg, and the one timer that wakes them. */
+static weir_throttle_t *weir_delayed;
+static uv_timer_t       weir_delay_timer;
+static uv_loop_t       *weir_delay_loop;
+
+static void weir_throttle_wake(uv_timer_t *t);
+
+/* Arm the delay timer for the earliest due session. */
+static void
+weir_throttle_arm(uv_loop_t *loop)
+{
+    uint64_t first = UINT64_MAX;
+    if (weir_delay_loop == NULL) {
+        uv_timer_init(loop, &weir_delay_timer);
+        weir_delay_loop = loop;
+    }
+    for (weir_throttle_t *t = weir_delayed; t != NULL; t = t->dnext)
+        if (t->due_ms < first) first = t->due_ms;
+    if (first == UINT64_MAX) {
+        uv_timer_stop(&weir_delay_timer);
+        return;
+    }
+    uint64_t now = uv_now(loop);
+    uv_timer_start(&weir_delay_timer, weir_throttle_wake, first > now ? first - now : 0, 0);
+}
+
+static void
+weir_throttle_unlist(weir_throttle_t *t)
+{
+    if (!t->listed) return;
+    if (t->dprev) t->dprev->dnext = t->dnext;
+    else weir_delayed = t->dnext;
+    if (t->dnext) t->dnext->dprev = t->dprev;
+    t->dprev = t->dnext = NULL;
+    t->listed = 0;
+}
+
+/* L's held input goes through the relay again: its first message is
+ * decided anew (and may be held again). */
+static void
+weir_throttle_release(weir_leg_t *l)
+{
+    uint8_t *h = l->held;
+    size_t n = l->held_len;
+    l->held = NULL;
+    l->held_len = 0;
+    l->delayed = 0;
+    if (h != NULL) {
+        if (!l->done) weir_relay_process(l, h, n);
+        free(h);
+    }
+    if (!l->delayed && !l->done) weir_leg_resume(l, WEIR_PAUSE_THROTTLE);
+}
+
+static void
+weir_throttle_wake(uv_timer_t *timer)
+{
+    uint64_t now = uv_now(timer->loop);
+    weir_throttle_t *due = NULL;
+    /* take the due sessions off the list first: releasing one may list it again */
+    for (weir_throttle_t *t = weir_delayed, *next; t != NULL; t = next) {
+        next = t->dnext;
+        if (t->due_ms > now) continue;
+        weir_throttle_unlist(t);
+        t->dnext = due;
+        due = t;
+    }
+    while (due != NULL) {
+        weir_throttle_t *t = due;
+        due = t->dnext;
+        t->dnext = NULL;
+        weir_session_t *s = t->s;
+        if (s->client.delayed) weir_throttle_release(&s->client);
+        /* the session may be closing now, never freed during this callback */
+        if (s->backend.delayed) weir_throttle_release(&s->backend);
+    }
+    weir_throttle_arm(timer->loop);
+}
+
+int
+weir_relay_limit(weir_session_t *s, const char *key, size_t len, const weir_limit_spec_t *spec, int action_in,
+                 int action_out, char *err, size_t errlen)
+{
+    weir_throttle_t *t = s->thr;
+    if (t != NULL && t->n >= WEIR_LIMITS_MAX_REFS) {
+        snprintf(err, errlen, "more than %d limits on one connection", WEIR_LIMITS_MAX_REFS);
+        return WEIR_ERROR;
+    }
+    if (action_in < 0 || action_in > WEIR_THROTTLE_CLOSE || action_out < 0 || action_out > WEIR_THROTTLE_CLOSE) {
+        snprintf(err, errlen, "unknown action");
+        return WEIR_ERROR;
+    }
+    weir_limit_ref_t ref;
+    if (weir_limit_resolve(&ref, key, len, spec, weir_limits_now_us(), err, errlen) != WEIR_OK) return WEIR_ERROR;
+    if (t == NULL) {
+        t = calloc(1, sizeof(*t));
+        if (t == NULL) abort();
+        t->s = s;
+        s->thr = t;
+    }
+    weir_limit_ref_t *nr = realloc(t->refs, (size_t) (t->n + 1) * sizeof(*nr));
+    if (nr == NULL) abort();
+    t->refs = nr;
+    t->refs[t->n++] = ref;
+    /* the strictest action of a direction applies: close > drop > delay */
+    int a[2] = { action_in ? action_in : WEIR_THROTTLE_DROP, action_out ? action_out : WEIR_THROTTLE_DELAY };
+    for (int i = 0; i < 2; i++)
+        if (a[i] > t->action[i]) t->action[i] = (uint8_t) a[i];
+    return WEIR_OK;
+}
+
+void
+weir_relay_throttle_free(weir_session_t *s)
+{
+    weir_throttle_t *t = s->thr;
+    if (t == NULL) return;
+    weir_throttle_unlist(t);
+    free(t->refs);
+    free(t);
+    s->thr = NULL;
+}
+
+/* The throttled error JSON, with RETRY_US as "retry_after" (seconds, rounded
+ * up to the millisecond) in the error object. */
+static size_t
+weir_throttle_json(char *buf, size_t cap, int code, uint64_t retry_us)
+{
+    char tmp[768];
+    weir_error_json(tmp, sizeof(tmp), "/problems/throttled", code, "Message rate limit exceeded");
+    const char *cut = strstr(tmp, "},\"timestamp\"");
+    if (cut == NULL) return 0;
+    uint64_t ms = (retry_us + 999) / 1000;
+    int k = snprintf(buf, cap, "%.*s,\"retry_after\":%llu.%03llu%s", (int) (cut - tmp), tmp,
+                     (unsigned long long) (ms / 1000), (unsigned long long) (ms % 1000), cut);
+    return k < 0 || (size_t) k >= cap ? 0 : (size_t) k;
+}
+
+/* Bytes of a continuation frame of L's current (passed) message: charged
+ * now, or owed when the bucket cannot take them. */
+static void
+weir_throttle_more(weir_leg_t *l, uint64_t bytes)
+{
+    weir_throttle_t *t = l->s->thr;
+    int d = l->is_backend;
+    if (bytes == 0) return;
+    if (weir_limits_take(t->refs, t->n, d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN, 0, bytes, weir_limits_now_us(), NULL)
+        != WEIR_OK)
+        t->debt[d] += bytes;
+}
+
+/*
+ * The first frame of a data message from L (header H at FRAME, the rest of
+ * the read up to END) meets S's rate limits. Returns WEIR_OK (it passes),
+ * WEIR_DECLINED (it is dropped: l->throttled set), WEIR_AGAIN (L is delayed:
+ * what was read from FRAME on is held, the caller stops) or WEIR_ERROR (L
+ * failed and was closed: the caller stops). Bytes before FRAME are written
+ * first whenever the frame does not pass.
+ */
+static int
+weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8_t *end, uint8_t **from)
+{
+    weir_session_t *s = l->s;
+    weir_throttle_t *t = s->thr;
+    int d = l->is_backend;
+    uint64_t now = weir_limits_now_us(), retry = 0;
+    int dir = d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN;
+
+    if (weir_limits_take(t->refs, t->n, dir, 1, h->len + t->debt[d], now, &retry) == WEIR_OK) {
+        t->debt[d] = 0;
+        return WEIR_OK;
+    }
+    if (retry == WEIR_LIMIT_NEVER && t->debt[d] > 0) {
+        /* what is owed and this message together exceed a burst: forgive the debt */
+        t->debt[d] = 0;
+        if (weir_limits_take(t->refs, t->n, dir, 1, h->len, now, &retry) == WEIR_OK) return WEIR_OK;
+    }
+    weir_emit(l, *from, frame);
+    *from = frame;
+    if (retry == WEIR_LIMIT_NEVER) {
+        /* more than a burst: it would never pass */
+        weir_relay_fail(l, 1009, "message larger than a rate limit's burst", 0, 0);
+        return WEIR_ERROR;
+    }
+    if (t->action[d] == WEIR_THROTTLE_DELAY) {
+        size_t rest = (size_t) (end - frame);
+        if (rest > 0) {
+            l->held = malloc(rest);
+            if (l->held == NULL) abort();
+            memcpy(l->held, frame, rest);
+            l->held_len = rest;
+        }
+        l->delayed = 1;
+        weir_leg_pause(l, WEIR_PAUSE_THROTTLE);
+        t->due_ms = weir_now(s) + retry / 1000 + 1;
+        if (!t->listed) {
+            t->dnext = weir_delayed;
+            if (weir_delayed) weir_delayed->dprev = t;
+            weir_delayed = t;
+            t->listed = 1;
+        }
+        weir_throttle_arm(s->w->loop);
+        return WEIR_AGAIN;
+    }
+    l->throttled = 1;
+    char json[1024];
+    if (t->action[d] == WEIR_THROTTLE_CLOSE) {
+        size_t jl = weir_throttle_json(json, sizeof(json), 1008, retry);
+        weir_log(WEIR_LOG_INFO, "throttled", "\"conn\":%llu,\"side\":\"%s\",\"action\":\"close\"",
+                 (unsigned long long) s->id, d ? "backend" : "client");
+        weir_note_close(s, 1008, 'w');
+        weir_leg_close_with(&s->client, 1008, "throttled", jl ? json : NULL, jl);
+        weir_leg_send_close(&s->backend, 1001, "client closed: throttled", NULL);
+        return WEIR_DECLINED;
+    }
+    if (t->notice_us == 0 || now - t->notice_us >= 1000000) {
+        /* at most one a second: a flood must not become a reverse flood */
+        t->notice_us = now;
+        size_t jl = weir_throttle_json(json, sizeof(json), 429, retry);
+        if (jl > 0 && !s->client.done && !s->client.close_sent)
+            weir_leg_message(&s->client, WEIR_WS_TEXT, (const uint8_t *) json, jl);
+    }
+    return WEIR_DECLINED;
 }
 
 /* ---- whole messages for frame hooks, and their verdicts ----------------- */

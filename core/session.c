@@ -146,6 +146,7 @@ weir_session_free(weir_session_t *s)
     free(s->hs);
     free(s->bhs);
     weir_upstream_free(s);
+    weir_relay_throttle_free(s);
     free(s->needle);
     weir_conf_release(w, s->conf);
     free(s);
@@ -400,6 +401,13 @@ weir_conn_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n)
     if (c->out_len + c->inject_len + n > weir_limits(s)->buffer_size) return WEIR_ERROR;
     weir_leg_message(c, opcode == WEIR_WS_BINARY ? WEIR_WS_BINARY : WEIR_WS_TEXT, p, n);
     return WEIR_OK;
+}
+
+int
+weir_conn_limit(weir_session_t *s, const char *key, size_t len, const weir_limit_spec_t *spec, int action_in,
+                int action_out, char *err, size_t errlen)
+{
+    return weir_relay_limit(s, key, len, spec, action_in, action_out, err, errlen);
 }
 
 int

@@ -37,7 +37,12 @@ enum {
     WEIR_PAUSE_PEER_FULL = 1,   /* the other leg's output queue is full */
     WEIR_PAUSE_HANDSHAKE = 2,   /* waiting for the other leg's handshake */
     WEIR_PAUSE_POLICY    = 4,   /* a frame hook of this direction waits on I/O */
+    WEIR_PAUSE_THROTTLE  = 8,   /* over a rate limit whose action is delay: until it allows the message */
 };
+
+/* A session's rate limits (ctx:limit), allocated at the first one: plain
+ * sessions carry only a NULL pointer. Defined in relay.c. */
+typedef struct weir_throttle_s weir_throttle_t;
 
 struct weir_leg_s {
     weir_session_t *s;
@@ -68,6 +73,8 @@ struct weir_leg_s {
     unsigned        collect:1;          /* the current message is being assembled in msg */
     unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
     unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
+    unsigned        throttled:1;        /* the current message is dropped: over a rate limit */
+    unsigned        delayed:1;          /* held until a rate limit allows its next message */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
 
     /* reading: frames from this peer */
@@ -137,6 +144,7 @@ struct weir_session_s {
     unsigned         has_ctx:1;         /* the Lua runtime holds a ctx for it */
     unsigned         ticket_req:1;      /* a POST <path>/ticket, answered without an upgrade */
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
+    weir_throttle_t *thr;               /* rate limits, NULL: none */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
     uint16_t         peer_port;
     weir_route_t     route;
@@ -315,6 +323,17 @@ void weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v);
  * relay what arrived behind the message, in order, and read L again. May
  * close both legs. */
 void weir_relay_resolved(weir_leg_t *l, const weir_verdict_t *v);
+
+/* Add a rate limit to S (weir_conn_limit: KEY NULL for one of its own, LEN
+ * bytes), enforced on every data message from then on; ACTION_IN and
+ * ACTION_OUT (WEIR_THROTTLE_*, 0: the default) say what happens to a
+ * client's and a backend's message over it, the strictest of all its limits
+ * deciding. Returns WEIR_OK, or WEIR_ERROR with ERR filled. */
+int  weir_relay_limit(weir_session_t *s, const char *key, size_t len, const weir_limit_spec_t *spec, int action_in,
+                      int action_out, char *err, size_t errlen);
+
+/* Forget S's rate limits (at the free). */
+void weir_relay_throttle_free(weir_session_t *s);
 
 /* ---- handshake.c ----------------------------------------------------------- */
 

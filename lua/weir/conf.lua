@@ -671,6 +671,29 @@ function types.number(spec, v, node, ctx)
     return check_range(spec, v, v, node, ctx, show_number)
 end
 
+-- A rate limit of a tier: { frames = N | bytes = N|"10m", per =, burst =,
+-- direction = } (weir.limits.parse says what each means), normalised to
+-- weir.limits' parsed form.
+local LIMIT_FIELDS = { frames = true, bytes = true, per = true, burst = true, direction = true }
+function types.limit(_, v, node, ctx)
+    if type(v) ~= "table" then
+        return report(ctx, node, 'expected a table { frames = N | bytes = SIZE, per = "minute", ... }, got ' .. show(v))
+    end
+    local bad = false
+    for _, k in ipairs(sorted_keys(v, function(k) return not LIMIT_FIELDS[k] end)) do
+        report(ctx, child(node, k), "unknown field (a limit has frames or bytes, per, burst, direction)")
+        bad = true
+    end
+    if bad then return nil end
+    local p, err = require("weir.limits").parse(v)
+    if not p then
+        local field, msg = match(err, "^(%a+): (.*)$")
+        if field and LIMIT_FIELDS[field] then return report(ctx, child(node, field), msg) end
+        return report(ctx, node, err)
+    end
+    return p
+end
+
 -- A policy's schema is a list of fields, like a record's; it is prepared
 -- (indexed) once per module.
 local prepare            -- forward
@@ -1021,6 +1044,20 @@ _M.schema = record({
           min = 1, max = 24 * 3600000,
           description = "on SIGTERM, how long to wait for connections to close (0: do not wait)" },
       } },
+    { name = "tiers", type = "map", default = {},
+      description = "throttling tiers by name, for the throttling policy: "
+                    .. '{ Gold = { limits = { { frames = 1000, per = "minute" } }, action = "drop" } }',
+      values = record({
+        { name = "limits", type = "list", default = {}, elements = { type = "limit" },
+          description = 'rate limits, all enforced: { frames = N } or { bytes = SIZE }, per ("second", '
+                        .. '"minute", "hour", "day" or seconds), burst (default: the count), '
+                        .. 'direction ("in", "out", "both": the default)' },
+        { name = "action", type = "enum", one_of = { "drop", "delay", "close" }, default = "drop",
+          description = "what happens to a client's message over a limit: drop it (and tell the client, "
+                        .. "at most once a second), delay it (stop reading the client), or close 1008" },
+        { name = "action_out", type = "enum", one_of = { "delay", "drop", "close" }, default = "delay",
+          description = "what happens to a backend's message over a limit" },
+      }) },
     { name = "apis", type = "list", required = true, non_empty = true, check = check_apis,
       description = "the WebSocket APIs weir exposes",
       elements = record({

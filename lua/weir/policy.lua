@@ -62,7 +62,7 @@ function _M.registry(paths)
     reg.paths[#reg.paths + 1] = _M.stock_dir()
 
     local allowed = { weir = true, cjson = true, ["cjson.safe"] = true,
-                      ["weir.jose"] = true, ["weir.oauth"] = true }
+                      ["weir.jose"] = true, ["weir.oauth"] = true, ["weir.limits"] = true }
 
     -- A read-only view of a shared module. Each file gets its own views, so
     -- even rawset on one changes nothing another policy sees.
@@ -92,8 +92,8 @@ function _M.registry(paths)
                 end
             end
         end
-        error(format("module '%s' not found (policies may require weir, weir.jose, weir.oauth, cjson, cjson.safe "
-                     .. "and modules of the policy paths)", name), 3)
+        error(format("module '%s' not found (policies may require weir, weir.jose, weir.oauth, weir.limits, cjson, "
+                     .. "cjson.safe and modules of the policy paths)", name), 3)
     end
 
     make_env = function()

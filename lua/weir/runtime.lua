@@ -271,6 +271,7 @@ function _M.load(file, cpus)
     local conf, errs = weir_conf.load(file, { cpus = cpus })
     if not conf then return nil, concat(errs, "\n") end
     chains = build(conf)
+    require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
     -- open connections use the new chains from their next event, and are
