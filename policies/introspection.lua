@@ -189,9 +189,7 @@ local function refuse(conf, h, t, message, problem, status)
     return nil, weir_error(problem or "/problems/unauthorized", message, status or 401)
 end
 
-local function hex(s)
-    return (gsub(s, ".", function(c) return format("%02x", byte(c)) end))
-end
+local hex = oauth.hex32
 
 ------------------------------------------------------------------------------
 -- Asking the endpoint

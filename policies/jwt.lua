@@ -205,9 +205,7 @@ end
 -- Validation
 ------------------------------------------------------------------------------
 
-local function hex(s)
-    return (s:gsub(".", function(c) return format("%02x", byte(c)) end))
-end
+local hex = oauth.hex32
 
 --- Validate the token TOK. Returns the token record { exp, jti, hash,
 -- claims, consumer }, or nil and a weir.error verdict.

@@ -187,8 +187,12 @@ function _M.credential(ctx, conf)
         if where == "header" then
             local h = req.headers["authorization"]
             if h then
-                local tok = match(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +([^%s,]+)%s*$")
-                if tok then
+                -- "Bearer TOKEN": the scheme in any case, then the token, with
+                -- nothing after it (no second credential): one pass of find
+                local _, e = find(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +")
+                local tok = e and sub(h, e + 1)
+                if tok and find(tok, "[%s,]") then tok = match(tok, "^([^%s,]+)%s*$") end
+                if tok and tok ~= "" then
                     if hide then ctx:clear_backend_header("authorization") end
                     return "token", tok
                 end
@@ -428,6 +432,11 @@ function _M.recheck(ctx, conf)
     end
     return nil
 end
+
+local HEX32 = string.rep("%02x", 32)
+
+--- A 32-byte hash (weir.sha256) as 64 hex digits, in one format call.
+function _M.hex32(h) return format(HEX32, byte(h, 1, 32)) end
 
 ------------------------------------------------------------------------------
 -- A cache of validated tokens, per worker
