@@ -157,7 +157,7 @@ weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
 /* A frame hook waits: keep what was read behind its message (in order) and
  * stop reading L until the verdict comes (weir_relay_resolved). */
 static void
-weir_relay_hold(weir_leg_t *l, const uint8_t *p, size_t rest)
+weir_relay_hold(weir_leg_t *l, const uint8_t *p, size_t rest, unsigned why)
 {
     if (rest > 0) {
         l->held = malloc(rest);
@@ -165,7 +165,22 @@ weir_relay_hold(weir_leg_t *l, const uint8_t *p, size_t rest)
         memcpy(l->held, p, rest);
         l->held_len = rest;
     }
-    weir_leg_pause(l, WEIR_PAUSE_POLICY);
+    weir_leg_pause(l, why);
+}
+
+/* Run what L held (weir_relay_hold) through the relay again, in order; it
+ * may be held once more. The caller reads L again when it is not. */
+static void
+weir_relay_replay(weir_leg_t *l)
+{
+    uint8_t *h = l->held;
+    size_t n = l->held_len;
+    l->held = NULL;
+    l->held_len = 0;
+    if (h != NULL) {
+        if (!l->done) weir_relay_process(l, h, n);
+        free(h);
+    }
 }
 
 /* Keep a copy of the message P[0..N) in L's assembly buffer. */
@@ -406,7 +421,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             l->msg_len = 0;
             if (rc == WEIR_ERROR || l->done) return;
             if (rc == WEIR_AGAIN) {
-                weir_relay_hold(l, p, (size_t) (end - p));
+                weir_relay_hold(l, p, (size_t) (end - p), WEIR_PAUSE_POLICY);
                 return;
             }
             frame = NULL;
@@ -456,7 +471,7 @@ frame_end:
                 weir_emit(l, from, p);
                 from = p;
                 if (weir_relay_message(l) == WEIR_AGAIN) {
-                    weir_relay_hold(l, p, (size_t) (end - p));
+                    weir_relay_hold(l, p, (size_t) (end - p), WEIR_PAUSE_POLICY);
                     return;
                 }
                 if (l->done) return;
@@ -597,15 +612,8 @@ weir_throttle_unlist(weir_throttle_t *t)
 static void
 weir_throttle_release(weir_leg_t *l)
 {
-    uint8_t *h = l->held;
-    size_t n = l->held_len;
-    l->held = NULL;
-    l->held_len = 0;
     l->delayed = 0;
-    if (h != NULL) {
-        if (!l->done) weir_relay_process(l, h, n);
-        free(h);
-    }
+    weir_relay_replay(l);
     if (!l->delayed && !l->done) weir_leg_resume(l, WEIR_PAUSE_THROTTLE);
 }
 
@@ -739,15 +747,8 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
         return WEIR_ERROR;
     }
     if (t->action[d] == WEIR_THROTTLE_DELAY) {
-        size_t rest = (size_t) (end - frame);
-        if (rest > 0) {
-            l->held = malloc(rest);
-            if (l->held == NULL) abort();
-            memcpy(l->held, frame, rest);
-            l->held_len = rest;
-        }
+        weir_relay_hold(l, frame, (size_t) (end - frame), WEIR_PAUSE_THROTTLE);
         l->delayed = 1;
-        weir_leg_pause(l, WEIR_PAUSE_THROTTLE);
         t->due_ms = weir_now(s) + retry / 1000 + 1;
         if (!t->listed) {
             t->dnext = weir_delayed;
@@ -856,13 +857,6 @@ weir_relay_resolved(weir_leg_t *l, const weir_verdict_t *v)
     weir_apply_frame_verdict(l, v);
 
     /* what arrived behind the message, in order, then read again */
-    uint8_t *h = l->held;
-    size_t n = l->held_len;
-    l->held = NULL;
-    l->held_len = 0;
-    if (h != NULL) {
-        if (!l->done) weir_relay_process(l, h, n);
-        free(h);
-    }
+    weir_relay_replay(l);
     if (!l->waiting && !l->done) weir_leg_resume(l, WEIR_PAUSE_POLICY);
 }
