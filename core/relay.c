@@ -53,17 +53,15 @@ weir_forwarding(weir_leg_t *l)
 }
 
 /*
- * L broke the protocol: close it with CODE, and close the other leg (1001 to
- * a backend, bad-gateway JSON and 1014 to a client). MID says whether the
- * other leg's output stream ends inside one of L's frames.
+ * L broke the protocol: fail it with CODE (RFC 6455 7.1.7), and close the
+ * other leg (1001 to a backend, bad-gateway JSON and 1014 to a client). MID
+ * says whether the other leg's output stream ends inside one of L's frames.
  */
 static void
 weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int open)
 {
     weir_session_t *s = l->s;
     weir_leg_t *o = weir_other(l);
-    static const char *problems[] = { [2] = "/problems/protocol-error", [7] = "/problems/invalid-payload",
-                                      [9] = "/problems/message-too-big" };
 
     l->emitted_mid = (unsigned) mid;
     l->msg_out_open = (unsigned) open;
@@ -79,7 +77,10 @@ weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int o
         weir_leg_send_close(l, code, reason, NULL);
         weir_leg_send_close(o, 1014, "backend broke the WebSocket protocol", "/problems/bad-gateway");
     } else {
-        weir_leg_send_close(l, code, reason, problems[code - 1000 < 10 ? code - 1000 : 2]);
+        /* only a message too big, which a well-behaved client can send, is
+         * explained with the error JSON; a broken protocol (1002, 1007) gets
+         * the close alone (RFC 6455 7.1.7) */
+        weir_leg_send_close(l, code, reason, code == 1009 ? "/problems/message-too-big" : NULL);
         weir_leg_send_close(o, 1001, "client gone", NULL);
     }
     /* "Fail the WebSocket connection" (RFC 6455 7.1.7): nothing more of its

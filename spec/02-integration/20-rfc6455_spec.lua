@@ -250,23 +250,6 @@ local function assert_error(got, problem, code)
     assert.are.equal(j.error.message:sub(1, 123), got.close.reason)
 end
 
-local PROBLEM = { [1002] = "/problems/protocol-error", [1007] = "/problems/invalid-payload",
-                  [1009] = "/problems/message-too-big" }
-
--- The client broke the protocol: it gets the error JSON and `code`, the
--- backend gets 1001.
-local function client_offended(got, rec, code)
-    assert_error(got, PROBLEM[code], code)
-    assert_close(rec, 1001, "backend")
-end
-
--- The backend broke the protocol: it gets `code`, the client gets the
--- bad-gateway JSON and 1014.
-local function backend_offended(got, rec, code)
-    assert_close(rec, code, "backend")
-    assert_error(got, "/problems/bad-gateway", 1014)
-end
-
 local function assert_frames(expected, actual, leg)
     local msg = leg .. ": expected\n" .. dump(expected) .. "\ngot\n" .. dump(actual)
     assert(#expected == #actual, msg)
@@ -277,6 +260,34 @@ local function assert_frames(expected, actual, leg)
         assert(a.opcode == x.opcode and a.fin == fin and a.payload == (x.payload or ""), msg)
         assert(not (a.rsv1 or a.rsv2 or a.rsv3), msg)
     end
+end
+
+-- Assert that weir failed the client's connection (RFC 6455 7.1.7): a
+-- close frame with `code` and a reason, and no data frame but `data` (the
+-- frames it was sent before; none when nil), in particular no error JSON.
+local function assert_failed(got, code, data)
+    assert_close(got, code, "client")
+    assert(got.close.reason ~= "", "client: the close " .. code .. " has no reason")
+    assert_frames(data or {}, got.data, "client")
+end
+
+-- The client broke the protocol: its connection is failed with `code` (a
+-- message too big, which a well-behaved client can send, gets the error
+-- JSON first), the backend gets 1001.
+local function client_offended(got, rec, code)
+    if code == 1009 then
+        assert_error(got, "/problems/message-too-big", code)
+    else
+        assert_failed(got, code)
+    end
+    assert_close(rec, 1001, "backend")
+end
+
+-- The backend broke the protocol: it gets `code`, the client gets the
+-- bad-gateway JSON and 1014.
+local function backend_offended(got, rec, code)
+    assert_close(rec, code, "backend")
+    assert_error(got, "/problems/bad-gateway", 1014)
 end
 
 local function bytes(n)
@@ -466,14 +477,14 @@ describe("RFC 6455 through weir", function()
                 wait_peeked(e, name)
                 c:send_raw(frame:sub(100001))
             end, { steps = { { wait_bytes = 50000 } } })
-            assert_error(got, "/problems/invalid-payload", 1007)
+            assert_failed(got, 1007)
             assert_frames({}, rec.data, "backend")
             assert.is_truthy(rec.done)
         end)
     end)
 
     describe("masking (5.1, 5.3)", function()
-        it("client: an unmasked data frame → error JSON and 1002; backend gets 1001", function()
+        it("client: an unmasked data frame → 1002; backend gets 1001", function()
             local got, rec = run(e, function(c)
                 c:send_frame{ opcode = TEXT, payload = "plain", mask = false }
             end)
@@ -481,7 +492,7 @@ describe("RFC 6455 through weir", function()
             assert_frames({}, rec.data, "backend")
         end)
 
-        it("client: an unmasked ping → error JSON and 1002; backend gets 1001", function()
+        it("client: an unmasked ping → 1002; backend gets 1001", function()
             local got, rec = run(e, function(c)
                 c:send_frame{ opcode = PING, payload = "p", mask = false }
             end)
@@ -784,7 +795,7 @@ describe("RFC 6455 through weir", function()
                 c:send_frame{ opcode = TEXT, payload = "plain", mask = false }
                 return { fr }
             end, { steps = { { wait_opcode = TEXT }, send{ opcode = TEXT, fin = false, payload = "half" } } })
-            assert_error(got, "/problems/protocol-error", 1002)
+            assert_failed(got, 1002, { { opcode = TEXT, fin = false, payload = "half" } })
             assert_close(rec, 1001, "backend")
         end)
     end)
