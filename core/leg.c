@@ -451,6 +451,14 @@ weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char
 }
 
 void
+weir_leg_fail(weir_leg_t *l)
+{
+    if (l->done || l->close_sent || l->fail_code == 0) return;
+    weir_leg_send_close(l, l->fail_code, l->fail_reason, l->fail_code == 1009 ? "/problems/message-too-big" : NULL);
+    weir_leg_finish(l);
+}
+
+void
 weir_leg_gone(weir_leg_t *l, const char *why)
 {
     if (l->done) return;
@@ -468,6 +476,10 @@ weir_leg_gone(weir_leg_t *l, const char *why)
     if (s->state < WEIR_S_OPEN) {
         if (l->is_backend) weir_owner->backend_lost(s, why);
         else weir_leg_close_fd(o);
+        return;
+    }
+    if (o->fail_code) {                         /* it broke the protocol and waited for l's close */
+        weir_leg_fail(o);
         return;
     }
     if (o->close_sent) return;                  /* already closing: let it finish */

@@ -53,9 +53,14 @@ weir_forwarding(weir_leg_t *l)
 }
 
 /*
- * L broke the protocol: fail it with CODE (RFC 6455 7.1.7), and close the
- * other leg (1001 to a backend, bad-gateway JSON and 1014 to a client). MID
- * says whether the other leg's output stream ends inside one of L's frames.
+ * L broke the protocol (or went over max_message_size: 1009): fail it with
+ * CODE and REASON (RFC 6455 7.1.7). Nothing more of its input is processed.
+ * The other leg is closed first (1001 to a backend, the bad-gateway JSON and
+ * 1014 to a client) and, until its close comes back (or it goes), what it
+ * sends still reaches L: its answers to the frames L sent before the
+ * violation. Then L gets its close (weir_leg_fail). MID says whether the
+ * other leg's output stream ends inside one of L's frames, OPEN whether
+ * inside one of its messages.
  */
 static void
 weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int open)
@@ -73,19 +78,17 @@ weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int o
     weir_log(WEIR_LOG_INFO, "protocol violation", "\"conn\":%llu,\"side\":\"%s\",\"code\":%u,\"why\":\"%s\"",
              (unsigned long long) s->id, l->is_backend ? "backend" : "client", code, reason);
     weir_note_close(s, code, l->is_backend ? 'b' : 'c');
-    if (l->is_backend) {
-        weir_leg_send_close(l, code, reason, NULL);
-        weir_leg_send_close(o, 1014, "backend broke the WebSocket protocol", "/problems/bad-gateway");
-    } else {
-        /* only a message too big, which a well-behaved client can send, is
-         * explained with the error JSON; a broken protocol (1002, 1007) gets
-         * the close alone (RFC 6455 7.1.7) */
-        weir_leg_send_close(l, code, reason, code == 1009 ? "/problems/message-too-big" : NULL);
-        weir_leg_send_close(o, 1001, "client gone", NULL);
+    l->fail_code = (uint16_t) code;
+    l->fail_reason = reason;
+    l->discard = 1;
+    int drain = !o->done && !o->close_sent;
+    if (l->is_backend) weir_leg_send_close(o, 1014, "backend broke the WebSocket protocol", "/problems/bad-gateway");
+    else weir_leg_send_close(o, 1001, "client gone", NULL);
+    if (drain && !o->done && o->close_sent && !l->done) {
+        o->discard = 0;                        /* its frames go on to L until its close */
+        return;
     }
-    /* "Fail the WebSocket connection" (RFC 6455 7.1.7): nothing more of its
-     * input is processed; its socket closes once the close frame is out */
-    weir_leg_finish(l);
+    weir_leg_fail(l);
 }
 
 /* L sent a valid close frame; PL is its (unmasked) payload. Returns 1 when
@@ -96,7 +99,7 @@ weir_relay_close(weir_leg_t *l, const uint8_t *pl, size_t n)
     weir_session_t *s = l->s;
     weir_leg_t *o = weir_other(l);
     unsigned code = n >= 2 ? ((unsigned) pl[0] << 8) | pl[1] : 0;
-    int fwd = weir_forwarding(l);
+    int fwd = weir_forwarding(l) && !o->fail_code;      /* a failed leg gets its own close */
 
     weir_note_close(s, code, l->is_backend ? 'b' : 'c');
     l->close_rcvd = 1;
@@ -377,6 +380,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                 /* nothing after a close frame counts */
                 weir_emit(l, from, p);
                 from = p = end;
+                weir_leg_fail(o);               /* when it broke the protocol and waited for this close */
                 if (fwd && o->close_rcvd) weir_leg_finish(o);
                 if (!fwd && !l->close_sent) weir_leg_send_close(l, l->rcvd_code, NULL, NULL);
                 else if (l->close_sent) weir_leg_finish(l);
@@ -521,7 +525,8 @@ weir_relay_read(weir_leg_t *l)
 
     for (int round = 0; round < 16; round++) {
         if (l->done) return;
-        if (l->lingering) {
+        if (l->lingering || l->fail_code) {
+            /* a peer that broke the protocol is read only to drop what it sends */
             weir_linger_read(l);
             return;
         }

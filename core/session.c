@@ -250,7 +250,8 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
         else weir_leg_gone(l, "close handshake timed out");
         return;
     }
-    if (s->state != WEIR_S_OPEN || l->close_sent || l->close_rcvd || lim->ping_interval_ms == 0) return;
+    if (s->state != WEIR_S_OPEN || l->close_sent || l->close_rcvd || l->fail_code || lim->ping_interval_ms == 0)
+        return;
     if (l->ping_sent) {
         if (now - l->ping_sent >= lim->ping_timeout_ms) {
             weir_log(WEIR_LOG_INFO, "keepalive timeout", "\"conn\":%llu,\"side\":\"%s\"",
@@ -292,7 +293,7 @@ weir_proxy_tick(weir_worker_t *w)
         weir_tick_leg(&s->client, now);
         weir_tick_leg(&s->backend, now);
         if (s->state == WEIR_S_OPEN && lim->idle_timeout_ms && now - s->last_data >= lim->idle_timeout_ms
-            && !s->client.close_sent && !s->client.close_rcvd && !s->client.done) {
+            && !s->client.close_sent && !s->client.close_rcvd && !s->client.fail_code && !s->client.done) {
             weir_note_close(s, 1001, 'w');
             weir_leg_send_close(&s->client, 1001, "idle timeout", "/problems/idle-timeout");
             weir_leg_send_close(&s->backend, 1001, "idle timeout", NULL);

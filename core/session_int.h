@@ -76,6 +76,8 @@ struct weir_leg_s {
     unsigned        throttled:1;        /* the current message is dropped: over a rate limit */
     unsigned        delayed:1;          /* held until a rate limit allows its next message */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
+    uint16_t        fail_code;          /* this peer broke the protocol: the close it is failed with, 0: it did not */
+    const char     *fail_reason;        /* that close's reason (a string literal) */
 
     /* reading: frames from this peer */
     uint64_t        remaining;          /* payload bytes still to come, current data frame */
@@ -295,8 +297,16 @@ void weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const
  * CODE and REASON. */
 void weir_leg_send_close(weir_leg_t *l, unsigned code, const char *reason, const char *problem);
 
+/* Fail L, whose peer broke the protocol (l->fail_code, set by the relay,
+ * which reads nothing more from it): the close with that code and reason,
+ * the error JSON only for 1009 (a message too big, which a well-behaved
+ * client can send; 1002 and 1007 get the close alone, RFC 6455 7.1.7), then
+ * L is shut down. No-op once L got a close or is done. May handle L as gone. */
+void weir_leg_fail(weir_leg_t *l);
+
 /* Leg L ended without a completed close handshake (EOF, error, timeout) or
- * ended cleanly: close it, and settle the other leg: answer a close it is
+ * ended cleanly: close it, and settle the other leg: fail it when it broke
+ * the protocol and waited for L's close (weir_leg_fail), answer a close it is
  * waiting for, or close it (1001 to a backend whose client is gone; the
  * bad-gateway JSON and 1014 to a client whose backend is gone; before the
  * upgrade, a bad gateway when the backend went, the backend's socket

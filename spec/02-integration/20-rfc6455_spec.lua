@@ -27,7 +27,7 @@ local CLOSE, PING, PONG = 8, 9, 10
 
 local ncase = 0                  -- case names are unique across the file
 
-local function start(tag, limits)
+local function start(tag, limits, policies)
     local e = { dir = helpers.tmpdir() .. "/raw-" .. tag, bport = helpers.free_port() }
     assert(os.execute("mkdir -p " .. helpers.shell_quote(e.dir)))
     e.bpid = helpers.spawn({ "luajit", helpers.support .. "/raw_backend.lua",
@@ -40,9 +40,10 @@ local function start(tag, limits)
         workers = 1,
         listen  = { { address = "127.0.0.1", port = helpers.free_port() } },
         limits  = lim,
+        policy_paths = policies and { helpers.fixture_policies } or nil,
         apis    = { {
             name = "Raw", context = "/raw",
-            versions = { { version = "1", default = true,
+            versions = { { version = "1", default = true, policies = policies,
                            endpoints = { production = "ws://127.0.0.1:" .. e.bport } } },
         } },
     }
@@ -180,11 +181,11 @@ end
 -- @return got (the client's rawws collect result), rec (the backend's record)
 local function run(e, client, script, copts)
     local name = new_case(e, script)
-    local c, err, resp = rawws.connect("127.0.0.1", e.gw.port, { path = "/raw/" .. name })
+    copts = copts or {}
+    local c, err, resp = rawws.connect("127.0.0.1", e.gw.port, { path = "/raw/" .. name, early = copts.early })
     assert(c, "client handshake through weir: " .. tostring(err)
         .. (resp and resp.body and ("\n" .. resp.body) or ""))
     local before = client and client(c, name) or {}   -- frames the client read itself
-    copts = copts or {}
     copts.timeout = copts.timeout or T
     local got = c:collect(copts)
     c:close()
@@ -292,6 +293,48 @@ end
 
 local function bytes(n)
     return rawws.random_bytes(n)
+end
+
+-- Frames valid on either leg, then sent in one write with a violation.
+local function good_frames(mask)
+    return rawws.build{ opcode = TEXT, payload = "before", mask = mask }
+        .. rawws.build{ opcode = PING, payload = "p", mask = mask }
+        .. rawws.build{ opcode = BINARY, fin = false, payload = "\1\2", mask = mask }
+        .. rawws.build{ opcode = CONT, payload = "\3", mask = mask }
+end
+
+-- What, sent right after good_frames, breaks the protocol: name, close code, frame.
+local VIOLATIONS = {
+    { "reserved bits", 1002, { opcode = TEXT, payload = "x", rsv1 = true } },
+    { "a reserved opcode", 1002, { opcode = 3, payload = "x" } },
+    { "a continuation without a message", 1002, { opcode = CONT, payload = "x" } },
+    { "a close with code 1005", 1002, { opcode = CLOSE, payload = rawws.close_payload(1005) } },
+    { "invalid UTF-8", 1007, { opcode = TEXT, payload = "ok\255" } },
+}
+
+--- For each of `violations`, both ways: good_frames and the violation in one
+-- write reach the other peer as the data frames `want`, then the offender's
+-- connection is failed. `env()` gives the running gateway.
+local function forwarded_then_failed(env, want, violations)
+    for _, v in ipairs(violations) do
+        local what, code, frame = v[1], v[2], v[3]
+
+        it("client→backend: the messages before " .. what .. " in the same read are forwarded, then " .. code, function()
+            local got, rec = run(env(), function(c)
+                c:send_raw(good_frames(true) .. rawws.build(setmetatable({ mask = true }, { __index = frame })))
+            end)
+            assert_frames(want, rec.data, "backend")
+            client_offended(got, rec, code)
+        end)
+
+        it("backend→client: the messages before " .. what .. " in the same read are forwarded, then " .. code, function()
+            local got, rec = from_backend(env(), { { raw = good_frames(false) .. rawws.build(frame) } })
+            local upto = {}
+            for i = 1, #want do upto[i] = got.data[i] end
+            assert_frames(want, upto, "client")
+            backend_offended(got, rec, code)
+        end)
+    end
 end
 
 ---------------------------------------------------------------------------
@@ -800,6 +843,64 @@ describe("RFC 6455 through weir", function()
         end)
     end)
 
+    describe("frames around a violation (7.1.7)", function()
+        -- Valid frames that arrive in the same read as a violation are
+        -- forwarded first, and what the other peer answers to them until
+        -- its close still reaches the offender; only then is the offender's
+        -- connection failed.
+        local want = { { opcode = TEXT, payload = "before" }, { opcode = BINARY, fin = false, payload = "\1\2" },
+                       { opcode = CONT, payload = "\3" } }
+        it("client→backend: the backend's answer to a message sent before a violation reaches the client before its close", function()
+            local got, rec = run(e, function(c)
+                c:send_raw(rawws.build{ opcode = TEXT, payload = "question", mask = true }
+                           .. rawws.build{ opcode = TEXT, payload = "x", rsv1 = true, mask = true })
+            end, { steps = { { wait_opcode = TEXT }, send{ opcode = TEXT, payload = "answer" } } })
+            assert_frames({ { opcode = TEXT, payload = "question" } }, rec.data, "backend")
+            assert_failed(got, 1002, { { opcode = TEXT, payload = "answer" } })
+            assert_close(rec, 1001, "backend")
+        end)
+
+        it("backend→client: the client's answer to a message sent before a violation reaches the backend before its close", function()
+            local got, rec = run(e, function(c)
+                c:send_frame{ opcode = TEXT, payload = "go" }
+                local fr = c:read_frame(T)
+                assert(fr and fr.opcode == TEXT and fr.payload == "question",
+                       "client: expected the backend's question, got " .. rawws.describe(fr))
+                c:send_frame{ opcode = TEXT, payload = "answer" }
+                return { fr }
+            end, { steps = { { wait_opcode = TEXT },
+                             { raw = rawws.build{ opcode = TEXT, payload = "question" }
+                                     .. rawws.build{ opcode = TEXT, payload = "x", rsv1 = true } } } })
+            assert_frames({ { opcode = TEXT, payload = "go" }, { opcode = TEXT, payload = "answer" } },
+                          rec.data, "backend")
+            backend_offended(got, rec, 1002)
+        end)
+
+        it("client: a backend that never answers weir's close does not keep the client's 1002 past close_timeout", function()
+            local got, rec = run(e, function(c)
+                c:send_frame{ opcode = TEXT, payload = "x", rsv1 = true }
+            end, { echo_close = false, linger = true })
+            client_offended(got, rec, 1002)
+            assert.is_true(got.eof, "client: the connection did not end")
+        end)
+
+        it("client→backend: messages sent with the request head before a violation are forwarded, then 1002", function()
+            local bad = rawws.build{ opcode = TEXT, payload = "x", rsv1 = true, mask = true }
+            local got, rec = run(e, nil, nil, { early = good_frames(true) .. bad })
+            assert_frames(want, rec.data, "backend")
+            client_offended(got, rec, 1002)
+        end)
+
+        it("backend→client: messages sent with the backend's 101 before a violation are forwarded, then 1002", function()
+            local got, rec = run(e, nil, { with_101 = { { opcode = TEXT, payload = "before" },
+                                                         { opcode = TEXT, payload = "x", rsv1 = true } } })
+            assert_frames({ { opcode = TEXT, payload = "before" } }, { got.data[1] }, "client")
+            backend_offended(got, rec, 1002)
+        end)
+
+        forwarded_then_failed(function() return e end, want, VIOLATIONS)
+    end)
+
     describe("UTF-8 (5.6, 8.1)", function()
         -- "κόσμε €𝄞" = ce ba | e1 bd b9 | cf 83 | ce bc | ce b5 | 20 | e2 82 ac | f0 9d 84 9e
         local text = "\206\186\225\189\185\207\131\206\188\206\181 \226\130\172\240\157\132\158"
@@ -1154,6 +1255,17 @@ describe("RFC 6455 through weir, max_message_size = 1000 (10.4)", function()
         local got = from_backend(e, { send{ opcode = BINARY, payload = p }, close_step(1000) })
         assert_frames({ { opcode = BINARY, payload = p } }, got.data, "client")
     end)
+end)
+
+describe("RFC 6455 through weir, with frame hooks both ways", function()
+    local e
+
+    lazy_setup(function() e = start("hooks", nil, { { "spec-pass", {} } }) end)
+    lazy_teardown(function() stop(e) end)
+
+    -- whole messages: the fragmented one arrives as one frame
+    local want = { { opcode = TEXT, payload = "before" }, { opcode = BINARY, payload = "\1\2\3" } }
+    forwarded_then_failed(function() return e end, want, { VIOLATIONS[1], VIOLATIONS[#VIOLATIONS] })
 end)
 
 teardown(function() helpers.cleanup() end)

@@ -489,7 +489,8 @@ _M.has_token = has_token
 --- Open a client connection and perform the opening handshake.
 -- @tparam table opts `path` (default "/"), `host`, `headers` (a list of
 --   {name, value} added to the request), `timeout` (default 5),
---   `key` (default: random)
+--   `key` (default: random), `early` (bytes sent in the same write as the
+--   request, before any answer: frames that come with the head)
 -- @return conn, response ({status, headers, body}), or nil, err, response
 --   (when the answer is not a valid 101, the body is read too)
 -- @usage local c, resp = rawws.connect("127.0.0.1", gw.port, { path = "/raw/x" })
@@ -512,7 +513,7 @@ function _M.connect(host, port, opts)
     for _, h in ipairs(opts.headers or {}) do req[#req + 1] = h[1] .. ": " .. h[2] end
     req[#req + 1] = "\r\n"
     sock:settimeout(5)
-    sock:send(concat(req, "\r\n"))
+    sock:send(concat(req, "\r\n") .. (opts.early or ""))
     local head, herr = read_head(sock, deadline)
     if not head then sock:close(); return nil, "handshake: " .. tostring(herr) end
     local status = tonumber(head.start:match("^HTTP/1%.1 (%d%d%d)"))
