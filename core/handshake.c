@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -393,9 +394,11 @@ weir_ticket_request(weir_session_t *s, const weir_http_msg_t *m)
     return WEIR_OK;
 }
 
-/* The request head is complete: answer it or start the backend leg. */
+/* The request head is complete, its target without dot segments (LOW: the
+ * shortest length a ".." cut its path back to, SIZE_MAX: none did): answer
+ * it or start the backend leg. */
 static void
-weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
+weir_client_request(weir_session_t *s, const weir_http_msg_t *m, size_t low)
 {
     weir_worker_t *w = s->w;
     const weir_http_header_t *h;
@@ -410,7 +413,13 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m)
             weir_leg_finish(&s->client);
         return;
     }
-    if (weir_route(s->conf, m->target, m->target_len, &s->route) != WEIR_OK) {
+    int routed = weir_route(s->conf, m->target, m->target_len, &s->route);
+    if (low != SIZE_MAX && (routed != WEIR_OK || low < (size_t) (s->route.rest - m->target))) {
+        /* a ".." took the path out of the context (or version) it is routed to, or of any */
+        weir_session_http(s, 400, "/problems/bad-request", "The request target climbs above its API", NULL);
+        return;
+    }
+    if (routed != WEIR_OK) {
         weir_session_http(s, 404, "/problems/not-found", "No API matches the requested path", NULL);
         return;
     }
@@ -523,6 +532,25 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
 }
 
 /*
+ * Remove the dot segments of the request target M parsed in S's head, in
+ * place: the rest of the head (and the frames after it) moves up, and M is
+ * parsed again. *LOW as weir_route_normalize. WEIR_ERROR: the target climbs
+ * above the root.
+ */
+static int
+weir_request_normalize(weir_session_t *s, weir_http_msg_t *m, size_t *low)
+{
+    char *t = s->hs + (m->target - s->hs), *after = t + m->target_len;     /* M's target lies in s->hs */
+    size_t len = m->target_len;
+    if (weir_route_normalize(t, &len, low) != WEIR_OK) return WEIR_ERROR;
+    if (len == m->target_len) return WEIR_OK;          /* no dot segment */
+    memmove(t + len, after, s->hs_len - (size_t) (after - s->hs));
+    s->hs_len -= m->target_len - len;
+    s->hs_head -= m->target_len - len;
+    return weir_http_parse(s->hs, s->hs_len, 1, m) > 0 ? WEIR_OK : WEIR_ERROR;
+}
+
+/*
  * Make room to read more of a handshake head into *BUF (LEN bytes used):
  * heads start in 2 KiB and grow up to MAX (most fit the first size).
  * Returns WEIR_OK, WEIR_DECLINED when the head already has MAX bytes, or
@@ -577,7 +605,12 @@ weir_client_read_request(weir_session_t *s)
             return;
         }
         s->hs_head = (size_t) r;
-        weir_client_request(s, &m);
+        size_t low;
+        if (weir_request_normalize(s, &m, &low) != WEIR_OK) {
+            weir_session_http(s, 400, "/problems/bad-request", "The request target climbs above its API", NULL);
+            return;
+        }
+        weir_client_request(s, &m, low);
         return;
     }
 }

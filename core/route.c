@@ -6,7 +6,9 @@
  * says unknown_version = "404": the client asked for a version that does
  * not exist, and gets a 404 rather than another version.
  */
+#include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 #include "route.h"
 
@@ -106,4 +108,70 @@ weir_route_target(const weir_endpoint_t *ep, const weir_route_t *r, char *buf, s
     }
     buf[o] = '\0';
     return o;
+}
+
+/* How many dots SEG (LEN bytes) is made of, each written "." or "%2e": 1 or
+ * 2 for a dot segment, 0 for any other. */
+static int
+weir_route_dots(const char *seg, size_t len)
+{
+    int dots = 0;
+    for (size_t i = 0; i < len; dots++) {
+        if (seg[i] == '.') i++;
+        else if (len - i >= 3 && strncasecmp(seg + i, "%2e", 3) == 0) i += 3;
+        else return 0;
+    }
+    return dots <= 2 ? dots : 0;
+}
+
+/* Does SEG (LEN bytes) hold a ".." between encoded slashes ("..%2fx",
+ * "a%2F%2e%2e")? Without an encoded slash it is one segment, never such. */
+static int
+weir_route_slashed_dots(const char *seg, size_t len)
+{
+    const char *p = seg, *end = seg + len;
+    int slashed = 0;
+    for (const char *q = seg; q + 3 <= end; q++)
+        if (strncasecmp(q, "%2f", 3) == 0) slashed = 1;
+    if (!slashed) return 0;
+    while (p <= end) {
+        const char *q = p;
+        while (q < end && !(end - q >= 3 && strncasecmp(q, "%2f", 3) == 0)) q++;
+        if (weir_route_dots(p, (size_t) (q - p)) == 2) return 1;
+        p = q + 3;
+    }
+    return 0;
+}
+
+int
+weir_route_normalize(char *target, size_t *len, size_t *low)
+{
+    char *q = memchr(target, '?', *len);
+    size_t plen = q ? (size_t) (q - target) : *len;
+    size_t in = 0, out = 0;
+
+    *low = SIZE_MAX;
+    if (plen == 0 || target[0] != '/') return WEIR_OK;
+    /* the output is never longer than what was read: it is written in place */
+    while (in < plen) {
+        size_t seg = in + 1, end = seg;
+        while (end < plen && target[end] != '/') end++;
+        if (weir_route_slashed_dots(target + seg, end - seg)) return WEIR_ERROR;
+        int dots = weir_route_dots(target + seg, end - seg);
+        if (dots == 2) {
+            if (out == 0) return WEIR_ERROR;            /* above the root */
+            while (target[--out] != '/') {}              /* the last segment goes, with its '/' */
+            if (out < *low) *low = out;
+        }
+        if (dots > 0) {
+            if (end == plen) target[out++] = '/';        /* "/a/.." is "/", a directory */
+        } else {
+            memmove(target + out, target + in, end - in);
+            out += end - in;
+        }
+        in = end;
+    }
+    memmove(target + out, target + plen, *len - plen);
+    *len = out + (*len - plen);
+    return WEIR_OK;
 }

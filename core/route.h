@@ -25,6 +25,18 @@ typedef struct {
 int weir_route(const weir_conf_t *conf, const char *target, size_t len, weir_route_t *r);
 
 /*
+ * Remove the dot segments of TARGET's path in place (RFC 3986 5.2.4: "."
+ * and "..", also written with %2e), the query moving along unchanged, and
+ * set *LEN to the new length. *LOW gets the shortest length a ".." cut the
+ * path back to (SIZE_MAX when none did): the path climbed out of a route
+ * whose context (and version) is longer than that. Returns WEIR_OK, or
+ * WEIR_ERROR when a ".." climbs above the root, or a segment holds a ".."
+ * between encoded slashes (%2f), which a backend decoding them first would
+ * climb with. A target that is not a path ("*", absolute-form) is left as is.
+ */
+int weir_route_normalize(char *target, size_t *len, size_t *low);
+
+/*
  * Write the backend request target for R on endpoint EP into BUF: the
  * endpoint's path, then the rest, then both queries joined with '&'.
  * Returns its length, or 0 when it does not fit.

@@ -746,7 +746,8 @@ end
 --- Raw WebSocket client over luasocket: sends the upgrade request for PATH
 -- to 127.0.0.1:PORT. opts: path, headers (map or ordered array of pairs,
 -- added after the standard ones; false removes one), protocols (array),
--- key, host, timeout, auto_pong.
+-- key, host, timeout, auto_pong, early (bytes sent in the same write as the
+-- request: frames that come with the head).
 -- Returns ws (ws.response is the 101) or nil, response-or-err.
 function helpers.ws_connect(port, opts)
     opts = opts or {}
@@ -778,7 +779,7 @@ function helpers.ws_connect(port, opts)
     local req = build_request{ method = "GET", path = opts.path or "/", headers = hdrs, host = false }
     local conn, err = helpers.tcp(port, opts.timeout or 5)
     if not conn then return nil, "connect: " .. tostring(err) end
-    local ok, serr = conn:send(req)
+    local ok, serr = conn:send(req .. (opts.early or ""))
     if not ok then conn:close(); return nil, "send: " .. tostring(serr) end
     local res, rerr = conn:read_response(opts.timeout or 5)
     if not res then conn:close(); return nil, rerr end

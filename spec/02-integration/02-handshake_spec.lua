@@ -122,6 +122,52 @@ describe("handshake", function()
         end)
     end)
 
+    describe("dot segments in the request target (RFC 3986 5.2.4)", function()
+        -- a ".." (also written %2e%2e, or between encoded slashes) that
+        -- would take the path out of its API's context (or version)
+        local climbing = {
+            "/chat/../../admin",
+            "/chat/1/%2e%2e/%2e%2e/admin",
+            "/chat/..%2f..%2fadmin",
+            "/chat/%2E%2E%2Fadmin",
+            "/chat/room/..%2F..%2F..%2Fadmin",
+            "/chat/room/../../../admin",
+            "/chat/.%2e/x",
+            "/chat/../chat/room",
+            "/echo/1.0/../2.0",
+            "/echo/..",
+        }
+        for _, path in ipairs(climbing) do
+            it(path .. " answers 400 with the bad-request JSON", function()
+                local res = helpers.http_request(gw.port, { path = path, headers = upgrade_headers() })
+                assert_http_error(res, 400, "/problems/bad-request")
+            end)
+        end
+
+        local normalised = {
+            { "/chat/a/../room/7", "/ws/room/7" },
+            { "/chat/./room/%2e/7", "/ws/room/7" },
+            { "/chat/room/%2E%2E/lobby?x=../y", "/ws/lobby?x=../y" },
+            { "/echo/1.0/room/..", "/" },
+            { "/chat/group%2Fproject", "/ws/group%2Fproject" },
+            { "/chat/file%2etxt/a.b/..c/.d", "/ws/file%2etxt/a.b/..c/.d" },
+        }
+        for _, case in ipairs(normalised) do
+            it(case[1] .. " reaches the backend as " .. case[2], function()
+                assert.equal(case[2], backend_request(case[1]).url)
+            end)
+        end
+
+        it("frames sent with the request head follow it intact when its target loses dot segments", function()
+            local ws = assert(helpers.ws_connect(gw.port, { path = "/chat/a/%2e%2e/./room",
+                early = helpers.encode_frame{ opcode = 1, payload = '{"__ctl":"report"}' } }))
+            local msg = assert(ws:recv_message(5))
+            assert.equal("/ws/room", helpers.json(msg.payload).__report.url)
+            ws:close_handshake(1000)
+            ws:close()
+        end)
+    end)
+
     describe("HTTP answers", function()
         it("plain HTTP to an API answers 426 with Upgrade: websocket and the upgrade-required JSON", function()
             local res = helpers.http_request(gw.port, { path = "/echo/1.0" })
