@@ -331,6 +331,13 @@ weir_policy_open(weir_session_t *s)
     return WEIR_OK;
 }
 
+/* Is M's method METHOD? Methods are case-sensitive (RFC 9110 9.1): "get" is not GET. */
+static int
+weir_method_is(const weir_http_msg_t *m, const char *method)
+{
+    return m->method_len == strlen(method) && memcmp(m->method, method, m->method_len) == 0;
+}
+
 /* CORS headers for a ticket answer: the browser page of ORIGIN may read it. */
 static void
 weir_ticket_cors(const weir_http_msg_t *m, char *out, size_t len)
@@ -355,8 +362,8 @@ weir_ticket_request(weir_session_t *s, const weir_http_msg_t *m)
     size_t pl = sizeof(path) - 1;
     if (s->route.rest_len < pl || memcmp(s->route.rest + s->route.rest_len - pl, path, pl) != 0)
         return WEIR_DECLINED;
-    int post = weir_http_name_eq(m->method, m->method_len, "POST");
-    if (!post && !weir_http_name_eq(m->method, m->method_len, "OPTIONS")) return WEIR_DECLINED;
+    int post = weir_method_is(m, "POST");
+    if (!post && !weir_method_is(m, "OPTIONS")) return WEIR_DECLINED;
     char cors[700];
     weir_ticket_cors(m, cors, sizeof(cors));
     if (!(s->route.version->hooks & WEIR_HOOK_HANDSHAKE)) {
@@ -403,6 +410,10 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m, size_t low)
     weir_worker_t *w = s->w;
     const weir_http_header_t *h;
 
+    if (weir_http_count(m, "Host") > 1) {               /* which one names the host? (RFC 9112 3.2) */
+        weir_session_http(s, 400, "/problems/bad-request", "More than one Host header", NULL);
+        return;
+    }
     if (m->target_len >= 8 && memcmp(m->target, "/healthz", 8) == 0
         && (m->target_len == 8 || m->target[8] == '?')) {
         static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -432,10 +443,16 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m, size_t low)
     }
     const weir_http_header_t *key = weir_http_find(m, "Sec-WebSocket-Key");
     h = weir_http_find(m, "Connection");
-    if (!weir_http_name_eq(m->method, m->method_len, "GET") || m->minor < 1 || h == NULL
+    if (!weir_method_is(m, "GET") || m->minor < 1 || h == NULL
         || !weir_http_has_token(h->value, h->value_len, "upgrade") || key == NULL
-        || !weir_ws_key_valid(key->value, key->value_len) || weir_http_find(m, "Host") == NULL) {
+        || !weir_ws_key_valid(key->value, key->value_len) || weir_http_count(m, "Sec-WebSocket-Key") > 1
+        || weir_http_find(m, "Host") == NULL) {
         weir_session_http(s, 400, "/problems/bad-request", "Malformed WebSocket handshake", NULL);
+        return;
+    }
+    if (weir_http_find(m, "Content-Length") != NULL || weir_http_find(m, "Transfer-Encoding") != NULL) {
+        /* where would a body end, and what would the bytes after the head be? */
+        weir_session_http(s, 400, "/problems/bad-request", "A WebSocket upgrade has no body", NULL);
         return;
     }
     h = weir_http_find(m, "Sec-WebSocket-Version");

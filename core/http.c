@@ -44,8 +44,8 @@ weir_http_parse(const char *buf, size_t len, int is_request, weir_http_msg_t *m)
         for (const char *q = p; q < sp1; q++) if (!weir_http_tchar((unsigned char) *q)) return WEIR_ERROR;
         const char *sp2 = memchr(sp1 + 1, ' ', (size_t) (eol - sp1 - 1));
         if (sp2 == NULL || sp2 == sp1 + 1) return WEIR_ERROR;
-        for (const char *q = sp1 + 1; q < sp2; q++)
-            if ((unsigned char) *q <= 0x20 || *q == 0x7f) return WEIR_ERROR;
+        for (const char *q = sp1 + 1; q < sp2; q++)     /* a fragment is never sent (RFC 9112 3.2) */
+            if ((unsigned char) *q <= 0x20 || *q == 0x7f || *q == '#') return WEIR_ERROR;
         if (eol - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0) return WEIR_ERROR;
         if (sp2[8] < '0' || sp2[8] > '9') return WEIR_ERROR;
         m->method = p;
@@ -103,6 +103,15 @@ weir_http_find(const weir_http_msg_t *m, const char *name)
     for (size_t i = 0; i < m->nheaders; i++)
         if (weir_http_name_eq(m->headers[i].name, m->headers[i].name_len, name)) return &m->headers[i];
     return NULL;
+}
+
+size_t
+weir_http_count(const weir_http_msg_t *m, const char *name)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->nheaders; i++)
+        if (weir_http_name_eq(m->headers[i].name, m->headers[i].name_len, name)) n++;
+    return n;
 }
 
 int

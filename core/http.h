@@ -32,7 +32,8 @@ typedef struct {
 #define WEIR_HTTP_TOO_MANY  -10    /* more than WEIR_HTTP_MAX_HEADERS */
 
 /*
- * Parse a request (IS_REQUEST) or response head from BUF[0..LEN).
+ * Parse a request (IS_REQUEST) or response head from BUF[0..LEN); a request
+ * target holding a fragment ('#') is malformed.
  * Returns the length of the head including the blank line when complete,
  * 0 when more bytes are needed, WEIR_ERROR when malformed,
  * WEIR_HTTP_TOO_MANY when it has too many header fields.
@@ -41,6 +42,9 @@ int weir_http_parse(const char *buf, size_t len, int is_request, weir_http_msg_t
 
 /* The first header named NAME (case-insensitive), or NULL. */
 const weir_http_header_t *weir_http_find(const weir_http_msg_t *m, const char *name);
+
+/* How many header fields named NAME (case-insensitive) M has. */
+size_t weir_http_count(const weir_http_msg_t *m, const char *name);
 
 /* 1 when the comma-separated VALUE contains TOKEN (case-insensitive). */
 int weir_http_has_token(const char *value, size_t len, const char *token);

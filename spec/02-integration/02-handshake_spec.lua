@@ -168,6 +168,31 @@ describe("handshake", function()
         end)
     end)
 
+    describe("ambiguous requests (RFC 9112 3.2, RFC 6455 4.2.1)", function()
+        -- the upgrade headers, then EXTRA as given (repeated names included)
+        local function with(extra)
+            local h = upgrade_headers()
+            for _, kv in ipairs(extra) do h[#h + 1] = kv end
+            return h
+        end
+        local ambiguous = {
+            { "two Host headers", { headers = with{ { "Host", "127.0.0.1" }, { "Host", "backend.example" } } } },
+            { "two Sec-WebSocket-Key headers", { headers = with{ { "Sec-WebSocket-Key", helpers.ws_key() } } } },
+            { "Content-Length on the upgrade", { headers = with{ { "Content-Length", "0" } } } },
+            { "Transfer-Encoding on the upgrade", { headers = with{ { "Transfer-Encoding", "chunked" } } } },
+            { "a #fragment in the request target", { path = "/echo/1.0/room#frag", headers = upgrade_headers() } },
+            { "a lower-case method (get)", { method = "get", headers = upgrade_headers() } },
+        }
+        for _, case in ipairs(ambiguous) do
+            it(case[1] .. " answers 400 with the bad-request JSON", function()
+                local req = case[2]
+                req.path = req.path or "/echo/1.0"
+                local res = helpers.http_request(gw.port, req)
+                assert_http_error(res, 400, "/problems/bad-request")
+            end)
+        end
+    end)
+
     describe("HTTP answers", function()
         it("plain HTTP to an API answers 426 with Upgrade: websocket and the upgrade-required JSON", function()
             local res = helpers.http_request(gw.port, { path = "/echo/1.0" })
