@@ -258,6 +258,15 @@ describe("policies", function()
             ws:close()
         end)
 
+        it("ctx.request.path is the path without its dot segments, as routed and relayed", function()
+            local id = tag()
+            local ws = connect("/verdicts/1.0/" .. id .. "/x/%2e%2e/./room?a=../b")
+            local r = helpers.json(ask(ws, "whoami")).request
+            assert.equal("/verdicts/1.0/" .. id .. "/room", r.path)
+            assert.equal("a=../b", r.query_string)
+            ws:close()
+        end)
+
         it("conf is the entry's configuration, with the schema's defaults filled in", function()
             local a = connect("/verdicts/1.0/" .. tag())
             local b = connect("/whole/1.0/" .. tag())
