@@ -413,15 +413,20 @@ weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char
         weir_leg_close_fd(l);
         return;
     }
-    /* the error JSON is a message of its own: it cannot start inside an open
-     * fragmented message towards the client (RFC 6455 5.4), then only the close goes */
+    /* weir's messages waiting for the client's stream to be between messages
+     * go first, then the error JSON, a message of its own: neither can start
+     * inside an open fragmented message towards the client (RFC 6455 5.4),
+     * then only the close goes */
     weir_leg_t *o = weir_other(l);
-    if (json != NULL && !l->is_backend && !o->msg_out_open && !o->emitted_mid) {
-        uint8_t hdr[WEIR_WS_MAX_HDR];
-        size_t hl = weir_ws_build_hdr(hdr, 1, WEIR_WS_TEXT, jl, NULL);
+    if (!l->is_backend && !o->msg_out_open && !o->emitted_mid) {
         weir_leg_flush_inject(l);
-        if (weir_leg_write(l, hdr, hl) != WEIR_OK) return;
-        if (weir_leg_write(l, (const uint8_t *) json, jl) != WEIR_OK) return;
+        if (l->done) return;
+        if (json != NULL) {
+            uint8_t hdr[WEIR_WS_MAX_HDR];
+            size_t hl = weir_ws_build_hdr(hdr, 1, WEIR_WS_TEXT, jl, NULL);
+            if (weir_leg_write(l, hdr, hl) != WEIR_OK) return;
+            if (weir_leg_write(l, (const uint8_t *) json, jl) != WEIR_OK) return;
+        }
     }
     uint8_t payload[WEIR_WS_MAX_CONTROL];
     size_t n = 0;
