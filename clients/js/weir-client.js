@@ -154,6 +154,7 @@ export class WeirClient extends EventTarget {
     this._ws = null;
     this._gen = 0;              // bumped per attempt: late callbacks of an older one are ignored
     this._queue = [];
+    this._unconfirmed = null;   // sent on this socket before any backend message: see _closed
     this._attempt = 0;          // reconnect attempts since the last stable connection
     this._userClosed = false;
     this._timers = { reconnect: null, stable: null, refresh: null };
@@ -192,6 +193,7 @@ export class WeirClient extends EventTarget {
   send(data) {
     if (this._state === 'open' && this._ws && this._ws.readyState === OPEN) {
       this._ws.send(data);
+      this._sentUnconfirmed(data);
       return true;
     }
     if (this._state === 'closed' || this._state === 'closing') {
@@ -351,10 +353,27 @@ export class WeirClient extends EventTarget {
   _opened(ws, token) {
     this._setState('open');
     this._timers.stable = setTimeout(() => { this._attempt = 0; }, this._reconnectOpt('resetAfter', 5000));
-    while (this._queue.length > 0 && ws.readyState === OPEN) ws.send(this._queue.shift());
+    this._unconfirmed = [];
+    while (this._queue.length > 0 && ws.readyState === OPEN) {
+      const data = this._queue.shift();
+      ws.send(data);
+      this._sentUnconfirmed(data);
+    }
     this._exp = token ? jwtExpiry(token) : null;
     this._scheduleRefresh();
     this._emit('open', { protocol: ws.protocol, attempt: this._attempt });
+  }
+
+  /**
+   * weir answers 101 before it knows the backend is gone, then sends
+   * /problems/bad-gateway and closes 1014: what was sent on that socket
+   * before any backend message never reached a backend. Those messages are
+   * kept (as many as maxQueue) until a backend message confirms the socket.
+   */
+  _sentUnconfirmed(data) {
+    if (this._unconfirmed === null) return;
+    if (this._unconfirmed.length >= this._o.maxQueue) this._unconfirmed = null;   // too many to take back
+    else this._unconfirmed.push(data);
   }
 
   _received(data) {
@@ -363,6 +382,7 @@ export class WeirClient extends EventTarget {
       try { obj = JSON.parse(data); } catch (_) { obj = null; }
       if (obj && this._control(obj)) return;
     }
+    this._unconfirmed = null;     // a backend is there: what was sent reached it
     this.dispatchEvent(new MessageEvent('message', { data }));
   }
 
@@ -407,6 +427,17 @@ export class WeirClient extends EventTarget {
     this._clearTimer('refresh');
     const problem = this._lastProblem;
     this._lastProblem = null;
+    const lost = this._unconfirmed;
+    this._unconfirmed = null;
+    if (lost && lost.length > 0 && ev.code === 1014 && problem && problem.type === '/problems/bad-gateway') {
+      // never delivered: first in line again, before what was queued since
+      const back = lost.concat(this._queue);
+      this._queue = back.slice(0, this._o.maxQueue);
+      if (back.length > this._queue.length) {
+        this._emitError(new WeirClientError(
+          `send queue full (${this._o.maxQueue} messages): ${back.length - this._queue.length} message(s) dropped`));
+      }
+    }
     const codes = this._reconnectOpt('codes', []);
     this._finish({ code: ev.code, reason: ev.reason, wasClean: ev.wasClean, problem }, codes.includes(ev.code));
   }

@@ -13,8 +13,8 @@ local cjson = require "cjson.safe"
 
 local setmetatable, rawget, rawset, type, tostring, tonumber, pairs =
     setmetatable, rawget, rawset, type, tostring, tonumber, pairs
-local find, sub, lower, gsub, gmatch, match, char =
-    string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char
+local find, sub, lower, gsub, gmatch, match, char, byte =
+    string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char, string.byte
 
 local _M = {}
 
@@ -40,18 +40,31 @@ function _M.parse_query(qs)
     return q
 end
 
---- Parse header lines of a request head into a table of lower-cased names.
+--- Parse header lines of a request head into a table of lower-cased
+-- names; a repeated header's values are joined with ", ". Values lose the
+-- spaces and tabs around them, as in the core's parser.
+-- Plain searches only: a pattern walks a long value (a bearer token)
+-- character by character, several times slower.
 function _M.parse_headers(head)
     local h = {}
-    local first = find(head, "\r\n", 1, true)
-    if not first then return h end
-    for line in gmatch(sub(head, first + 2), "([^\r\n]+)\r\n") do
-        local name, value = match(line, "^([^:]+):%s*(.-)%s*$")
-        if name then
-            name = lower(name)
+    local pos = find(head, "\r\n", 1, true)
+    if not pos then return h end
+    pos = pos + 2
+    while true do
+        local eol = find(head, "\r\n", pos, true)
+        if not eol or eol == pos then break end
+        local colon = find(head, ":", pos, true)
+        if colon and colon > pos and colon < eol then
+            local vs, ve = colon + 1, eol - 1
+            local b = byte(head, vs)
+            while vs <= ve and (b == 32 or b == 9) do vs = vs + 1; b = byte(head, vs) end
+            b = byte(head, ve)
+            while ve >= vs and (b == 32 or b == 9) do ve = ve - 1; b = byte(head, ve) end
+            local name, value = lower(sub(head, pos, colon - 1)), sub(head, vs, ve)
             local old = h[name]
             h[name] = old and old .. ", " .. value or value
         end
+        pos = eol + 2
     end
     return h
 end
@@ -207,6 +220,8 @@ function CTX:hide_subprotocol(p)
     upstream(self, "hide_subprotocol").proto[p] = true
 end
 
+local icpt_chains = setmetatable({}, { __mode = "k" })   -- fn → its interceptor chain
+
 --- Have client text messages that contain the JSON string MSG_TYPE (quoted:
 -- `"auth"` for "auth") handed to FN(ctx, payload) before anything else sees
 -- them. FN returns nil to let the message go on, or a verdict (weir.DROP,
@@ -219,9 +234,14 @@ function CTX:intercept(msg_type, fn)
         error("ctx:intercept(msg_type, fn): msg_type must be a short plain string", 2)
     end
     if type(fn) ~= "function" then error("ctx:intercept(msg_type, fn): fn must be a function", 2) end
-    local policy = rawget(self, "policy")
-    rawset(self, "_icpt", { { name = policy or "intercept", priority = 0,
-                              mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } })
+    local name = rawget(self, "policy") or "intercept"
+    local chain = icpt_chains[fn]        -- one chain per function, shared by its connections
+    if not chain or chain[1].name ~= name then
+        chain = { { name = name, priority = 0,
+                    mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } }
+        icpt_chains[fn] = chain
+    end
+    rawset(self, "_icpt", chain)
     if C then C.weir_ffi_intercept(self.id, '"' .. msg_type .. '"') end
 end
 

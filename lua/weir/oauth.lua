@@ -191,7 +191,10 @@ function _M.credential(ctx, conf)
                 -- nothing after it (no second credential): one pass of find
                 local _, e = find(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +")
                 local tok = e and sub(h, e + 1)
-                if tok and find(tok, "[%s,]") then tok = match(tok, "^([^%s,]+)%s*$") end
+                -- plain searches: a pattern would walk the token a character at a time
+                if tok and (find(tok, " ", 1, true) or find(tok, ",", 1, true) or find(tok, "\t", 1, true)) then
+                    tok = match(tok, "^([^%s,]+)%s*$")
+                end
                 if tok and tok ~= "" then
                     if hide then ctx:clear_backend_header("authorization") end
                     return "token", tok
@@ -339,11 +342,14 @@ local function expire(ctx, conf)
     ctx:close(1008, "token expired", weir.error("/problems/token-expired", "The access token has expired"))
 end
 
-local function warn(ctx, conf)
+-- The warning; with THEN_EXPIRE, the expiry timer after it (one timer at a
+-- time per connection in the common case: a token that outlives the warning).
+local function warn(ctx, conf, then_expire)
     if ctx._closed or not ctx.token or not ctx.token.exp then return end
     local left = ctx.token.exp + conf._leeway - weir.now()
     if left < 0 then left = 0 end
     ctx:send(format('{"type":%s,"expires_in":%d}', cjson.encode(conf.warning_type), floor(left + 0.5)))
+    if then_expire then ctx.vars._oauth_exp_timer = ctx:timer(left, expire, conf) end
 end
 
 -- (Re)arm the expiry and warning timers of CTX's token.
@@ -353,13 +359,12 @@ arm = function(ctx, conf)
     if v._oauth_warn_timer then v._oauth_warn_timer:cancel() v._oauth_warn_timer = nil end
     local exp = ctx.token and ctx.token.exp
     if not exp then return end
-    local now = weir.now()
-    local left = exp + conf._leeway - now
-    v._oauth_exp_timer = ctx:timer(left > 0 and left or 0, expire, conf)
+    local left = exp + conf._leeway - weir.now()
     if conf._warn > 0 and left - conf._warn > 0 then
-        v._oauth_warn_timer = ctx:timer(left - conf._warn, warn, conf)
-    elseif conf._warn > 0 and left > 0 then
-        v._oauth_warn_timer = ctx:timer(0, warn, conf)
+        v._oauth_exp_timer = ctx:timer(left - conf._warn, warn, conf, true)
+    else
+        v._oauth_exp_timer = ctx:timer(left > 0 and left or 0, expire, conf)
+        if conf._warn > 0 and left > 0 then v._oauth_warn_timer = ctx:timer(0, warn, conf) end
     end
 end
 
@@ -380,7 +385,12 @@ function _M.accept(ctx, conf, token, validate)
     if not ctx.request.ticket_request then
         arm(ctx, conf)
         if conf.refresh and validate then
-            ctx:intercept(conf.refresh_type, function(c2, payload) return _M.refresh(c2, conf, payload, validate) end)
+            local fn = conf._refresh_fn     -- one closure per configuration, not per connection
+            if not fn or conf._refresh_validate ~= validate then
+                fn = function(c2, payload) return _M.refresh(c2, conf, payload, validate) end
+                conf._refresh_fn, conf._refresh_validate = fn, validate
+            end
+            ctx:intercept(conf.refresh_type, fn)
         end
     end
     return true

@@ -318,7 +318,6 @@ function _M.open(id, api, version, context, head, ip, port, tls, ticket)
     local ctx = ctxmod.new(id, api, version, context, head, ip, port, tls ~= 0)
     if ticket == 1 then ctx.request.ticket_request = true end
     ctx._chain = chains[api .. "\0" .. version] or { entries = {}, mask = 0 }
-    ctx._frames = {}
     ctxs[id] = ctx
 end
 
@@ -343,10 +342,15 @@ local FRAME_MT = {
 -- with ICPT 1, the ctx's interceptor (ctx:intercept) instead.
 function _M.frame(id, dir, opcode, len, icpt)
     local ctx = ctxs[id]
-    local f = ctx._frames[dir]
+    local fs = rawget(ctx, "_frames")
+    if not fs then
+        fs = {}
+        ctx._frames = fs
+    end
+    local f = fs[dir]
     if not f then
         f = setmetatable({ _id = id, _dir = dir, fin = true }, FRAME_MT)
-        ctx._frames[dir] = f
+        fs[dir] = f
     end
     f.opcode, f.length = opcode, len
     rawset(f, "payload", nil)
@@ -476,8 +480,8 @@ local function remove(t)
     if ts then ts[t] = nil end
 end
 
-local function arm()
-    if heap[1] then C.weir_ffi_timer((heap[1].at - weir.now()) * 1000) end
+local function arm(now)
+    if heap[1] then C.weir_ffi_timer((heap[1].at - (now or weir.now())) * 1000) end
 end
 
 local TIMER = {}
@@ -492,7 +496,8 @@ function _M.timer(ctx, delay, fn, ...)
     if type(delay) ~= "number" or delay < 0 then error("ctx:timer(delay, fn): delay must be seconds >= 0", 3) end
     if type(fn) ~= "function" then error("ctx:timer(delay, fn): fn must be a function", 3) end
     if rawget(ctx, "_closed") then return setmetatable({ cancelled = true, ctx = ctx }, TIMER) end
-    local t = setmetatable({ at = weir.now() + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...),
+    local now = weir.now()
+    local t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...),
                              policy = ctx.policy }, TIMER)
     heap[#heap + 1] = t
     t.i = #heap
@@ -503,7 +508,7 @@ function _M.timer(ctx, delay, fn, ...)
         rawset(ctx, "_timers", ts)
     end
     ts[t] = true
-    arm()
+    if t.i == 1 then arm(now) end     -- the core's timer already fires for an earlier one
     return t
 end
 

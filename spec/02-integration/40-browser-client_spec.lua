@@ -219,6 +219,17 @@ describe("browser client (headless Chromium, fake gateway)", function()
                     return steps
                 end)(),
             } },
+            { name = "bad-gateway", scenario = "client", args = {
+                url = gw.url("/open/bg/1.0"),
+                options = { auth = "none", reconnect = fast, maxQueue = 10 },
+                steps = {
+                    { op = "send", texts = { "a", "b" } },         -- queued: flushed on the doomed socket
+                    { op = "fetch", url = gw.http("/__badgateway?path=/open/bg/1.0&n=1") },
+                    { op = "connect" },
+                    { op = "wait", messages = { "a", "b" } },
+                    { op = "send", text = "c" },
+                    { op = "wait", messages = { "c" } },
+                } } },
             { name = "ticket-refused", scenario = "client", args = {
                 url = gw.url("/denied/1.0"),
                 options = { auth = "ticket", reconnect = fast },
@@ -242,7 +253,7 @@ describe("browser client (headless Chromium, fake gateway)", function()
         for _, r in ipairs(report.runs) do
             assert.is_true(r.ok, r.name .. ": " .. tostring(r.error))
         end
-        assert.equal(10, #report.runs)
+        assert.equal(11, #report.runs)
     end)
 
     describe("with a ticket", function()
@@ -460,6 +471,21 @@ describe("browser client (headless Chromium, fake gateway)", function()
             for _, d in ipairs(r) do got[#got + 1] = { d.attempt, d.delay } end
             -- first drop: attempt 1; then the backoff reset, second drop with two refusals: 1, 2, 3
             assert.same({ { 1, 100 }, { 1, 100 }, { 2, 200 }, { 3, 400 } }, got)
+        end)
+    end)
+
+    describe("a backend weir cannot reach", function()
+        it("sends again, after reconnecting, what it sent on a socket weir closed 1014 with /problems/bad-gateway", function()
+            local t = value("bad-gateway")
+            local closes = events(t, "close")
+            assert.equal(1014, closes[1].code)
+            assert.is_true(closes[1].willReconnect)
+            assert.equal("/problems/bad-gateway", closes[1].problem.type)
+            assert.same({ "a", "b", "c" }, texts(t))
+            local c = conns(gw, "/open/bg/1.0")
+            assert.is_true(c[1].bad_gateway)
+            for i, m in ipairs(c[1].lost) do assert.equal(({ "a", "b" })[i], m) end   -- never echoed
+            assert.same({ "a", "b", "c" }, c[2].messages)
         end)
     end)
 

@@ -41,6 +41,11 @@
 //   GET /__drop?path=P            end matching connections' TCP without a close frame (→ 1006)
 //   GET /__close?path=P&code=C&reason=R   close them with that code
 //   GET /__refuse?path=P&n=N      destroy the next N upgrades of P (→ 1006)
+//   GET /__badgateway?path=P&n=N  the next N upgrades of P go as weir's do when
+//                                 the backend cannot be reached: 101, then the
+//                                 /problems/bad-gateway JSON and close 1014;
+//                                 what the client sends on them is recorded
+//                                 in `lost`, never echoed
 //   GET /__revoke?sub=NAME        revoke that subject's tokens: open sockets get
 //                                 /problems/token-revoked + close 1008
 'use strict';
@@ -63,6 +68,7 @@ let tokenSeq = 0, ticketSeq = 0, connSeq = 0;
 let records = { connections: [], tickets: [], preflights: 0 };
 const live = new Set();         // open {ws, rec, cred, timers}
 const refuse = new Map();       // path → upgrades still to destroy
+const badGateway = new Map();   // path → upgrades still to fail with 1014 after the 101
 
 function rfc3339(ms) {
   return new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -144,6 +150,10 @@ function onRequest(req, res) {
   }
   if (u.pathname === '/__refuse') {
     refuse.set(q.get('path') || '*', Number(q.get('n') || 1));
+    return send(res, 200, {});
+  }
+  if (u.pathname === '/__badgateway') {
+    badGateway.set(q.get('path') || '*', Number(q.get('n') || 1));
     return send(res, 200, {});
   }
   if (u.pathname === '/__revoke') {
@@ -238,6 +248,19 @@ function onUpgrade(req, socket, head) {
     return refuseUpgrade(socket, 401, '/problems/unauthorized', 'no credentials');
   }
   req.chosenProtocol = app.find((p) => PROTOCOLS.includes(p)) || false;
+  const bad = badGateway.get(path) || 0;
+  if (bad > 0) {
+    badGateway.set(path, bad - 1);
+    rec.bad_gateway = true;
+    rec.lost = [];
+    return wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.on('message', (data) => rec.lost.push(data.toString('utf8')));
+      ws.on('close', (code) => { rec.closed = { code }; });
+      ws.on('error', () => {});
+      ws.send(problem('/problems/bad-gateway', 1014, 'backend unavailable'));
+      ws.close(1014, 'backend unavailable');
+    });
+  }
   wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, rec, cred));
 }
 
