@@ -148,7 +148,12 @@ def gen_key(desc):
             die("only Ed25519 for OKP")
         return ed25519.Ed25519PrivateKey.generate()
     if kind == "oct":
-        return os.urandom(desc.get("bytes", 64))
+        # jwt drops the line ends a secret file ends with (an editor's last
+        # newline), so a random secret must not end in CR or LF
+        b = bytearray(os.urandom(desc.get("bytes", 64)))
+        while b and b[-1] in (10, 13):
+            b[-1] = os.urandom(1)[0]
+        return bytes(b)
     die("unknown key type %r" % kind)
 
 
