@@ -460,8 +460,9 @@ weir_leg_gone(weir_leg_t *l, const char *why)
 
     weir_leg_t *o = weir_other(l);
     if (!clean) {
-        weir_log(WEIR_LOG_DEBUG, "peer gone", "\"conn\":%llu,\"side\":\"%s\",\"why\":\"%s\"",
-                 (unsigned long long) s->id, l->is_backend ? "backend" : "client", why);
+        char y[256];
+        weir_log(WEIR_LOG_DEBUG, "peer gone", "\"conn\":\"%s\",\"side\":\"%s\",\"why\":\"%s\"", s->name,
+                 l->is_backend ? "backend" : "client", weir_log_str(y, sizeof(y), why));
         if (s->state >= WEIR_S_OPEN) weir_note_close(s, 1006, l->is_backend ? 'b' : 'c');
     }
     if (o->done) return;

@@ -135,7 +135,8 @@ struct weir_session_s {
     weir_worker_t   *w;
     weir_conf_t     *conf;              /* the configuration it was routed with (a reference) */
     weir_session_t  *prev, *next;       /* the worker's list */
-    uint64_t         id;
+    uint64_t         id;                /* the engine's handle (conn.h) */
+    char             name[32];          /* "w<worker>-<n>": the conn of log records, ctx.id */
     uint64_t         started;           /* loop time, ms */
     uint64_t         last_data;         /* loop time of the last data frame either way */
     int              state;             /* WEIR_S_* */
@@ -146,6 +147,7 @@ struct weir_session_s {
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
     weir_throttle_t *thr;               /* rate limits, NULL: none */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
+    char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;
     weir_route_t     route;
     weir_endpoint_t *ep;
