@@ -61,8 +61,9 @@ typedef struct {
 
 /* How a connection ended. */
 typedef struct {
-    unsigned     code;            /* the first close code seen, 0: none */
-    const char  *side;            /* who closed first: "client", "backend", "weir" or "none" */
+    unsigned     code;            /* the first close code seen, 0: none (1006: a peer vanished) */
+    const char  *side;            /* who closed first: "client", "backend", "weir" (on its own
+                                   * decision, even about a peer's fault) or "none" */
     uint64_t     duration_ms;
     uint64_t     frames_in, bytes_in;     /* data frames and payload bytes from the client */
     uint64_t     frames_out, bytes_out;   /* from the backend */

@@ -409,6 +409,7 @@ weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char
 {
     if (l->done || l->close_sent) return;
     weir_session_t *s = l->s;
+    weir_note_close(s, code, 'w');              /* unless a peer closed first */
     if (weir_other(l)->emitted_mid) {
         weir_leg_close_fd(l);
         return;
@@ -432,7 +433,6 @@ weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char
         if (rl > 0) memcpy(payload + 2, reason, rl);
         n = 2 + rl;
     }
-    weir_note_close(s, code, 'w');
     l->close_sent = 1;
     l->discard = 1;
     l->deadline = weir_now(s) + weir_limits(s)->close_timeout_ms;

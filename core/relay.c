@@ -74,7 +74,8 @@ weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int o
     }
     weir_log(WEIR_LOG_INFO, "protocol violation", "\"conn\":\"%s\",\"side\":\"%s\",\"code\":%u,\"why\":\"%s\"",
              s->name, l->is_backend ? "backend" : "client", code, reason);
-    weir_note_close(s, code, l->is_backend ? 'b' : 'c');
+    /* weir closes, with the code the client gets */
+    weir_note_close(s, l->is_backend ? 1014 : code, 'w');
     if (l->is_backend) {
         weir_leg_send_close(l, code, reason, NULL);
         weir_leg_send_close(o, 1014, "backend broke the WebSocket protocol", "/problems/bad-gateway");

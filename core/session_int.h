@@ -270,7 +270,9 @@ void weir_leg_close_fd(weir_leg_t *l);
 void weir_leg_finish(weir_leg_t *l);
 
 /* Record the first close of S, for the access log and on_close: CODE and
- * SIDE ('c'lient, 'b'ackend, 'w'eir). Later ones are ignored. */
+ * SIDE ('c'lient, 'b'ackend: its close frame, or 1006 when it vanished;
+ * 'w'eir: weir closed on its own decision, CODE being what the client
+ * gets). Later ones are ignored. */
 void weir_note_close(weir_session_t *s, unsigned code, char side);
 
 /* Send a control frame with PAYLOAD[0..N) (cut to 125 bytes), masked
