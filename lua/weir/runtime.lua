@@ -565,7 +565,7 @@ end
 -- @tparam[opt] table fields extra members
 -- @usage weir.log("warn", "JWKS fetch failed", { url = url })
 weir.log = function(level, msg, fields)
-    log(ctxmod.LEVELS[level] or 1, msg, nil, nil, fields)
+    ctxmod.log(ctxmod.LEVELS[level] or 1, msg, nil, nil, fields)
 end
 
 ctxmod.bind(C)
