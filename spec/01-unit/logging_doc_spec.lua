@@ -216,16 +216,21 @@ local function lua_calls(text, file)
     return calls
 end
 
--- Every log call of the files under DIR (relative to the root) ending in EXT.
+-- Every log call of the files under DIR (relative to the root, folders
+-- included) ending in EXT, appended to OUT.
 local function calls_under(dir, ext, reader, out)
     local names = {}
     for name in lfs.dir(ROOT .. "/" .. dir) do
-        if name:sub(-#ext) == ext then names[#names + 1] = name end
+        if name:sub(1, 1) ~= "." then names[#names + 1] = name end
     end
     table.sort(names)
     for _, name in ipairs(names) do
         local file = dir .. "/" .. name
-        for _, c in ipairs(reader(assert(helpers.read_file(ROOT .. "/" .. file)), file)) do out[#out + 1] = c end
+        if lfs.attributes(ROOT .. "/" .. file, "mode") == "directory" then
+            calls_under(file, ext, reader, out)
+        elseif name:sub(-#ext) == ext then
+            for _, c in ipairs(reader(assert(helpers.read_file(ROOT .. "/" .. file)), file)) do out[#out + 1] = c end
+        end
     end
     return out
 end
