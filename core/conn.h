@@ -42,6 +42,7 @@ typedef struct weir_verdict_s {
     size_t       len;
     int          code;            /* REPLY: opcode; ERROR: HTTP status or close code, 0 for none */
     const char  *reason;          /* ERROR: the message; FAIL: the policy's name */
+    const char  *hook;            /* FAIL: the hook that failed ("on_handshake", ...) */
     int          sandbox;         /* handshake PASS: the consumer's key is a sandbox key */
 } weir_verdict_t;
 
@@ -60,8 +61,9 @@ typedef struct {
 
 /* How a connection ended. */
 typedef struct {
-    unsigned     code;            /* the first close code seen, 0: none */
-    const char  *side;            /* who closed first: "client", "backend", "weir" or "none" */
+    unsigned     code;            /* the first close code seen, 0: none (1006: a peer vanished) */
+    const char  *side;            /* who closed first: "client", "backend", "weir" (on its own
+                                   * decision, even about a peer's fault) or "none" */
     uint64_t     duration_ms;
     uint64_t     frames_in, bytes_in;     /* data frames and payload bytes from the client */
     uint64_t     frames_out, bytes_out;   /* from the backend */
@@ -84,8 +86,14 @@ typedef struct {
     void (*close)(weir_session_t *s, const weir_conn_end_t *end);
 } weir_policy_ops_t;
 
-/* S's id: never 0, and no other open connection of the instance has it. */
+/* S's handle for the engine: never 0, and no other open connection of the
+ * instance has it. */
 uint64_t weir_conn_id(const weir_session_t *s);
+
+/* S's name, the `conn` of every log record about it and its ctx.id: "w",
+ * its worker's index, "-", and that worker's count of connections accepted
+ * so far ("w0-17"). A restarted worker counts from 1 again. */
+const char *weir_conn_name(const weir_session_t *s);
 
 /* The message of direction DIR (0: from the client) that a frame hook is
  * deciding on: borrowed until the hook returns. */
@@ -134,6 +142,17 @@ enum {
  */
 int  weir_conn_limit(weir_session_t *s, const char *key, size_t len, const weir_limit_spec_t *spec, int action_in,
                      int action_out, char *err, size_t errlen);
+
+/* What the access record says of the consumer policies identified. */
+enum { WEIR_CONSUMER_APPLICATION, WEIR_CONSUMER_SUBSCRIBER, WEIR_CONSUMER_KEY_TYPE, WEIR_CONSUMER_TIER,
+       WEIR_CONSUMER_FIELDS };
+
+/* The consumer policies identified on S (ctx.consumer): FIELDS indexed by
+ * WEIR_CONSUMER_*, each NULL when not known, copied (at most 255 bytes
+ * each) for S's access record, replacing what was given before. Never a
+ * secret: the access record writes them as they are. Returns WEIR_OK, or
+ * WEIR_ERROR when out of memory (then nothing is known). */
+int  weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIELDS]);
 
 /* The verdict V of HOOK (WEIR_HOOK_*), which had waited, for S. */
 void weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);

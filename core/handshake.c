@@ -195,9 +195,9 @@ weir_upgrade_alone(weir_session_t *s)
 void
 weir_bad_gateway(weir_session_t *s, const char *why)
 {
-    char u[256];
-    weir_log(WEIR_LOG_WARN, "backend unavailable", "\"conn\":%llu,\"url\":\"%s\",\"why\":\"%s\"",
-             (unsigned long long) s->id, s->ep ? weir_log_str(u, sizeof(u), s->ep->url) : "", why);
+    char u[256], y[512];
+    weir_log(WEIR_LOG_WARN, "backend unavailable", "\"conn\":\"%s\",\"url\":\"%s\",\"why\":\"%s\"", s->name,
+             s->ep ? weir_log_str(u, sizeof(u), s->ep->url) : "", weir_log_str(y, sizeof(y), why));
     weir_leg_t *c = &s->client;
     if (weir_upgrade_alone(s) != WEIR_OK) return;
     weir_leg_send_close(c, 1014, "backend unavailable", "/problems/bad-gateway");
@@ -753,7 +753,9 @@ weir_tls_step(weir_leg_t *l)
                  vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
         weir_bad_gateway(s, why);
     } else {
-        weir_log(WEIR_LOG_DEBUG, "client TLS handshake failed", "\"conn\":%llu", (unsigned long long) s->id);
+        char e[400];
+        weir_log(WEIR_LOG_DEBUG, "client TLS handshake failed", "\"conn\":\"%s\",\"error\":\"%s\"", s->name,
+                 weir_log_str(e, sizeof(e), err));
         weir_leg_close_fd(l);
     }
 }

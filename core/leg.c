@@ -409,6 +409,7 @@ weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char
 {
     if (l->done || l->close_sent) return;
     weir_session_t *s = l->s;
+    weir_note_close(s, code, 'w');              /* unless a peer closed first */
     if (weir_other(l)->emitted_mid) {
         weir_leg_close_fd(l);
         return;
@@ -437,7 +438,6 @@ weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char
         if (rl > 0) memcpy(payload + 2, reason, rl);
         n = 2 + rl;
     }
-    weir_note_close(s, code, 'w');
     l->close_sent = 1;
     l->discard = 1;
     l->deadline = weir_now(s) + weir_limits(s)->close_timeout_ms;
@@ -473,8 +473,9 @@ weir_leg_gone(weir_leg_t *l, const char *why)
 
     weir_leg_t *o = weir_other(l);
     if (!clean) {
-        weir_log(WEIR_LOG_DEBUG, "peer gone", "\"conn\":%llu,\"side\":\"%s\",\"why\":\"%s\"",
-                 (unsigned long long) s->id, l->is_backend ? "backend" : "client", why);
+        char y[256];
+        weir_log(WEIR_LOG_DEBUG, "peer gone", "\"conn\":\"%s\",\"side\":\"%s\",\"why\":\"%s\"", s->name,
+                 l->is_backend ? "backend" : "client", weir_log_str(y, sizeof(y), why));
         if (s->state >= WEIR_S_OPEN) weir_note_close(s, 1006, l->is_backend ? 'b' : 'c');
     }
     if (o->done) return;

@@ -84,6 +84,25 @@ weir_log_str(char *buf, size_t len, const char *s)
     return buf;
 }
 
+char *
+weir_log_opt(char *buf, size_t len, const char *s)
+{
+    if (len < 8) {
+        if (len > 0) buf[0] = '\0';
+        return buf;
+    }
+    if (s == NULL) {
+        memcpy(buf, "null", 5);
+        return buf;
+    }
+    buf[0] = '"';
+    weir_log_str(buf + 1, len - 2, s);
+    size_t n = strlen(buf);
+    buf[n] = '"';
+    buf[n + 1] = '\0';
+    return buf;
+}
+
 void
 weir_log(int level, const char *msg, const char *fields_fmt, ...)
 {

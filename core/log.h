@@ -49,6 +49,10 @@ void weir_log(int level, const char *msg, const char *fields_fmt, ...)
 /* Escape S as a JSON string body (no quotes) into BUF; returns BUF. */
 char *weir_log_str(char *buf, size_t len, const char *s);
 
+/* S as a whole JSON value into BUF: quoted and escaped, or null when S is
+ * NULL (for members written with %s, no quotes around). Returns BUF. */
+char *weir_log_opt(char *buf, size_t len, const char *s);
+
 #define weir_log_enabled(level) ((level) >= weir_log_level)
 
 #endif

@@ -208,17 +208,20 @@ weir_lua_verdict(int base, weir_verdict_t *v)
     case WEIR_V_FAIL:
         v->reason = lua_tostring(weir_L, base + 2);
         v->payload = lua_tolstring(weir_L, base + 3, &v->len);
+        v->hook = lua_tostring(weir_L, base + 4);
         break;
     }
     if (v->payload == NULL && (v->kind == WEIR_V_REPLACE || v->kind == WEIR_V_REPLY)) v->payload = "";
     return WEIR_OK;
 }
 
+/* HOOK could not run: weir's runtime failed (logged) */
 static void
-weir_lua_fail_verdict(weir_verdict_t *v, const char *why)
+weir_lua_fail_verdict(weir_verdict_t *v, const char *hook, const char *why)
 {
     memset(v, 0, sizeof(*v));
     v->kind = WEIR_V_FAIL;
+    v->hook = hook;
     v->reason = "runtime";
     v->payload = why;
     v->len = strlen(why);
@@ -353,6 +356,7 @@ weir_lua_open(weir_session_t *s, const weir_conn_info_t *c)
 {
     weir_lua_push(R_OPEN);
     lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
+    lua_pushstring(weir_L, weir_conn_name(s));
     lua_pushstring(weir_L, c->api);
     lua_pushstring(weir_L, c->version);
     lua_pushstring(weir_L, c->context);
@@ -361,7 +365,7 @@ weir_lua_open(weir_session_t *s, const weir_conn_info_t *c)
     lua_pushinteger(weir_L, c->peer_port);
     lua_pushinteger(weir_L, c->tls);
     lua_pushinteger(weir_L, c->ticket);
-    if (weir_lua_call(9) != WEIR_OK) return WEIR_ERROR;
+    if (weir_lua_call(10) != WEIR_OK) return WEIR_ERROR;
     weir_map_put(s);
     return WEIR_OK;
 }
@@ -372,7 +376,7 @@ weir_lua_handshake(weir_session_t *s, weir_verdict_t *v)
     weir_lua_push(R_HANDSHAKE);
     lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
     if (weir_lua_call(1) != WEIR_OK) {
-        weir_lua_fail_verdict(v, "runtime error");
+        weir_lua_fail_verdict(v, "on_handshake", "runtime error");
         return WEIR_OK;
     }
     return weir_lua_verdict(1, v);
@@ -387,7 +391,7 @@ weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_
     lua_pushinteger(weir_L, opcode);
     lua_pushnumber(weir_L, (lua_Number) len);
     if (weir_lua_call(4) != WEIR_OK) {
-        weir_lua_fail_verdict(v, "runtime error");
+        weir_lua_fail_verdict(v, dir ? "on_frame_out" : "on_frame_in", "runtime error");
         return WEIR_OK;
     }
     return weir_lua_verdict(1, v);
@@ -403,7 +407,7 @@ weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v)
     lua_pushnumber(weir_L, (lua_Number) len);
     lua_pushinteger(weir_L, 1);              /* the interceptor, not the frame hooks */
     if (weir_lua_call(5) != WEIR_OK) {
-        weir_lua_fail_verdict(v, "runtime error");
+        weir_lua_fail_verdict(v, "on_intercept", "runtime error");
         return WEIR_OK;
     }
     return weir_lua_verdict(1, v);
@@ -546,6 +550,25 @@ weir_ffi_intercept(uint64_t id, const char *needle)
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
     return weir_conn_intercept(s, needle);
+}
+
+int
+weir_ffi_log_level(void)
+{
+    return weir_log_level;
+}
+
+int
+weir_ffi_consumer(uint64_t id, const char *application, const char *subscriber, const char *key_type,
+                  const char *tier)
+{
+    weir_session_t *s = weir_map_get(id);
+    const char *f[WEIR_CONSUMER_FIELDS] = {
+        [WEIR_CONSUMER_APPLICATION] = application, [WEIR_CONSUMER_SUBSCRIBER] = subscriber,
+        [WEIR_CONSUMER_KEY_TYPE] = key_type, [WEIR_CONSUMER_TIER] = tier,
+    };
+    if (s == NULL) return WEIR_ERROR;
+    return weir_conn_consumer(s, f);
 }
 
 void

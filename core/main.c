@@ -183,8 +183,9 @@ weir_open_listeners(weir_conf_t *conf)
         weir_listen_t *l = &conf->listen[i];
         l->fd = weir_listen_open(l, err, sizeof(err));
         if (l->fd < 0) {
+            char a[128], e[512];
             weir_log(WEIR_LOG_ERROR, "cannot listen", "\"address\":\"%s\",\"port\":%u,\"error\":\"%s\"",
-                     l->address, l->port, err);
+                     weir_log_str(a, sizeof(a), l->address), l->port, weir_log_str(e, sizeof(e), err));
             if (weir_log_file() != NULL)
                 fprintf(stderr, "weir: cannot listen on %s: %s\n", weir_conf_listen_name(l, name, sizeof(name)), err);
             return WEIR_ERROR;

@@ -75,9 +75,10 @@ weir_relay_fail(weir_leg_t *l, unsigned code, const char *reason, int mid, int o
         weir_leg_gone(l, reason);
         return;
     }
-    weir_log(WEIR_LOG_INFO, "protocol violation", "\"conn\":%llu,\"side\":\"%s\",\"code\":%u,\"why\":\"%s\"",
-             (unsigned long long) s->id, l->is_backend ? "backend" : "client", code, reason);
-    weir_note_close(s, code, l->is_backend ? 'b' : 'c');
+    weir_log(WEIR_LOG_INFO, "protocol violation", "\"conn\":\"%s\",\"side\":\"%s\",\"code\":%u,\"why\":\"%s\"",
+             s->name, l->is_backend ? "backend" : "client", code, reason);
+    /* weir closes, with the code the client gets */
+    weir_note_close(s, l->is_backend ? 1014 : code, 'w');
     l->fail_code = (uint16_t) code;
     l->fail_reason = reason;
     l->discard = 1;
@@ -769,8 +770,8 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
     char json[1024];
     if (t->action[d] == WEIR_THROTTLE_CLOSE) {
         size_t jl = weir_throttle_json(json, sizeof(json), 1008, retry);
-        weir_log(WEIR_LOG_INFO, "throttled", "\"conn\":%llu,\"side\":\"%s\",\"action\":\"close\"",
-                 (unsigned long long) s->id, d ? "backend" : "client");
+        weir_log(WEIR_LOG_INFO, "throttled", "\"conn\":\"%s\",\"side\":\"%s\",\"action\":\"close\"", s->name,
+                 d ? "backend" : "client");
         weir_note_close(s, 1008, 'w');
         weir_leg_close_with(&s->client, 1008, "throttled", jl ? json : NULL, jl);
         weir_leg_send_close(&s->backend, 1001, "client closed: throttled", NULL);
@@ -791,9 +792,9 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
 void
 weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
 {
-    char e[512], pn[128];
-    weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":%llu,\"policy\":\"%s\",\"error\":\"%s\"",
-             (unsigned long long) s->id, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"),
+    char e[512], pn[128], h[64];
+    weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":\"%s\",\"policy\":\"%s\",\"hook\":%s,\"error\":\"%s\"",
+             s->name, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"), weir_log_opt(h, sizeof(h), v->hook),
              weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
 }
 

@@ -49,6 +49,7 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
     s->conf = w->conf;
     w->conf->refs++;
     s->id = ((uint64_t) w->id << 40) | ++w->next_id;
+    snprintf(s->name, sizeof(s->name), "w%d-%llu", w->id, (unsigned long long) w->next_id);
     s->started = uv_now(w->loop);
     s->client.s = s;
     s->backend.s = s;
@@ -101,6 +102,35 @@ weir_close_side(const weir_session_t *s)
            : s->close_side == 'w' ? "weir" : "none";
 }
 
+/* Forget what S knows of its consumer. */
+static void
+weir_consumer_free(weir_session_t *s)
+{
+    for (int i = 0; i < WEIR_CONSUMER_FIELDS; i++) {
+        free(s->consumer[i]);
+        s->consumer[i] = NULL;
+    }
+}
+
+/* The access record of S, which ended as END (docs/logging.md). */
+static void
+weir_session_log_access(const weir_session_t *s, const weir_conn_end_t *end)
+{
+    char api[256], ver[128], c[WEIR_CONSUMER_FIELDS][520];
+    for (int i = 0; i < WEIR_CONSUMER_FIELDS; i++) weir_log_opt(c[i], sizeof(c[i]), s->consumer[i]);
+    weir_log(WEIR_LOG_INFO, "access",
+             "\"conn\":\"%s\",\"client\":\"%s\",\"api\":%s,\"version\":%s,\"application\":%s,"
+             "\"subscriber\":%s,\"key_type\":%s,\"tier\":%s,\"status\":%d,\"duration_ms\":%llu,"
+             "\"frames_in\":%llu,\"bytes_in\":%llu,\"frames_out\":%llu,\"bytes_out\":%llu,"
+             "\"close_code\":%u,\"close_side\":\"%s\"",
+             s->name, s->peer, weir_log_opt(api, sizeof(api), s->route.api ? s->route.api->name : NULL),
+             weir_log_opt(ver, sizeof(ver), s->route.version ? s->route.version->version : NULL),
+             c[WEIR_CONSUMER_APPLICATION], c[WEIR_CONSUMER_SUBSCRIBER], c[WEIR_CONSUMER_KEY_TYPE],
+             c[WEIR_CONSUMER_TIER], s->http_status, (unsigned long long) end->duration_ms,
+             (unsigned long long) end->frames_in, (unsigned long long) end->bytes_in,
+             (unsigned long long) end->frames_out, (unsigned long long) end->bytes_out, end->code, end->side);
+}
+
 /* Both legs' handles are closed: the access line, on_close, and S goes. */
 static void
 weir_session_free(weir_session_t *s)
@@ -116,23 +146,7 @@ weir_session_free(weir_session_t *s)
     if (s->next) s->next->prev = s->prev;
     w->nsessions--;
 
-    if (weir_log_enabled(WEIR_LOG_INFO)) {
-        char api[256], ver[128];
-        weir_log(WEIR_LOG_INFO, "access",
-                 "\"conn\":%llu,\"api\":%s%s%s,\"version\":%s%s%s,\"client\":\"%s\",\"status\":%d,"
-                 "\"duration_ms\":%llu,\"frames_in\":%llu,\"bytes_in\":%llu,\"frames_out\":%llu,"
-                 "\"bytes_out\":%llu,\"close_code\":%u,\"close_side\":\"%s\"",
-                 (unsigned long long) s->id,
-                 s->route.api ? "\"" : "", s->route.api ? weir_log_str(api, sizeof(api), s->route.api->name) : "null",
-                 s->route.api ? "\"" : "",
-                 s->route.version ? "\"" : "",
-                 s->route.version ? weir_log_str(ver, sizeof(ver), s->route.version->version) : "null",
-                 s->route.version ? "\"" : "",
-                 s->peer, s->http_status, (unsigned long long) end.duration_ms,
-                 (unsigned long long) end.frames_in, (unsigned long long) end.bytes_in,
-                 (unsigned long long) end.frames_out, (unsigned long long) end.bytes_out,
-                 end.code, end.side);
-    }
+    if (weir_log_enabled(WEIR_LOG_INFO)) weir_session_log_access(s, &end);
     if (s->has_ctx) {
         s->has_ctx = 0;
         w->policy->close(s, &end);
@@ -148,6 +162,7 @@ weir_session_free(weir_session_t *s)
     weir_upstream_free(s);
     weir_relay_throttle_free(s);
     free(s->needle);
+    weir_consumer_free(s);
     weir_conf_release(w, s->conf);
     free(s);
     if (w->draining && w->nsessions == 0) uv_stop(w->loop);
@@ -254,8 +269,8 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
         return;
     if (l->ping_sent) {
         if (now - l->ping_sent >= lim->ping_timeout_ms) {
-            weir_log(WEIR_LOG_INFO, "keepalive timeout", "\"conn\":%llu,\"side\":\"%s\"",
-                     (unsigned long long) s->id, l->is_backend ? "backend" : "client");
+            weir_log(WEIR_LOG_INFO, "keepalive timeout", "\"conn\":\"%s\",\"side\":\"%s\"", s->name,
+                     l->is_backend ? "backend" : "client");
             weir_leg_gone(l, "keepalive timeout");
         }
         return;
@@ -372,6 +387,12 @@ weir_conn_id(const weir_session_t *s)
     return s->id;
 }
 
+const char *
+weir_conn_name(const weir_session_t *s)
+{
+    return s->name;
+}
+
 void
 weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v)
 {
@@ -409,6 +430,21 @@ weir_conn_limit(weir_session_t *s, const char *key, size_t len, const weir_limit
                 int action_out, char *err, size_t errlen)
 {
     return weir_relay_limit(s, key, len, spec, action_in, action_out, err, errlen);
+}
+
+int
+weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIELDS])
+{
+    weir_consumer_free(s);
+    for (int i = 0; i < WEIR_CONSUMER_FIELDS; i++) {
+        if (fields[i] == NULL) continue;
+        s->consumer[i] = strndup(fields[i], 255);
+        if (s->consumer[i] == NULL) {
+            weir_consumer_free(s);
+            return WEIR_ERROR;
+        }
+    }
+    return WEIR_OK;
 }
 
 int

@@ -137,7 +137,8 @@ struct weir_session_s {
     weir_worker_t   *w;
     weir_conf_t     *conf;              /* the configuration it was routed with (a reference) */
     weir_session_t  *prev, *next;       /* the worker's list */
-    uint64_t         id;
+    uint64_t         id;                /* the engine's handle (conn.h) */
+    char             name[32];          /* "w<worker>-<n>": the conn of log records, ctx.id */
     uint64_t         started;           /* loop time, ms */
     uint64_t         last_data;         /* loop time of the last data frame either way */
     int              state;             /* WEIR_S_* */
@@ -148,6 +149,7 @@ struct weir_session_s {
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
     weir_throttle_t *thr;               /* rate limits, NULL: none */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
+    char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;
     weir_route_t     route;
     weir_endpoint_t *ep;
@@ -270,7 +272,9 @@ void weir_leg_close_fd(weir_leg_t *l);
 void weir_leg_finish(weir_leg_t *l);
 
 /* Record the first close of S, for the access log and on_close: CODE and
- * SIDE ('c'lient, 'b'ackend, 'w'eir). Later ones are ignored. */
+ * SIDE ('c'lient, 'b'ackend: its close frame, or 1006 when it vanished;
+ * 'w'eir: weir closed on its own decision, CODE being what the client
+ * gets). Later ones are ignored. */
 void weir_note_close(weir_session_t *s, unsigned code, char side);
 
 /* Send a control frame with PAYLOAD[0..N) (cut to 125 bytes), masked

@@ -46,9 +46,9 @@ weir_tls_server_ctx(const char *cert, const char *key)
 
 failed:
     {
-        char e[256];
+        char c[256], e[512];
         weir_log(WEIR_LOG_ERROR, "cannot set up TLS listener", "\"cert\":\"%s\",\"error\":\"%s\"",
-                 weir_log_str(e, sizeof(e), cert), weir_tls_error());
+                 weir_log_str(c, sizeof(c), cert), weir_log_str(e, sizeof(e), weir_tls_error()));
     }
     SSL_CTX_free(ctx);
     return NULL;
@@ -74,9 +74,9 @@ weir_tls_client_ctx(const weir_endpoint_t *ep)
 
 failed:
     {
-        char e[256];
+        char u[256], e[512];
         weir_log(WEIR_LOG_ERROR, "cannot set up TLS towards backend", "\"url\":\"%s\",\"error\":\"%s\"",
-                 weir_log_str(e, sizeof(e), ep->url), weir_tls_error());
+                 weir_log_str(u, sizeof(u), ep->url), weir_log_str(e, sizeof(e), weir_tls_error()));
     }
     SSL_CTX_free(ctx);
     return NULL;

@@ -214,8 +214,9 @@ local CTX_OPTS = {
 local next_id = 0
 
 --- A fake connection.
--- @tparam[opt] table opts any of: `id` (default: a counter), `api` (a name,
---   default "Test", or a whole `{ name =, version =, context = }`), `version`
+-- @tparam[opt] table opts any of: `id` (default: "w0-" and a counter, as
+--   weir names connections), `api` (a name, default "Test", or a whole
+--   `{ name =, version =, context = }`), `version`
 --   ("1.0"), `context` ("/test"), `method` ("GET"), `path` (the context),
 --   `query_string` (nil, as for a URL without "?"; parsed into
 --   `request.query` unless `query` is given), `query`, `headers` (names are
@@ -250,7 +251,7 @@ function fakes.ctx(opts)
     end
     if not opts.id then next_id = next_id + 1 end
     return setmetatable({
-        id = opts.id or next_id,
+        id = opts.id or "w0-" .. next_id,
         api = api,
         request = {
             method = opts.method or "GET",

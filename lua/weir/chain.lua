@@ -31,12 +31,12 @@ end
 
 --- Run HOOK of every entry that has it.
 -- A policy that raises an error stops the chain with FAIL, unless its entry
--- is `fail_open` (then ON_FAIL(entry, err) is called and the chain goes on).
+-- is `fail_open` (then ON_FAIL(entry, err, hook) is called and the chain goes on).
 -- @tparam table entries sorted chain entries `{ name, mod, conf, fail_open }`
 -- @tparam string hook "on_handshake", "on_frame_in", "on_frame_out" or "on_close"
 -- @tparam table ctx the connection
 -- @tparam[opt] table frame the message (frame hooks) or info (on_close)
--- @tparam[opt] function on_fail called as on_fail(entry, err) for fail_open failures
+-- @tparam[opt] function on_fail called as on_fail(entry, err, hook) for fail_open failures
 -- @tparam[opt] number start the first entry to run (default 1)
 -- @tparam[opt] boolean replaced whether an earlier part of the chain replaced the payload
 -- @treturn number kind (PASS, REPLACE, DROP, REPLY, ERROR, FAIL), then its values
@@ -53,7 +53,7 @@ function _M.run(entries, hook, ctx, frame, on_fail, start, replaced)
             ctx.policy = nil
             if not ok then
                 if not e.fail_open then return FAIL, e.name, tostring(res) end
-                if on_fail then on_fail(e, tostring(res)) end
+                if on_fail then on_fail(e, tostring(res), hook) end
             elseif res ~= nil and hook ~= "on_close" then
                 if res == DROP then
                     return KDROP
@@ -68,7 +68,7 @@ function _M.run(entries, hook, ctx, frame, on_fail, start, replaced)
                 else
                     local msg = "returned an unexpected value from " .. hook .. ": " .. tostring(res)
                     if not e.fail_open then return FAIL, e.name, msg end
-                    if on_fail then on_fail(e, msg) end
+                    if on_fail then on_fail(e, msg, hook) end
                 end
             end
         end

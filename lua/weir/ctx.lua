@@ -1,6 +1,7 @@
 --- The connection object policies receive as `ctx`.
 --
--- Fields: `id`, `api` (`name`, `version`, `context`), `request` (`method`,
+-- Fields: `id` (the connection's name, "w0-17": the `conn` of its log
+-- records), `api` (`name`, `version`, `context`), `request` (`method`,
 -- `path`, `query_string`, `query`, `headers`, `client_ip`, `client_port`,
 -- `scheme`, `subprotocols`; parsed from the handshake on first use),
 -- `consumer` (set by authentication policies), `vars` (the policies' own
@@ -11,10 +12,12 @@
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 
-local setmetatable, rawget, rawset, type, tostring, tonumber, pairs =
-    setmetatable, rawget, rawset, type, tostring, tonumber, pairs
+local setmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
+    setmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
 local find, sub, lower, gsub, gmatch, match, char, byte =
     string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char, string.byte
+local concat, sort = table.concat, table.sort
+local encode = cjson.encode
 
 local _M = {}
 
@@ -101,10 +104,56 @@ function _M.request(head, client_ip, client_port, tls)
     }, REQUEST_MT)
 end
 
+------------------------------------------------------------------------------
+-- Log records
+------------------------------------------------------------------------------
+
+--- Log levels by name, as the core numbers them.
+_M.LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
+
+-- members every record starts with, or that name what it is about: a
+-- policy's fields never replace them
+local RESERVED = { ts = true, level = true, pid = true, msg = true, conn = true, policy = true }
+
+--- Write a log record (docs/logging.md): after `ts`, `level`, `pid` and
+-- `msg`, `conn` and `policy` (each left out when nil), then the members
+-- NAME, VALUE given as pairs in `...`, in that order, then the members of
+-- the table FIELDS in name order (values that JSON cannot hold are left
+-- out, and so are names the record already has).
+-- @tparam number level 0 (debug) to 3 (error)
+-- @tparam string msg
+-- @tparam[opt] string conn the connection's name (ctx.id)
+-- @tparam[opt] string policy
+-- @tparam[opt] table fields
+-- @usage ctxmod.log(3, "timer failed", ctx.id, name, nil, "error", err)
+function _M.log(level, msg, conn, policy, fields, ...)
+    if C.weir_ffi_log_level() > level then return end
+    local out, n = {}, 0
+    if conn ~= nil then n = n + 1; out[n] = '"conn":' .. encode(tostring(conn)) end
+    if policy ~= nil then n = n + 1; out[n] = '"policy":' .. encode(tostring(policy)) end
+    for i = 1, select("#", ...), 2 do
+        local name, v = select(i, ...)
+        v = cjson.encode(v)
+        if v then n = n + 1; out[n] = encode(name) .. ":" .. v end
+    end
+    if fields then
+        local names, k = {}, 0
+        for name in pairs(fields) do
+            if type(name) == "string" and not RESERVED[name] then k = k + 1; names[k] = name end
+        end
+        sort(names)
+        for i = 1, k do
+            local v = cjson.encode(fields[names[i]])
+            if v then n = n + 1; out[n] = encode(names[i]) .. ":" .. v end
+        end
+    end
+    C.weir_ffi_log(level, tostring(msg), n > 0 and concat(out, ",") or nil)
+end
+
 local CTX = {}
 CTX.__index = CTX
 
-local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
+local LEVELS = _M.LEVELS
 
 --- Send PAYLOAD to the client, as a message of its own.
 -- @tparam string payload
@@ -114,7 +163,7 @@ local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
 function CTX:send(payload, opcode)
     if type(payload) ~= "string" then error("ctx:send(payload [, opcode]): payload must be a string", 2) end
     if rawget(self, "_closed") then return nil, "closed" end
-    if C.weir_ffi_send(self.id, opcode or 1, payload, #payload) ~= 0 then return nil, "closed" end
+    if C.weir_ffi_send(self._h, opcode or 1, payload, #payload) ~= 0 then return nil, "closed" end
     return true
 end
 
@@ -127,22 +176,19 @@ end
 -- @usage ctx:close(1008, "policy violation")
 function CTX:close(code, reason, err)
     if rawget(self, "_closed") then return nil, "closed" end
-    C.weir_ffi_close(self.id, code or 1000, reason or "", err and err.problem or nil,
+    C.weir_ffi_close(self._h, code or 1000, reason or "", err and err.problem or nil,
                      err and err.message or nil)
     return true
 end
 
---- Log a JSON line with the connection id and the running policy.
+--- Log a JSON line with the connection's id (`conn`) and the running
+-- policy (`policy`), then FIELDS' members in name order.
 -- @tparam string level "debug", "info", "warn" or "error"
 -- @tparam string msg
 -- @tparam[opt] table fields extra members (strings, numbers, booleans)
 -- @usage ctx:log("info", "subscribed", { topic = t })
 function CTX:log(level, msg, fields)
-    local lv = LEVELS[level] or 1
-    local extra = { conn = tostring(self.id), policy = rawget(self, "policy") }
-    if fields then for k, v in pairs(fields) do extra[k] = v end end
-    local enc = cjson.encode(extra) or "{}"
-    C.weir_ffi_log(lv, tostring(msg), sub(enc, 2, -2))
+    _M.log(LEVELS[level] or 1, msg, self.id, rawget(self, "policy"), fields)
 end
 
 --- Run FN(ctx, ...) after DELAY seconds, on this connection. Timers of a
@@ -242,7 +288,7 @@ function CTX:intercept(msg_type, fn)
         icpt_chains[fn] = chain
     end
     rawset(self, "_icpt", chain)
-    if C then C.weir_ffi_intercept(self.id, '"' .. msg_type .. '"') end
+    if C then C.weir_ffi_intercept(self._h, '"' .. msg_type .. '"') end
 end
 
 ffi.cdef [[
@@ -280,16 +326,18 @@ function CTX:limit(key, spec, action, action_out)
     end
     if key and #key > 512 then return nil, "a limit's key is longer than 512 bytes" end
     if not C then return nil, "no core" end
-    if C.weir_ffi_limit(self.id, key, key and #key or 0, p.count, p.period_us, p.burst, p.unit, p.dirs, ai, ao,
+    if C.weir_ffi_limit(self._h, key, key and #key or 0, p.count, p.period_us, p.burst, p.unit, p.dirs, ai, ao,
                         limit_err, 256) ~= 0 then
         return nil, ffi.string(limit_err)
     end
     return true
 end
 
---- A new ctx (called by the runtime when a connection reaches a chain).
-function _M.new(id, api, version, context, head, client_ip, client_port, tls)
+--- A new ctx (called by the runtime when a connection reaches a chain):
+-- H is the core's handle for it, ID its name.
+function _M.new(h, id, api, version, context, head, client_ip, client_port, tls)
     return setmetatable({
+        _h = h,
         id = id,
         api = { name = api, version = version, context = context },
         request = _M.request(head, client_ip, client_port, tls),

@@ -27,7 +27,7 @@ local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 3   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 4   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
@@ -35,6 +35,9 @@ ffi.cdef [[
     int weir_ffi_send(uint64_t id, int opcode, const char *p, size_t n);
     int weir_ffi_close(uint64_t id, int code, const char *reason, const char *problem, const char *message);
     void weir_ffi_log(int level, const char *msg, const char *fields);
+    int weir_ffi_log_level(void);
+    int weir_ffi_consumer(uint64_t id, const char *application, const char *subscriber, const char *key_type,
+                          const char *tier);
     void weir_ffi_timer(double ms);
     void weir_ffi_policy_failed(void);
     void weir_ffi_budget_reset(void);
@@ -56,25 +59,41 @@ local _M = {}
 local chains = {}        -- "api\0version" → { entries, mask }
 local ctxs = {}          -- conn id → ctx
 local waiting = {}       -- coroutine → { ctx =, hook =, frame = } for hooks that wait
+local timer_of = {}      -- coroutine → its timer, for timers that wait
 local io = {}            -- I/O token → coroutine
 local pool = {}          -- idle hook coroutines
 local current            -- the ctx whose hook or timer is running
 local DONE, WAIT = {}, {}
 local HOOK_NO = { on_handshake = 1, on_frame_in = 2, on_frame_out = 4, on_close = 8, on_intercept = 2 }
 
-local function json_str(v)
-    return require("cjson").encode(tostring(v))
-end
+local log = ctxmod.log      -- (level, msg, conn, policy, fields, name, value, ...)
 
-local function log(level, msg, fields)
-    C.weir_ffi_log(level, msg, fields or nil)
-end
-
-local function on_fail_open(entry, err)
+local function on_fail_open(entry, err, hook, ctx)
+    ctx = ctx or current
     C.weir_ffi_policy_failed()
-    log(2, "policy failed (fail_open: passing)",
-        (current and '"conn":' .. current.id .. ',' or '') .. '"policy":' .. json_str(entry.name)
-        .. ',"error":' .. json_str(err))
+    log(2, "policy failed (fail_open: passing)", ctx and ctx.id, entry.name, nil, "hook", hook, "error", err)
+end
+
+-- What the access record says of CTX's consumer (docs/logging.md): told to
+-- the core whenever a hook leaves it changed.
+local function consumer_field(v)
+    if type(v) == "string" then return v end
+    if type(v) == "number" then return string.format("%.14g", v) end
+    return nil
+end
+
+local function sync_consumer(ctx)
+    local c = rawget(ctx, "consumer")
+    if c == nil and rawget(ctx, "_told") == nil then return end
+    local app, sub, kt, tier
+    if type(c) == "table" then
+        app, sub = consumer_field(c.application), consumer_field(c.subscriber)
+        kt, tier = consumer_field(c.key_type), consumer_field(c.tier)
+    end
+    local told = rawget(ctx, "_told")
+    if told and told[1] == app and told[2] == sub and told[3] == kt and told[4] == tier then return end
+    rawset(ctx, "_told", { app, sub, kt, tier })
+    C.weir_ffi_consumer(ctx._h, app, sub, kt, tier)
 end
 
 -- A hook coroutine: runs chains until its hook waits; then it belongs to
@@ -98,6 +117,7 @@ local function take()
 end
 
 local run      -- forward: run(ctx, hook, frame, start, replaced)
+local timer_settled   -- forward: timer_settled(co, t, ok, tag)
 
 -- Turn what a hook coroutine gave back into the core's return values.
 local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
@@ -109,18 +129,19 @@ local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
         local entry = ctx and ctx._chain.entries[ctx._at or 0]
         if ctx then ctx.policy = nil end
         if entry and entry.name == name and entry.fail_open then
-            on_fail_open(entry, tostring(tag))
+            on_fail_open(entry, tostring(tag), hook, ctx)
             C.weir_ffi_budget_reset()     -- the rest of the chain gets a budget of its own
             return run(ctx, hook, frame, ctx._at + 1, ctx._replaced)
         end
         C.weir_ffi_policy_failed()
-        return OK, FAIL, name, tostring(tag)
+        return OK, FAIL, name, tostring(tag), hook
     end
     if tag == WAIT then
         waiting[co] = { ctx = ctx, hook = hook, frame = frame }
         return AGAIN
     end
     pool[#pool + 1] = co
+    sync_consumer(ctx)
     if kind == chain.ERROR then
         local code = a.code
         if hook == "on_handshake" then code = code or 403 end
@@ -129,7 +150,7 @@ local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
         return OK, kind, frame.payload
     elseif kind == FAIL then
         C.weir_ffi_policy_failed()
-        return OK, kind, a, b
+        return OK, kind, a, b, hook
     elseif kind == PASS and hook == "on_handshake" then
         ctx._upgraded = true
         if ctx.request.ticket_request then return _M.issue_ticket(ctx) end
@@ -182,7 +203,7 @@ function _M.push_upstream(ctx, up)
         end
         proto, pset = concat(keep, ", "), 1
     end
-    C.weir_ffi_upstream(ctx.id, q, q and #q or 0, del, #del, add, #add, proto, proto and #proto or 0, pset)
+    C.weir_ffi_upstream(ctx._h, q, q and #q or 0, del, #del, add, #add, proto, proto and #proto or 0, pset)
 end
 
 local cjson_safe = require "cjson.safe"
@@ -298,8 +319,7 @@ function _M.recheck(ctx)
             ctx.policy = nil
             current = nil
             if not ok then
-                log(3, "policy failed", '"conn":' .. ctx.id .. ',"policy":' .. json_str(e.name)
-                                        .. ',"hook":"recheck","error":' .. json_str(v))
+                log(3, "policy failed", ctx.id, e.name, nil, "hook", "recheck", "error", tostring(v))
             elseif weir.is_error(v) then
                 -- closed from a timer: never from inside the core's reload
                 _M.timer(ctx, 0, function(c) c:close(v.code or 1008, v.message, v) end)
@@ -313,9 +333,10 @@ end
 -- Connection events
 ------------------------------------------------------------------------------
 
---- A connection reached a version with a chain.
-function _M.open(id, api, version, context, head, ip, port, tls, ticket)
-    local ctx = ctxmod.new(id, api, version, context, head, ip, port, tls ~= 0)
+--- A connection reached a version with a chain: ID is the core's handle
+-- for it, NAME its name (ctx.id).
+function _M.open(id, name, api, version, context, head, ip, port, tls, ticket)
+    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0)
     if ticket == 1 then ctx.request.ticket_request = true end
     ctx._chain = chains[api .. "\0" .. version] or { entries = {}, mask = 0 }
     ctxs[id] = ctx
@@ -379,6 +400,9 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
     for co, w in pairs(waiting) do
         if w.ctx == ctx then waiting[co] = nil end
     end
+    for co, t in pairs(timer_of) do
+        if t.ctx == ctx then timer_of[co] = nil end
+    end
     if ctx._chain.mask % 16 >= 8 then
         local info = { code = code, side = side, duration = duration_ms / 1000,
                        frames_in = frames_in, bytes_in = bytes_in,
@@ -387,12 +411,11 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
         current = ctx
         local ok, tag = resume(co, ctx, "on_close", info)
         current = nil
-        local who = '"conn":' .. id .. ',"policy":' .. json_str(ctx.policy or "?")
         if ok and tag == DONE then pool[#pool + 1] = co
-        elseif ok then log(2, "on_close may not wait: its wait was abandoned", who)
+        elseif ok then log(2, "on_close may not wait: its wait was abandoned", ctx.id, ctx.policy or "?")
         else
             C.weir_ffi_policy_failed()
-            log(3, "policy failed", who .. ',"hook":"on_close","error":' .. json_str(tostring(tag)))
+            log(3, "policy failed", ctx.id, ctx.policy or "?", nil, "hook", "on_close", "error", tostring(tag))
         end
     end
 end
@@ -419,18 +442,14 @@ function _M.io_done(token, ...)
     local co = io[token]
     if not co then return 0 end
     io[token] = nil
-    local w = waiting[co]
-    waiting[co] = nil
-    if w and w.ctx._io then w.ctx._io[token] = nil end
-    current = w and w.ctx or nil
+    local w = waiting[co] or timer_of[co]
+    waiting[co], timer_of[co] = nil, nil
+    if w.ctx._io then w.ctx._io[token] = nil end
+    current = w.ctx
     local ok, tag, kind, a, b = resume(co, ...)
     current = nil
-    if not w then                                 -- a timer's coroutine
-        if ok and tag == WAIT then waiting[co] = false end
-        if not ok then log(3, "timer failed", '"error":' .. require("cjson").encode(tostring(tag))) end
-        return 0
-    end
-    return w.ctx.id, HOOK_NO[w.hook], settle(co, w.ctx, w.hook, w.frame, ok, tag, kind, a, b)
+    if w.fn then return timer_settled(co, w, ok, tag) end
+    return w.ctx._h, HOOK_NO[w.hook], settle(co, w.ctx, w.hook, w.frame, ok, tag, kind, a, b)
 end
 
 -- timers: a binary heap on `at`; each timer knows its index (t.i), so a
@@ -516,6 +535,18 @@ local function timer_body(t)
     t.fn(t.ctx, unpack(t.args, 1, t.n))
 end
 
+-- Timer T's coroutine CO returned OK, TAG (resume's results): it waits,
+-- or it ended (a failure is logged). Returns 0 (for io_done).
+timer_settled = function(co, t, ok, tag)
+    if ok and tag == WAIT then
+        timer_of[co] = t
+    elseif not ok then
+        C.weir_ffi_policy_failed()
+        log(3, "timer failed", t.ctx.id, t.policy or "?", nil, "error", tostring(tag))
+    end
+    return 0
+end
+
 --- Run the timers that are due (the core's timer fired).
 function _M.timers()
     local now = weir.now()
@@ -525,13 +556,9 @@ function _M.timers()
         if not t.cancelled and not t.ctx._closed then
             local co = create(timer_body)
             current = t.ctx
-            local ok, err = resume(co, t)
+            local ok, tag = resume(co, t)
             current = nil
-            if not ok then
-                C.weir_ffi_policy_failed()
-                log(3, "timer failed", '"conn":' .. tostring(t.ctx.id) .. ',"policy":'
-                                       .. json_str(t.policy or "?") .. ',"error":' .. json_str(err))
-            end
+            timer_settled(co, t, ok, tag)
         end
     end
     arm()
@@ -543,9 +570,7 @@ end
 -- @tparam[opt] table fields extra members
 -- @usage weir.log("warn", "JWKS fetch failed", { url = url })
 weir.log = function(level, msg, fields)
-    local lv = ({ debug = 0, info = 1, warn = 2, error = 3 })[level] or 1
-    local enc = fields and cjson_safe.encode(fields) or "{}"
-    C.weir_ffi_log(lv, tostring(msg), #enc > 2 and enc:sub(2, -2) or nil)
+    ctxmod.log(ctxmod.LEVELS[level] or 1, msg, nil, nil, fields)
 end
 
 ctxmod.bind(C)

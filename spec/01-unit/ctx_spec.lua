@@ -51,7 +51,7 @@ describe("oauth.credential from the Authorization header", function()
     local conf = { token_in = { "header" }, hide_credentials = false }
 
     local function cred(value)
-        local ctx = ctxmod.new(1, "a", "1", "/a", head({ "Host: x", "Authorization: " .. value }),
+        local ctx = ctxmod.new(1, "w1-1", "a", "1", "/a", head({ "Host: x", "Authorization: " .. value }),
                                "127.0.0.1", 1, false)
         return select(2, oauth.credential(ctx, conf))
     end

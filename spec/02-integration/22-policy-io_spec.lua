@@ -139,6 +139,48 @@ describe("policies waiting on HTTP", function()
         other:close()
     end)
 
+    describe("a timer that waits", function()
+        -- the access record of the connection from WS's local port (asked while open)
+        local function access_of(ws)
+            local _, port = ws.sock:getsockname()
+            return function()
+                return gw:wait_log(function(r) return r.msg == "access" and r.client == "127.0.0.1:" .. port end)
+            end
+        end
+
+        it("twice keeps its connection: it may send after both, and a close cancels its wait", function()
+            local ws = connect()
+            assert.equal("timer:/delay/0,/delay/0", ask(ws, "timer:/delay/0,/delay/0"))
+            assert.equal("timer:200:delayed:0|200:delayed:0", recv(ws))
+            -- now the second wait outlives the connection
+            assert.equal("timer:/delay/0,/hold/t2", ask(ws, "timer:/delay/0,/hold/t2"))
+            held("t2")
+            local access = access_of(ws)
+            ws:close()
+            access()
+            srv:release("t2")
+            local other = connect()
+            assert.equal("after", ask(other, "after"))
+            other:close()
+            for _, r in ipairs(gw:logs()) do
+                assert.is_not.equal("lua runtime error", r.msg, r.error)
+            end
+        end)
+
+        it("and then fails is logged with its conn and policy", function()
+            local ws = connect()
+            local access = access_of(ws)
+            assert.equal("timerfail:/delay/0", ask(ws, "timerfail:/delay/0"))
+            local rec = gw:wait_log(function(r)
+                return r.msg == "timer failed" and tostring(r.error):find("raised after its request", 1, true)
+            end)
+            ws:close()
+            assert.equal(access().conn, rec.conn)
+            assert.equal("spec-http", rec.policy)
+            assert.equal("error", rec.level)
+        end)
+    end)
+
     it("on_handshake may wait: the 101 follows its answer, other connections are served meanwhile", function()
         local conn = assert(helpers.tcp(gw.port))
         assert(conn:send(helpers.build_request({
