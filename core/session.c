@@ -250,6 +250,15 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
         else weir_leg_gone(l, "close handshake timed out");
         return;
     }
+    if (lim->send_timeout_ms && l->out_len > 0 && now - l->last_tx >= lim->send_timeout_ms) {
+        /* a peer that stopped reading: nothing of its queue went for
+         * send_timeout (keep-alive cannot find it while its stream is inside
+         * a frame, and its queue holds the other leg paused) */
+        weir_log(WEIR_LOG_INFO, "send timeout", "\"conn\":%llu,\"side\":\"%s\",\"queued\":%zu",
+                 (unsigned long long) s->id, l->is_backend ? "backend" : "client", l->out_len);
+        weir_leg_gone(l, "send timeout");
+        return;
+    }
     if (s->state != WEIR_S_OPEN || l->close_sent || l->close_rcvd || l->fail_code || lim->ping_interval_ms == 0)
         return;
     if (l->ping_sent) {

@@ -211,7 +211,7 @@ static uint64_t
 weir_tick_interval(const weir_limits_t *l)
 {
     uint64_t v[] = { l->ping_interval_ms, l->ping_timeout_ms, l->idle_timeout_ms, l->handshake_timeout_ms,
-                     l->close_timeout_ms };
+                     l->close_timeout_ms, l->send_timeout_ms };
     uint64_t m = 4000;
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
         if (v[i] > 0 && v[i] < m) m = v[i];
