@@ -547,6 +547,7 @@ static const struct {
     { "close_timeout",     offsetof(weir_limits_t, close_timeout_ms) },
     { "send_timeout",      offsetof(weir_limits_t, send_timeout_ms) },
     { "drain_timeout",     offsetof(weir_limits_t, drain_timeout_ms) },
+    { "drain_rate",        offsetof(weir_limits_t, drain_rate) },
     { "policy_budget",     offsetof(weir_limits_t, policy_budget_ms) },
 };
 

@@ -312,18 +312,28 @@ weir_proxy_tick(weir_worker_t *w)
 
 /* ---- shutdown and reload ------------------------------------------------ */
 
-void
-weir_proxy_shutdown(weir_worker_t *w)
+size_t
+weir_proxy_shutdown(weir_worker_t *w, unsigned code, size_t max)
 {
+    const char *reason = code == 1012 ? "server restarting" : "server shutting down";
+    size_t left = 0;
     for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
         if (s->state == WEIR_S_OPEN) {
-            weir_leg_send_close(&s->client, 1001, "server shutting down", "/problems/going-away");
-            weir_leg_send_close(&s->backend, 1001, "server shutting down", NULL);
+            weir_leg_t *c = &s->client;
+            if (c->done || c->close_sent || c->close_rcvd || c->fail_code) continue;    /* closing already */
+            if (max == 0) {
+                left++;
+                continue;
+            }
+            max--;
+            weir_leg_send_close(c, code, reason, "/problems/going-away");
+            weir_leg_send_close(&s->backend, 1001, reason, NULL);
         } else if (s->state != WEIR_S_CLOSED) {
             weir_leg_close_fd(&s->backend);
             weir_leg_close_fd(&s->client);
         }
     }
+    return left;
 }
 
 void

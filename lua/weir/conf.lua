@@ -1047,6 +1047,9 @@ _M.schema = record({
         { name = "drain_timeout", type = "duration", default = 30, zero_disables = true,
           min = 1, max = 24 * 3600000,
           description = "on SIGTERM, how long to wait for connections to close (0: do not wait)" },
+        { name = "drain_rate", type = "integer", default = 0, min = 0, max = 2147483647,
+          description = "while draining, close this many connections a second (shared among the workers, "
+                        .. "with jitter), so that clients do not all reconnect at once (0: all at once)" },
       } },
     { name = "tiers", type = "map", default = {},
       description = "throttling tiers by name, for the throttling policy: "
