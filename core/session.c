@@ -250,7 +250,8 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
         else weir_leg_gone(l, "close handshake timed out");
         return;
     }
-    if (lim->send_timeout_ms && l->out_len > 0 && now - l->last_tx >= lim->send_timeout_ms) {
+    if (lim->send_timeout_ms && l->out_len > 0 && now - l->last_tx >= lim->send_timeout_ms
+        && !(l->is_backend && s->state == WEIR_S_CONNECT)) {       /* a connect is handshake_timeout's */
         /* a peer that stopped reading: nothing of its queue went for
          * send_timeout (keep-alive cannot find it while its stream is inside
          * a frame, and its queue holds the other leg paused) */
