@@ -545,7 +545,9 @@ static const struct {
     { "ping_interval",     offsetof(weir_limits_t, ping_interval_ms) },
     { "ping_timeout",      offsetof(weir_limits_t, ping_timeout_ms) },
     { "close_timeout",     offsetof(weir_limits_t, close_timeout_ms) },
+    { "send_timeout",      offsetof(weir_limits_t, send_timeout_ms) },
     { "drain_timeout",     offsetof(weir_limits_t, drain_timeout_ms) },
+    { "drain_rate",        offsetof(weir_limits_t, drain_rate) },
     { "policy_budget",     offsetof(weir_limits_t, policy_budget_ms) },
 };
 

@@ -70,7 +70,9 @@ typedef struct {
     uint64_t         ping_interval_ms;     /* 0: weir sends no keep-alive pings */
     uint64_t         ping_timeout_ms;      /* no pong within this: peer is dead */
     uint64_t         close_timeout_ms;     /* wait for the peer's close frame */
+    uint64_t         send_timeout_ms;      /* 0: never; a peer that takes no byte of its queued output this long is dropped */
     uint64_t         drain_timeout_ms;     /* on SIGTERM */
+    uint64_t         drain_rate;           /* connections closed per second while draining, 0: all at once */
     uint64_t         policy_budget_ms;     /* time a policy hook may run without waiting */
 } weir_limits_t;
 

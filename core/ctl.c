@@ -1,5 +1,5 @@
 /*
- * ctl.c — `weir -s reload|stop|reopen`, and the two small ends of it that
+ * ctl.c — `weir -s reload|stop|drain|reopen`, and the two small ends of it that
  * run inside weir.
  *
  * The command line finds the master by the configuration's pid file, makes
@@ -305,16 +305,17 @@ done:
     return code;
 }
 
+/* weir -s stop (SIG: SIGTERM) or drain (SIGUSR2: clients closed 1012). */
 static int
-weir_ctl_stop(const weir_conf_t *conf, pid_t pid, unsigned long long start, int wait)
+weir_ctl_stop(const weir_conf_t *conf, pid_t pid, unsigned long long start, int sig, int wait)
 {
     /* the master drains for drain_timeout, then kills what is left 5 s later */
     uint64_t limit = conf->limits.drain_timeout_ms + 15000;
     uint64_t deadline = weir_ctl_now_ms() + limit;
 
-    if (kill(pid, SIGTERM) != 0) return weir_ctl_signal_failed(pid);
+    if (kill(pid, sig) != 0) return weir_ctl_signal_failed(pid);
     if (!wait) {
-        printf("weir: asked weir (pid %d) to stop\n", (int) pid);
+        printf("weir: asked weir (pid %d) to %s\n", (int) pid, sig == SIGUSR2 ? "drain and stop" : "stop");
         return WEIR_EXIT_OK;
     }
     while (weir_ctl_alive(pid, start)) {
@@ -337,13 +338,15 @@ weir_ctl_run(const weir_conf_t *conf, const char *what, int wait)
     unsigned long long start;
     int                rc;
 
-    if (strcmp(what, "reload") != 0 && strcmp(what, "stop") != 0 && strcmp(what, "reopen") != 0) {
-        fprintf(stderr, "weir: -s takes reload, stop or reopen, not \"%s\"\n", what);
+    if (strcmp(what, "reload") != 0 && strcmp(what, "stop") != 0 && strcmp(what, "drain") != 0
+        && strcmp(what, "reopen") != 0) {
+        fprintf(stderr, "weir: -s takes reload, stop, drain or reopen, not \"%s\"\n", what);
         return WEIR_EXIT_USAGE;
     }
     if ((rc = weir_ctl_find(conf, &pid, &start)) != WEIR_EXIT_OK) return rc;
     if (strcmp(what, "reload") == 0) return weir_ctl_reload(pid, start, wait);
-    if (strcmp(what, "stop") == 0) return weir_ctl_stop(conf, pid, start, wait);
+    if (strcmp(what, "stop") == 0) return weir_ctl_stop(conf, pid, start, SIGTERM, wait);
+    if (strcmp(what, "drain") == 0) return weir_ctl_stop(conf, pid, start, SIGUSR2, wait);
     if (kill(pid, SIGUSR1) != 0) return weir_ctl_signal_failed(pid);
     printf("weir: asked weir (pid %d) to reopen its log file\n", (int) pid);
     return WEIR_EXIT_OK;

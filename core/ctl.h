@@ -32,9 +32,10 @@
 extern pid_t weir_ctl_master;
 
 /*
- * weir -s WHAT (reload, stop, reopen) for CONF's running weir. With WAIT,
- * reload waits for the master's report and prints it; stop waits until the
- * master has exited. Returns the exit code; messages go to stdout/stderr.
+ * weir -s WHAT (reload, stop, drain, reopen) for CONF's running weir. With
+ * WAIT, reload waits for the master's report and prints it; stop and drain
+ * (a stop whose clients are closed 1012, restarting) wait until the master
+ * has exited. Returns the exit code; messages go to stdout/stderr.
  */
 int   weir_ctl_run(const weir_conf_t *conf, const char *what, int wait);
 

@@ -132,6 +132,7 @@ void
 weir_leg_queue(weir_leg_t *l, const uint8_t *buf, size_t n)
 {
     if (n == 0) return;
+    if (l->out_len == 0) l->last_tx = weir_now(l->s);      /* send_timeout counts from here */
     if (l->out_off + l->out_len + n > l->out_cap) {
         if (l->out_len + n <= l->out_cap) {
             memmove(l->out, l->out + l->out_off, l->out_len);
@@ -184,6 +185,7 @@ weir_leg_flush(weir_leg_t *l)
             return;
         }
         if (w == 0) break;
+        l->last_tx = weir_now(l->s);
         l->out_off += (size_t) w;
         l->out_len -= (size_t) w;
     }

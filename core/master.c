@@ -2,7 +2,8 @@
  * master.c — the master process: forks the workers and restarts one that
  * dies, reloads on SIGHUP (and reports how it went to the `weir -s reload`
  * processes waiting), reopens the log file on SIGUSR1, and on SIGTERM/
- * SIGINT drains the workers and exits. It waits for its signals with
+ * SIGINT (or SIGUSR2: weir -s drain, clients closed 1012) drains the
+ * workers and exits. It waits for its signals with
  * sigtimedwait (all blocked, none handled asynchronously). Under systemd
  * (Type=notify) it tells the manager when it is ready, reloading and
  * stopping. It carries no traffic.
@@ -119,6 +120,7 @@ weir_spawn(weir_master_t *m, int id)
         sigset_t mask = m->old;
         sigaddset(&mask, SIGHUP);
         sigaddset(&mask, SIGUSR1);
+        sigaddset(&mask, SIGUSR2);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigprocmask(SIG_SETMASK, &mask, NULL);
@@ -442,6 +444,7 @@ weir_master_run(weir_conf_t **confp)
     sigaddset(&m.set, SIGINT);
     sigaddset(&m.set, SIGHUP);
     sigaddset(&m.set, SIGUSR1);
+    sigaddset(&m.set, SIGUSR2);
     sigaddset(&m.set, WEIR_CTL_SIG_RELOADED);
     sigprocmask(SIG_BLOCK, &m.set, &m.old);
     signal(SIGPIPE, SIG_IGN);
@@ -494,12 +497,13 @@ weir_master_run(weir_conf_t **confp)
 
         if (sig == SIGCHLD) {
             weir_master_reap(&m);
-        } else if (sig == SIGTERM || sig == SIGINT) {
+        } else if (sig == SIGTERM || sig == SIGINT || sig == SIGUSR2) {
             if (!m.stopping) {
                 weir_log(WEIR_LOG_INFO, "weir stopping", "\"signal\":%d", sig);
                 sd_notify(0, "STOPPING=1\nSTATUS=draining connections");
                 m.stopping = 1;
-                weir_master_tell(&m, SIGTERM);
+                /* SIGUSR2 (weir -s drain): the workers close their clients 1012 */
+                weir_master_tell(&m, sig == SIGUSR2 ? SIGUSR2 : SIGTERM);
                 kill_at = weir_clock_ms() + m.conf->limits.drain_timeout_ms + 5000;
             }
         } else if (sig == SIGHUP) {

@@ -56,8 +56,13 @@ void weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct socka
 /* Periodic work: timeouts, keep-alive pings. */
 void weir_proxy_tick(weir_worker_t *w);
 
-/* Begin a graceful shutdown of every session (close 1001). */
-void weir_proxy_shutdown(weir_worker_t *w);
+/*
+ * Drain W's sessions: those still in their handshake are closed now; then
+ * at most MAX open sessions that weir has not closed yet get the going-away
+ * error JSON and close CODE (1001: shutting down, 1012: restarting), their
+ * backends 1001. Returns how many open sessions are left for a later call.
+ */
+size_t weir_proxy_shutdown(weir_worker_t *w, unsigned code, size_t max);
 
 /* A reload installed CONF as the worker's configuration: sessions whose API
  * version is gone are closed 1012, the others follow their chain's hooks. */

@@ -265,6 +265,16 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
         else weir_leg_gone(l, "close handshake timed out");
         return;
     }
+    if (lim->send_timeout_ms && l->out_len > 0 && now - l->last_tx >= lim->send_timeout_ms
+        && !(l->is_backend && s->state == WEIR_S_CONNECT)) {       /* a connect is handshake_timeout's */
+        /* a peer that stopped reading: nothing of its queue went for
+         * send_timeout (keep-alive cannot find it while its stream is inside
+         * a frame, and its queue holds the other leg paused) */
+        weir_log(WEIR_LOG_INFO, "send timeout", "\"conn\":\"%s\",\"side\":\"%s\",\"queued\":%zu",
+                 s->name, l->is_backend ? "backend" : "client", l->out_len);
+        weir_leg_gone(l, "send timeout");
+        return;
+    }
     if (s->state != WEIR_S_OPEN || l->close_sent || l->close_rcvd || l->fail_code || lim->ping_interval_ms == 0)
         return;
     if (l->ping_sent) {
@@ -318,18 +328,28 @@ weir_proxy_tick(weir_worker_t *w)
 
 /* ---- shutdown and reload ------------------------------------------------ */
 
-void
-weir_proxy_shutdown(weir_worker_t *w)
+size_t
+weir_proxy_shutdown(weir_worker_t *w, unsigned code, size_t max)
 {
+    const char *reason = code == 1012 ? "server restarting" : "server shutting down";
+    size_t left = 0;
     for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
         if (s->state == WEIR_S_OPEN) {
-            weir_leg_send_close(&s->client, 1001, "server shutting down", "/problems/going-away");
-            weir_leg_send_close(&s->backend, 1001, "server shutting down", NULL);
+            weir_leg_t *c = &s->client;
+            if (c->done || c->close_sent || c->close_rcvd || c->fail_code) continue;    /* closing already */
+            if (max == 0) {
+                left++;
+                continue;
+            }
+            max--;
+            weir_leg_send_close(c, code, reason, "/problems/going-away");
+            weir_leg_send_close(&s->backend, 1001, reason, NULL);
         } else if (s->state != WEIR_S_CLOSED) {
             weir_leg_close_fd(&s->backend);
             weir_leg_close_fd(&s->client);
         }
     }
+    return left;
 }
 
 void

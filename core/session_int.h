@@ -114,6 +114,7 @@ struct weir_leg_s {
     uint64_t        ping_sent;          /* 0, or when weir's keep-alive ping went */
     uint64_t        ping_token;         /* payload of that ping */
     uint64_t        deadline;           /* 0, or when a close/linger gives up */
+    uint64_t        last_tx;            /* loop time (ms) the output queue last began or took bytes */
 
     /* counters for the access log */
     uint64_t        frames, bytes;      /* data frames and payload bytes received */

@@ -2,7 +2,8 @@
  * worker.c — a worker's loop: accepting on the shared listeners, the
  * periodic tick (timeouts, keep-alive), TLS contexts, reloads (SIGHUP),
  * reopening the log file (SIGUSR1), and the graceful shutdown on
- * SIGTERM/SIGINT.
+ * SIGTERM/SIGINT (clients closed 1001) or SIGUSR2 (1012), paced at
+ * limits.drain_rate.
  */
 #include <errno.h>
 #include <signal.h>
@@ -82,22 +83,70 @@ weir_worker_drain_cb(uv_timer_t *t)
     uv_stop(w->loop);
 }
 
+/*
+ * A drain paced at limits.drain_rate (this worker's share): closes are
+ * spread out so that the clients do not all reconnect at the same moment.
+ * Credit accrues with the time that passed, so the rate holds whatever the
+ * jitter of the timer; whatever is left close_timeout (at most half of
+ * drain_timeout) before the drain timeout is closed at once, so that it
+ * too gets its close frame before the worker stops.
+ */
+static struct {
+    uv_timer_t  timer;
+    unsigned    code;           /* 1001 (SIGTERM, SIGINT) or 1012 (SIGUSR2: weir -s drain) */
+    double      per_ms;         /* connections per millisecond */
+    double      credit;         /* closes due and not yet made */
+    uint64_t    last;           /* loop time credit was last added */
+    uint64_t    all_at;         /* loop time from which everything left is closed */
+} weir_drain;
+
+static void
+weir_worker_pace_cb(uv_timer_t *t)
+{
+    weir_worker_t *w = t->data;
+    uint64_t now = uv_now(w->loop);
+    weir_drain.credit += (double) (now - weir_drain.last) * weir_drain.per_ms;
+    weir_drain.last = now;
+    size_t n = now >= weir_drain.all_at ? SIZE_MAX : (size_t) weir_drain.credit;
+    if (n != SIZE_MAX) weir_drain.credit -= (double) n;
+    if (weir_proxy_shutdown(w, weir_drain.code, n) == 0) return;
+    /* the next step after a jittered interval: half to one and a half of the mean */
+    uint32_t r;
+    weir_ws_random((uint8_t *) &r, sizeof(r));
+    double mean = WEIR_MAX(1.0 / weir_drain.per_ms, 10.0);
+    uint64_t next = (uint64_t) (mean * (0.5 + (double) r / 4294967296.0));
+    next = WEIR_MAX(WEIR_MIN(next, weir_drain.all_at - now), (uint64_t) 1);
+    uv_timer_start(t, weir_worker_pace_cb, next, 0);
+}
+
 static void
 weir_worker_signal_cb(uv_signal_t *sig, int signum)
 {
     weir_worker_t *w = sig->data;
+    const weir_limits_t *lim = &w->conf->limits;
     if (w->draining) return;
     w->draining = 1;
-    weir_log(WEIR_LOG_INFO, "worker draining", "\"signal\":%d,\"connections\":%llu", signum,
-             (unsigned long long) w->nsessions);
+    weir_drain.code = signum == SIGUSR2 ? 1012 : 1001;
+    weir_log(WEIR_LOG_INFO, "worker draining", "\"signal\":%d,\"connections\":%llu,\"close_code\":%u,"
+             "\"drain_rate\":%llu", signum, (unsigned long long) w->nsessions, weir_drain.code,
+             (unsigned long long) lim->drain_rate);
     weir_worker_listen(w, 0);
     uv_timer_stop(&weir_accept_retry);
-    weir_proxy_shutdown(w);
+    if (lim->drain_rate == 0) {
+        weir_proxy_shutdown(w, weir_drain.code, SIZE_MAX);
+    } else if (weir_proxy_shutdown(w, weir_drain.code, 0) > 0) {
+        uint64_t now = uv_now(w->loop);
+        weir_drain.per_ms = (double) lim->drain_rate / (double) w->conf->workers / 1000.0;
+        weir_drain.credit = 1.0;        /* the first close goes now */
+        weir_drain.last = now;
+        weir_drain.all_at = now + lim->drain_timeout_ms - WEIR_MIN(lim->close_timeout_ms, lim->drain_timeout_ms / 2);
+        weir_worker_pace_cb(&weir_drain.timer);
+    }
     if (w->nsessions == 0) {
         uv_stop(w->loop);
         return;
     }
-    uv_timer_start(&w->drain, weir_worker_drain_cb, w->conf->limits.drain_timeout_ms, 0);
+    uv_timer_start(&w->drain, weir_worker_drain_cb, lim->drain_timeout_ms, 0);
 }
 
 /* Make the TLS contexts CONF's wss:// endpoints need. */
@@ -171,6 +220,10 @@ weir_worker_hup_cb(uv_signal_t *sig, int signum)
 /* SIGUSR1 (sent by the master): open the log file again (logrotate). */
 static uv_signal_t weir_sig_usr1;
 
+/* SIGUSR2 (sent by the master, for weir -s drain): drain as on SIGTERM, the
+ * clients closed 1012 (restarting: reconnect) instead of 1001. */
+static uv_signal_t weir_sig_usr2;
+
 static void
 weir_worker_usr1_cb(uv_signal_t *sig, int signum)
 {
@@ -211,7 +264,7 @@ static uint64_t
 weir_tick_interval(const weir_limits_t *l)
 {
     uint64_t v[] = { l->ping_interval_ms, l->ping_timeout_ms, l->idle_timeout_ms, l->handshake_timeout_ms,
-                     l->close_timeout_ms };
+                     l->close_timeout_ms, l->send_timeout_ms };
     uint64_t m = 4000;
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
         if (v[i] > 0 && v[i] < m) m = v[i];
@@ -259,6 +312,8 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_timer_start(&w->tick, weir_worker_tick_cb, w->tick_ms, w->tick_ms);
     uv_timer_init(&loop, &w->drain);
     w->drain.data = w;
+    uv_timer_init(&loop, &weir_drain.timer);
+    weir_drain.timer.data = w;
     uv_idle_init(&loop, &w->idle);
     w->idle.data = w;
     uv_signal_init(&loop, &w->sig_term);
@@ -272,12 +327,16 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_signal_start(&w->sig_hup, weir_worker_hup_cb, SIGHUP);
     uv_signal_init(&loop, &weir_sig_usr1);
     uv_signal_start(&weir_sig_usr1, weir_worker_usr1_cb, SIGUSR1);
+    uv_signal_init(&loop, &weir_sig_usr2);
+    weir_sig_usr2.data = w;
+    uv_signal_start(&weir_sig_usr2, weir_worker_signal_cb, SIGUSR2);
     sigset_t handled;        /* blocked by the master until now (weir_spawn) */
     sigemptyset(&handled);
     sigaddset(&handled, SIGTERM);
     sigaddset(&handled, SIGINT);
     sigaddset(&handled, SIGHUP);
     sigaddset(&handled, SIGUSR1);
+    sigaddset(&handled, SIGUSR2);
     sigprocmask(SIG_UNBLOCK, &handled, NULL);
 
     weir_worker_listen(w, 1);

@@ -1037,12 +1037,19 @@ _M.schema = record({
           description = "disconnect a peer that has not answered weir's ping within this" },
         { name = "close_timeout", type = "duration", default = 5, min = 1, max = 3600000,
           description = "how long to wait for a peer's close frame after sending one" },
+        { name = "send_timeout", type = "duration", default = 60, zero_disables = true,
+          min = 1, max = 3600000,
+          description = "disconnect a peer (client or backend) that accepts no byte of what weir has "
+                        .. "queued for it for this long (0: never)" },
         { name = "policy_budget", type = "duration", default = "100ms", min = 1, max = 60000,
           description = "time a policy hook may run without waiting (wall-clock) before it is stopped "
                         .. "(its connection is closed 1011, or the hook passes if fail_open)" },
         { name = "drain_timeout", type = "duration", default = 30, zero_disables = true,
           min = 1, max = 24 * 3600000,
           description = "on SIGTERM, how long to wait for connections to close (0: do not wait)" },
+        { name = "drain_rate", type = "integer", default = 0, min = 0, max = 2147483647,
+          description = "while draining, close this many connections a second (shared among the workers, "
+                        .. "with jitter), so that clients do not all reconnect at once (0: all at once)" },
       } },
     { name = "tiers", type = "map", default = {},
       description = "throttling tiers by name, for the throttling policy: "

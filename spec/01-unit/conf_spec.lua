@@ -109,7 +109,9 @@ describe("weir.conf", function()
                 ping_interval     = 60000,
                 ping_timeout      = 7500,
                 close_timeout     = 2000,
+                send_timeout      = 60000,
                 drain_timeout     = 3600000,
+                drain_rate        = 0,
                 policy_budget     = 100,
             }, c.limits)
             assert.equal(fixdir .. "/tls/server.pem", c.listen[2].tls.cert)
@@ -128,7 +130,7 @@ describe("weir.conf", function()
                 max_connections = 10000, max_message_size = 1048576, buffer_size = 262144,
                 max_header_size = 16384, handshake_timeout = 10000, idle_timeout = 300000,
                 ping_interval = 30000, ping_timeout = 10000, close_timeout = 5000,
-                drain_timeout = 30000, policy_budget = 100,
+                send_timeout = 60000, drain_timeout = 30000, drain_rate = 0, policy_budget = 100,
             }, c.limits)
             assert.equal("0.0.0.0", c.listen[1].address)
             assert.is_nil(c.listen[1].tls)

@@ -241,3 +241,88 @@ describe("close timeout", function()
         ws:close()
     end)
 end)
+
+-- A peer that stops reading while weir writes a large frame to it is never
+-- pinged (its stream is inside a frame) and, with idle_timeout 0, nothing
+-- else would ever drop it: limits.send_timeout does.
+describe("send timeout", function()
+    local rawws  = require "support.rawws"
+    local socket = require "socket"
+    local BIG = 16 * 1024 * 1024        -- more than the kernel buffers on both sides of weir hold
+    local be, gw
+    local seq = 0
+
+    setup(function()
+        be = helpers.start_backend("echo")
+        gw = helpers.start_weir({
+            limits = { send_timeout = "1s", idle_timeout = 0, ping_interval = 0, close_timeout = 2,
+                       max_message_size = "32m", buffer_size = "64k" },
+            apis = { helpers.api("Echo", "/echo", be) },
+        })
+    end)
+    teardown(helpers.cleanup)
+
+    -- Upgrade with a small receive buffer and have the backend send SIZE bytes.
+    local function ask_big(size)
+        seq = seq + 1
+        local id = "send-" .. seq
+        local c = assert(rawws.connect("127.0.0.1", gw.port, { path = "/echo/1.0/" .. id, rcvbuf = 4096 }))
+        c:send_frame{ opcode = rawws.TEXT, payload = ('{"__ctl":"send","size":%d}'):format(size) }
+        return c, id
+    end
+
+    local function send_timeouts()
+        local n = 0
+        for _, r in ipairs(gw:logs()) do if r.msg == "send timeout" then n = n + 1 end end
+        return n
+    end
+
+    local function backend_closed(id)
+        return be:wait_conns(function(conns)
+            for _, r in ipairs(conns) do
+                if r.url == "/" .. id and r.closed then return r end
+            end
+        end, 60, "the backend connection of " .. id .. " to close")
+    end
+
+    it("closes a client that stops reading in the middle of a frame, and the backend with 1001", function()
+        local c, id = ask_big(BIG)
+        -- never read: weir's queue for us fills and stays full
+        local rec = gw:wait_log(function(r) return r.msg == "send timeout" and r.side == "client" end, 30)
+        assert.is_true(rec.queued > 0)
+        assert.equal(1001, backend_closed(id).closed.code)
+        -- our socket was closed by weir: reading now ends (after what the kernel held) in a close or a reset
+        c.sock:settimeout(10)
+        local got = 0
+        while true do
+            local data, err, partial = c.sock:receive(1048576)
+            got = got + #(data or partial or "")
+            if err == "closed" or (err and err ~= "timeout") then break end
+            assert.is_true(err ~= "timeout", "weir kept the stalled client's socket open")
+        end
+        assert.is_true(got < BIG, "the whole message arrived: the client was never stalled")
+        c.sock:close()
+    end)
+
+    it("keeps a client that reads slowly but steadily", function()
+        local size = 3 * 1024 * 1024
+        local timeouts_before = send_timeouts()
+        local c, id = ask_big(size)
+        c.sock:settimeout(0.05)
+        local got, deadline = 0, socket.gettime() + 60
+        while got < size + 10 and socket.gettime() < deadline do
+            local data, err, partial = c.sock:receive(32768)
+            got = got + #(data or partial or "")
+            assert.is_true(err == nil or err == "timeout", "connection ended: " .. tostring(err))
+            socket.sleep(0.03)                  -- about 1 MB/s at most: slower than weir writes
+        end
+        assert.equal(size + 10, got)            -- the binary frame: 10 bytes of header, then the payload
+        -- still open, with nothing stalled: an echo comes back
+        c:send_frame{ opcode = rawws.TEXT, payload = "still here" }
+        local f = assert(c:read_frame(10))
+        assert.equal("still here", f.payload)
+        assert.equal(timeouts_before, send_timeouts())
+        c:send_close(1000)
+        assert.equal(1000, backend_closed(id).closed.code)
+    end)
+end)

@@ -45,7 +45,7 @@ describe("weir's command line", function()
         local code, out = helpers.run({ helpers.bin, "-h" })
         assert.equal(0, code)
         for _, word in ipairs({ "-c FILE", "-t ", "-T ", "-s SIGNAL", "--no-wait", "-v ", "-h ", "reload", "stop",
-                                "reopen", "HUP", "TERM", "INT", "USR1", "WEIR_LUA_DIR", "WEIR_POLICY_DIR",
+                                "drain", "USR2", "reopen", "HUP", "TERM", "INT", "USR1", "WEIR_LUA_DIR", "WEIR_POLICY_DIR",
                                 "exit status" }) do
             assert.truthy(out:find(word, 1, true), "-h does not mention " .. word .. ":\n" .. out)
         end

@@ -490,7 +490,9 @@ _M.has_token = has_token
 -- @tparam table opts `path` (default "/"), `host`, `headers` (a list of
 --   {name, value} added to the request), `timeout` (default 5),
 --   `key` (default: random), `early` (bytes sent in the same write as the
---   request, before any answer: frames that come with the head)
+--   request, before any answer: frames that come with the head), `rcvbuf`
+--   (SO_RCVBUF set before connecting: a small one makes a reader that
+--   stops reading fill the kernel's buffers sooner)
 -- @return conn, response ({status, headers, body}), or nil, err, response
 --   (when the answer is not a valid 101, the body is read too)
 -- @usage local c, resp = rawws.connect("127.0.0.1", gw.port, { path = "/raw/x" })
@@ -499,6 +501,7 @@ function _M.connect(host, port, opts)
     local deadline = socket.gettime() + (opts.timeout or 5)
     local sock = socket.tcp()
     sock:settimeout(opts.timeout or 5)
+    if opts.rcvbuf then sock:setoption("recv-buffer-size", opts.rcvbuf) end
     local ok, err = sock:connect(host, port)
     if not ok then return nil, "connect: " .. tostring(err) end
     local key = opts.key or _M.b64(_M.random_bytes(16))
