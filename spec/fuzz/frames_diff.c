@@ -73,8 +73,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (code != l->rcvd_code) fz_disagree("close code received", fz_in.n - 1);
     }
 
-    /* the input's frames that are valid: all but a text frame with bad UTF-8 */
-    size_t valid = fz_in.n - (fz_in.error == 1007 && fz_in.n > 0 ? 1 : 0);
+    size_t valid = fz_in.nvalid;
     size_t whole = 0;
     while (whole < valid && fz_in.frames[whole].complete) whole++;
 

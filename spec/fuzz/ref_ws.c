@@ -144,7 +144,9 @@ ref_decode(const uint8_t *p, size_t n, int masked, uint64_t max_msg, ref_result_
             int partial;
             if (!ref_utf8(msg, msg_fill, &partial) || (f->complete && fin && partial)) {
                 r->error = 1007;
-                break;
+                r->nvalid = r->n - 1;
+                free(msg);
+                return;
             }
         }
         if (!f->complete) break;
@@ -152,6 +154,7 @@ ref_decode(const uint8_t *p, size_t n, int masked, uint64_t max_msg, ref_result_
         r->used = at;
         if (fin) msg_op = 0;
     }
+    r->nvalid = r->n;
     free(msg);
 }
 

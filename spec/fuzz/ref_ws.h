@@ -22,6 +22,7 @@ typedef struct {
 typedef struct {
     ref_frame_t frames[REF_MAX_FRAMES];
     size_t      n;
+    size_t      nvalid;          /* the first frames that are valid: all but a text frame with bad UTF-8 */
     unsigned    error;           /* 0, or the close code a peer breaking the protocol is failed with */
     int         closed;          /* ended with a valid close frame */
     size_t      used;            /* bytes up to the end of the last whole frame */
