@@ -5,6 +5,7 @@
 #   make install    install weir (PREFIX=/usr/local, DESTDIR for a staging root; see below)
 #   make deb        build the Debian package into build/deb/ (SAN=1: build-san/deb/)
 #   make bench      weir against direct, nginx and HAProxy (see bench/README.md)
+#   make fuzz       libFuzzer runs of the parser harnesses, FUZZ_TIME s each (see spec/fuzz/README.md)
 
 SAN      ?= 0
 CC       ?= cc
@@ -39,7 +40,7 @@ SRCS     := $(wildcard core/*.c)
 OBJS     := $(SRCS:core/%.c=$(BUILD)/%.o)
 BIN      := $(BUILD)/weir
 
-.PHONY: all deps run test bench clean install deb
+.PHONY: all deps run test bench fuzz clean install deb
 
 all: $(BIN)
 
@@ -94,6 +95,9 @@ deb: $(BIN)
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory -C bench WEIR_BIN=$(CURDIR)/$(BIN)
+
+fuzz:
+	@$(MAKE) --no-print-directory -C spec/fuzz fuzz OUT=$(CURDIR)/build/fuzz
 
 clean:
 	rm -rf build build-san

@@ -55,7 +55,8 @@ weir_http_parse(const char *buf, size_t len, int is_request, weir_http_msg_t *m)
         m->minor = sp2[8] - '0';
         m->status = 0;
     } else {
-        if (eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ') return WEIR_ERROR;
+        if (eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' || p[8] != ' ')
+            return WEIR_ERROR;
         m->minor = p[7] - '0';
         int st = 0;
         for (int i = 9; i < 12; i++) {
