@@ -21,6 +21,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "ctl.h"
+#include "limit.h"
 #include "log.h"
 #include "master.h"
 #include "weir.h"
@@ -143,6 +144,12 @@ weir_master_reap(weir_master_t *m)
             if (s->pid != pid) continue;
             s->pid = 0;
             m->running--;
+            /* its sessions never released their connection counts */
+            uint64_t given = weir_limits_reclaim(i);
+            if (given > 0)
+                weir_log(WEIR_LOG_INFO, "connection counts of a gone worker given back",
+                         "\"worker\":%d,\"worker_pid\":%d,\"counts\":%llu", i, (int) pid,
+                         (unsigned long long) given);
             if (m->stopping) break;
             if (WIFSIGNALED(status))
                 weir_log(WEIR_LOG_ERROR, "worker died", "\"worker\":%d,\"worker_pid\":%d,\"signal\":%d",

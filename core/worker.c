@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "limit.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "proxy.h"
@@ -232,6 +233,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     w->loop = &loop;
     w->conf = conf;
     w->id = id;
+    weir_limits_worker(id);
     w->max_sessions = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
     w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
     w->sbuf = malloc(WEIR_RBUF_SIZE);

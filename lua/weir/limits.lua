@@ -28,7 +28,7 @@ local ffi_new, ffi_string = ffi.new, ffi.string
 
 local _M = { _VERSION = "0.1.0" }
 
-local ABI = 1   -- must equal WEIR_LIMITS_ABI in core/limit.h
+local ABI = 2   -- must equal WEIR_LIMITS_ABI in core/limit.h
 
 ffi.cdef [[
     typedef struct {
@@ -44,15 +44,17 @@ ffi.cdef [[
         uint8_t  frac;
         uint8_t  unit;
         uint8_t  dirs;
+        uint8_t  share;
+        uint8_t  pad[7];
     } weir_limit_ref_t;
     typedef struct {
         uint64_t key[2];
         uint32_t index;
-        uint32_t pad;
+        uint32_t shared;
     } weir_conn_ref_t;
     typedef struct {
         uint64_t buckets, buckets_used, claims, evictions_full, evictions_live,
-                 conn_slots, conn_slots_used, conn_table_full;
+                 conn_slots, conn_slots_used, conn_table_full, conn_reclaimed, shared_refused;
     } weir_limits_stats_t;
     int weir_ffi_limits_abi(void);
     int weir_ffi_limit_ref(weir_limit_ref_t *ref, const char *key, size_t len, uint64_t count,
@@ -245,7 +247,9 @@ function _M.conn_count(key)
 end
 
 --- The zone's counters: `buckets`, `buckets_used`, `claims`, `evictions_full`,
--- `evictions_live`, `conn_slots`, `conn_slots_used`, `conn_table_full`.
+-- `evictions_live`, `conn_slots`, `conn_slots_used`, `conn_table_full`,
+-- `conn_reclaimed` (counts given back for workers that died),
+-- `shared_refused` (takes refused because Redis was down, `on_redis_down = "closed"`).
 function _M.stats()
     local st = ffi_new("weir_limits_stats_t")
     core().weir_ffi_limits_stats(st)
@@ -253,7 +257,8 @@ function _M.stats()
         buckets = tonumber(st.buckets), buckets_used = tonumber(st.buckets_used), claims = tonumber(st.claims),
         evictions_full = tonumber(st.evictions_full), evictions_live = tonumber(st.evictions_live),
         conn_slots = tonumber(st.conn_slots), conn_slots_used = tonumber(st.conn_slots_used),
-        conn_table_full = tonumber(st.conn_table_full),
+        conn_table_full = tonumber(st.conn_table_full), conn_reclaimed = tonumber(st.conn_reclaimed),
+        shared_refused = tonumber(st.shared_refused),
     }
 end
 
