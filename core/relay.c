@@ -27,6 +27,7 @@
 
 #include "http.h"
 #include "limit.h"
+#include "limit_sync.h"
 #include "log.h"
 #include "session_int.h"
 
@@ -657,6 +658,7 @@ weir_relay_limit(weir_session_t *s, const char *key, size_t len, const weir_limi
     }
     weir_limit_ref_t ref;
     if (weir_limit_resolve(&ref, key, len, spec, weir_limits_now_us(), err, errlen) != WEIR_OK) return WEIR_ERROR;
+    weir_sync_hold(&ref, key, len);             /* released in weir_relay_throttle_free */
     if (t == NULL) {
         t = calloc(1, sizeof(*t));
         if (t == NULL) abort();
@@ -680,6 +682,7 @@ weir_relay_throttle_free(weir_session_t *s)
     weir_throttle_t *t = s->thr;
     if (t == NULL) return;
     weir_throttle_unlist(t);
+    for (int i = 0; i < t->n; i++) weir_sync_release(&t->refs[i]);
     free(t->refs);
     free(t);
     s->thr = NULL;

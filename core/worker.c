@@ -13,6 +13,7 @@
 
 #include "ctl.h"
 #include "limit.h"
+#include "limit_sync.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "proxy.h"
@@ -194,6 +195,7 @@ weir_worker_cleanup(weir_worker_t *w)
 {
     weir_proxy_abort_all(w);
     weir_lua_cancel_io();
+    weir_sync_cleanup();
     w->draining = 0;
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
@@ -252,6 +254,7 @@ weir_worker_run(weir_conf_t *conf, int id)
 
     if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
     weir_proxy_init(w, &weir_lua_policy);
+    if (weir_sync_init(&loop, conf) != WEIR_OK) return 1;
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;

@@ -128,7 +128,7 @@ end
 local function apply(ctx, prefix, tname, tier)
     for i, spec in ipairs(tier.limits) do
         local key = prefix and format("%s:%s:%d", prefix, tname, i) or nil
-        local ok, err = ctx:limit(key, spec, tier.action, tier.action_out)
+        local ok, err = ctx:limit(key, spec, tier.action, tier.action_out, tier.on_redis_down)
         if not ok then return nil, err end
     end
     return true
@@ -155,7 +155,7 @@ local function count_connection(ctx, conf, c, addr)
     for _, scope in ipairs(SCOPES) do
         local max, key = mc[scope], keys[scope]
         if max and key then
-            local ref, why = limits.conn_acquire(key, max)
+            local ref, why = limits.conn_acquire(key, max, true)
             if ref then
                 local held = ctx.vars.throttling_conns or {}
                 held[#held + 1] = ref
