@@ -1460,16 +1460,19 @@ Rd.__index = Rd
 --- Start redis-server (Debian's) on a free loopback port, or on opts.port
 -- (to start it again where it was), with no persistence (`--save ""`,
 -- `--appendonly no`) in the spec's temp dir: never the system's service.
--- Returns rd: port, pid, url ("redis://127.0.0.1:PORT"), log_path, and
--- :command(...), :kill(sig), :stop(), :restart(). Stopped by PID at cleanup.
+-- opts.password: `--requirepass` (then :command authenticates).
+-- Returns rd: port, pid, url ("redis://127.0.0.1:PORT"), log_path, db (0:
+-- the database :command uses), and :command(...), :kill(sig), :stop(),
+-- :restart(). Stopped by PID at cleanup.
 function helpers.start_redis(opts)
     opts = opts or {}
     local port = opts.port or helpers.free_port()
     local log = next_name("redis", ".log")
-    local pid = helpers.spawn({ "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", helpers.tmpdir(), "--logfile", log,
-                                "--daemonize", "no" })
-    local rd = setmetatable({ port = port, pid = pid, log_path = log,
+    local argv = { "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", helpers.tmpdir(), "--logfile", log, "--daemonize", "no" }
+    if opts.password then argv[#argv + 1] = "--requirepass"; argv[#argv + 1] = opts.password end
+    local pid = helpers.spawn(argv)
+    local rd = setmetatable({ port = port, pid = pid, log_path = log, password = opts.password, db = 0,
                               url = fmt("redis://127.0.0.1:%d", port) }, Rd)
     helpers.wait_until(function()
         if not helpers.alive(pid) then
@@ -1503,20 +1506,31 @@ local function resp_read(sock)
     error("unexpected RESP reply: " .. line)
 end
 
---- Run one Redis command (its arguments as strings or numbers); returns
--- the reply (see resp_read). Errors when Redis cannot be reached.
-function Rd:command(...)
-    local args = { ... }
+local function resp_encode(args)
     local out = { "*" .. #args .. "\r\n" }
     for _, a in ipairs(args) do
         a = tostring(a)
         out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
     end
+    return concat(out)
+end
+
+--- Run one Redis command (its arguments as strings or numbers), after AUTH
+-- (rd.password) and SELECT (rd.db) when set; returns the reply (see
+-- resp_read). Errors when Redis cannot be reached.
+function Rd:command(...)
     local sock = assert(socket.tcp())
     sock:settimeout(5)
     local ok, err = sock:connect("127.0.0.1", self.port)
     if not ok then sock:close(); error("redis: " .. tostring(err), 2) end
-    assert(sock:send(concat(out)))
+    local pre = 0
+    if self.password then assert(sock:send(resp_encode({ "AUTH", self.password }))); pre = pre + 1 end
+    if self.db ~= 0 then assert(sock:send(resp_encode({ "SELECT", self.db }))); pre = pre + 1 end
+    assert(sock:send(resp_encode({ ... })))
+    for _ = 1, pre do
+        local r, e = resp_read(sock)
+        if r == false then sock:close(); error("redis: " .. tostring(e), 2) end
+    end
     local r, e = resp_read(sock)
     sock:close()
     return r, e
@@ -1535,7 +1549,7 @@ end
 
 --- Start it again on the same port (after kill or stop); empty.
 function Rd:restart()
-    local n = helpers.start_redis({ port = self.port })
+    local n = helpers.start_redis({ port = self.port, password = self.password })
     self.pid, self.log_path = n.pid, n.log_path
     return self
 end
