@@ -742,24 +742,29 @@ weir_limits_set_down(int down)
 }
 
 /* Claim the host's sync turn kept in *SYNC_US: due after ACTIVE_US when
- * ACTIVE, after IDLE_US otherwise. */
+ * ACTIVE, after IDLE_US otherwise. *SINCE_US (not NULL): how long ago the
+ * previous turn was (IDLE_US for the first). */
 static int
-weir_sync_turn(uint64_t *sync_us, int active, uint64_t now_us, uint64_t active_us, uint64_t idle_us)
+weir_sync_turn(uint64_t *sync_us, int active, uint64_t now_us, uint64_t active_us, uint64_t idle_us,
+               uint64_t *since_us)
 {
     uint64_t last = __atomic_load_n(sync_us, __ATOMIC_RELAXED);
     uint64_t every = active ? active_us : idle_us;
     if (last != 0 && now_us < last + every) return 0;
-    return __atomic_compare_exchange_n(sync_us, &last, now_us, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    if (!__atomic_compare_exchange_n(sync_us, &last, now_us, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return 0;
+    if (since_us != NULL) *since_us = last != 0 && now_us >= last ? now_us - last : idle_us;
+    return 1;
 }
 
 int
-weir_limit_share_turn(weir_limit_ref_t *ref, uint64_t now_us, uint64_t active_us, uint64_t idle_us)
+weir_limit_share_turn(weir_limit_ref_t *ref, uint64_t now_us, uint64_t active_us, uint64_t idle_us,
+                      uint64_t *since_us)
 {
     uint64_t *tp, t;
     if (ref->index == WEIR_NO_INDEX || weir_limit_load(ref, now_us, &tp, &t) != WEIR_OK) return 0;
     weir_bucket_t *b = &weir_lb[ref->index];
     return weir_sync_turn(&b->sync_us, __atomic_load_n(&b->pending, __ATOMIC_RELAXED) > 0, now_us, active_us,
-                          idle_us);
+                          idle_us, since_us);
 }
 
 uint64_t
@@ -769,6 +774,15 @@ weir_limit_share_pending(weir_limit_ref_t *ref)
     weir_bucket_t *b = &weir_lb[ref->index];
     if (!weir_bucket_holds(b, __atomic_load_n(&b->tat, __ATOMIC_ACQUIRE), ref)) return 0;
     return __atomic_exchange_n(&b->pending, 0, __ATOMIC_RELAXED);
+}
+
+void
+weir_limit_share_unpend(weir_limit_ref_t *ref, uint64_t tokens)
+{
+    if (weir_lz == NULL || ref->index == WEIR_NO_INDEX || ref->index >= weir_lz->nbuckets || tokens == 0) return;
+    weir_bucket_t *b = &weir_lb[ref->index];
+    if (weir_bucket_holds(b, __atomic_load_n(&b->tat, __ATOMIC_ACQUIRE), ref))
+        __atomic_fetch_add(&b->pending, tokens, __ATOMIC_RELAXED);
 }
 
 int
@@ -818,7 +832,7 @@ weir_conn_share_turn(const uint64_t key[2], uint32_t *index, uint64_t now_us, ui
     int64_t c = __atomic_load_n(&s->count, __ATOMIC_ACQUIRE);
     *count = c > 0 ? (uint64_t) c : 0;
     if (!weir_sync_turn(&s->sync_us, *count != __atomic_load_n(&s->reported, __ATOMIC_RELAXED), now_us,
-                        active_us, idle_us))
+                        active_us, idle_us, NULL))
         return 0;
     __atomic_store_n(&s->reported, *count, __ATOMIC_RELAXED);
     return 1;

@@ -221,14 +221,18 @@ void weir_limits_set_down(int down);
  * turn for the host: due when it has pending tokens and no worker of the
  * host synced it for ACTIVE_US, or when none did for IDLE_US. Finds or
  * claims the bucket again if it was handed over. Returns 1 (this caller
- * syncs it now), 0 (not due, or another worker took the turn).
+ * syncs it now: *SINCE_US, when not NULL, is how long ago the host's
+ * previous turn was, IDLE_US for the first), 0 (not due, or another worker
+ * took the turn).
  */
-int  weir_limit_share_turn(weir_limit_ref_t *ref, uint64_t now_us, uint64_t active_us, uint64_t idle_us);
+int  weir_limit_share_turn(weir_limit_ref_t *ref, uint64_t now_us, uint64_t active_us, uint64_t idle_us,
+                           uint64_t *since_us);
 
 /* The tokens taken from REF's bucket by shared refs since the last call
  * (on any worker of the host), and zero them. 0 when the bucket was handed
- * over. */
+ * over. weir_limit_share_unpend puts TOKENS back (a report not sent). */
 uint64_t weir_limit_share_pending(weir_limit_ref_t *ref);
+void     weir_limit_share_unpend(weir_limit_ref_t *ref, uint64_t tokens);
 
 /*
  * Another host's view: Redis says the hosts together owe DEBT_US

@@ -49,21 +49,27 @@ typedef struct weir_sync_entry_s {
 /*
  * The limit's state in Redis: one GCRA theoretical arrival time, in
  * microseconds of Redis's clock, that every host's takes move forward
- * (never refused there: each host decided already). Answers the debt,
- * tat - now, in whole microseconds (rounded up), which each host adds to
- * its own bucket.
- * KEYS[1] the limit; ARGV: tokens taken, period_us, count.
+ * (never refused there: each host decided already). A report's tokens were
+ * taken over the SINCE_US before it: they are charged as if taken at its
+ * start, tat = max(tat, now - since) + tokens × period / count, which is
+ * never more than taking them one by one would have made it (charging
+ * them at `now` would forget the refill while they were taken). Answers
+ * the debt, tat - now, in whole microseconds (rounded up; 0 when full),
+ * which each host adds to its own bucket.
+ * KEYS[1] the limit; ARGV: tokens taken, period_us, count, since_us.
  */
 static weir_redis_script_t weir_sync_limit_script = { .src =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
     "local tat = tonumber(redis.call('GET', KEYS[1])) or 0\n"
-    "if tat < now then tat = now end\n"
+    "local from = now - tonumber(ARGV[4])\n"
+    "if tat < from then tat = from end\n"
     "local n = tonumber(ARGV[1])\n"
     "if n > 0 then\n"
     "  tat = tat + n * tonumber(ARGV[2]) / tonumber(ARGV[3])\n"
     "  redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.floor((tat - now) / 1000) + 1000)\n"
     "end\n"
+    "if tat < now then return 0 end\n"
     "return math.ceil(tat - now)\n" };
 
 /*
@@ -200,16 +206,17 @@ weir_sync_answer(void *data, redisReply *r)
 static int
 weir_sync_entry(weir_sync_entry_t *e, uint64_t now_us, int force)
 {
-    char        a1[24], a2[24], a3[24];
-    const char *argv[4];
-    size_t      lens[4];
-    int         due;
+    char        a1[24], a2[24], a3[24], a4[24];
+    const char *argv[5];
+    size_t      lens[5];
+    uint64_t    taken = 0, since = S.idle_us;
+    int         due, argc = 4;
 
     if (e->out) return 0;
     if (e->kind == WEIR_SYNC_LIMIT) {
-        due = weir_limit_share_turn(&e->ref, now_us, S.active_us, S.idle_us);
+        due = weir_limit_share_turn(&e->ref, now_us, S.active_us, S.idle_us, &since);
         if (!due && !force) return 0;
-        uint64_t taken = weir_limit_share_pending(&e->ref);
+        taken = weir_limit_share_pending(&e->ref);
         if (!weir_redis_ready()) {
             S.stats.forgiven += taken;          /* Redis is down: the host decided alone */
             return 0;
@@ -217,9 +224,12 @@ weir_sync_entry(weir_sync_entry_t *e, uint64_t now_us, int force)
         snprintf(a1, sizeof(a1), "%" PRIu64, taken);
         snprintf(a2, sizeof(a2), "%" PRIu64, e->ref.period_us);
         snprintf(a3, sizeof(a3), "%" PRIu64, e->ref.count);
+        snprintf(a4, sizeof(a4), "%" PRIu64, WEIR_MIN(since, e->ref.period_us));
         argv[1] = a1;
         argv[2] = a2;
         argv[3] = a3;
+        argv[4] = a4;
+        argc = 5;
     } else {
         uint64_t count;
         due = weir_conn_share_turn(e->key, &e->slot, now_us, S.active_us, S.idle_us, &count);
@@ -231,9 +241,11 @@ weir_sync_entry(weir_sync_entry_t *e, uint64_t now_us, int force)
         argv[3] = a3;
     }
     argv[0] = e->rkey;
-    for (int i = 0; i < 4; i++) lens[i] = i == 0 ? e->rlen : strlen(argv[i]);
+    for (int i = 0; i < argc; i++) lens[i] = i == 0 ? e->rlen : strlen(argv[i]);
     const weir_redis_script_t *s = e->kind == WEIR_SYNC_LIMIT ? &weir_sync_limit_script : &weir_sync_conn_script;
-    if (weir_redis_eval(s, weir_sync_answer, e, 1, 4, argv, lens) != WEIR_OK) {
+    if (weir_redis_eval(s, weir_sync_answer, e, 1, argc, argv, lens) != WEIR_OK) {
+        /* not sent (too many out): the tokens wait for the next report */
+        if (e->kind == WEIR_SYNC_LIMIT) weir_limit_share_unpend(&e->ref, taken);
         S.stats.failed++;
         return 0;
     }

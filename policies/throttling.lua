@@ -19,6 +19,10 @@
 -- `anonymous_tier`; `X-Forwarded-For` is
 -- believed only when the connection comes from one of `trusted_proxies`.
 --
+-- With `state.redis` configured, the keyed levels and the connection counts
+-- are shared with the other hosts (the tier's `on_redis_down` says what its
+-- limits do while Redis cannot be reached).
+--
 -- Connection limits (`max_connections`) count open connections per scope
 -- in the host's shared memory; over one, the handshake is refused with 429,
 -- `Retry-After` and `/problems/reach-maximum-connections` (or, with

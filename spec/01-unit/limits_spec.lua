@@ -741,10 +741,10 @@ describe("limits", function()
                     { fmt("sturn s %d 100 1000", T0 + 700), "quiet" },
                     { fmt("sturn s %d 100 1000", T0 + 1500), "idle_due" },
                 })
-                assert.equal(1, by.first.turn)
+                assert.same({ turn = 1, since = 1000 }, by.first)      -- the first: an idle interval
                 assert.equal(0, by.other.turn)
                 assert.equal(0, by.idle.turn)
-                assert.equal(1, by.busy.turn)
+                assert.same({ turn = 1, since = 500 }, by.busy)        -- since the host's previous turn
                 assert.equal(0, by.quiet.turn)
                 assert.equal(1, by.idle_due.turn)
             end)

@@ -24,7 +24,7 @@
  *                          → {"allowed":[N,...],"total":N,"overlap":N}  (overlap: takes that saw
  *                            another process's progress since their own previous take)
  *   down 0|1                Redis down for this process (shared refs)   → {"rc":0}
- *   sturn NAME NOW ACTIVE IDLE   weir_limit_share_turn               → {"turn":N}
+ *   sturn NAME NOW ACTIVE IDLE   weir_limit_share_turn               → {"turn":N,"since":N}
  *   spending NAME           weir_limit_share_pending                 → {"pending":N}
  *   sapply NAME DEBT_US NOW weir_limit_share_apply                   → {"rc":N}
  *   worker ID               this process is worker ID (-1: none)     → {"rc":0}
@@ -455,8 +455,9 @@ drv_command(int argc, char **argv)
         printf("{\"rc\":0}\n");
     } else if (strcmp(c, "sturn") == 0 && argc == 5) {
         drv_ref_t *d = drv_find(argv[1], 0);
-        int t = d ? weir_limit_share_turn(&d->ref, drv_u64(argv[2]), drv_u64(argv[3]), drv_u64(argv[4])) : -1;
-        printf("{\"turn\":%d}\n", t);
+        uint64_t since = 0;
+        int t = d ? weir_limit_share_turn(&d->ref, drv_u64(argv[2]), drv_u64(argv[3]), drv_u64(argv[4]), &since) : -1;
+        printf("{\"turn\":%d,\"since\":%" PRIu64 "}\n", t, since);
     } else if (strcmp(c, "spending") == 0 && argc == 2) {
         drv_ref_t *d = drv_find(argv[1], 0);
         printf("{\"pending\":%" PRIu64 "}\n", d ? weir_limit_share_pending(&d->ref) : 0);
