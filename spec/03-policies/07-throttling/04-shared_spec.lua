@@ -74,6 +74,7 @@ describe("throttling shared through Redis", function()
                 api("Shared", "Shared"), api("Race", "Shared"), api("Open", "Open"), api("Closed", "Closed"),
                 api("Conns", nil, { max_connections = { api = 3 } }),
                 helpers.policy_api("Stats", "/stats", be, { { "spec-limit-stats", {} } }),
+                helpers.policy_api("Local", "/local", be, { { "spec-local-limit", {} } }),
                 helpers.api("Plain", "/plain", be),
             },
         }
@@ -149,6 +150,18 @@ describe("throttling shared through Redis", function()
         synced(gw1, 2); synced(gw2, 2)
         assert.equal(0, (exchange(c1, { "x" })))
         assert.equal(0, (exchange(c2, { "y" })))
+        c1:close(); c2:close()
+    end)
+
+    it("keeps a limit on its host when ctx:limit says \"local\"", function()
+        local c1, c2 = open(gw1, "/local"), open(gw2, "/local")
+        assert.equal(2, (exchange(c1, msgs(3))))
+        assert.equal(2, (exchange(c2, msgs(3))))             -- gw2's own 2: nothing was shared
+        -- with both connections open, neither worker has anything to sync
+        for _, g in ipairs({ gw1, gw2 }) do
+            helpers.wait_until(function() return stats(g).sync.entries == 0 end, 10, "no shared entries")
+        end
+        assert.same({}, rd:command("KEYS", "*local-key*"))
         c1:close(); c2:close()
     end)
 
