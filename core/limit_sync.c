@@ -313,11 +313,14 @@ weir_sync_cleanup(void)
 {
     if (!S.on) return;
     weir_redis_cleanup();                       /* the syncs out are answered (with nothing) first */
-    uv_close((uv_handle_t *) &S.tick, NULL);
+    uv_close((uv_handle_t *) &S.tick, NULL);    /* the loop holds the handle until it has closed */
     while (S.head != NULL) weir_sync_free(S.head);
     free(S.table);
     free(S.prefix);
-    memset(&S, 0, sizeof(S));
+    S.table = NULL;
+    S.prefix = NULL;
+    S.nbuckets = 0;
+    S.on = 0;
 }
 
 void

@@ -166,7 +166,6 @@ weir_redis_timer_cb(uv_timer_t *t)
 {
     char why[96];
     uint64_t now = uv_now(t->loop);
-    WEIR_UNUSED(t);
     if ((R.state == WEIR_REDIS_CONNECTING || R.state == WEIR_REDIS_HANDSHAKE) && now >= R.connect_deadline_ms) {
         snprintf(why, sizeof(why), "not %s within %llu ms",
                  R.state == WEIR_REDIS_CONNECTING ? "connected" : "ready", (unsigned long long) R.timeout_ms);

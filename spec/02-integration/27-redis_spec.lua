@@ -113,6 +113,30 @@ describe("state.redis", function()
         assert.falsy(log:find("s3cret-pw", 1, true))
     end)
 
+    -- (a worker's cleanup once zeroed a timer the loop still held: a crash
+    -- that only the sanitizer build reports, make test SAN=1)
+    it("stops cleanly on SIGTERM, with Redis answering and with Redis stopped", function()
+        local rd = helpers.start_redis()
+        local be = helpers.start_backend("echo")
+        local tiers = { T = { limits = { { frames = 5, per = "hour", direction = "in" } } } }
+        local apis = { helpers.policy_api("A", "/a", be, { { "throttling", { anonymous_tier = "T",
+                                                                                 max_connections = { api = 10 } } } }) }
+        for _, stopped in ipairs({ false, true }) do
+            local gw = helpers.start_weir({ workers = 2, tiers = tiers, apis = apis, state = { redis = rd.url } })
+            local ws = assert(helpers.ws_connect(gw.port, { path = "/a" }))
+            assert.equal("x", helpers.ask(ws, "x"))
+            helpers.wait_until(function() return rd:command("GET", "weir:limit:5:3600000000:f:ip:127.0.0.1:A:T:1") end,
+                               10, "the limit in Redis")
+            if stopped then rd:kill("STOP") end
+            assert.equal(0, gw:stop())
+            if stopped then rd:kill("CONT") end
+            local n = 0
+            for _, r in ipairs(gw:logs()) do if r.msg == "worker stopped" then n = n + 1 end end
+            assert.equal(2, n)
+            rd:command("FLUSHALL")
+        end
+    end)
+
     it("a reload that changes it says a restart is needed, and the workers keep their connection", function()
         local rd = helpers.start_redis()
         local be = helpers.start_backend("echo")
