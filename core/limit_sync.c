@@ -254,15 +254,16 @@ weir_sync_entry(weir_sync_entry_t *e, uint64_t now_us, int force)
     return 1;
 }
 
+/* Report every entry whose turn has come (FORCE: every entry), and the last
+ * report of those no session holds any more. */
 static void
-weir_sync_tick(uv_timer_t *t)
+weir_sync_pass(int force)
 {
     uint64_t now = weir_limits_now_us();
-    WEIR_UNUSED(t);
     for (weir_sync_entry_t *e = S.head, *next; e != NULL; e = next) {
         next = e->next;
         if (e->users > 0 || e->out) {
-            weir_sync_entry(e, now, 0);
+            weir_sync_entry(e, now, force);
         } else if (!weir_sync_entry(e, now, 1)) {
             weir_sync_free(e);                  /* nothing left to report, or nowhere to report it */
         } else {
@@ -271,13 +272,20 @@ weir_sync_tick(uv_timer_t *t)
     }
 }
 
+static void
+weir_sync_tick(uv_timer_t *t)
+{
+    WEIR_UNUSED(t);
+    weir_sync_pass(0);
+}
+
 /* Redis went down or came back. */
 static void
 weir_sync_watch(int ready)
 {
     weir_limits_set_down(!ready);
     if (ready) {
-        weir_sync_tick(&S.tick);                /* everything in use reports at once */
+        weir_sync_pass(1);                      /* everything in use reports at once, turn or not */
         return;
     }
     /* fail open for connections: the other hosts' counts are unknown */

@@ -36,6 +36,10 @@ static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 static int  weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8_t *end, uint8_t **from);
 static void weir_throttle_more(weir_leg_t *l, uint64_t bytes);
 
+/* The time rate limits judge the frames of the current read by (0: not
+ * read yet): one clock read per read, not per frame. */
+static uint64_t weir_throttle_now_us;
+
 /* ---- frames ------------------------------------------------------------- */
 
 /* Write [FROM, TO) of L's input to the other leg. */
@@ -290,6 +294,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
     uint8_t *frame = NULL;          /* header of the current frame, when in BUF */
     weir_ws_hdr_t h;
 
+    weir_throttle_now_us = 0;       /* the frames of one read share one time: read once, if needed */
     while (p < end) {
         if (l->remaining > 0) {
             size_t take = (size_t) WEIR_MIN(l->remaining, (uint64_t) (end - p));
@@ -571,6 +576,13 @@ struct weir_throttle_s {
     unsigned          listed:1;         /* on that list */
 };
 
+static uint64_t
+weir_throttle_now(void)
+{
+    if (weir_throttle_now_us == 0) weir_throttle_now_us = weir_limits_now_us();
+    return weir_throttle_now_us;
+}
+
 /* The worker's sessions with a delayed leg, and the one timer that wakes them. */
 static weir_throttle_t *weir_delayed;
 static uv_timer_t       weir_delay_timer;
@@ -711,7 +723,7 @@ weir_throttle_more(weir_leg_t *l, uint64_t bytes)
     weir_throttle_t *t = l->s->thr;
     int d = l->is_backend;
     if (bytes == 0) return;
-    if (weir_limits_take(t->refs, t->n, d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN, 0, bytes, weir_limits_now_us(), NULL)
+    if (weir_limits_take(t->refs, t->n, d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN, 0, bytes, weir_throttle_now(), NULL)
         != WEIR_OK)
         t->debt[d] += bytes;
 }
@@ -730,7 +742,7 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
     weir_session_t *s = l->s;
     weir_throttle_t *t = s->thr;
     int d = l->is_backend;
-    uint64_t now = weir_limits_now_us(), retry = 0;
+    uint64_t now = weir_throttle_now(), retry = 0;
     int dir = d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN;
 
     if (weir_limits_take(t->refs, t->n, dir, 1, h->len + t->debt[d], now, &retry) == WEIR_OK) {
