@@ -9,7 +9,7 @@
 
 SAN      ?= 0
 CC       ?= cc
-PKGS     := luajit libuv openssl libcurl libsystemd
+PKGS     := luajit libuv openssl libcurl libsystemd hiredis
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
             -DWEIR_CONF_DEFAULT='"$(SYSCONFDIR)/weir/weir.conf.lua"'

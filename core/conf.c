@@ -372,35 +372,44 @@ weir_conf_check_ca(weir_conf_ctx_t *ctx, int idx, const char *ca)
 /* ---- copying the normalised table -------------------------------------- */
 
 /*
- * Resolve EP's host (getaddrinfo, the first address it returns) into
- * EP->addr. A failure is reported with the line of the endpoint's URL.
+ * Resolve HOST:PORT (getaddrinfo, the first address it returns) into ADDR
+ * and ADDRLEN. A failure is reported with the line of field KEY of the
+ * record at IDX.
  */
 static void
-weir_conf_resolve(weir_conf_ctx_t *ctx, int idx, weir_endpoint_t *ep)
+weir_conf_resolve_host(weir_conf_ctx_t *ctx, int idx, const char *key, const char *host, uint16_t port,
+                       struct sockaddr_storage *addr, socklen_t *addrlen)
 {
     struct addrinfo   hints, *res = NULL;
-    char              port[8], field[WEIR_CONF_FIELD_MAX];
+    char              serv[8], field[WEIR_CONF_FIELD_MAX];
     int               line, rc;
 
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
-    snprintf(port, sizeof(port), "%u", (unsigned) ep->port);
+    snprintf(serv, sizeof(serv), "%u", (unsigned) port);
 
-    rc = getaddrinfo(ep->host, port, &hints, &res);
+    rc = getaddrinfo(host, serv, &hints, &res);
     if (rc != 0 || res == NULL) {
-        weir_conf_where(ctx->L, idx, "url", &line, field, sizeof(field));
-        weir_conf_error(ctx, line, field, "cannot resolve host \"%s\": %s", ep->host,
+        weir_conf_where(ctx->L, idx, key, &line, field, sizeof(field));
+        weir_conf_error(ctx, line, field, "cannot resolve host \"%s\": %s", host,
                         rc == EAI_SYSTEM ? strerror(errno)
                         : rc != 0 ? gai_strerror(rc) : "no address");
     } else {
-        memcpy(&ep->addr, res->ai_addr, res->ai_addrlen);
-        ep->addrlen = res->ai_addrlen;
+        memcpy(addr, res->ai_addr, res->ai_addrlen);
+        *addrlen = res->ai_addrlen;
     }
     if (res != NULL) {
         freeaddrinfo(res);
     }
+}
+
+/* Resolve EP's host into EP->addr; a failure names the endpoint's URL. */
+static void
+weir_conf_resolve(weir_conf_ctx_t *ctx, int idx, weir_endpoint_t *ep)
+{
+    weir_conf_resolve_host(ctx, idx, "url", ep->host, ep->port, &ep->addr, &ep->addrlen);
 }
 
 static void
@@ -649,6 +658,47 @@ weir_conf_copy_api_item(weir_conf_ctx_t *ctx, int idx, void *item)
     return weir_conf_copy_api(ctx, idx, item);
 }
 
+/*
+ * Copy the "state" record at IDX into ST (zeroed by the caller) and resolve
+ * the Redis host: a failure is reported with the line of state.redis.
+ */
+static int
+weir_conf_copy_state(weir_conf_ctx_t *ctx, int idx, weir_state_conf_t *st)
+{
+    lua_State  *L = ctx->L;
+    char       *host = NULL;
+    uint64_t    port = 0, db = 0;
+    int         r, rc = WEIR_ERROR;
+
+    if (weir_conf_number(ctx, idx, "timeout", 1, 3600000, &st->timeout_ms) != WEIR_OK
+        || weir_conf_number(ctx, idx, "sync_interval", 1, 3600000, &st->sync_interval_ms) != WEIR_OK
+        || weir_conf_string(ctx, idx, "key_prefix", 1, &st->key_prefix) != WEIR_OK)
+    {
+        return WEIR_ERROR;
+    }
+    if ((r = weir_conf_table(ctx, idx, "redis")) <= 0) {
+        return r < 0 ? WEIR_ERROR : WEIR_OK;
+    }
+    if (weir_conf_string(ctx, r, "url", 1, &st->redis_url) != WEIR_OK
+        || weir_conf_string(ctx, r, "name", 1, &st->redis_name) != WEIR_OK
+        || weir_conf_string(ctx, r, "host", 1, &host) != WEIR_OK
+        || weir_conf_number(ctx, r, "port", 1, 65535, &port) != WEIR_OK
+        || weir_conf_number(ctx, r, "db", 0, 2147483647, &db) != WEIR_OK
+        || weir_conf_string(ctx, r, "user", 0, &st->redis_user) != WEIR_OK
+        || weir_conf_string(ctx, r, "password", 0, &st->redis_password) != WEIR_OK)
+    {
+        goto done;
+    }
+    st->redis_db = (uint32_t) db;
+    lua_pop(L, 1);
+    weir_conf_resolve_host(ctx, idx, "redis", host, (uint16_t) port, &st->redis_addr, &st->redis_addrlen);
+    rc = WEIR_OK;
+
+done:
+    free(host);
+    return rc;
+}
+
 /* Copy the normalised table's "warnings" (a list of strings, maybe empty
  * or absent) into CONF. */
 static int
@@ -739,6 +789,17 @@ weir_conf_copy(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
         {
             goto done;
         }
+    }
+    lua_pop(L, 1);
+
+    if ((t = weir_conf_table(ctx, idx, "state")) <= 0) {
+        if (t == 0) {
+            weir_conf_internal(ctx, "state", "is missing");
+        }
+        goto done;
+    }
+    if (weir_conf_copy_state(ctx, t, &conf->state) != WEIR_OK) {
+        goto done;
     }
     lua_pop(L, 1);
 
@@ -982,6 +1043,14 @@ weir_conf_free(weir_conf_t *conf)
         free(conf->warnings[i]);
     }
     free(conf->warnings);
+    free(conf->state.redis_url);
+    free(conf->state.redis_name);
+    free(conf->state.redis_user);
+    if (conf->state.redis_password != NULL) {
+        OPENSSL_cleanse(conf->state.redis_password, strlen(conf->state.redis_password));
+        free(conf->state.redis_password);
+    }
+    free(conf->state.key_prefix);
     free(conf->file);
     free(conf->pid_file);
     free(conf->log_file);

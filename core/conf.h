@@ -76,6 +76,20 @@ typedef struct {
     uint64_t         policy_budget_ms;     /* time a policy hook may run without waiting */
 } weir_limits_t;
 
+/* state shared with other hosts (state.*) */
+typedef struct {
+    char                    *redis_url;      /* as written: holds the password, never logged; NULL: no Redis */
+    char                    *redis_name;     /* "host:port", for messages */
+    char                    *redis_user;     /* NULL: AUTH with the password alone */
+    char                    *redis_password; /* NULL: no AUTH */
+    uint32_t                 redis_db;       /* SELECT it when not 0 */
+    struct sockaddr_storage  redis_addr;     /* resolved once, at load */
+    socklen_t                redis_addrlen;
+    char                    *key_prefix;     /* of every key weir writes */
+    uint64_t                 timeout_ms;     /* connect and command timeout */
+    uint64_t                 sync_interval_ms;
+} weir_state_conf_t;
+
 typedef struct {
     char            *file;                 /* the configuration file, absolute */
     int              workers;              /* resolved: "auto" → cores */
@@ -85,6 +99,7 @@ typedef struct {
     weir_listen_t   *listen;
     size_t           nlisten;
     weir_limits_t    limits;
+    weir_state_conf_t state;
     weir_api_t      *apis;
     size_t           napis;
     char           **warnings;             /* "FILE:LINE: FIELD: message", nothing refused */

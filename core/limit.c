@@ -3,7 +3,8 @@
  * limit.h; the algorithm and its accuracy: docs/throttling.md).
  *
  * The zone is one mapping: a header (the claim lock, the hash salt,
- * counters), the bucket table, the connection-slot table.
+ * counters), the bucket table, the connection-slot table, and each
+ * worker's share of every slot's count (WORKERS × SLOTS counters).
  *
  * A bucket's state is one word, `tat`, in units of its limit (1/2^frac of a
  * token). A take reads it, checks the bucket still holds its key, and
@@ -37,15 +38,20 @@ typedef struct {
     uint64_t key[2];         /* (0,0): empty */
     uint64_t mul;            /* the owner's ref.mul and ref.shift, so that a claim can */
     uint64_t last_us;        /*   tell "full again"; last take (allowed or refused) or claim: LRU */
+    uint64_t pending;        /* tokens shared refs took, not yet reported to Redis */
+    uint64_t sync_us;        /* when a worker of this host last took its sync turn */
     uint8_t  shift;
-    uint8_t  pad[23];
+    uint8_t  pad[7];
 } __attribute__((aligned(64))) weir_bucket_t;
 
 typedef struct {
     uint64_t key[2];         /* (0,0): never used */
-    int64_t  count;          /* connections open; a slot at 0 may change key */
-    uint64_t pad;
-} weir_conn_slot_t;
+    int64_t  count;          /* this host's connections open; a slot at 0 may change key */
+    uint64_t remote;         /* other hosts' connections, as last synced (0 when not shared) */
+    uint64_t sync_us;        /* when a worker of this host last took its sync turn */
+    uint64_t reported;       /* the count that turn reported */
+    uint64_t pad[2];
+} __attribute__((aligned(64))) weir_conn_slot_t;
 
 typedef struct {
     pthread_mutex_t lock;            /* process-shared, robust: claims and acquires */
@@ -57,12 +63,19 @@ typedef struct {
     uint64_t        evictions_full;
     uint64_t        evictions_live;
     uint64_t        conn_table_full;
+    uint64_t        conn_reclaimed;
+    uint64_t        shared_refused;
+    uint64_t        nworkers;        /* workers whose shares are kept (rows of `held`) */
+    char            host_id[17];
     size_t          size;            /* bytes mapped */
 } weir_limits_zone_t;
 
 static weir_limits_zone_t *weir_lz;
 static weir_bucket_t      *weir_lb;
 static weir_conn_slot_t   *weir_lc;
+static uint32_t           *weir_held;        /* [worker * nslots + slot]: that worker's share of the count */
+static int                 weir_worker_id = -1;
+static int                 weir_shared_down; /* this process: Redis cannot be reached */
 
 #define WEIR_HDR_SIZE ((sizeof(weir_limits_zone_t) + 63) & ~(size_t) 63)
 
@@ -77,15 +90,16 @@ weir_pow2(size_t n, size_t dflt)
 }
 
 int
-weir_limits_init(size_t buckets, size_t conn_slots)
+weir_limits_init(size_t buckets, size_t conn_slots, int workers)
 {
     if (weir_lz != NULL) return WEIR_OK;
     uint64_t nb = weir_pow2(buckets, WEIR_LIMIT_BUCKETS), ns = weir_pow2(conn_slots, WEIR_LIMIT_CONN_SLOTS);
-    if (nb > WEIR_NO_INDEX / 2 || ns > WEIR_NO_INDEX / 2) {
-        weir_log(WEIR_LOG_ERROR, "cannot map the limits zone", "\"error\":\"too many buckets or slots\"");
+    if (nb > WEIR_NO_INDEX / 2 || ns > WEIR_NO_INDEX / 2 || workers < 0 || workers > WEIR_LIMIT_MAX_WORKERS) {
+        weir_log(WEIR_LOG_ERROR, "cannot map the limits zone", "\"error\":\"too many buckets, slots or workers\"");
         return WEIR_ERROR;
     }
-    size_t size = WEIR_HDR_SIZE + nb * sizeof(weir_bucket_t) + ns * sizeof(weir_conn_slot_t);
+    size_t size = WEIR_HDR_SIZE + nb * sizeof(weir_bucket_t) + ns * sizeof(weir_conn_slot_t)
+                  + (size_t) workers * ns * sizeof(uint32_t);
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         weir_log(WEIR_LOG_ERROR, "cannot map the limits zone", "\"error\":\"%s\",\"bytes\":%zu",
@@ -100,7 +114,9 @@ weir_limits_init(size_t buckets, size_t conn_slots)
     int rc = pthread_mutex_init(&z->lock, &a);
     pthread_mutexattr_destroy(&a);
     const char *why = rc != 0 ? strerror(rc) : NULL;
-    if (why == NULL && RAND_bytes(z->salt, WEIR_SALT_LEN) != 1) why = "no random bytes for the key salt";
+    uint8_t id[8];
+    if (why == NULL && (RAND_bytes(z->salt, WEIR_SALT_LEN) != 1 || RAND_bytes(id, sizeof(id)) != 1))
+        why = "no random bytes for the key salt";
     if (why != NULL) {
         weir_log(WEIR_LOG_ERROR, "cannot map the limits zone", "\"error\":\"%s\"", why);
         munmap(p, size);
@@ -108,11 +124,26 @@ weir_limits_init(size_t buckets, size_t conn_slots)
     }
     z->nbuckets = nb;
     z->nslots = ns;
+    z->nworkers = (uint64_t) workers;
     z->size = size;
+    for (int i = 0; i < 8; i++) snprintf(z->host_id + 2 * i, 3, "%02x", id[i]);
     weir_lz = z;
     weir_lb = (weir_bucket_t *) ((char *) p + WEIR_HDR_SIZE);
     weir_lc = (weir_conn_slot_t *) (weir_lb + nb);
+    weir_held = workers > 0 ? (uint32_t *) (weir_lc + ns) : NULL;
     return WEIR_OK;
+}
+
+void
+weir_limits_worker(int id)
+{
+    weir_worker_id = id;
+}
+
+const char *
+weir_limits_host_id(void)
+{
+    return weir_lz != NULL ? weir_lz->host_id : "";
 }
 
 void
@@ -123,6 +154,7 @@ weir_limits_cleanup(void)
     weir_lz = NULL;
     weir_lb = NULL;
     weir_lc = NULL;
+    weir_held = NULL;
 }
 
 uint64_t
@@ -310,6 +342,8 @@ weir_limit_claim(weir_limit_ref_t *r, uint64_t now_us)
     __atomic_store_n(&b->key[1], r->key[1], __ATOMIC_RELAXED);
     b->mul = r->mul;
     b->shift = r->shift;
+    __atomic_store_n(&b->pending, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->sync_us, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&b->last_us, now_us, __ATOMIC_RELAXED);
     __atomic_store_n(&b->tat, weir_fresh_tat(t, weir_units(now_us, r->mul, r->shift)), __ATOMIC_RELEASE);
     weir_count(&weir_lz->claims);
@@ -370,6 +404,14 @@ weir_limit_cost(const weir_limit_ref_t *r, uint64_t frames, uint64_t bytes)
     return r->unit == WEIR_LIMIT_BYTES ? bytes : frames;
 }
 
+/* What a shared ref takes is also counted for the next sync with Redis. */
+static inline void
+weir_limit_note(const weir_limit_ref_t *r, uint64_t cost)
+{
+    if (r->share != WEIR_LIMIT_LOCAL && r->index != WEIR_NO_INDEX)
+        __atomic_fetch_add(&weir_lb[r->index].pending, cost, __ATOMIC_RELAXED);
+}
+
 /*
  * GCRA on one state: from T, charging COST at NOW_US gives *NEXT; returns
  * 0 when allowed, else the microseconds until it would be.
@@ -403,6 +445,7 @@ weir_limit_charge(weir_limit_ref_t *r, uint64_t cost, uint64_t now_us)
         }
         if (__atomic_compare_exchange_n(tp, &t, nt, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             weir_limit_touch(r, now_us);
+            weir_limit_note(r, cost);
             return 0;
         }
     }
@@ -422,7 +465,12 @@ weir_limit_refund(weir_limit_ref_t *r, uint64_t cost)
     for (;;) {
         if (!weir_bucket_holds(b, t, r)) return;        /* handed over since: nothing to give back */
         uint64_t nt = t > inc ? t - inc : 0;
-        if (__atomic_compare_exchange_n(&b->tat, &t, nt, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return;
+        if (__atomic_compare_exchange_n(&b->tat, &t, nt, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
+    }
+    if (r->share != WEIR_LIMIT_LOCAL) {
+        uint64_t p = __atomic_load_n(&b->pending, __ATOMIC_RELAXED);
+        while (!__atomic_compare_exchange_n(&b->pending, &p, p > cost ? p - cost : 0, 0, __ATOMIC_RELAXED,
+                                            __ATOMIC_RELAXED)) {}
     }
 }
 
@@ -442,6 +490,12 @@ weir_limits_take(weir_limit_ref_t *refs, int n, int dir, uint64_t cost_frames, u
         if (!(r->dirs & dir) || cost == 0 || r->mul == 0) continue;     /* mul 0: never resolved */
         if (cost > r->burst) {
             wait = WEIR_LIMIT_NEVER;
+            continue;
+        }
+        if (r->share == WEIR_LIMIT_SHARED_CLOSED && weir_shared_down) {
+            /* the hosts' count cannot be known: this limit fails closed */
+            weir_count(&weir_lz->shared_refused);
+            if (wait < WEIR_LIMIT_DOWN_RETRY_US) wait = WEIR_LIMIT_DOWN_RETRY_US;
             continue;
         }
         if (weir_limit_load(r, now_us, &tp, &seen[i]) != WEIR_OK) continue;
@@ -467,6 +521,7 @@ weir_limits_take(weir_limit_ref_t *refs, int n, int dir, uint64_t cost_frames, u
         weir_bucket_t *b = &weir_lb[r->index];
         if (__atomic_compare_exchange_n(&b->tat, &seen[i], next[i], 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             weir_limit_touch(r, now_us);
+            weir_limit_note(r, weir_limit_cost(r, cost_frames, cost_bytes));
             continue;
         }
         uint64_t w = weir_limit_charge(r, weir_limit_cost(r, cost_frames, cost_bytes), now_us);
@@ -491,6 +546,9 @@ weir_limit_resolve(weir_limit_ref_t *ref, const char *key, size_t len, const wei
     ref->index = WEIR_NO_INDEX;
     if (weir_limit_params(ref, spec, err, errlen) != WEIR_OK) return WEIR_ERROR;
     if (key == NULL) return WEIR_OK;
+    if (spec->share < WEIR_LIMIT_LOCAL || spec->share > WEIR_LIMIT_SHARED_CLOSED)
+        return weir_limit_fail(err, errlen, "unknown share mode");
+    ref->share = (uint8_t) spec->share;
     if (weir_lz == NULL) return weir_limit_fail(err, errlen, "the limits zone is not mapped");
     /* the bucket is named by the key and by what fixes its units: a reload
      * that changes a limit's count, period or unit starts fresh buckets */
@@ -557,7 +615,8 @@ weir_conn_acquire(weir_conn_ref_t *ref, const char *key, size_t len, uint64_t ma
     if (found >= 0) {
         /* other acquires wait on the lock; releases only lower the count */
         weir_conn_slot_t *s = &weir_lc[found];
-        if ((uint64_t) __atomic_load_n(&s->count, __ATOMIC_ACQUIRE) >= max) {
+        uint64_t here = (uint64_t) __atomic_load_n(&s->count, __ATOMIC_ACQUIRE);
+        if (here + __atomic_load_n(&s->remote, __ATOMIC_RELAXED) >= max) {
             rc = WEIR_DECLINED;
         } else {
             __atomic_fetch_add(&s->count, 1, __ATOMIC_ACQ_REL);
@@ -572,6 +631,9 @@ weir_conn_acquire(weir_conn_ref_t *ref, const char *key, size_t len, uint64_t ma
         } else {
             __atomic_store_n(&s->key[0], ref->key[0], __ATOMIC_RELAXED);
             __atomic_store_n(&s->key[1], ref->key[1], __ATOMIC_RELAXED);
+            __atomic_store_n(&s->remote, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&s->sync_us, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&s->reported, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&s->count, 1, __ATOMIC_RELEASE);
             ref->index = (uint32_t) free_slot;
             rc = WEIR_OK;
@@ -580,8 +642,19 @@ weir_conn_acquire(weir_conn_ref_t *ref, const char *key, size_t len, uint64_t ma
         weir_count(&weir_lz->conn_table_full);
         rc = WEIR_ERROR;
     }
+    if (rc == WEIR_OK && weir_held != NULL && weir_worker_id >= 0 && (uint64_t) weir_worker_id < weir_lz->nworkers)
+        __atomic_fetch_add(&weir_held[(uint64_t) weir_worker_id * weir_lz->nslots + ref->index], 1, __ATOMIC_RELAXED);
     weir_limits_unlock();
     return rc;
+}
+
+/* Lower slot S's count by N, not below 0. */
+static void
+weir_slot_lower(weir_conn_slot_t *s, int64_t n)
+{
+    int64_t c = __atomic_load_n(&s->count, __ATOMIC_ACQUIRE);
+    while (c > 0 && !__atomic_compare_exchange_n(&s->count, &c, c > n ? c - n : 0, 0, __ATOMIC_ACQ_REL,
+                                                 __ATOMIC_ACQUIRE)) {}
 }
 
 void
@@ -589,11 +662,35 @@ weir_conn_release(weir_conn_ref_t *ref)
 {
     if (weir_lz == NULL || ref->index == WEIR_NO_INDEX || ref->index >= weir_lz->nslots) return;
     weir_conn_slot_t *s = &weir_lc[ref->index];
+    uint32_t idx = ref->index;
     ref->index = WEIR_NO_INDEX;
     /* the slot cannot change key while this ref's count is in it */
     if (!weir_slot_holds(s, ref->key)) return;
-    int64_t c = __atomic_load_n(&s->count, __ATOMIC_ACQUIRE);
-    while (c > 0 && !__atomic_compare_exchange_n(&s->count, &c, c - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
+    if (weir_held != NULL && weir_worker_id >= 0 && (uint64_t) weir_worker_id < weir_lz->nworkers) {
+        /* the share first: the master never finds more in it than in the count */
+        uint32_t *h = &weir_held[(uint64_t) weir_worker_id * weir_lz->nslots + idx];
+        uint32_t v = __atomic_load_n(h, __ATOMIC_RELAXED);
+        while (v > 0 && !__atomic_compare_exchange_n(h, &v, v - 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+    }
+    weir_slot_lower(s, 1);
+}
+
+uint64_t
+weir_limits_reclaim(int id)
+{
+    uint64_t total = 0;
+    if (weir_lz == NULL || weir_held == NULL || id < 0 || (uint64_t) id >= weir_lz->nworkers) return 0;
+    uint32_t *row = &weir_held[(uint64_t) id * weir_lz->nslots];
+    weir_limits_lock();
+    for (uint64_t i = 0; i < weir_lz->nslots; i++) {
+        uint32_t h = __atomic_exchange_n(&row[i], 0, __ATOMIC_RELAXED);
+        if (h == 0) continue;
+        weir_slot_lower(&weir_lc[i], (int64_t) h);
+        total += h;
+    }
+    weir_limits_unlock();
+    __atomic_fetch_add(&weir_lz->conn_reclaimed, total, __ATOMIC_RELAXED);
+    return total;
 }
 
 uint64_t
@@ -627,11 +724,126 @@ weir_limits_stats(weir_limits_stats_t *st)
     st->evictions_full = __atomic_load_n(&weir_lz->evictions_full, __ATOMIC_RELAXED);
     st->evictions_live = __atomic_load_n(&weir_lz->evictions_live, __ATOMIC_RELAXED);
     st->conn_table_full = __atomic_load_n(&weir_lz->conn_table_full, __ATOMIC_RELAXED);
+    st->conn_reclaimed = __atomic_load_n(&weir_lz->conn_reclaimed, __ATOMIC_RELAXED);
+    st->shared_refused = __atomic_load_n(&weir_lz->shared_refused, __ATOMIC_RELAXED);
     for (uint64_t i = 0; i < weir_lz->nbuckets; i++)
         if (__atomic_load_n(&weir_lb[i].key[0], __ATOMIC_RELAXED) || __atomic_load_n(&weir_lb[i].key[1], __ATOMIC_RELAXED))
             st->buckets_used++;
     for (uint64_t i = 0; i < weir_lz->nslots; i++)
         if (__atomic_load_n(&weir_lc[i].count, __ATOMIC_RELAXED) > 0) st->conn_slots_used++;
+}
+
+/* ---- shared with other hosts (core/limit_sync.c) ------------------------------ */
+
+void
+weir_limits_set_down(int down)
+{
+    weir_shared_down = down;
+}
+
+/* Claim the host's sync turn kept in *SYNC_US: due after ACTIVE_US when
+ * ACTIVE, after IDLE_US otherwise. *SINCE_US (not NULL): how long ago the
+ * previous turn was (IDLE_US for the first). */
+static int
+weir_sync_turn(uint64_t *sync_us, int active, uint64_t now_us, uint64_t active_us, uint64_t idle_us,
+               uint64_t *since_us)
+{
+    uint64_t last = __atomic_load_n(sync_us, __ATOMIC_RELAXED);
+    uint64_t every = active ? active_us : idle_us;
+    if (last != 0 && now_us < last + every) return 0;
+    if (!__atomic_compare_exchange_n(sync_us, &last, now_us, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return 0;
+    if (since_us != NULL) *since_us = last != 0 && now_us >= last ? now_us - last : idle_us;
+    return 1;
+}
+
+int
+weir_limit_share_turn(weir_limit_ref_t *ref, uint64_t now_us, uint64_t active_us, uint64_t idle_us,
+                      uint64_t *since_us)
+{
+    uint64_t *tp, t;
+    if (ref->index == WEIR_NO_INDEX || weir_limit_load(ref, now_us, &tp, &t) != WEIR_OK) return 0;
+    weir_bucket_t *b = &weir_lb[ref->index];
+    return weir_sync_turn(&b->sync_us, __atomic_load_n(&b->pending, __ATOMIC_RELAXED) > 0, now_us, active_us,
+                          idle_us, since_us);
+}
+
+uint64_t
+weir_limit_share_pending(weir_limit_ref_t *ref)
+{
+    if (weir_lz == NULL || ref->index == WEIR_NO_INDEX || ref->index >= weir_lz->nbuckets) return 0;
+    weir_bucket_t *b = &weir_lb[ref->index];
+    if (!weir_bucket_holds(b, __atomic_load_n(&b->tat, __ATOMIC_ACQUIRE), ref)) return 0;
+    return __atomic_exchange_n(&b->pending, 0, __ATOMIC_RELAXED);
+}
+
+void
+weir_limit_share_unpend(weir_limit_ref_t *ref, uint64_t tokens)
+{
+    if (weir_lz == NULL || ref->index == WEIR_NO_INDEX || ref->index >= weir_lz->nbuckets || tokens == 0) return;
+    weir_bucket_t *b = &weir_lb[ref->index];
+    if (weir_bucket_holds(b, __atomic_load_n(&b->tat, __ATOMIC_ACQUIRE), ref))
+        __atomic_fetch_add(&b->pending, tokens, __ATOMIC_RELAXED);
+}
+
+int
+weir_limit_share_apply(weir_limit_ref_t *ref, uint64_t debt_us, uint64_t now_us)
+{
+    if (ref->index == WEIR_NO_INDEX) return WEIR_ERROR;
+    /* at most 64 bursts (and 2^62 units): the sums below stay below 2^64 */
+    uint64_t cap = ref->tau >= (1ULL << 56) ? (1ULL << 62) : ref->tau << 6;
+    uint64_t now_u = weir_units(now_us, ref->mul, ref->shift);
+    if (debt_us > WEIR_LIMIT_MAX_PERIOD_US * 64) debt_us = WEIR_LIMIT_MAX_PERIOD_US * 64;
+    uint64_t debt_u = WEIR_MIN(weir_units(debt_us, ref->mul, ref->shift), cap);
+    for (;;) {
+        uint64_t *tp, t;
+        if (weir_limit_load(ref, now_us, &tp, &t) != WEIR_OK) return WEIR_ERROR;
+        /* taken here since the pending tokens were read: not in Redis's answer yet */
+        uint64_t p = __atomic_load_n(&weir_lb[ref->index].pending, __ATOMIC_RELAXED);
+        uint64_t more = p > (cap >> ref->frac) ? cap : debt_u + (p << ref->frac);
+        if (more > cap) more = cap;
+        uint64_t want = now_u + more;
+        if (want <= t) return WEIR_OK;
+        if (__atomic_compare_exchange_n(tp, &t, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return WEIR_OK;
+    }
+}
+
+int
+weir_conn_share_turn(const uint64_t key[2], uint32_t *index, uint64_t now_us, uint64_t active_us,
+                     uint64_t idle_us, uint64_t *count)
+{
+    *count = 0;
+    if (weir_lz == NULL) return 0;
+    weir_conn_slot_t *s = *index < weir_lz->nslots ? &weir_lc[*index] : NULL;
+    if (s == NULL || !weir_slot_holds(s, key)) {
+        /* the slot went back to 0 and changed key: look for the key again */
+        uint64_t mask = weir_lz->nslots - 1, home = key[0] & mask;
+        uint64_t probe = WEIR_MIN((uint64_t) WEIR_LIMIT_PROBE, weir_lz->nslots);
+        s = NULL;
+        for (uint64_t i = 0; i < probe && s == NULL; i++) {
+            weir_conn_slot_t *c = &weir_lc[(home + i) & mask];
+            if (weir_slot_holds(c, key)) {
+                s = c;
+                *index = (uint32_t) ((home + i) & mask);
+            }
+        }
+        /* not held here: 0 to report, once per idle interval is enough */
+        if (s == NULL) return 1;
+    }
+    int64_t c = __atomic_load_n(&s->count, __ATOMIC_ACQUIRE);
+    *count = c > 0 ? (uint64_t) c : 0;
+    if (!weir_sync_turn(&s->sync_us, *count != __atomic_load_n(&s->reported, __ATOMIC_RELAXED), now_us,
+                        active_us, idle_us, NULL))
+        return 0;
+    __atomic_store_n(&s->reported, *count, __ATOMIC_RELAXED);
+    return 1;
+}
+
+void
+weir_conn_share_remote(const uint64_t key[2], uint32_t index, uint64_t remote)
+{
+    if (weir_lz == NULL || index >= weir_lz->nslots) return;
+    weir_conn_slot_t *s = &weir_lc[index];
+    if (weir_slot_holds(s, key)) __atomic_store_n(&s->remote, remote, __ATOMIC_RELAXED);
 }
 
 /* ---- for policies and the runtime (LuaJIT FFI: lua/weir/limits.lua) --------- */

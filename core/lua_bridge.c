@@ -533,10 +533,11 @@ weir_ffi_upstream(uint64_t id, const char *query, size_t qlen, const char *del, 
 
 int
 weir_ffi_limit(uint64_t id, const char *key, size_t len, uint64_t count, uint64_t period_us, uint64_t burst, int unit,
-               int dirs, int action_in, int action_out, char *err, size_t errlen)
+               int dirs, int action_in, int action_out, int share, char *err, size_t errlen)
 {
     weir_session_t *s = weir_map_get(id);
-    weir_limit_spec_t spec = { .count = count, .period_us = period_us, .burst = burst, .unit = unit, .dirs = dirs };
+    weir_limit_spec_t spec = { .count = count, .period_us = period_us, .burst = burst, .unit = unit, .dirs = dirs,
+                               .share = share };
     if (s == NULL) {
         snprintf(err, errlen, "the connection is gone");
         return WEIR_ERROR;

@@ -283,7 +283,7 @@ main(int argc, char **argv)
     }
     weir_master_log_warnings(conf);
     int started = weir_open_listeners(conf) == WEIR_OK;
-    if (started && (weir_shm_init() != WEIR_OK || weir_limits_init(0, 0) != WEIR_OK)) {
+    if (started && (weir_shm_init() != WEIR_OK || weir_limits_init(0, 0, conf->workers) != WEIR_OK)) {
         if (weir_log_file() != NULL) fprintf(stderr, "weir: cannot map shared memory (the log says why)\n");
         started = 0;
     }

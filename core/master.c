@@ -22,6 +22,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "ctl.h"
+#include "limit.h"
 #include "log.h"
 #include "master.h"
 #include "weir.h"
@@ -145,6 +146,12 @@ weir_master_reap(weir_master_t *m)
             if (s->pid != pid) continue;
             s->pid = 0;
             m->running--;
+            /* its sessions never released their connection counts */
+            uint64_t given = weir_limits_reclaim(i);
+            if (given > 0)
+                weir_log(WEIR_LOG_INFO, "connection counts of a gone worker given back",
+                         "\"worker\":%d,\"worker_pid\":%d,\"counts\":%llu", i, (int) pid,
+                         (unsigned long long) given);
             if (m->stopping) break;
             if (WIFSIGNALED(status))
                 weir_log(WEIR_LOG_ERROR, "worker died", "\"worker\":%d,\"worker_pid\":%d,\"signal\":%d",
@@ -228,6 +235,16 @@ weir_reload_restart_needs(const weir_conf_t *old, const weir_conf_t *nc, weir_re
         weir_log(WEIR_LOG_WARN, "reload: a new worker count needs a restart", NULL);
         weir_report_add(r, "  needs a restart (not applied): workers: %d -> %d; %d keep running\n", old->workers,
                         nc->workers, old->workers);
+        needs++;
+    }
+    const weir_state_conf_t *os = &old->state, *ns = &nc->state;
+    if (!weir_str_same(os->redis_url, ns->redis_url) || !weir_str_same(os->key_prefix, ns->key_prefix)
+        || os->timeout_ms != ns->timeout_ms || os->sync_interval_ms != ns->sync_interval_ms)
+    {
+        /* the workers keep the connection they made at start (the URL may hold a password: not shown) */
+        weir_log(WEIR_LOG_WARN, "reload: state changes need a restart; the workers keep their Redis settings", NULL);
+        weir_report_add(r, "  needs a restart (not applied): state: %s -> %s\n",
+                        os->redis_name ? os->redis_name : "(no redis)", ns->redis_name ? ns->redis_name : "(no redis)");
         needs++;
     }
     if (!weir_str_same(old->pid_file, nc->pid_file)) {
@@ -379,6 +396,9 @@ weir_master_reload(weir_master_t *m, pid_t requester)
     }
     nc->workers = conf->workers;
     weir_conf_swap_listen(nc, conf);
+    weir_state_conf_t st = nc->state;           /* a worker started later keeps the running state too */
+    nc->state = conf->state;
+    conf->state = st;
     weir_conf_free(conf);
     m->conf = conf = nc;
 

@@ -27,6 +27,7 @@
 
 #include "http.h"
 #include "limit.h"
+#include "limit_sync.h"
 #include "log.h"
 #include "session_int.h"
 
@@ -34,6 +35,10 @@ static int  weir_relay_message(weir_leg_t *l);
 static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
 static int  weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8_t *end, uint8_t **from);
 static void weir_throttle_more(weir_leg_t *l, uint64_t bytes);
+
+/* The time rate limits judge the frames of the current read by (0: not
+ * read yet): one clock read per read, not per frame. */
+static uint64_t weir_throttle_now_us;
 
 /* ---- frames ------------------------------------------------------------- */
 
@@ -294,6 +299,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
     uint8_t *frame = NULL;          /* header of the current frame, when in BUF */
     weir_ws_hdr_t h;
 
+    weir_throttle_now_us = 0;       /* the frames of one read share one time: read once, if needed */
     while (p < end) {
         if (l->remaining > 0) {
             size_t take = (size_t) WEIR_MIN(l->remaining, (uint64_t) (end - p));
@@ -577,6 +583,13 @@ struct weir_throttle_s {
     unsigned          listed:1;         /* on that list */
 };
 
+static uint64_t
+weir_throttle_now(void)
+{
+    if (weir_throttle_now_us == 0) weir_throttle_now_us = weir_limits_now_us();
+    return weir_throttle_now_us;
+}
+
 /* The worker's sessions with a delayed leg, and the one timer that wakes them. */
 static weir_throttle_t *weir_delayed;
 static uv_timer_t       weir_delay_timer;
@@ -664,6 +677,7 @@ weir_relay_limit(weir_session_t *s, const char *key, size_t len, const weir_limi
     }
     weir_limit_ref_t ref;
     if (weir_limit_resolve(&ref, key, len, spec, weir_limits_now_us(), err, errlen) != WEIR_OK) return WEIR_ERROR;
+    weir_sync_hold(&ref, key, len);             /* released in weir_relay_throttle_free */
     if (t == NULL) {
         t = calloc(1, sizeof(*t));
         if (t == NULL) abort();
@@ -687,6 +701,7 @@ weir_relay_throttle_free(weir_session_t *s)
     weir_throttle_t *t = s->thr;
     if (t == NULL) return;
     weir_throttle_unlist(t);
+    for (int i = 0; i < t->n; i++) weir_sync_release(&t->refs[i]);
     free(t->refs);
     free(t);
     s->thr = NULL;
@@ -715,7 +730,7 @@ weir_throttle_more(weir_leg_t *l, uint64_t bytes)
     weir_throttle_t *t = l->s->thr;
     int d = l->is_backend;
     if (bytes == 0) return;
-    if (weir_limits_take(t->refs, t->n, d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN, 0, bytes, weir_limits_now_us(), NULL)
+    if (weir_limits_take(t->refs, t->n, d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN, 0, bytes, weir_throttle_now(), NULL)
         != WEIR_OK)
         t->debt[d] += bytes;
 }
@@ -734,7 +749,7 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
     weir_session_t *s = l->s;
     weir_throttle_t *t = s->thr;
     int d = l->is_backend;
-    uint64_t now = weir_limits_now_us(), retry = 0;
+    uint64_t now = weir_throttle_now(), retry = 0;
     int dir = d ? WEIR_LIMIT_OUT : WEIR_LIMIT_IN;
 
     if (weir_limits_take(t->refs, t->n, dir, 1, h->len + t->debt[d], now, &retry) == WEIR_OK) {

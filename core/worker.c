@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "limit.h"
+#include "limit_sync.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "proxy.h"
@@ -246,6 +248,7 @@ weir_worker_cleanup(weir_worker_t *w)
 {
     weir_proxy_abort_all(w);
     weir_lua_cancel_io();
+    weir_sync_cleanup();
     w->draining = 0;
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
@@ -285,6 +288,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     w->loop = &loop;
     w->conf = conf;
     w->id = id;
+    weir_limits_worker(id);
     w->max_sessions = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
     w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
     w->sbuf = malloc(WEIR_RBUF_SIZE);
@@ -303,6 +307,7 @@ weir_worker_run(weir_conf_t *conf, int id)
 
     if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
     weir_proxy_init(w, &weir_lua_policy);
+    if (weir_sync_init(&loop, conf) != WEIR_OK) return 1;
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;

@@ -19,6 +19,10 @@
 -- `anonymous_tier`; `X-Forwarded-For` is
 -- believed only when the connection comes from one of `trusted_proxies`.
 --
+-- With `state.redis` configured, the keyed levels and the connection counts
+-- are shared with the other hosts (the tier's `on_redis_down` says what its
+-- limits do while Redis cannot be reached).
+--
 -- Connection limits (`max_connections`) count open connections per scope
 -- in the host's shared memory; over one, the handshake is refused with 429,
 -- `Retry-After` and `/problems/reach-maximum-connections` (or, with
@@ -128,7 +132,7 @@ end
 local function apply(ctx, prefix, tname, tier)
     for i, spec in ipairs(tier.limits) do
         local key = prefix and format("%s:%s:%d", prefix, tname, i) or nil
-        local ok, err = ctx:limit(key, spec, tier.action, tier.action_out)
+        local ok, err = ctx:limit(key, spec, tier.action, tier.action_out, tier.on_redis_down)
         if not ok then return nil, err end
     end
     return true
@@ -155,7 +159,7 @@ local function count_connection(ctx, conf, c, addr)
     for _, scope in ipairs(SCOPES) do
         local max, key = mc[scope], keys[scope]
         if max and key then
-            local ref, why = limits.conn_acquire(key, max)
+            local ref, why = limits.conn_acquire(key, max, true)
             if ref then
                 local held = ctx.vars.throttling_conns or {}
                 held[#held + 1] = ref

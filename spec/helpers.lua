@@ -1451,6 +1451,110 @@ function Many:signal(sig) return helpers.kill(self.pid, sig) end
 
 function Many:wait_exit(timeout) return helpers.wait(self.pid, timeout or 15) end
 
+--------------------------------------------------------------------------
+-- a Redis server of the spec's own
+--------------------------------------------------------------------------
+
+local Rd = {}
+Rd.__index = Rd
+
+--- Start redis-server (Debian's) on a free loopback port, or on opts.port
+-- (to start it again where it was), with no persistence (`--save ""`,
+-- `--appendonly no`) in the spec's temp dir: never the system's service.
+-- opts.password: `--requirepass` (then :command authenticates).
+-- Returns rd: port, pid, url ("redis://127.0.0.1:PORT"), log_path, db (0:
+-- the database :command uses), and :command(...), :kill(sig), :stop(),
+-- :restart(). Stopped by PID at cleanup.
+function helpers.start_redis(opts)
+    opts = opts or {}
+    local port = opts.port or helpers.free_port()
+    local log = next_name("redis", ".log")
+    local argv = { "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", helpers.tmpdir(), "--logfile", log, "--daemonize", "no" }
+    if opts.password then argv[#argv + 1] = "--requirepass"; argv[#argv + 1] = opts.password end
+    local pid = helpers.spawn(argv)
+    local rd = setmetatable({ port = port, pid = pid, log_path = log, password = opts.password, db = 0,
+                              url = fmt("redis://127.0.0.1:%d", port) }, Rd)
+    helpers.wait_until(function()
+        if not helpers.alive(pid) then
+            error("redis-server died: " .. tail(helpers.read_file(log), 1000), 3)
+        end
+        local ok, pong = pcall(rd.command, rd, "PING")
+        return ok and pong == "PONG"
+    end, 15, "redis-server to answer PING")
+    return rd
+end
+
+-- One RESP reply from SOCK: a string, a number, a list, nil, or
+-- false and the error's text.
+local function resp_read(sock)
+    local line = assert(sock:receive("*l"))
+    local kind, rest = line:sub(1, 1), line:sub(2)
+    if kind == "+" then return rest end
+    if kind == "-" then return false, rest end
+    if kind == ":" then return tonumber(rest) end
+    if kind == "$" then
+        local n = tonumber(rest)
+        if n < 0 then return nil end
+        local data = assert(sock:receive(n + 2))
+        return data:sub(1, n)
+    end
+    if kind == "*" then
+        local n, out = tonumber(rest), {}
+        for i = 1, n do out[i] = resp_read(sock) end
+        return out
+    end
+    error("unexpected RESP reply: " .. line)
+end
+
+local function resp_encode(args)
+    local out = { "*" .. #args .. "\r\n" }
+    for _, a in ipairs(args) do
+        a = tostring(a)
+        out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+    end
+    return concat(out)
+end
+
+--- Run one Redis command (its arguments as strings or numbers), after AUTH
+-- (rd.password) and SELECT (rd.db) when set; returns the reply (see
+-- resp_read). Errors when Redis cannot be reached.
+function Rd:command(...)
+    local sock = assert(socket.tcp())
+    sock:settimeout(5)
+    local ok, err = sock:connect("127.0.0.1", self.port)
+    if not ok then sock:close(); error("redis: " .. tostring(err), 2) end
+    local pre = 0
+    if self.password then assert(sock:send(resp_encode({ "AUTH", self.password }))); pre = pre + 1 end
+    if self.db ~= 0 then assert(sock:send(resp_encode({ "SELECT", self.db }))); pre = pre + 1 end
+    assert(sock:send(resp_encode({ ... })))
+    for _ = 1, pre do
+        local r, e = resp_read(sock)
+        if r == false then sock:close(); error("redis: " .. tostring(e), 2) end
+    end
+    local r, e = resp_read(sock)
+    sock:close()
+    return r, e
+end
+
+--- Send SIG (default TERM) to the server, by its PID; for KILL, TERM and
+-- INT, wait until it is gone.
+function Rd:kill(sig)
+    helpers.kill(self.pid, sig or "TERM")
+    if sig == nil or sig == "KILL" or sig == "TERM" or sig == "INT" then helpers.wait(self.pid, 10) end
+end
+
+function Rd:stop()
+    if state.pids[self.pid] then helpers.stop_pid(self.pid) end
+end
+
+--- Start it again on the same port (after kill or stop); empty.
+function Rd:restart()
+    local n = helpers.start_redis({ port = self.port, password = self.password })
+    self.pid, self.log_path = n.pid, n.log_path
+    return self
+end
+
 -- Belt and braces: if a spec file forgets teardown, its processes are
 -- killed when busted's insulation drops this module and it is collected.
 local sentinel = newproxy(true)

@@ -303,6 +303,81 @@ function _M.parse_url(s)
     }
 end
 
+-- %XX escapes in a URL's user information.
+local function percent_decode(s)
+    if find(s, "%%[^%x]") or find(s, "%%%x?$") then return nil end
+    return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- Parse a Redis URL (`state.redis`).
+-- @tparam string s `redis://[[user]:password@]host[:port][/db]`: a host
+--   name, IPv4 or `[IPv6]` address; port 6379 by default; db a whole number
+--   (default 0). User and password may hold %XX escapes.
+-- @treturn[1] table `{ host, port, db, user, password, name }`: user and
+--   password nil when not given; name "host:port" for messages (no password)
+-- @treturn[2] nil
+-- @treturn[2] string what is wrong; the URL is shown with its password
+--   replaced by "***"
+-- @usage conf.parse_redis_url("redis://:s3cret@10.0.0.5:6380/2")
+function _M.parse_redis_url(s)
+    local FORM = "redis://[[user]:password@]host[:port][/db]"
+    if type(s) ~= "string" then return nil, "expected a URL " .. FORM .. ", got " .. show(s) end
+    local scheme, rest = match(s, "^(%a[%w%+%.%-]*)://(.*)$")
+    scheme = scheme and lower(scheme)
+    local authority, path = match(rest or "", "^([^/]*)(.*)$")
+    local at = authority and match(authority, "^.*()@")
+    local userinfo = at and sub(authority, 1, at - 1) or ""
+    local hostport = at and sub(authority, at + 1) or authority
+    -- the password never appears in a message
+    local shown = s
+    if at then shown = scheme .. "://" .. (match(userinfo, "^([^:]*:)") or "") .. "***@" .. hostport .. path end
+    if scheme == "rediss" then
+        return nil, "rediss:// (TLS) is not supported (hiredis 0.14 has no TLS): use redis:// on a trusted "
+                    .. "network, or a TLS tunnel, got " .. show(shown)
+    end
+    if scheme ~= "redis" then return nil, "expected a URL " .. FORM .. ", got " .. show(shown) end
+    if find(s, "[%s%c]") then return nil, "a URL must not contain spaces or control characters" end
+    if find(rest, "[?#]") then
+        return nil, "expected a URL " .. FORM .. " (no query, no fragment), got " .. show(shown)
+    end
+    local user, password
+    if at then
+        local u, pw = match(userinfo, "^([^:]*):(.*)$")
+        if not u then
+            return nil, "write the password after a colon (redis://:password@host or "
+                        .. "redis://user:password@host), got " .. show(shown)
+        end
+        user, password = percent_decode(u), percent_decode(pw)
+        if not user or not password then return nil, "a bad %XX escape in the user or password of " .. show(shown) end
+        if user == "" then user = nil end
+        if password == "" then return nil, "the password is empty in " .. show(shown) end
+    end
+    local host, port_part
+    if sub(hostport, 1, 1) == "[" then
+        host, port_part = match(hostport, "^%[([^%]]*)%](.*)$")
+        if not host or not _M.parse_ipv6(host) then return nil, "invalid IPv6 address in URL " .. show(shown) end
+    else
+        host, port_part = match(hostport, "^([^:]*)(.*)$")
+        if host == "" then return nil, "the URL has no host: " .. show(shown) end
+        if not valid_host_name(host) then return nil, "invalid host " .. quote(host) .. " in URL " .. show(shown) end
+    end
+    local port = 6379
+    if port_part ~= "" then
+        local n = tonumber(match(port_part, "^:(%d+)$"))
+        if not n or n < 1 or n > 65535 then return nil, "invalid port in URL " .. show(shown) .. " (expected 1..65535)" end
+        port = n
+    end
+    local dbn, db = 0, match(path, "^/(.*)$") or path
+    if db ~= "" then
+        dbn = match(db, "^%d+$") and tonumber(db)
+        if not dbn or dbn > 2147483647 then
+            return nil, "the database after the host must be a whole number, got " .. show(shown)
+        end
+    end
+    local name = (find(host, ":", 1, true) and "[" .. host .. "]" or host) .. ":" .. port
+    return { host = host, port = port, db = dbn, user = user, password = password, name = name }
+end
+
 ------------------------------------------------------------------------------
 -- Paths
 ------------------------------------------------------------------------------
@@ -524,6 +599,13 @@ function types.workers(spec, v, node, ctx)
         return report(ctx, node, 'expected an integer or "auto", got ' .. show(v))
     end
     return check_range(spec, v, v, node, ctx, show_number)
+end
+
+function types.redis_url(_, v, node, ctx)
+    local u, err = _M.parse_redis_url(v)
+    if not u then return report(ctx, node, err) end
+    u.url = v
+    return u
 end
 
 function types.url(_, v, node, ctx)
@@ -1064,7 +1146,27 @@ _M.schema = record({
                         .. "at most once a second), delay it (stop reading the client), or close 1008" },
         { name = "action_out", type = "enum", one_of = { "delay", "drop", "close" }, default = "delay",
           description = "what happens to a backend's message over a limit" },
+        { name = "on_redis_down", type = "enum", one_of = { "open", "closed" }, default = "open",
+          description = "with state.redis, while Redis cannot be reached: \"open\" (each host's own "
+                        .. "buckets decide, as if it were alone) or \"closed\" (every message these "
+                        .. "limits count is over the limit, retry hint 1 s)" },
       }) },
+    { name = "state", type = "record", default = {}, locate = true,
+      description = "state shared with the other hosts of a cluster of weir instances",
+      fields = {
+        { name = "redis", type = "redis_url",
+          description = 'a Redis server every host reaches: "redis://[[user]:password@]host[:port][/db]"; '
+                        .. "throttling limits and connection counts are then shared through it "
+                        .. "(default: none: state stays on this host)" },
+        { name = "timeout", type = "duration", default = "500ms", min = 10, max = 60000,
+          description = "longest wait for Redis to accept a connection or answer a command; past it "
+                        .. "Redis counts as down and weir connects again" },
+        { name = "sync_interval", type = "duration", default = "100ms", min = 10, max = 10000,
+          description = "how often a shared limit in use is synchronised with Redis "
+                        .. "(one that is not: ten times less often)" },
+        { name = "key_prefix", type = "string", default = "weir:",
+          description = "prefix of every key weir writes in Redis (to share one Redis between clusters)" },
+      } },
     { name = "apis", type = "list", required = true, non_empty = true, check = check_apis,
       description = "the WebSocket APIs weir exposes",
       elements = record({

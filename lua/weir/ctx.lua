@@ -293,31 +293,40 @@ end
 
 ffi.cdef [[
     int weir_ffi_limit(uint64_t id, const char *key, size_t len, uint64_t count, uint64_t period_us,
-                       uint64_t burst, int unit, int dirs, int action_in, int action_out, char *err, size_t errlen);
+                       uint64_t burst, int unit, int dirs, int action_in, int action_out, int share,
+                       char *err, size_t errlen);
 ]]
 
 local ACTIONS = { delay = 1, drop = 2, close = 3 }   -- core/conn.h WEIR_THROTTLE_*
+local SHARE = { ["local"] = 0, open = 1, closed = 2 } -- core/limit.h WEIR_LIMIT_LOCAL / SHARED_*
 local limit_err = ffi.new("char[256]")
 
 --- Enforce a rate limit on this connection's messages, in the core, with
 -- no Lua call per message. Limits with the same KEY and the same count,
 -- unit and period share one bucket across every connection of the host;
--- KEY nil gives the connection a limit of its own. A message is decided at
--- its first frame: every limit of its direction is checked and the
--- strictest decides.
+-- KEY nil gives the connection a limit of its own. With `state.redis` in
+-- the configuration, a keyed limit is shared with the other hosts too
+-- (docs/throttling.md), unless ON_REDIS_DOWN is "local". A message is
+-- decided at its first frame: every limit of its direction is checked and
+-- the strictest decides.
 -- @tparam string|nil key e.g. "sub:" .. app .. ":" .. api
 -- @tparam table spec `{ frames = N }` or `{ bytes = N|"10m" }`, `per`,
 --   optional `burst`, `direction` ("in", "out", "both": the default) (see `weir.limits.parse`)
 -- @tparam[opt] string action for the client's messages over it: "drop" (default), "delay" or "close"
 -- @tparam[opt] string action_out for the backend's: "delay" (default), "drop" or "close"
+-- @tparam[opt] string on_redis_down a keyed limit shared through Redis, while Redis cannot be
+--   reached: "open" (default: this host's bucket alone decides) or "closed" (every message it
+--   counts is over the limit); "local": not shared with other hosts at all
 -- @treturn boolean true, or nil and what is wrong
 -- @usage ctx:limit("app:" .. ctx.consumer.application, { frames = 100, per = "second" }, "delay")
-function CTX:limit(key, spec, action, action_out)
+function CTX:limit(key, spec, action, action_out, on_redis_down)
     if key ~= nil and (type(key) ~= "string" or key == "") then
-        error("ctx:limit(key, spec [, action [, action_out]]): key must be a string or nil", 2)
+        error("ctx:limit(key, spec [, action [, action_out [, on_redis_down]]]): key must be a string or nil", 2)
     end
     local ai, ao = ACTIONS[action or "drop"], ACTIONS[action_out or "delay"]
     if not ai or not ao then error('ctx:limit: action must be "drop", "delay" or "close"', 2) end
+    local share = SHARE[on_redis_down or "open"]
+    if not share then error('ctx:limit: on_redis_down must be "open", "closed" or "local"', 2) end
     if rawget(self, "_closed") then return nil, "closed" end
     local p, err = spec, nil
     if type(spec) ~= "table" or not spec.period_us then
@@ -327,7 +336,7 @@ function CTX:limit(key, spec, action, action_out)
     if key and #key > 512 then return nil, "a limit's key is longer than 512 bytes" end
     if not C then return nil, "no core" end
     if C.weir_ffi_limit(self._h, key, key and #key or 0, p.count, p.period_us, p.burst, p.unit, p.dirs, ai, ao,
-                        limit_err, 256) ~= 0 then
+                        key and share or 0, limit_err, 256) ~= 0 then
         return nil, ffi.string(limit_err)
     end
     return true

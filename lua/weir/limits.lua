@@ -28,7 +28,7 @@ local ffi_new, ffi_string = ffi.new, ffi.string
 
 local _M = { _VERSION = "0.1.0" }
 
-local ABI = 1   -- must equal WEIR_LIMITS_ABI in core/limit.h
+local ABI = 2   -- must equal WEIR_LIMITS_ABI in core/limit.h
 
 ffi.cdef [[
     typedef struct {
@@ -44,15 +44,17 @@ ffi.cdef [[
         uint8_t  frac;
         uint8_t  unit;
         uint8_t  dirs;
+        uint8_t  share;
+        uint8_t  pad[7];
     } weir_limit_ref_t;
     typedef struct {
         uint64_t key[2];
         uint32_t index;
-        uint32_t pad;
+        uint32_t shared;
     } weir_conn_ref_t;
     typedef struct {
         uint64_t buckets, buckets_used, claims, evictions_full, evictions_live,
-                 conn_slots, conn_slots_used, conn_table_full;
+                 conn_slots, conn_slots_used, conn_table_full, conn_reclaimed, shared_refused;
     } weir_limits_stats_t;
     int weir_ffi_limits_abi(void);
     int weir_ffi_limit_ref(weir_limit_ref_t *ref, const char *key, size_t len, uint64_t count,
@@ -64,6 +66,9 @@ ffi.cdef [[
     void weir_ffi_conn_release(weir_conn_ref_t *ref);
     uint64_t weir_ffi_conn_count(const char *key, size_t len);
     void weir_ffi_limits_stats(weir_limits_stats_t *st);
+    int weir_ffi_sync_conn_acquire(weir_conn_ref_t *ref, const char *key, size_t len, uint64_t max);
+    void weir_ffi_sync_conn_release(weir_conn_ref_t *ref);
+    void weir_ffi_sync_stats(uint64_t *out);
 ]]
 
 --- Directions (bits), as the core's WEIR_LIMIT_IN / OUT / BOTH.
@@ -216,19 +221,26 @@ function _M.peek(ref)
 end
 
 --- Count one connection against KEY, at most MAX at once.
+-- @tparam string key
+-- @tparam number max
+-- @tparam[opt] boolean shared count it with the other hosts' connections of KEY
+--   when the configuration has `state.redis` (their count, as last synchronised,
+--   counts against MAX)
 -- @treturn[1] cdata a `weir_conn_ref_t`: give it to `conn_release` once, at close
 -- @treturn[2] nil
 -- @treturn[2] string "limit" (MAX are open) or "unavailable" (no slot for the
 --   key: the table is full near its place; the caller decides)
--- @usage local c, why = limits.conn_acquire("app:" .. app_id, 10)
-function _M.conn_acquire(key, max)
+-- @usage local c, why = limits.conn_acquire("app:" .. app_id, 10, true)
+function _M.conn_acquire(key, max, shared)
     local c = core()
     if type(key) ~= "string" then error("weir.limits.conn_acquire: key must be a string", 2) end
     if not (type(max) == "number" and max >= 0 and max == floor(max)) then
         error("weir.limits.conn_acquire: max must be a whole number", 2)
     end
     local ref = ffi_new("weir_conn_ref_t")
-    local rc = c.weir_ffi_conn_acquire(ref, key, #key, max)
+    local rc
+    if shared then rc = c.weir_ffi_sync_conn_acquire(ref, key, #key, max)
+    else rc = c.weir_ffi_conn_acquire(ref, key, #key, max) end
     if rc == OK then return ref end
     if rc == DECLINED then return nil, "limit" end
     return nil, "unavailable"
@@ -236,7 +248,8 @@ end
 
 --- Give back a count from `conn_acquire` (a second call does nothing).
 function _M.conn_release(ref)
-    core().weir_ffi_conn_release(ref)
+    if ref.shared ~= 0 then core().weir_ffi_sync_conn_release(ref)
+    else core().weir_ffi_conn_release(ref) end
 end
 
 --- Connections counted for KEY now.
@@ -244,8 +257,28 @@ function _M.conn_count(key)
     return tonumber(core().weir_ffi_conn_count(key, #key))
 end
 
+local sync_buf = ffi_new("uint64_t[11]")
+
+--- This worker's synchronisation with the other hosts through Redis:
+-- `entries` (shared limits and connection keys held now), `syncs` (reports
+-- sent), `answers`, `failed` (unanswered or refused), `forgiven` (tokens
+-- taken while Redis was down, never reported), and the connection's
+-- `configured`, `ready`, `down` (booleans), `connects`, `failures`, `timeouts`.
+function _M.sync_stats()
+    core().weir_ffi_sync_stats(sync_buf)
+    local v = {}
+    for i = 0, 10 do v[i + 1] = tonumber(sync_buf[i]) end
+    return {
+        entries = v[1], syncs = v[2], answers = v[3], failed = v[4], forgiven = v[5],
+        configured = v[6] == 1, ready = v[7] == 1, down = v[8] == 1, connects = v[9], failures = v[10],
+        timeouts = v[11],
+    }
+end
+
 --- The zone's counters: `buckets`, `buckets_used`, `claims`, `evictions_full`,
--- `evictions_live`, `conn_slots`, `conn_slots_used`, `conn_table_full`.
+-- `evictions_live`, `conn_slots`, `conn_slots_used`, `conn_table_full`,
+-- `conn_reclaimed` (counts given back for workers that died),
+-- `shared_refused` (takes refused because Redis was down, `on_redis_down = "closed"`).
 function _M.stats()
     local st = ffi_new("weir_limits_stats_t")
     core().weir_ffi_limits_stats(st)
@@ -253,7 +286,8 @@ function _M.stats()
         buckets = tonumber(st.buckets), buckets_used = tonumber(st.buckets_used), claims = tonumber(st.claims),
         evictions_full = tonumber(st.evictions_full), evictions_live = tonumber(st.evictions_live),
         conn_slots = tonumber(st.conn_slots), conn_slots_used = tonumber(st.conn_slots_used),
-        conn_table_full = tonumber(st.conn_table_full),
+        conn_table_full = tonumber(st.conn_table_full), conn_reclaimed = tonumber(st.conn_reclaimed),
+        shared_refused = tonumber(st.shared_refused),
     }
 end
 

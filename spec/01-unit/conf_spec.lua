@@ -495,6 +495,36 @@ return {
             end
         end)
 
+        it("reads Redis URLs: host, port, database, user and password (escaped), nothing else", function()
+            assert.same({ host = "127.0.0.1", port = 6379, db = 0, name = "127.0.0.1:6379" },
+                        conf.parse_redis_url("redis://127.0.0.1"))
+            assert.same({ host = "10.0.0.5", port = 6380, db = 2, password = "s3:c@ret", name = "10.0.0.5:6380" },
+                        conf.parse_redis_url("redis://:s3%3Ac%40ret@10.0.0.5:6380/2"))
+            assert.same({ host = "::1", port = 7000, db = 0, user = "weir", password = "pw", name = "[::1]:7000" },
+                        conf.parse_redis_url("REDIS://weir:pw@[::1]:7000/"))
+            for bad, shown in pairs({
+                ["redis://secret@h"] = '"redis://***@h"',
+                ["redis://u:secret@h:0"] = '"redis://u:***@h:0"',
+                ["redis://:secret@"] = '"redis://:***@"',
+                ["redis://:@h"] = '"redis://:***@h"',
+                ["redis://:sec%zz@h"] = '"redis://:***@h"',
+                ["redis://h?db=1"] = '"redis://h?db=1"',
+                ["redis://h/-1"] = '"redis://h/-1"',
+                ["redis://[1:2]:6379"] = '"redis://[1:2]:6379"',
+                ["tcp://h"] = '"tcp://h"',
+            }) do
+                local u, err = conf.parse_redis_url(bad)
+                assert.is_nil(u, bad)
+                assert.truthy(err:find(shown, 1, true), bad .. ": " .. err)
+                assert.falsy(err:find("secret", 1, true), err)
+            end
+        end)
+
+        it("defaults state to no Redis, 500 ms, 100 ms and the weir: prefix", function()
+            local c = assert(load(MINIMAL))
+            assert.same({ timeout = 500, sync_interval = 100, key_prefix = "weir:", _src = {} }, c.state)
+        end)
+
         it("resolves relative paths against the configuration's directory", function()
             assert.equal("/etc/weir/tls/c.pem", conf.resolve_path("/etc/weir", "tls/c.pem"))
             assert.equal("/etc/ca.pem", conf.resolve_path("/etc/weir", "../ca.pem"))

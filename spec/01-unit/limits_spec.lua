@@ -603,6 +603,152 @@ describe("limits", function()
                 assert.equal(0, by.fill.final)
             end)
 
+            it("connections: a worker's counts are given back when it dies, and only its own", function()
+                local by = run({
+                    { "init 0 0 2" },
+                    { "worker 0" },
+                    { "cacq a1 app:1 3" }, { "cacq a2 app:1 3" }, { "cacq b1 app:2 9" },
+                    { "crel a2" },
+                    { "worker 1" },
+                    { "cacq w1 app:1 3" }, { "cacq w2 app:1 3" },
+                    { "cacq w3 app:1 3", "full" },                    -- 1 of worker 0 + 2 of worker 1
+                    { "ccount app:1", "before" },
+                    { "reclaim 0", "given" },                           -- worker 0 died holding a1 and b1
+                    { "ccount app:1", "after1" },
+                    { "ccount app:2", "after2" },
+                    { "reclaim 0", "again" },
+                    { "cacq w4 app:1 3", "room" },
+                    { "crel w1" }, { "crel w4" },
+                    { "ccount app:1", "final" },
+                    { "stats", "stats" },
+                })
+                assert.equal(-5, by.full.rc)
+                assert.equal(3, by.before.count)
+                assert.equal(2, by.given.given)
+                assert.equal(2, by.after1.count)                       -- worker 1's two stay counted
+                assert.equal(0, by.after2.count)
+                assert.equal(0, by.again.given)
+                assert.equal(0, by.room.rc)
+                assert.equal(1, by.final.count)                        -- w2 is still held
+                assert.equal(2, by.stats.conn_reclaimed)
+            end)
+
+            it("connections: the other hosts' count counts against MAX", function()
+                local by = run({
+                    { "init 0 0" },
+                    { "cacq a app:1 5" },
+                    { "cremote a 3" },
+                    { "cacq b app:1 5", "fifth" },
+                    { "cacq c app:1 5", "sixth" },
+                    { "cremote a 0" },
+                    { fmt("cturn a %d 100 1000", T0), "turn" },
+                    { fmt("cturn a %d 100 1000", T0 + 50), "early" },
+                    { fmt("cturn a %d 100 1000", T0 + 999), "idle" },
+                    { "cacq d app:1 5" },
+                    { fmt("cturn a %d 100 1000", T0 + 100), "changed" },
+                })
+                assert.equal(0, by.fifth.rc)
+                assert.equal(-5, by.sixth.rc)
+                assert.same({ turn = 1, count = 2 }, by.turn)          -- a count never reported: due
+                assert.same({ turn = 0, count = 2 }, by.early)
+                assert.same({ turn = 0, count = 2 }, by.idle)          -- reported, unchanged: the idle interval
+                assert.same({ turn = 1, count = 3 }, by.changed)
+            end)
+
+            -- Shared with other hosts --------------------------------------------------------------
+
+            local function sref(name, key, count, period, share)
+                return fmt("ref %s %s frames %d %d 0 both %d %s", name, key, count, period, T0, share)
+            end
+
+            it("shared refs count what they take as pending, once; local refs do not", function()
+                local by = run({
+                    { "init 0 0" },
+                    { sref("s", "sub:a:x:Gold:1", 10, MINUTE, "open") },
+                    { sref("s2", "sub:a:x:Gold:1", 10, MINUTE, "open") },
+                    { ref("l", "sub:a:y:Gold:1", "frames", 10, MINUTE) },
+                    { fmt("burst %d in 1 0 4 s", T0) },
+                    { fmt("burst %d in 1 0 3 s2", T0) },
+                    { fmt("burst %d in 1 0 20 s l", T0), "both" },       -- refused by s after 3 more
+                    { "spending s", "p1" },
+                    { "spending s", "p2" },
+                    { "spending l", "pl" },
+                })
+                assert.equal(3, by.both.allowed)
+                assert.equal(10, by.p1.pending)
+                assert.equal(0, by.p2.pending)
+                assert.equal(0, by.pl.pending)
+            end)
+
+            it("the hosts' debt moves the bucket forward, plus what was taken since, never back", function()
+                -- 60 a minute: a token a second
+                local by = run({
+                    { "init 0 0" },
+                    { sref("s", "sub:a:x:Gold:1", 60, MINUTE, "open") },
+                    { fmt("burst %d in 1 0 10 s", T0) },
+                    { "spending s" },
+                    { fmt("burst %d in 1 0 5 s", T0) },                  -- taken while the sync is out
+                    -- Redis: the hosts owe 40 s (this host's 10 and 30 elsewhere)
+                    { fmt("sapply s %d %d", 40 * SECOND, T0) },
+                    { fmt("peek s %d", T0), "after" },
+                    -- an older, smaller answer changes nothing
+                    { fmt("sapply s %d %d", 5 * SECOND, T0) },
+                    { fmt("peek s %d", T0), "kept" },
+                    -- an absurd one is capped at 64 bursts
+                    { sref("t", "sub:b:x:Gold:1", 60, MINUTE, "open") },
+                    { fmt("sapply t %d %d", 1e15, T0) },
+                    { fmt("peek t %d", T0), "capped" },
+                })
+                -- 40 s + the 5 taken since: 45 of 60 tokens used
+                assert.same({ available = 15, full_in = 45 * SECOND }, { available = by.after.available,
+                                                                         full_in = by.after.full_in })
+                assert.equal(45 * SECOND, by.kept.full_in)
+                assert.equal(64 * MINUTE, by.capped.full_in)
+                assert.equal(0, by.capped.available)
+            end)
+
+            it("Redis down: a closed shared limit refuses (hint 1 s, counted), an open one decides alone", function()
+                local by = run({
+                    { "init 0 0" },
+                    { sref("c", "sub:a:x:Closed:1", 10, MINUTE, "closed") },
+                    { sref("o", "sub:a:x:Open:1", 10, MINUTE, "open") },
+                    { "down 1" },
+                    { fmt("take %d in 1 0 c", T0), "closed" },
+                    { fmt("burst %d in 1 0 20 o", T0), "open" },
+                    { fmt("take %d in 1 0 c o", T0 + MINUTE), "both" },
+                    { "down 0" },
+                    { fmt("take %d in 1 0 c", T0), "back" },
+                    { "stats", "stats" },
+                })
+                assert.same({ rc = -5, retry = SECOND }, by.closed)
+                assert.equal(10, by.open.allowed)
+                assert.same({ rc = -5, retry = SECOND }, by.both)
+                assert.same({ rc = 0, retry = 0 }, by.back)
+                assert.equal(2, by.stats.shared_refused)
+            end)
+
+            it("sync turns: one worker of the host per interval; busy buckets often, idle ones seldom", function()
+                local by = run({
+                    { "init 0 0" },
+                    { sref("s", "sub:a:x:Gold:1", 10, MINUTE, "open") },
+                    { sref("s2", "sub:a:x:Gold:1", 10, MINUTE, "open") },
+                    { fmt("sturn s %d 100 1000", T0), "first" },
+                    { fmt("sturn s2 %d 100 1000", T0), "other" },        -- the same bucket: not twice
+                    { fmt("sturn s %d 100 1000", T0 + 500), "idle" },
+                    { fmt("take %d in 1 0 s", T0 + 500) },
+                    { fmt("sturn s2 %d 100 1000", T0 + 500), "busy" },
+                    { "spending s" },
+                    { fmt("sturn s %d 100 1000", T0 + 700), "quiet" },
+                    { fmt("sturn s %d 100 1000", T0 + 1500), "idle_due" },
+                })
+                assert.same({ turn = 1, since = 1000 }, by.first)      -- the first: an idle interval
+                assert.equal(0, by.other.turn)
+                assert.equal(0, by.idle.turn)
+                assert.same({ turn = 1, since = 500 }, by.busy)        -- since the host's previous turn
+                assert.equal(0, by.quiet.turn)
+                assert.equal(1, by.idle_due.turn)
+            end)
+
             it("connections: 2 processes acquiring and releasing never exceed MAX, and every count comes back", function()
                 local by = run({ { "init 0 0" }, { "crace 2 200000 ip:127.0.0.1 20", "race" } })
                 local r = by.race
@@ -621,9 +767,9 @@ describe("limits", function()
         setup(function()
             local so = compile(helpers.tmpdir() .. "/liblimits.so", { ROOT .. "/core/limit.c", ROOT .. "/core/log.c" },
                                "-O2 -shared -fPIC")
-            ffi.cdef "int weir_limits_init(size_t buckets, size_t conn_slots);"
+            ffi.cdef "int weir_limits_init(size_t buckets, size_t conn_slots, int workers);"
             local lib = ffi.load(so, true)                    -- global: ffi.C finds weir_ffi_*
-            assert.equal(0, lib.weir_limits_init(1024, 64))
+            assert.equal(0, lib.weir_limits_init(1024, 64, 0))
             limits = require "weir.limits"
         end)
 

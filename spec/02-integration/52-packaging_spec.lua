@@ -77,7 +77,8 @@ describe("the Debian package", function()
             libs = libs + 1
         end
         assert.truthy(libs >= 6, "the binary needs only " .. libs .. " libraries?\n" .. needed)
-        for _, pkg in ipairs({ "libuv1", "libluajit", "libssl3", "libcurl4", "libsystemd0", "lua-cjson", "adduser" }) do
+        for _, pkg in ipairs({ "libuv1", "libluajit", "libssl3", "libcurl4", "libsystemd0", "libhiredis0.14", "lua-cjson",
+                               "adduser" }) do
             assert.truthy(depends:find(pkg, 1, true), pkg .. " is not in Depends: " .. depends)
         end
     end)

@@ -10,8 +10,9 @@
  * (blank lines and lines starting with # are skipped). NAMEs name refs; DIR
  * is in, out or both; UNIT frames or bytes; KEY "-" makes a local ref.
  *
- *   init BUCKETS SLOTS                      map the zone        → {"rc":N}
- *   ref NAME KEY UNIT COUNT PERIOD_US BURST DIRS [NOW]           → {"rc":N,"index":I,"err":"…"}
+ *   init BUCKETS SLOTS [WORKERS]            map the zone        → {"rc":N}
+ *   ref NAME KEY UNIT COUNT PERIOD_US BURST DIRS [NOW [SHARE]]   → {"rc":N,"index":I,"err":"…"}
+ *        SHARE: local, open or closed (a shared ref's takes count as pending)
  *   take NOW DIR FRAMES BYTES NAME...       one frame           → {"rc":N,"retry":N}  (retry -1: never)
  *   burst NOW DIR FRAMES BYTES MAX NAME...  frames until one is refused (at most MAX)
  *                                                               → {"allowed":N,"rc":N,"retry":N}
@@ -22,6 +23,14 @@
  *        each has seen STOP refusals in a row
  *                          → {"allowed":[N,...],"total":N,"overlap":N}  (overlap: takes that saw
  *                            another process's progress since their own previous take)
+ *   down 0|1                Redis down for this process (shared refs)   → {"rc":0}
+ *   sturn NAME NOW ACTIVE IDLE   weir_limit_share_turn               → {"turn":N,"since":N}
+ *   spending NAME           weir_limit_share_pending                 → {"pending":N}
+ *   sapply NAME DEBT_US NOW weir_limit_share_apply                   → {"rc":N}
+ *   worker ID               this process is worker ID (-1: none)     → {"rc":0}
+ *   reclaim ID              weir_limits_reclaim                      → {"given":N}
+ *   cturn NAME NOW ACTIVE IDLE   weir_conn_share_turn on NAME's count → {"turn":N,"count":N}
+ *   cremote NAME N          other hosts hold N of NAME's key          → {"rc":0}
  *   cacq NAME KEY MAX       acquire a connection count          → {"rc":N}
  *   crel NAME               release it                          → {"rc":0}
  *   ccount KEY                                                  → {"count":N}
@@ -57,6 +66,7 @@ typedef struct {
     char             name[64];
     weir_limit_ref_t ref;
     weir_conn_ref_t  conn;
+    uint32_t         cidx;      /* the slot of conn's key, kept after a release (cturn, cremote) */
 } drv_ref_t;
 
 static drv_ref_t drv_refs[DRV_MAX_REFS];
@@ -71,6 +81,7 @@ drv_find(const char *name, int create)
     drv_ref_t *d = &drv_refs[drv_nrefs++];
     snprintf(d->name, sizeof(d->name), "%s", name);
     d->conn.index = UINT32_MAX;
+    d->cidx = UINT32_MAX;
     return d;
 }
 
@@ -380,18 +391,20 @@ static void
 drv_command(int argc, char **argv)
 {
     const char *c = argv[0];
-    if (strcmp(c, "init") == 0 && argc == 3) {
-        printf("{\"rc\":%d}\n", weir_limits_init(drv_u64(argv[1]), drv_u64(argv[2])));
-    } else if (strcmp(c, "ref") == 0 && (argc == 8 || argc == 9)) {
+    if (strcmp(c, "init") == 0 && (argc == 3 || argc == 4)) {
+        printf("{\"rc\":%d}\n", weir_limits_init(drv_u64(argv[1]), drv_u64(argv[2]), argc == 4 ? atoi(argv[3]) : 0));
+    } else if (strcmp(c, "ref") == 0 && argc >= 8 && argc <= 10) {
         drv_ref_t *d = drv_find(argv[1], 1);
         weir_limit_spec_t sp = {
             .unit = strcmp(argv[3], "bytes") == 0 ? WEIR_LIMIT_BYTES : WEIR_LIMIT_FRAMES,
             .count = drv_u64(argv[4]), .period_us = drv_u64(argv[5]), .burst = drv_u64(argv[6]),
             .dirs = drv_dir(argv[7]),
+            .share = argc < 10 ? WEIR_LIMIT_LOCAL : strcmp(argv[9], "open") == 0 ? WEIR_LIMIT_SHARED_OPEN
+                   : strcmp(argv[9], "closed") == 0 ? WEIR_LIMIT_SHARED_CLOSED : WEIR_LIMIT_LOCAL,
         };
         char err[256] = "";
         const char *key = strcmp(argv[2], "-") == 0 ? NULL : argv[2];
-        int rc = weir_limit_resolve(&d->ref, key, key ? strlen(key) : 0, &sp, argc == 9 ? drv_u64(argv[8]) : 0, err,
+        int rc = weir_limit_resolve(&d->ref, key, key ? strlen(key) : 0, &sp, argc >= 9 ? drv_u64(argv[8]) : 0, err,
                                     sizeof(err));
         printf("{\"rc\":%d,\"index\":%" PRIu32 ",\"err\":\"%s\"}\n", rc, d->ref.index, err);
     } else if ((strcmp(c, "take") == 0 && argc >= 6) || (strcmp(c, "burst") == 0 && argc >= 7)) {
@@ -431,14 +444,48 @@ drv_command(int argc, char **argv)
         weir_limits_stats(&st);
         printf("{\"buckets\":%" PRIu64 ",\"buckets_used\":%" PRIu64 ",\"claims\":%" PRIu64
                ",\"evictions_full\":%" PRIu64 ",\"evictions_live\":%" PRIu64 ",\"conn_slots\":%" PRIu64
-               ",\"conn_slots_used\":%" PRIu64 ",\"conn_table_full\":%" PRIu64 "}\n",
+               ",\"conn_slots_used\":%" PRIu64 ",\"conn_table_full\":%" PRIu64 ",\"conn_reclaimed\":%" PRIu64
+               ",\"shared_refused\":%" PRIu64 "}\n",
                st.buckets, st.buckets_used, st.claims, st.evictions_full, st.evictions_live, st.conn_slots,
-               st.conn_slots_used, st.conn_table_full);
+               st.conn_slots_used, st.conn_table_full, st.conn_reclaimed, st.shared_refused);
     } else if (strcmp(c, "race") == 0 && argc >= 8) {
         cmd_race(argc, argv);
+    } else if (strcmp(c, "down") == 0 && argc == 2) {
+        weir_limits_set_down(atoi(argv[1]));
+        printf("{\"rc\":0}\n");
+    } else if (strcmp(c, "sturn") == 0 && argc == 5) {
+        drv_ref_t *d = drv_find(argv[1], 0);
+        uint64_t since = 0;
+        int t = d ? weir_limit_share_turn(&d->ref, drv_u64(argv[2]), drv_u64(argv[3]), drv_u64(argv[4]), &since) : -1;
+        printf("{\"turn\":%d,\"since\":%" PRIu64 "}\n", t, since);
+    } else if (strcmp(c, "spending") == 0 && argc == 2) {
+        drv_ref_t *d = drv_find(argv[1], 0);
+        printf("{\"pending\":%" PRIu64 "}\n", d ? weir_limit_share_pending(&d->ref) : 0);
+    } else if (strcmp(c, "sapply") == 0 && argc == 4) {
+        drv_ref_t *d = drv_find(argv[1], 0);
+        printf("{\"rc\":%d}\n", d ? weir_limit_share_apply(&d->ref, drv_u64(argv[2]), drv_u64(argv[3])) : -9);
+    } else if (strcmp(c, "worker") == 0 && argc == 2) {
+        weir_limits_worker(atoi(argv[1]));
+        printf("{\"rc\":0}\n");
+    } else if (strcmp(c, "reclaim") == 0 && argc == 2) {
+        printf("{\"given\":%" PRIu64 "}\n", weir_limits_reclaim(atoi(argv[1])));
+    } else if (strcmp(c, "cturn") == 0 && argc == 5) {
+        drv_ref_t *d = drv_find(argv[1], 0);
+        uint64_t count = 0;
+        uint32_t idx = d ? d->cidx : UINT32_MAX;
+        int t = d ? weir_conn_share_turn(d->conn.key, &idx, drv_u64(argv[2]), drv_u64(argv[3]), drv_u64(argv[4]),
+                                         &count) : -1;
+        if (d) d->cidx = idx;
+        printf("{\"turn\":%d,\"count\":%" PRIu64 "}\n", t, count);
+    } else if (strcmp(c, "cremote") == 0 && argc == 3) {
+        drv_ref_t *d = drv_find(argv[1], 0);
+        if (d) weir_conn_share_remote(d->conn.key, d->cidx, drv_u64(argv[2]));
+        printf("{\"rc\":%d}\n", d ? 0 : -1);
     } else if (strcmp(c, "cacq") == 0 && argc == 4) {
         drv_ref_t *d = drv_find(argv[1], 1);
-        printf("{\"rc\":%d}\n", weir_conn_acquire(&d->conn, argv[2], strlen(argv[2]), drv_u64(argv[3])));
+        int rc = weir_conn_acquire(&d->conn, argv[2], strlen(argv[2]), drv_u64(argv[3]));
+        if (rc == WEIR_OK) d->cidx = d->conn.index;
+        printf("{\"rc\":%d}\n", rc);
     } else if (strcmp(c, "crel") == 0 && argc == 2) {
         drv_ref_t *d = drv_find(argv[1], 0);
         if (d) weir_conn_release(&d->conn);

@@ -13,7 +13,7 @@ describe("throttling on_handshake", function()
         Gold = { action = "drop", action_out = "delay",
                  limits = { { unit = 0, count = 1000, period_us = 60e6, burst = 1000, dirs = 3 },
                             { unit = 1, count = 1024, period_us = 60e6, burst = 1024, dirs = 3 } } },
-        Silver = { action = "close", action_out = "drop",
+        Silver = { action = "close", action_out = "drop", on_redis_down = "closed",
                    limits = { { unit = 0, count = 5, period_us = 60e6, burst = 5, dirs = 1 } } },
     }
 
@@ -31,8 +31,9 @@ describe("throttling on_handshake", function()
     local function ctx(opts)
         local c = fakes.ctx(opts)
         c.limited = {}
-        c.limit = function(self, key, spec, action, action_out)
-            self.limited[#self.limited + 1] = { key = key, spec = spec, action = action, action_out = action_out }
+        c.limit = function(self, key, spec, action, action_out, on_redis_down)
+            self.limited[#self.limited + 1] = { key = key, spec = spec, action = action, action_out = action_out,
+                                                on_redis_down = on_redis_down }
             return true
         end
         return c
@@ -63,6 +64,13 @@ describe("throttling on_handshake", function()
                       "app:ShopApp:alice:Gold:1", "app:ShopApp:alice:Gold:2",
                       "(own)", "(own)", "api:Shop:2:Silver:1" }, keys(c))
         assert.equal("close", c.limited[7].action)
+    end)
+
+    it("hands each limit its tier's on_redis_down (for limits shared through Redis)", function()
+        local c = ctx({ api = "Shop", consumer = alice })
+        fakes.run(policy, { level = { "subscription", "api" }, api_tier = "Silver" }, "on_handshake", c)
+        assert.is_nil(c.limited[1].on_redis_down)             -- Gold does not say: ctx:limit's default, open
+        assert.equal("closed", c.limited[3].on_redis_down)
     end)
 
     it("keys an anonymous client by its address under anonymous_tier, or does not limit it", function()

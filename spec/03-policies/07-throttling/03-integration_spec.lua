@@ -223,6 +223,33 @@ describe("throttling through weir", function()
         b:close()
     end)
 
+    it("gives back the connection counts of a worker killed with its connections", function()
+        local g = helpers.start_weir({ workers = 1, tiers = tiers,
+                                       apis = { api("Held", "Gold", { max_connections = { api = 2 } }) } })
+        local a, b = open(g, "/held"), open(g, "/held")
+        local ws, res = helpers.ws_connect(g.port, { path = "/held" })
+        assert.is_nil(ws)
+        assert.equal(429, res.status)
+        -- the worker's pid, as weir logs it
+        local started = g:wait_log(function(r) return r.msg == "worker started" end)
+        helpers.kill(started.pid, "KILL")
+        local rec = g:wait_log(function(r) return r.msg == "connection counts of a gone worker given back" end, 15)
+        assert.equal(started.pid, rec.worker_pid)
+        assert.equal(2, rec.counts)
+        assert.is_nil((a:recv_frame(5)))                   -- its clients lost their connections
+        assert.is_nil((b:recv_frame(5)))
+        -- the restarted worker admits two again, and no more
+        local c = helpers.wait_until(function() return (helpers.ws_connect(g.port, { path = "/held" })) end, 15,
+                                     "a connection to the restarted worker")
+        local d = open(g, "/held")
+        ws, res = helpers.ws_connect(g.port, { path = "/held" })
+        assert.is_nil(ws)
+        assert.equal(429, res.status)
+        assert.equal("again", helpers.ask(d, "again"))
+        c:close(); d:close()
+        g:stop()
+    end)
+
     it("answers a connection over max_connections with 101, the JSON and close 1013 when configured", function()
         local a = open(gw, "/conns1013")
         local be_before = #be:connections()
