@@ -405,30 +405,36 @@ describe("browser client against weir (headless Chromium)", function()
     end)
 
     describe("reconnecting after the backend restarts", function()
+        -- The client reconnects after 100 ms; when the backend is not back
+        -- yet (a slow machine), weir answers 101 then 1014 again: every such
+        -- round is one more close, reconnect and open.
         it("sees weir's 1014 with /problems/bad-gateway when the backend goes away", function()
             local t = value(main, "restart")
             local closes = events(t, "close")
-            assert.equal(1, #closes)
-            assert.same({ 1014, true }, { closes[1].code, closes[1].willReconnect })
-            assert.equal("/problems/bad-gateway", closes[1].problem.type)
-            assert.equal(1014, closes[1].problem.code)
-            assert.equal(1, #events(t, "reconnecting"))
+            assert.is_true(#closes >= 1)
+            for _, c in ipairs(closes) do
+                assert.same({ 1014, true }, { c.code, c.willReconnect })
+                assert.equal("/problems/bad-gateway", c.problem.type)
+                assert.equal(1014, c.problem.code)
+            end
+            assert.equal(#closes, #events(t, "reconnecting"))
         end)
 
         it("reconnects with a fresh token and a fresh ticket, to the backend on the same port", function()
             local t = value(main, "restart")
-            assert.equal(2, #events(t, "open"))
-            assert.equal(2, #t.tokens)
-            -- two ticket POSTs answered 200 and two upgrades answered 101: a
-            -- ticket works once, so the second connection had a new one
+            local opens = #events(t, "open")
+            assert.equal(#events(t, "close") + 1, opens)
+            assert.equal(opens, #t.tokens)
+            -- as many ticket POSTs answered 200 as upgrades answered 101: a
+            -- ticket works once, so every connection had a new one
             local statuses = helpers.wait_until(function()
                 local n = { [101] = 0, [200] = 0 }
                 for _, r in ipairs(access("Restart")) do
                     if n[r.status] then n[r.status] = n[r.status] + 1 end
                 end
-                return n[101] == 2 and n
+                return n[101] == opens and n
             end, 10, "the access records of Restart")
-            assert.same({ [101] = 2, [200] = 2 }, statuses)
+            assert.same({ [101] = opens, [200] = opens }, statuses)
             assert.equal(restart_be.port, revived.port)
             assert.equal(1, #records(revived, "/restart-run"))
         end)
@@ -436,7 +442,11 @@ describe("browser client against weir (headless Chromium)", function()
         it("delivers what was queued while reconnecting, in order, after the new open", function()
             local t = value(main, "restart")
             for i = 1, 5 do
-                assert.same({ "q" .. i, true, "reconnecting" }, { t.sends[1 + i].data, t.sends[1 + i].ok, t.sends[1 + i].state })
+                -- queued while reconnecting, or sent on a socket weir then
+                -- closed 1014 (the backend not back yet), and sent again
+                assert.same({ "q" .. i, true }, { t.sends[1 + i].data, t.sends[1 + i].ok })
+                local state = t.sends[1 + i].state
+                assert.is_true(state == "reconnecting" or (state == "open" and #events(t, "close") > 1), state)
             end
             assert.same({ "before", "q1", "q2", "q3", "q4", "q5", "after" }, texts(t))
             local recs = records(revived, "/restart-run")
