@@ -5,6 +5,7 @@
 #   make install    install weir (PREFIX=/usr/local, DESTDIR for a staging root; see below)
 #   make deb        build the Debian package into build/deb/ (SAN=1: build-san/deb/)
 #   make bench      weir against direct, nginx and HAProxy (see bench/README.md)
+#   make soak       10,000 connections, reloads, a worker killed (SOAK_TIME s, 600 default; bench/README.md)
 #   make fuzz       libFuzzer runs of the parser harnesses, FUZZ_TIME s each (see spec/fuzz/README.md)
 
 SAN      ?= 0
@@ -40,7 +41,7 @@ SRCS     := $(wildcard core/*.c)
 OBJS     := $(SRCS:core/%.c=$(BUILD)/%.o)
 BIN      := $(BUILD)/weir
 
-.PHONY: all deps run test bench fuzz clean install deb
+.PHONY: all deps run test bench soak fuzz clean install deb
 
 all: $(BIN)
 
@@ -95,6 +96,11 @@ deb: $(BIN)
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory -C bench WEIR_BIN=$(CURDIR)/$(BIN)
+
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -C bench tools
+	@WEIR_BIN=$(CURDIR)/$(BIN) timeout 900 luajit bench/soak
 
 fuzz:
 	@$(MAKE) --no-print-directory -C spec/fuzz fuzz OUT=$(CURDIR)/build/fuzz

@@ -97,6 +97,7 @@ static int           opt_binary = 0;
 static int           opt_json = 0;       /* -j: payloads are JSON objects */
 static int           opt_quiet = 0;
 static int           opt_rate = 200;     /* handshakes in progress at once */
+static int           opt_reconnect = 0;  /* -R: echo: a connection the server drops is counted apart and opened again */
 static const char   *opt_label = "";
 static char          opt_headers[8192];  /* extra request headers, CRLF-ended */
 static size_t        opt_headers_len = 0;
@@ -129,6 +130,7 @@ static int      n_opened;                /* opened successfully, total */
 static int      n_active;                /* sockets existing */
 static uint64_t n_sent, n_recv, n_measured, bytes_measured;
 static uint64_t n_hs, n_hs_measured;     /* connect mode: cycles completed */
+static uint64_t n_dropped, n_dropped_lost; /* -R: open connections the server dropped, their messages in flight */
 
 static uint64_t err_connect, err_handshake_eof, err_bad_accept, err_eof;
 static uint64_t err_mismatch, err_lost, err_protocol, err_timeout;
@@ -310,6 +312,16 @@ static int sending_allowed(void)
 }
 
 static void start_next_connection(void);
+static int conn_start(wsload_conn_t *c);
+
+/* With -R, whether C is an open echo connection the server is taking away
+ * (not one we are closing): it is then not an error but a drop, counted
+ * apart, and its slot is connected again while running. */
+static int conn_dropping(const wsload_conn_t *c)
+{
+    return opt_reconnect && opt_mode == M_ECHO && c->state == S_OPEN
+           && (phase == P_RUNNING || phase == P_DRAINING);
+}
 
 /* Forget the socket; in connect mode the slot starts again while running. */
 static void conn_close(wsload_conn_t *c, uint64_t now)
@@ -321,7 +333,11 @@ static void conn_close(wsload_conn_t *c, uint64_t now)
         if (phase == P_OPENING)
             n_pending_open--;
     }
-    if (opt_mode == M_ECHO && c->state != S_NONE)
+    int dropped = conn_dropping(c);
+    if (dropped) {
+        n_dropped++;
+        n_dropped_lost += c->next - c->expect;
+    } else if (opt_mode == M_ECHO && c->state != S_NONE)
         err_lost += c->next - c->expect;   /* sent, never echoed */
     close(c->fd);
     c->fd = -1;
@@ -332,7 +348,10 @@ static void conn_close(wsload_conn_t *c, uint64_t now)
     c->msg.len = c->msg.off = 0;
     c->msg_op = -1;
     c->next = c->expect = 0;
-    if (opt_mode == M_CONNECT && phase == P_RUNNING && now < t_end)
+    if (dropped && phase == P_RUNNING && now < t_end) {
+        if (conn_start(c) < 0)
+            c->state = S_DONE;
+    } else if (opt_mode == M_CONNECT && phase == P_RUNNING && now < t_end)
         start_next_connection();
     else if (phase == P_OPENING)
         start_next_connection();
@@ -446,6 +465,10 @@ static void conn_opened(wsload_conn_t *c, uint64_t now)
         if (opt_mode == M_IDLE)
             wb_hist_add(&hist, now - c->t_connect);   /* upgrade latency */
         start_next_connection();
+    } else if (opt_mode == M_ECHO && phase == P_RUNNING) {
+        /* -R: a slot connected again while running starts sending at once */
+        for (int k = 0; k < opt_window && sending_allowed(); k++)
+            conn_send_message(c, now);
     }
 }
 
@@ -563,7 +586,8 @@ static int conn_frames(wsload_conn_t *c, uint64_t now)
                     count_key(err_close, code);
                 return -1;               /* our close answered: done */
             }
-            count_key(err_close, code);  /* the server closed on us */
+            if (!conn_dropping(c))
+                count_key(err_close, code);  /* the server closed on us */
             return -1;
         }
         default:
@@ -612,7 +636,7 @@ static void conn_event(wsload_conn_t *c, uint32_t ev, uint64_t now)
         if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
             if (c->state == S_HANDSHAKE)
                 err_handshake_eof++;
-            else
+            else if (!conn_dropping(c))
                 err_eof++;              /* gone without a close frame */
             conn_close(c, now);
             return;
@@ -642,7 +666,8 @@ static void conn_event(wsload_conn_t *c, uint32_t ev, uint64_t now)
         }
     }
     if (conn_flush(c) < 0) {
-        err_eof++;
+        if (!conn_dropping(c))
+            err_eof++;
         conn_close(c, now);
     }
 }
@@ -842,7 +867,9 @@ static void report(void)
            (unsigned long long)err_protocol, (unsigned long long)err_timeout);
     print_counts(stdout, "http_status", err_status);
     print_counts(stdout, "close_code", err_close);
-    printf("}}\n");
+    printf("},\"sent\":%llu,\"echoed\":%llu,\"dropped\":%llu,\"dropped_in_flight\":%llu}\n",
+           (unsigned long long)n_sent, (unsigned long long)n_recv,
+           (unsigned long long)n_dropped, (unsigned long long)n_dropped_lost);
     fflush(stdout);
     if (!opt_quiet && errs) {
         fprintf(stderr, "  errors: connect %llu, handshake eof %llu, bad accept %llu, "
@@ -889,6 +916,8 @@ static void usage(void)
         "  -T FILE    a file of 'Name: value' lines: each handshake sends the next\n"
         "             one (in turn, from the first again after the last)\n"
         "  -r N       handshakes in progress at once while opening (200)\n"
+        "  -R         echo: a connection the server drops is not an error: counted\n"
+        "             (dropped, dropped_in_flight) and connected again\n"
         "  -l LABEL   label copied into the JSON line\n"
         "  -q         no human-readable text on stderr\n"
         "exit status: 0 no errors, 1 errors counted, 2 usage or setup failure\n");
@@ -979,7 +1008,7 @@ static int parse_url(const char *url)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:T:r:l:qh")) != -1) {
+    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:T:r:l:Rqh")) != -1) {
         switch (opt) {
         case 'm':
             if (strcmp(optarg, "echo") == 0) opt_mode = M_ECHO;
@@ -994,6 +1023,7 @@ int main(int argc, char **argv)
         case 'W': opt_warmup = atof(optarg); break;
         case 'n': opt_count = strtoull(optarg, NULL, 10); break;
         case 'b': opt_binary = 1; break;
+        case 'R': opt_reconnect = 1; break;
         case 'j': opt_json = 1; break;
         case 'H': {
             size_t l = strlen(optarg);

@@ -17,6 +17,7 @@ const { WebSocketServer } = require('ws');
 const opts = JSON.parse(process.argv[2] || '{}');
 const kind = opts.kind || 'echo';
 const port = opts.port || 0;
+const host = opts.host || '127.0.0.1';   // another address only inside a network namespace a spec made
 const SMALL = 4096;              // payloads up to this size are recorded whole
 
 const connections = [];          // one record per upgrade request seen
@@ -342,7 +343,7 @@ if (kind === 'echo' || kind === 'slow' || kind === 'tls-echo') {
 // Port 0 (the default) lets the system choose; the port is printed once
 // everything listens. A TLS backend also answers /__events in plain HTTP on
 // a second port ("events"), since the specs' own HTTP client speaks no TLS.
-server.listen(port, '127.0.0.1', () => {
+server.listen(port, host, () => {
   const ready = { listening: server.address().port, kind };
   if (kind !== 'tls-echo') {
     console.log(JSON.stringify(ready));
