@@ -1,0 +1,1 @@
+error("a configuration that raises")

@@ -1,0 +1,1 @@
+return { listen = { { address = "127.0.0.1", port = 1 } }, apis = { { name = "e", context = "/e", versions = { { version = "1", default = true, endpoints = { production = "ws://127.0.0.1:2/%2e%2e" } } } } } }
