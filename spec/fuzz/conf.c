@@ -32,10 +32,20 @@ fz_init(void)
 }
 
 static int
+fz_ident(uint8_t c)
+{
+    return c == '_' || (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+}
+
+/* Does D[0..N) hold the word W (not inside a longer name, such as "for" in "format")? */
+static int
 fz_has(const uint8_t *d, size_t n, const char *w)
 {
     size_t l = strlen(w);
-    for (size_t i = 0; i + l <= n; i++) if (memcmp(d + i, w, l) == 0) return 1;
+    for (size_t i = 0; i + l <= n; i++) {
+        if (memcmp(d + i, w, l) != 0) continue;
+        if ((i == 0 || !fz_ident(d[i - 1])) && (i + l == n || !fz_ident(d[i + l]))) return 1;
+    }
     return 0;
 }
 
