@@ -10,7 +10,7 @@
 
 SAN      ?= 0
 CC       ?= cc
-PKGS     := luajit libuv openssl libcurl libsystemd hiredis
+PKGS     := luajit libuv openssl libcurl libsystemd hiredis sqlite3
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
             -DWEIR_CONF_DEFAULT='"$(SYSCONFDIR)/weir/weir.conf.lua"'
