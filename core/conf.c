@@ -28,6 +28,8 @@
 #include <lualib.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 
@@ -540,6 +542,48 @@ weir_conf_copy_listen(weir_conf_ctx_t *ctx, int idx, weir_listen_t *ls)
     return WEIR_OK;
 }
 
+/* The admin record, when there is one: its listener goes last in the list
+ * of listeners, and only the SHA-256 of its token is kept. */
+static int
+weir_conf_copy_admin(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
+{
+    char *token = NULL;
+    int   a, rc = WEIR_ERROR;
+
+    if ((a = weir_conf_table(ctx, idx, "admin")) <= 0) {
+        return a < 0 ? WEIR_ERROR : WEIR_OK;
+    }
+    weir_listen_t *nl = realloc(conf->listen, (conf->nlisten + 1) * sizeof(*nl));
+    if (nl == NULL) {
+        weir_conf_internal(ctx, "admin", "out of memory");
+        goto done;
+    }
+    conf->listen = nl;
+    memset(&nl[conf->nlisten], 0, sizeof(*nl));
+    nl[conf->nlisten].admin = 1;
+    conf->nlisten++;
+    if (weir_conf_copy_listen(ctx, a, &nl[conf->nlisten - 1]) != WEIR_OK
+        || weir_conf_number(ctx, a, "max_body", 1, 1ULL << 40, &conf->admin.max_body) != WEIR_OK
+        || weir_conf_string(ctx, a, "token", 1, &token) != WEIR_OK)
+    {
+        goto done;
+    }
+    if (EVP_Digest(token, strlen(token), conf->admin.token_hash, NULL, EVP_sha256(), NULL) != 1) {
+        weir_conf_internal(ctx, "admin", "cannot hash the token");
+        goto done;
+    }
+    conf->admin.on = 1;
+    rc = WEIR_OK;
+    lua_pop(ctx->L, 1);
+
+done:
+    if (token != NULL) {
+        OPENSSL_cleanse(token, strlen(token));
+        free(token);
+    }
+    return rc;
+}
+
 /* The limits, declaratively: field of weir.conf's "limits" → member. */
 static const struct {
     const char  *name;
@@ -810,7 +854,7 @@ weir_conf_copy(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
     {
         goto done;
     }
-    if (weir_conf_copy_warnings(ctx, idx, conf) != WEIR_OK) {
+    if (weir_conf_copy_admin(ctx, idx, conf) != WEIR_OK || weir_conf_copy_warnings(ctx, idx, conf) != WEIR_OK) {
         goto done;
     }
     rc = WEIR_OK;

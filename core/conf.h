@@ -58,7 +58,15 @@ typedef struct {
     char            *tls_cert;             /* PEM chain; NULL for ws:// */
     char            *tls_key;
     int              fd;                   /* opened by the master, -1 before */
+    int              admin;                /* the admin API's listener (admin.*), always the last */
 } weir_listen_t;
+
+/* the admin API (admin.*) */
+typedef struct {
+    int              on;                   /* 0: no admin API */
+    uint8_t          token_hash[32];       /* SHA-256 of the admin token (the token is not kept) */
+    uint64_t         max_body;             /* bytes of a request body */
+} weir_admin_conf_t;
 
 typedef struct {
     uint64_t         max_connections;      /* per weir instance */
@@ -100,6 +108,8 @@ typedef struct {
     size_t           nlisten;
     weir_limits_t    limits;
     weir_state_conf_t state;
+    weir_admin_conf_t admin;
+    int              key_manager;          /* key_manager.*: the token endpoint and JWKS are served */
     weir_api_t      *apis;
     size_t           napis;
     char           **warnings;             /* "FILE:LINE: FIELD: message", nothing refused */

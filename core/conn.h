@@ -69,6 +69,21 @@ typedef struct {
     uint64_t     frames_out, bytes_out;   /* from the backend */
 } weir_conn_end_t;
 
+/* A request to one of weir's own services (core/service.c), borrowed for
+ * the call. */
+typedef struct {
+    const char  *service;         /* "admin": the admin listener; "public": the key manager's endpoints */
+    const char  *method, *target;
+    size_t       method_len, target_len;
+    const char  *head;            /* the request head, HEAD_LEN bytes */
+    size_t       head_len;
+    const char  *body;            /* BODY_LEN bytes */
+    size_t       body_len;
+    const char  *peer_ip;
+    uint16_t     peer_port;
+    int          tls;
+} weir_request_info_t;
+
 /*
  * The engine, one call per event. OPEN gives S a ctx (its version has a
  * chain): WEIR_OK, or WEIR_ERROR when it cannot (the client gets a 500).
@@ -84,6 +99,11 @@ typedef struct {
     /* the ctx's interceptor (weir_conn_intercept) on the client's text message of LEN bytes */
     int  (*intercept)(weir_session_t *s, size_t len, weir_verdict_t *v);
     void (*close)(weir_session_t *s, const weir_conn_end_t *end);
+    /* a service request: V is WEIR_V_RESPOND (status in code, extra header lines in
+     * reason, the body in payload) or WEIR_V_FAIL; or WEIR_AGAIN, the answer coming
+     * through weir_conn_resolved (WEIR_HOOK_HANDSHAKE). S has a ctx from then on
+     * (close is called). */
+    int  (*request)(weir_session_t *s, const weir_request_info_t *info, weir_verdict_t *v);
 } weir_policy_ops_t;
 
 /* S's handle for the engine: never 0, and no other open connection of the
@@ -104,6 +124,10 @@ const uint8_t *weir_conn_payload(weir_session_t *s, int dir, size_t *len);
  * when the client is gone, closing or refused, or when the message would
  * take the bytes waiting for it past buffer_size. */
 int  weir_conn_send(weir_session_t *s, int opcode, const uint8_t *p, size_t n);
+
+/* Send a message of weir's own to the client (TO_BACKEND 0, as
+ * weir_conn_send) or to the backend (1). WEIR_ERROR as weir_conn_send. */
+int  weir_conn_send_to(weir_session_t *s, int to_backend, int opcode, const uint8_t *p, size_t n);
 
 /* Close S on a policy's request: the error JSON of PROBLEM and MESSAGE (when
  * PROBLEM is not NULL) and CODE to the client, 1001 to the backend; before

@@ -45,8 +45,7 @@ weir_ctl_now_ms(void)
     return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
 }
 
-/* The abstract address of the `weir -s` with pid PID. Returns its length. */
-static socklen_t
+socklen_t
 weir_ctl_addr(struct sockaddr_un *a, pid_t pid)
 {
     memset(a, 0, sizeof(*a));

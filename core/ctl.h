@@ -10,6 +10,7 @@
 
 #include <signal.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "conf.h"
@@ -57,6 +58,12 @@ int   weir_ctl_waiting(pid_t *out, int max);
  * WEIR_ERROR with errno set.
  */
 int   weir_ctl_send_report(pid_t to, const char *report, size_t len);
+
+/* The abstract address a `weir -s reload` with pid PID (or a worker asking
+ * for a reload through the admin API) waits for its report on. Returns its
+ * length. */
+struct sockaddr_un;
+socklen_t weir_ctl_addr(struct sockaddr_un *a, pid_t pid);
 
 /* A worker: tell the master whether the reload it was asked for applied. */
 void  weir_ctl_reloaded(int applied);

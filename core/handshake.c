@@ -24,6 +24,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "registry.h"
 #include "session_int.h"
 #include "tls.h"
 
@@ -158,6 +159,27 @@ weir_client_101(weir_session_t *s, const char *protocol, size_t plen)
                      plen ? protocol : "", plen ? "\r\n" : "");
     s->http_status = 101;
     weir_leg_write(&s->client, (uint8_t *) buf, (size_t) n);
+}
+
+/* S is open: list it in the host's registry (the admin API's connections). */
+static void
+weir_session_listed(weir_session_t *s)
+{
+    weir_worker_t *w = s->w;
+    s->reg = weir_registry_open(w->id, s->id & ((1ULL << 40) - 1),
+                                s->route.api->name, s->route.version->version, s->peer_ip, s->peer_port,
+                                s->listen_tls);
+    if (s->reg < 0) {
+        static int told;
+        if (!told++)
+            weir_log(WEIR_LOG_WARN, "connection registry full: some connections are not listed",
+                     "\"worker\":%d,\"slots\":%u", w->id, weir_registry_per_worker());
+        return;
+    }
+    if (w->listed != NULL) w->listed[s->reg] = s;
+    weir_registry_consumer(w->id, s->reg, s->consumer[WEIR_CONSUMER_APPLICATION],
+                           s->consumer[WEIR_CONSUMER_SUBSCRIBER], s->consumer[WEIR_CONSUMER_KEY_TYPE],
+                           s->consumer[WEIR_CONSUMER_TIER]);
 }
 
 static void
@@ -412,6 +434,10 @@ weir_client_request(weir_session_t *s, const weir_http_msg_t *m, size_t low)
 
     if (weir_http_count(m, "Host") > 1) {               /* which one names the host? (RFC 9112 3.2) */
         weir_session_http(s, 400, "/problems/bad-request", "More than one Host header", NULL);
+        return;
+    }
+    if (s->admin || weir_service_public(s, m)) {
+        weir_service_request(s, m);
         return;
     }
     if (m->target_len >= 8 && memcmp(m->target, "/healthz", 8) == 0
@@ -704,6 +730,7 @@ weir_backend_read_response(weir_session_t *s)
 
     weir_client_101(s, pr ? pr->value : NULL, pr ? pr->value_len : 0);
     s->state = WEIR_S_OPEN;
+    weir_session_listed(s);
     weir_leg_flush_inject(c);
     s->last_data = weir_now(s);
     b->last_rx = c->last_rx = s->last_data;

@@ -153,7 +153,16 @@ weir_http_reason(int status)
 {
     switch (status) {
     case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
     case 400: return "Bad Request";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
     case 404: return "Not Found";
     case 408: return "Request Timeout";
     case 426: return "Upgrade Required";
@@ -176,6 +185,15 @@ weir_http_json(char *buf, size_t len, int status, const char *body, size_t blen,
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n%s\r\n%.*s",
                      status, weir_http_reason(status), blen, extra ? extra : "", (int) blen, body);
+    if (n < 0) return 0;
+    return (size_t) n < len ? (size_t) n : len - 1;
+}
+
+size_t
+weir_http_head(char *buf, size_t len, int status, size_t blen, const char *extra)
+{
+    int n = snprintf(buf, len, "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\nConnection: close\r\n%s\r\n",
+                     status, weir_http_reason(status), blen, extra ? extra : "");
     if (n < 0) return 0;
     return (size_t) n < len ? (size_t) n : len - 1;
 }

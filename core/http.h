@@ -67,6 +67,11 @@ size_t weir_error_json(char *buf, size_t len, const char *type, int code, const 
 size_t weir_http_error(char *buf, size_t len, int status, const char *type, const char *msg,
                        const char *extra);
 
+/* Write the head of a response with a body of BLEN bytes: status line,
+ * Content-Length, Connection: close and EXTRA header lines (each ending in
+ * CRLF; they name the Content-Type). Returns its length (truncated to LEN). */
+size_t weir_http_head(char *buf, size_t len, int status, size_t blen, const char *extra);
+
 /* Write a complete HTTP response with a JSON BODY (as weir_http_error). */
 size_t weir_http_json(char *buf, size_t len, int status, const char *body, size_t blen, const char *extra);
 

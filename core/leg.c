@@ -44,7 +44,7 @@ weir_leg_want(const weir_leg_t *l)
     int reading;
     if (l->lingering || l->discard) reading = 1;
     else if (l->is_backend) reading = s->state >= WEIR_S_BACKEND && !l->paused;
-    else reading = (s->state == WEIR_S_REQUEST || s->state >= WEIR_S_OPEN) && !l->paused;
+    else reading = (s->state == WEIR_S_REQUEST || s->state == WEIR_S_BODY || s->state >= WEIR_S_OPEN) && !l->paused;
     if (reading || l->ssl_want_read) ev |= UV_READABLE;
     if (l->out_len > 0 || l->ssl_want_write || (l->is_backend && s->state == WEIR_S_CONNECT))
         ev |= UV_WRITABLE;

@@ -41,8 +41,9 @@ static lua_State      *weir_L;
 static uv_loop_t      *weir_lua_loop;
 static weir_conf_t    *weir_lua_conf;     /* the current configuration: its limits apply */
 static int             weir_ref[8];
-enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS };
-static const char *weir_ref_names[] = { "load", "open", "handshake", "frame", "close", "io_done", "timers" };
+enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS, R_REQUEST };
+static const char *weir_ref_names[] = { "load", "open", "handshake", "frame", "close", "io_done", "timers",
+                                        "request" };
 
 static uint64_t        weir_call_start_ns;
 static int             weir_in_call;
@@ -204,6 +205,7 @@ weir_lua_verdict(int base, weir_verdict_t *v)
     case WEIR_V_RESPOND:
         v->payload = lua_tolstring(weir_L, base + 2, &v->len);
         v->code = (int) lua_tointeger(weir_L, base + 3);
+        v->reason = lua_tostring(weir_L, base + 4);     /* a service's header lines, or nil */
         break;
     case WEIR_V_FAIL:
         v->reason = lua_tostring(weir_L, base + 2);
@@ -297,7 +299,7 @@ weir_lua_init(uv_loop_t *loop, weir_conf_t *conf)
                  weir_log_str(e, sizeof(e), lua_tostring(weir_L, -1)));
         return WEIR_ERROR;
     }
-    for (int i = 0; i <= R_TIMERS; i++) {
+    for (int i = 0; i <= R_REQUEST; i++) {
         lua_getfield(weir_L, -1, weir_ref_names[i]);
         weir_ref[i] = luaL_ref(weir_L, LUA_REGISTRYINDEX);
     }
@@ -413,6 +415,28 @@ weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v)
     return weir_lua_verdict(1, v);
 }
 
+static int
+weir_lua_request(weir_session_t *s, const weir_request_info_t *r, weir_verdict_t *v)
+{
+    weir_lua_push(R_REQUEST);
+    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
+    lua_pushstring(weir_L, weir_conn_name(s));
+    lua_pushstring(weir_L, r->service);
+    lua_pushlstring(weir_L, r->method, r->method_len);
+    lua_pushlstring(weir_L, r->target, r->target_len);
+    lua_pushlstring(weir_L, r->head, r->head_len);
+    lua_pushlstring(weir_L, r->body ? r->body : "", r->body_len);
+    lua_pushstring(weir_L, r->peer_ip);
+    lua_pushinteger(weir_L, r->peer_port);
+    lua_pushinteger(weir_L, r->tls);
+    weir_map_put(s);
+    if (weir_lua_call(10) != WEIR_OK) {
+        weir_lua_fail_verdict(v, "request", "runtime error");
+        return WEIR_OK;
+    }
+    return weir_lua_verdict(1, v);
+}
+
 static void
 weir_lua_close(weir_session_t *s, const weir_conn_end_t *e)
 {
@@ -437,6 +461,7 @@ const weir_policy_ops_t weir_lua_policy = {
     .frame     = weir_lua_frame,
     .intercept = weir_lua_intercept,
     .close     = weir_lua_close,
+    .request   = weir_lua_request,
 };
 
 /* ---- I/O results and timers ------------------------------------------------- */
@@ -626,6 +651,31 @@ weir_ffi_http(const char *method, const char *url, const char *headers, const ch
     if (weir_ios) weir_ios->prev = io;
     weir_ios = io;
     return io->token;
+}
+
+uv_loop_t *
+weir_lua_loop_of(void)
+{
+    return weir_lua_loop;
+}
+
+uint64_t
+weir_lua_token(void)
+{
+    return ++weir_next_token;
+}
+
+void
+weir_lua_io_result(uint64_t token, double value, const char *err)
+{
+    if (weir_L == NULL) return;
+    weir_lua_push(R_IO_DONE);
+    lua_pushnumber(weir_L, (lua_Number) token);
+    lua_pushnumber(weir_L, value);
+    if (err != NULL) lua_pushstring(weir_L, err);
+    else lua_pushnil(weir_L);
+    if (weir_lua_call(3) == WEIR_OK) weir_lua_deliver();
+    lua_settop(weir_L, 0);
 }
 
 void

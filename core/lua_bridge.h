@@ -37,6 +37,16 @@ void weir_lua_cleanup(void);
  * WEIR_ERROR with nothing changed. */
 int  weir_lua_reload(weir_conf_t *conf);
 
+/* The loop the VM runs on. */
+uv_loop_t *weir_lua_loop_of(void);
+
+/* A fresh I/O token: a waiting Lua coroutine is resumed by
+ * weir_lua_io_result with it. */
+uint64_t weir_lua_token(void);
+
+/* I/O TOKEN ended: resume whoever waits on it with VALUE and ERR (NULL: none). */
+void weir_lua_io_result(uint64_t token, double value, const char *err);
+
 /* Policy failures counted by this worker. */
 uint64_t weir_lua_failures(void);
 

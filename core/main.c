@@ -24,6 +24,7 @@
 #include "limit.h"
 #include "log.h"
 #include "master.h"
+#include "registry.h"
 #include "shm.h"
 #include "weir.h"
 
@@ -283,7 +284,10 @@ main(int argc, char **argv)
     }
     weir_master_log_warnings(conf);
     int started = weir_open_listeners(conf) == WEIR_OK;
-    if (started && (weir_shm_init() != WEIR_OK || weir_limits_init(0, 0, conf->workers) != WEIR_OK)) {
+    uint64_t share = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
+    if (started && (weir_shm_init() != WEIR_OK || weir_limits_init(0, 0, conf->workers) != WEIR_OK
+                    || weir_registry_init(conf->workers, (uint32_t) WEIR_MIN(share + 1, (uint64_t) UINT32_MAX))
+                       != WEIR_OK)) {
         if (weir_log_file() != NULL) fprintf(stderr, "weir: cannot map shared memory (the log says why)\n");
         started = 0;
     }

@@ -25,6 +25,7 @@
 #include "limit.h"
 #include "log.h"
 #include "master.h"
+#include "registry.h"
 #include "weir.h"
 #include "worker.h"
 
@@ -128,6 +129,7 @@ weir_spawn(weir_master_t *m, int id)
         exit(weir_worker_run(m->conf, id));      /* the worker frees its configurations */
     }
     if (pid < 0) weir_log(WEIR_LOG_ERROR, "cannot fork a worker", "\"error\":\"%s\"", strerror(errno));
+    else weir_registry_worker(id, pid);
     return pid;
 }
 
@@ -146,6 +148,7 @@ weir_master_reap(weir_master_t *m)
             if (s->pid != pid) continue;
             s->pid = 0;
             m->running--;
+            weir_registry_worker(i, 0);          /* its connections are gone */
             /* its sessions never released their connection counts */
             uint64_t given = weir_limits_reclaim(i);
             if (given > 0)
@@ -427,6 +430,13 @@ weir_master_reload(weir_master_t *m, pid_t requester)
                         a.silent == 1 ? "" : "s", WEIR_RELOAD_WAIT_MS / 1000);
 
 done:
+    {
+        const char *nl = memchr(rep->out.buf, '\n', rep->out.len);
+        char result[16];
+        size_t rl = nl ? (size_t) (nl - rep->out.buf) : rep->out.len;
+        snprintf(result, sizeof(result), "%.*s", (int) WEIR_MIN(rl, sizeof(result) - 1), rep->out.buf);
+        if (nl != NULL) weir_registry_reloaded(result, nl + 1, rep->out.len - (size_t) (nl + 1 - rep->out.buf));
+    }
     sd_notifyf(0, "READY=1\nSTATUS=serving with %d worker%s", m->running, m->running == 1 ? "" : "s");
     for (int i = 0; i < nto; i++)
         if (weir_ctl_send_report(to[i], rep->out.buf, rep->out.len) != WEIR_OK && to[i] == requester)

@@ -45,6 +45,7 @@ struct weir_worker_s {
     int              draining;
     int              in_relay;          /* depth of weir_relay_process: batch writes */
     const weir_policy_ops_t *policy;    /* the policy engine of its sessions */
+    weir_session_t **listed;            /* sessions by registry slot (registry.h), NULL where none */
 };
 
 /* Make W's sessions ready to be served, POLICY deciding for their hooks. */
@@ -67,6 +68,10 @@ size_t weir_proxy_shutdown(weir_worker_t *w, unsigned code, size_t max);
 /* A reload installed CONF as the worker's configuration: sessions whose API
  * version is gone are closed 1012, the others follow their chain's hooks. */
 void weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf);
+
+/* The open session of W in registry slot SLOT whose connection number is
+ * N, or NULL (gone, or another one took the slot since). */
+weir_session_t *weir_proxy_listed(weir_worker_t *w, int32_t slot, uint64_t n);
 
 /* Close every socket of every session now (the worker is exiting). */
 void weir_proxy_abort_all(weir_worker_t *w);

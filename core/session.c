@@ -21,10 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http.h"
 #include "log.h"
+#include "registry.h"
 #include "session_int.h"
 
 /* ---- a session's life --------------------------------------------------- */
@@ -58,6 +60,8 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
     s->backend.done = 1;
     s->backend.freed = 1;
     s->listen_tls = w->listen_tls[li] != NULL;
+    s->admin = w->conf->listen[li].admin;
+    s->reg = -1;
 
     if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) sa;
@@ -145,6 +149,10 @@ weir_session_free(weir_session_t *s)
     else w->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
     w->nsessions--;
+    if (s->reg >= 0) {
+        weir_registry_close(w->id, s->reg);
+        if (w->listed != NULL) w->listed[s->reg] = NULL;
+    }
 
     if (weir_log_enabled(WEIR_LOG_INFO)) weir_session_log_access(s, &end);
     if (s->has_ctx) {
@@ -159,6 +167,7 @@ weir_session_free(weir_session_t *s)
     }
     free(s->hs);
     free(s->bhs);
+    free(s->body);
     weir_upstream_free(s);
     weir_relay_throttle_free(s);
     free(s->needle);
@@ -189,6 +198,7 @@ weir_session_readable(weir_leg_t *l)
         return;
     }
     if (!l->is_backend && s->state == WEIR_S_REQUEST) weir_client_read_request(s);
+    else if (!l->is_backend && s->state == WEIR_S_BODY) weir_service_read_body(s);
     else if (l->is_backend && s->state == WEIR_S_BACKEND) weir_backend_read_response(s);
     else if (s->state >= WEIR_S_OPEN) weir_relay_read(l);
 }
@@ -249,6 +259,7 @@ void
 weir_proxy_init(weir_worker_t *w, const weir_policy_ops_t *policy)
 {
     w->policy = policy;
+    w->listed = calloc(WEIR_MAX(weir_registry_per_worker(), 1u), sizeof(*w->listed));
     weir_leg_init(&weir_session_legs);
 }
 
@@ -294,19 +305,32 @@ weir_tick_leg(weir_leg_t *l, uint64_t now)
     }
 }
 
+/* Copy S's counters into its registry slot; WALL: the wall clock's ms at loop time NOW. */
+static void
+weir_tick_listed(weir_session_t *s, uint64_t now, uint64_t wall)
+{
+    uint64_t last = wall - (now - WEIR_MIN(s->last_data, now));
+    weir_registry_counters(s->w->id, s->reg, last, s->client.frames, s->client.bytes, s->backend.frames,
+                           s->backend.bytes);
+}
+
 void
 weir_proxy_tick(weir_worker_t *w)
 {
     uint64_t now = uv_now(w->loop);
     const weir_limits_t *lim = &w->conf->limits;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t wall = (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
     for (weir_session_t *s = w->sessions, *next; s != NULL; s = next) {
         next = s->next;
+        if (s->reg >= 0) weir_tick_listed(s, now, wall);
         if (s->state < WEIR_S_OPEN && now - s->started >= lim->handshake_timeout_ms) {
             if (s->state == WEIR_S_POLICY) {
                 weir_session_http(s, 504, "/problems/gateway-timeout",
                                   "A policy did not decide in time", NULL);
-            } else if (s->state <= WEIR_S_REQUEST) {
-                if (s->state == WEIR_S_REQUEST)
+            } else if (s->state <= WEIR_S_BODY) {
+                if (s->state == WEIR_S_REQUEST || s->state == WEIR_S_BODY)
                     weir_session_http(s, 408, "/problems/request-timeout", "Handshake not completed in time", NULL);
                 else
                     weir_leg_close_fd(&s->client);
@@ -417,7 +441,10 @@ void
 weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v)
 {
     if (hook == WEIR_HOOK_HANDSHAKE) {
-        if (s->state == WEIR_S_POLICY && !s->client.done) weir_handshake_verdict(s, v);
+        if (s->state == WEIR_S_POLICY && !s->client.done) {
+            if (s->service) weir_service_answer(s, v);
+            else weir_handshake_verdict(s, v);
+        }
         return;
     }
     weir_relay_resolved(hook == WEIR_HOOK_FRAME_IN ? &s->client : &s->backend, v);
@@ -433,6 +460,26 @@ weir_conn_payload(weir_session_t *s, int dir, size_t *len)
     }
     *len = l->msg_fill;
     return l->msg;
+}
+
+int
+weir_conn_send_to(weir_session_t *s, int to_backend, int opcode, const uint8_t *p, size_t n)
+{
+    if (!to_backend) return weir_conn_send(s, opcode, p, n);
+    weir_leg_t *b = &s->backend;
+    if (s->state != WEIR_S_OPEN || b->done || b->close_sent) return WEIR_ERROR;
+    if (b->out_len + b->inject_len + n > weir_limits(s)->buffer_size) return WEIR_ERROR;
+    weir_leg_message(b, opcode == WEIR_WS_BINARY ? WEIR_WS_BINARY : WEIR_WS_TEXT, p, n);
+    return WEIR_OK;
+}
+
+weir_session_t *
+weir_proxy_listed(weir_worker_t *w, int32_t slot, uint64_t n)
+{
+    if (w->listed == NULL || slot < 0 || (uint32_t) slot >= weir_registry_per_worker()) return NULL;
+    weir_session_t *s = w->listed[slot];
+    if (s == NULL || (s->id & ((1ULL << 40) - 1)) != n) return NULL;
+    return s;
 }
 
 int
@@ -464,6 +511,10 @@ weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIE
             return WEIR_ERROR;
         }
     }
+    if (s->reg >= 0)
+        weir_registry_consumer(s->w->id, s->reg, s->consumer[WEIR_CONSUMER_APPLICATION],
+                               s->consumer[WEIR_CONSUMER_SUBSCRIBER], s->consumer[WEIR_CONSUMER_KEY_TYPE],
+                               s->consumer[WEIR_CONSUMER_TIER]);
     return WEIR_OK;
 }
 

@@ -24,6 +24,7 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "http.h"
 #include "proxy.h"
 #include "route.h"
 #include "ws.h"
@@ -125,6 +126,7 @@ struct weir_leg_s {
 enum {
     WEIR_S_TLS = 0,         /* client TLS handshake */
     WEIR_S_REQUEST,         /* reading the client's request head */
+    WEIR_S_BODY,            /* reading the body of a request to one of weir's services */
     WEIR_S_POLICY,          /* on_handshake waits on I/O */
     WEIR_S_CONNECT,         /* connecting to the backend */
     WEIR_S_BACKEND,         /* backend handshake (TLS, request, response) */
@@ -147,6 +149,11 @@ struct weir_session_s {
     unsigned         hooks;             /* WEIR_HOOK_* of its version's chain */
     unsigned         has_ctx:1;         /* the Lua runtime holds a ctx for it */
     unsigned         ticket_req:1;      /* a POST <path>/ticket, answered without an upgrade */
+    unsigned         admin:1;           /* accepted on the admin listener */
+    unsigned         service:1;         /* a request to one of weir's services (service.c) */
+    int32_t          reg;               /* its slot in the host's registry, -1: none */
+    char            *body;              /* a service request's body, BODY_WANT bytes when complete */
+    size_t           body_len, body_want;
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
     weir_throttle_t *thr;               /* rate limits, NULL: none */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
@@ -356,6 +363,19 @@ void weir_relay_throttle_free(weir_session_t *s);
  * (EXTRA: more header lines, or NULL), then close the client leg once it
  * is out. S is then WEIR_S_CLOSED. */
 void weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra);
+
+/* service.c: is M a request for the key manager's public endpoints (and is it on)? */
+int  weir_service_public(const weir_session_t *s, const weir_http_msg_t *m);
+
+/* service.c: take the request M (its head in s->hs) to one of weir's services:
+ * check it, read its body, hand it to the engine. */
+void weir_service_request(weir_session_t *s, const weir_http_msg_t *m);
+
+/* service.c: more of the body of a service request can be read. */
+void weir_service_read_body(weir_session_t *s);
+
+/* service.c: answer a service request with the engine's verdict V. */
+void weir_service_answer(weir_session_t *s, const weir_verdict_t *v);
 
 /* The backend cannot be used: close it, complete the client's upgrade so a
  * browser can read the reason, and close the client with the bad-gateway

@@ -12,12 +12,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "admin.h"
+#include "bus.h"
 #include "ctl.h"
 #include "limit.h"
 #include "limit_sync.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "proxy.h"
+#include "registry.h"
 #include "tls.h"
 #include "worker.h"
 #include "ws.h"
@@ -248,12 +251,15 @@ weir_worker_cleanup(weir_worker_t *w)
 {
     weir_proxy_abort_all(w);
     weir_lua_cancel_io();
+    weir_admin_cleanup();
     weir_sync_cleanup();
     w->draining = 0;
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     uv_loop_close(w->loop);
     weir_lua_cleanup();
+    weir_bus_cleanup();
+    free(w->listed);
     for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
     weir_conf_free(w->conf);
     w->conf = NULL;
@@ -305,9 +311,11 @@ weir_worker_run(weir_conf_t *conf, int id)
     }
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
+    weir_registry_attach(id);
     if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
     weir_proxy_init(w, &weir_lua_policy);
     if (weir_sync_init(&loop, conf) != WEIR_OK) return 1;
+    weir_bus_init(w);
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;

@@ -952,6 +952,33 @@ local function check_listen(list, node, ctx)
     end)
 end
 
+-- The admin record: its token file is read here (a reload reads it again),
+-- and its port is not one of the public listeners'.
+local function check_admin(a, node, ctx)
+    local tnode = child(node, "token_file")
+    if a.token_file then
+        local f, err = io.open(a.token_file, "rb")
+        if not f then
+            report(ctx, tnode, "cannot read the token file: " .. tostring(err))
+        else
+            local text = f:read("*a") or ""
+            f:close()
+            local tok = match(text, "^([^\r\n]*)")
+            tok = match(tok, "^%s*(.-)%s*$")
+            if #tok < 16 or #tok > 512 then
+                report(ctx, tnode, format("the token in %s must be 16 to 512 characters long (it has %d)",
+                                          a.token_file, #tok))
+            elseif find(tok, "[^\33-\126]") then
+                report(ctx, tnode, "the token in " .. a.token_file .. " may hold only printable ASCII "
+                                   .. "characters without spaces")
+            else
+                a.token = tok
+            end
+        end
+    end
+    return true
+end
+
 local function check_versions(list, node, ctx)
     check_unique(list, function(v) return v.version end, function(i, first)
         report(ctx, child(child(node, i), "version"),
@@ -1061,6 +1088,14 @@ end
 -- `check` (a function for rules beyond the type) and `description`.
 -- Records have `fields`; lists have `elements` and `non_empty`; maps
 -- (NAME = VALUE, names not known in advance) have `values` and `non_empty`.
+-- A server certificate and its key (a listener's, the admin listener's).
+local SERVER_TLS = {
+    { name = "cert", type = "path", required = true,
+      description = "PEM file: the server certificate, then any intermediates" },
+    { name = "key", type = "path", required = true,
+      description = "PEM file: the certificate's private key (not encrypted)" },
+}
+
 _M.schema = record({
     { name = "workers", type = "workers", default = "auto", min = 1, max = 1024,
       description = 'number of worker processes, or "auto" for one per online CPU' },
@@ -1086,15 +1121,26 @@ _M.schema = record({
           description = "IPv4 or IPv6 address to listen on (\"0.0.0.0\": every IPv4 address, \"::\": every IPv6 one)" },
         { name = "port", type = "integer", required = true, min = 1, max = 65535,
           description = "TCP port" },
-        { name = "tls", type = "record", locate = true,
-          description = "serve wss:// on this listener (default: plain ws://)",
-          fields = {
-            { name = "cert", type = "path", required = true,
-              description = "PEM file: the server certificate, then any intermediates" },
-            { name = "key", type = "path", required = true,
-              description = "PEM file: the certificate's private key (not encrypted)" },
-          } },
+        { name = "tls", type = "record", locate = true, fields = SERVER_TLS,
+          description = "serve wss:// on this listener (default: plain ws://)" },
       }, { locate = true }) },
+    { name = "admin", type = "record", locate = true, check = check_admin,
+      description = "the admin API (docs/admin-api.md): a listener of its own, loopback by default "
+                    .. "(default: none: no admin API)",
+      fields = {
+        { name = "address", type = "address", default = "127.0.0.1",
+          description = "IPv4 or IPv6 address of the admin listener" },
+        { name = "port", type = "integer", required = true, min = 1, max = 65535,
+          description = "TCP port of the admin listener" },
+        { name = "token_file", type = "path", required = true,
+          description = "file holding the admin token (its first line, 16 to 512 printable characters): "
+                        .. "every request but GET /healthz carries it as `Authorization: Bearer`; "
+                        .. "read again on each reload" },
+        { name = "tls", type = "record", locate = true, fields = SERVER_TLS,
+          description = "serve the admin API over HTTPS (default: plain HTTP)" },
+        { name = "max_body", type = "size", default = "1m", min = KIB, max = 64 * MIB,
+          description = "largest request body the admin API reads (a larger one is answered 413)" },
+      } },
     { name = "limits", type = "record", default = {},
       description = "resource limits and timeouts",
       fields = {
@@ -1360,6 +1406,18 @@ function _M.parse(src, file, opts)
     local conf = validate(_M.schema, value, { path = "" }, ctx)
     if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
     check_priority_ties(conf, ctx)
+    local a = conf.admin
+    if a then
+        for i, l in ipairs(conf.listen) do
+            if l.port == a.port and ((_M.parse_ipv6(l.address) or l.address) == (_M.parse_ipv6(a.address) or a.address)
+                                     or l.address == "0.0.0.0" or l.address == "::" or a.address == "0.0.0.0"
+                                     or a.address == "::") then
+                report(ctx, child(child({ path = "" }, "admin"), "port"),
+                       format("port %d is listened on by listen[%d] already", a.port, i))
+            end
+        end
+        if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
+    end
     conf.file, conf.dir = abs, dir
     conf.warnings = format_errors(file, ctx.warnings)
     return conf

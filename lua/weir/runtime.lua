@@ -64,9 +64,13 @@ local io = {}            -- I/O token → coroutine
 local pool = {}          -- idle hook coroutines
 local current            -- the ctx whose hook or timer is running
 local DONE, WAIT = {}, {}
-local HOOK_NO = { on_handshake = 1, on_frame_in = 2, on_frame_out = 4, on_close = 8, on_intercept = 2 }
+local HOOK_NO = { on_handshake = 1, on_frame_in = 2, on_frame_out = 4, on_close = 8, on_intercept = 2,
+                  on_request = 1 }
 
 local log = ctxmod.log      -- (level, msg, conn, policy, fields, name, value, ...)
+
+-- Who answers a service request, for the log of its failure.
+local function req_owner(ctx) return ctx.service == "admin" and "admin-api" or "key-manager" end
 
 local function on_fail_open(entry, err, hook, ctx)
     ctx = ctx or current
@@ -292,13 +296,14 @@ function _M.load(file, cpus)
     local conf, errs = weir_conf.load(file, { cpus = cpus })
     if not conf then return nil, concat(errs, "\n") end
     chains = build(conf)
+    _M.conf = conf                -- the admin API describes it
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
     -- open connections use the new chains from their next event, and are
     -- checked again by policies that can (revocations)
     for _, ctx in pairs(ctxs) do
-        local c = chains[ctx.api.name .. "\0" .. ctx.api.version]
+        local c = not ctx.service and chains[ctx.api.name .. "\0" .. ctx.api.version]
         if c then
             ctx._chain = c
             if rawget(ctx, "_upgraded") then _M.recheck(ctx) end
@@ -421,6 +426,54 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
 end
 
 ------------------------------------------------------------------------------
+-- Requests to weir's own services (core/service.c): the admin API and the
+-- key manager's public endpoints
+------------------------------------------------------------------------------
+
+local NO_CHAIN = { entries = {}, mask = 0 }
+
+local function request_body(ctx, req)
+    local handler
+    if req.service == "admin" then handler = require("weir.admin").handle
+    else handler = require("weir.keymanager").handle end
+    local ok, status, body, headers = pcall(handler, req)
+    if not ok then return DONE, "fail", tostring(status) end
+    return DONE, status, body, headers
+end
+
+--- Turn what a request coroutine gave back into the core's return values.
+function _M.settle_request(co, ctx, ok, tag, status, body, headers)
+    current = nil
+    if not ok then
+        C.weir_ffi_policy_failed()
+        return OK, FAIL, req_owner(ctx), tostring(tag), "request"
+    end
+    if tag == WAIT then
+        waiting[co] = { ctx = ctx, hook = "on_request" }
+        return AGAIN
+    end
+    if status == "fail" then
+        C.weir_ffi_policy_failed()
+        return OK, FAIL, req_owner(ctx), body, "request"
+    end
+    return OK, RESPOND, body or "", status or 500, headers
+end
+
+--- A request to one of weir's services: SERVICE "admin" (the admin
+-- listener, its token already checked) or "public" (the key manager's
+-- endpoints). Answers `weir.OK, RESPOND, body, status, header lines` or
+-- `weir.AGAIN`.
+function _M.request(id, name, service, method, target, head, body, ip, port, tls)
+    local ctx = { _h = id, id = name, _chain = NO_CHAIN, service = service }
+    ctxs[id] = ctx
+    local req = { service = service, method = method, target = target, head = head, body = body,
+                  ip = ip, port = port, tls = tls ~= 0, id = name }
+    local co = create(request_body)
+    current = ctx
+    return _M.settle_request(co, ctx, resume(co, ctx, req))
+end
+
+------------------------------------------------------------------------------
 -- Waiting: I/O and timers
 ------------------------------------------------------------------------------
 
@@ -449,6 +502,7 @@ function _M.io_done(token, ...)
     local ok, tag, kind, a, b = resume(co, ...)
     current = nil
     if w.fn then return timer_settled(co, w, ok, tag) end
+    if w.hook == "on_request" then return w.ctx._h, 1, _M.settle_request(co, w.ctx, ok, tag, kind, a, b) end
     return w.ctx._h, HOOK_NO[w.hook], settle(co, w.ctx, w.hook, w.frame, ok, tag, kind, a, b)
 end
 
