@@ -1,6 +1,8 @@
 --- JWS and JWK verification for the token policies: strict base64url, the
 -- JWS compact form, JWKS import and signature checks with OpenSSL 3's
--- libcrypto through LuaJIT's FFI (no C of weir's own).
+-- libcrypto through LuaJIT's FFI (no C of weir's own). And, for weir's own
+-- token issuer (weir.issuer), ES256 signing: P-256 key generation, private
+-- key loading, public JWKs and their RFC 7638 thumbprints, `encode`.
 --
 -- Nothing here reads the clock or judges claims (`exp`, `iss` ...): that is
 -- the policy's job. The algorithm is never taken from a token alone: a key
@@ -18,6 +20,8 @@
 -- local keys = assert(jose.jwks(jwks_text))
 -- local key = keys.by_kid[jws.kid]
 -- local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
+-- local priv = assert(jose.private_key(assert(jose.generate_ec_p256())))
+-- local token = assert(jose.encode({ kid = jose.public_jwk(priv).kid }, { sub = "svc" }, priv))
 
 local ffi   = require "ffi"
 local bit   = require "bit"
