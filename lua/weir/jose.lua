@@ -1,6 +1,8 @@
 --- JWS and JWK verification for the token policies: strict base64url, the
 -- JWS compact form, JWKS import and signature checks with OpenSSL 3's
--- libcrypto through LuaJIT's FFI (no C of weir's own).
+-- libcrypto through LuaJIT's FFI (no C of weir's own). And, for weir's own
+-- token issuer (weir.issuer), ES256 signing: P-256 key generation, private
+-- key loading, public JWKs and their RFC 7638 thumbprints, `encode`.
 --
 -- Nothing here reads the clock or judges claims (`exp`, `iss` ...): that is
 -- the policy's job. The algorithm is never taken from a token alone: a key
@@ -18,12 +20,14 @@
 -- local keys = assert(jose.jwks(jwks_text))
 -- local key = keys.by_kid[jws.kid]
 -- local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
+-- local priv = assert(jose.private_key(assert(jose.generate_ec_p256())))
+-- local token = assert(jose.encode({ kid = jose.public_jwk(priv).kid }, { sub = "svc" }, priv))
 
 local ffi   = require "ffi"
 local bit   = require "bit"
 local cjson = require "cjson.safe"
 
-local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
+local type, ipairs, pairs, tostring, tonumber = type, ipairs, pairs, tostring, tonumber
 local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find, string.format
 local concat = table.concat
 local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
@@ -80,6 +84,34 @@ ffi.cdef [[
     int CRYPTO_memcmp(const void *a, const void *b, size_t len);
     unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
     void ERR_clear_error(void);
+
+    typedef struct bio_st BIO;
+    typedef struct bio_method_st BIO_METHOD;
+    typedef struct bignum_st BIGNUM;
+    typedef struct evp_cipher_st EVP_CIPHER;
+
+    EVP_PKEY_CTX *EVP_PKEY_CTX_new_from_name(OSSL_LIB_CTX *libctx, const char *name,
+                                             const char *propquery);
+    int EVP_PKEY_keygen_init(EVP_PKEY_CTX *ctx);
+    int EVP_PKEY_CTX_set_group_name(EVP_PKEY_CTX *ctx, const char *name);
+    int EVP_PKEY_generate(EVP_PKEY_CTX *ctx, EVP_PKEY **ppkey);
+    int EVP_PKEY_get_group_name(const EVP_PKEY *pkey, char *name, size_t name_sz, size_t *gname_len);
+    int EVP_PKEY_get_bn_param(const EVP_PKEY *pkey, const char *key_name, BIGNUM **bn);
+    int BN_bn2binpad(const BIGNUM *a, unsigned char *to, int tolen);
+    void BN_free(BIGNUM *a);
+    int EVP_PKEY_sign_init(EVP_PKEY_CTX *ctx);
+    int EVP_PKEY_sign(EVP_PKEY_CTX *ctx, unsigned char *sig, size_t *siglen,
+                      const unsigned char *tbs, size_t tbslen);
+
+    const BIO_METHOD *BIO_s_mem(void);
+    BIO *BIO_new(const BIO_METHOD *type);
+    BIO *BIO_new_mem_buf(const void *buf, int len);
+    int BIO_free(BIO *a);
+    long BIO_ctrl(BIO *bp, int cmd, long larg, void *parg);
+    int PEM_write_bio_PKCS8PrivateKey(BIO *bp, const EVP_PKEY *x, const EVP_CIPHER *enc,
+                                      const char *kstr, int klen, void *cb, void *u);
+    EVP_PKEY *PEM_read_bio_PrivateKey(BIO *bp, EVP_PKEY **x, void *cb, void *u);
+    int RAND_bytes(unsigned char *buf, int num);
 ]]
 
 -- libcrypto: already in a worker's process; loaded by name in a plain LuaJIT
@@ -659,6 +691,289 @@ function _M.verify_jws(keyset, jws, algorithms)
         end
     end
     return nil, err
+end
+
+---------------------------------------------------------------------------
+-- Signing (ES256 only: weir's own token issuer, see weir.issuer)
+--
+-- A private key is a table `{ kty = "EC", crv = "P-256", pkey = EVP_PKEY,
+-- private = true }`, the EVP_PKEY freed by the GC. Because it has `kty`,
+-- `crv` and `pkey` like a key from `jwk`, it verifies too (`verify`).
+-- Private key PEM passes through Lua strings, which cannot be wiped: keep
+-- them no longer than needed and never log them.
+
+local BIO_CTRL_INFO = 3       -- BIO_get_mem_data (bio.h)
+local P256_SIZE = 32
+
+local ppkey = ffi_new("EVP_PKEY *[1]")
+local bn = ffi_new("BIGNUM *[1]")
+local coord = ffi_new("unsigned char[66]")
+local mem_data = ffi_new("char *[1]")
+local group = ffi_new("char[64]")
+local group_len = ffi_new("size_t[1]")
+local sig_buf = ffi_new("unsigned char[256]")
+local sig_len = ffi_new("size_t[1]")
+
+--- Generate an EC P-256 key pair.
+-- @treturn[1] string the private key, PEM of unencrypted PKCS#8
+--  ("-----BEGIN PRIVATE KEY-----")
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local pem = assert(jose.generate_ec_p256())
+function _M.generate_ec_p256()
+    local kctx = C.EVP_PKEY_CTX_new_from_name(nil, "EC", nil)
+    if kctx == nil then C.ERR_clear_error(); return nil, "EC key generation unavailable" end
+    ppkey[0] = nil
+    local ok = C.EVP_PKEY_keygen_init(kctx) == 1 and C.EVP_PKEY_CTX_set_group_name(kctx, "P-256") == 1
+               and C.EVP_PKEY_generate(kctx, ppkey) == 1
+    C.EVP_PKEY_CTX_free(kctx)
+    if not ok or ppkey[0] == nil then C.ERR_clear_error(); return nil, "EC key generation failed" end
+    local pkey = ffi_gc(ppkey[0], C.EVP_PKEY_free)
+    ppkey[0] = nil
+    local bio = C.BIO_new(C.BIO_s_mem())
+    if bio == nil then C.ERR_clear_error(); return nil, "out of memory" end
+    local pem
+    if C.PEM_write_bio_PKCS8PrivateKey(bio, pkey, nil, nil, 0, nil, nil) == 1 then
+        local n = C.BIO_ctrl(bio, BIO_CTRL_INFO, 0, mem_data)
+        if n > 0 then pem = ffi_string(mem_data[0], n) end
+    end
+    C.BIO_free(bio)  -- a memory BIO wipes its buffer when freed
+    C.ERR_clear_error()
+    if not pem then return nil, "could not encode the private key" end
+    return pem
+end
+
+--- Load a private key for signing from PEM: unencrypted PKCS#8
+-- ("-----BEGIN PRIVATE KEY-----") of an EC P-256 key; anything else is
+-- refused (an encrypted PEM would make OpenSSL ask a terminal for a
+-- passphrase, so it is refused before OpenSSL sees it).
+-- @tparam string pem
+-- @treturn[1] table `{ kty = "EC", crv = "P-256", pkey = EVP_PKEY, private = true }`
+-- @treturn[2] nil
+-- @treturn[2] string why (never containing key material)
+-- @usage local key = assert(jose.private_key(rec.private_pem))
+function _M.private_key(pem)
+    if type(pem) ~= "string" then return nil, "private key PEM is not a string" end
+    if not find(pem, "-----BEGIN PRIVATE KEY-----", 1, true) then
+        return nil, "not an unencrypted PKCS#8 private key PEM"
+    end
+    local bio = C.BIO_new_mem_buf(pem, #pem)
+    if bio == nil then C.ERR_clear_error(); return nil, "out of memory" end
+    -- no callback, an empty passphrase: never a prompt
+    local pkey = C.PEM_read_bio_PrivateKey(bio, nil, nil, ffi.cast("void *", ""))
+    C.BIO_free(bio)
+    if pkey == nil then C.ERR_clear_error(); return nil, "private key PEM could not be read" end
+    pkey = ffi_gc(pkey, C.EVP_PKEY_free)
+    if C.EVP_PKEY_get_base_id(pkey) ~= EVP_PKEY_EC then return nil, "not an EC private key" end
+    if C.EVP_PKEY_get_group_name(pkey, group, 64, group_len) ~= 1 then
+        C.ERR_clear_error()
+        return nil, "EC key without a named curve"
+    end
+    local name = ffi_string(group, group_len[0])
+    if name ~= "prime256v1" and name ~= "P-256" then return nil, "EC key is not on P-256" end
+    return { kty = "EC", crv = "P-256", pkey = pkey, bits = 256, private = true }
+end
+
+-- one public coordinate ("qx", "qy") of an EC key, left-padded to SIZE bytes
+local function ec_coordinate(pkey, name, size)
+    bn[0] = nil
+    if C.EVP_PKEY_get_bn_param(pkey, name, bn) ~= 1 or bn[0] == nil then
+        C.ERR_clear_error()
+        return nil
+    end
+    local n = C.BN_bn2binpad(bn[0], coord, size)
+    C.BN_free(bn[0])
+    bn[0] = nil
+    if n ~= size then C.ERR_clear_error(); return nil end
+    return ffi_string(coord, size)
+end
+
+local B64_MEMBER = "^[A-Za-z0-9_-]+$"
+
+--- The JWK thumbprint (RFC 7638) of a public key: SHA-256 of the JSON of
+-- its required members in lexicographic order without whitespace, as
+-- base64url (43 characters, the full hash).
+-- @tparam table jwk a public JWK: EC (crv, x, y), RSA (e, n) or OKP (crv, x)
+-- @treturn[1] string
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local kid = jose.thumbprint(jwk)
+function _M.thumbprint(jwk)
+    if type(jwk) ~= "table" then return nil, "not a JSON object" end
+    local members
+    if jwk.kty == "EC" then members = { "crv", "kty", "x", "y" }
+    elseif jwk.kty == "RSA" then members = { "e", "kty", "n" }
+    elseif jwk.kty == "OKP" then members = { "crv", "kty", "x" }
+    else return nil, "unsupported kty" end
+    local parts = {}
+    for i, name in ipairs(members) do
+        local v = jwk[name]
+        -- base64url and curve names need no JSON escaping; anything else is refused
+        if type(v) ~= "string" or not find(v, B64_MEMBER) then return nil, "bad " .. name end
+        parts[i] = '"' .. name .. '":"' .. v .. '"'
+    end
+    return _M.b64url_encode(_M.sha256("{" .. concat(parts, ",") .. "}"))
+end
+
+--- The public JWK of a private key from `private_key`.
+-- @tparam table key
+-- @tparam[opt] string kid default: the key's RFC 7638 thumbprint
+-- @treturn[1] table `{ kty = "EC", crv = "P-256", x =, y =, kid =, use = "sig",
+--  alg = "ES256" }`, x and y base64url of 32 bytes each (left-padded)
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local jwk = assert(jose.public_jwk(key))
+function _M.public_jwk(key, kid)
+    if type(key) ~= "table" or key.pkey == nil or key.kty ~= "EC" or key.crv ~= "P-256" then
+        return nil, "not an EC P-256 key"
+    end
+    if kid ~= nil and (type(kid) ~= "string" or kid == "") then
+        return nil, "kid is not a non-empty string"
+    end
+    local x = ec_coordinate(key.pkey, "qx", P256_SIZE)
+    local y = x and ec_coordinate(key.pkey, "qy", P256_SIZE)
+    if not y then return nil, "could not read the public point" end
+    local jwk = { kty = "EC", crv = "P-256", x = _M.b64url_encode(x), y = _M.b64url_encode(y),
+                  use = "sig", alg = "ES256" }
+    jwk.kid = kid or _M.thumbprint(jwk)
+    return jwk
+end
+
+--- An ECDSA signature's DER ECDSA-Sig-Value (RFC 3279: SEQUENCE of the
+-- INTEGERs r and s) as the fixed-size r||s a JWS carries (RFC 7518 §3.4):
+-- each integer without its sign byte, left-padded with zeros to SIZE bytes.
+-- @tparam string der
+-- @tparam number size bytes per integer: 32 (P-256), 48 (P-384), 66 (P-521)
+-- @treturn[1] string 2 * SIZE bytes
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local raw = jose.ecdsa_der_to_raw(der, 32)
+function _M.ecdsa_der_to_raw(der_sig, size)
+    if type(der_sig) ~= "string" then return nil, "signature is not a string" end
+    local n = #der_sig
+    if byte(der_sig, 1) ~= 0x30 then return nil, "signature is not a DER SEQUENCE" end
+    local len, i = byte(der_sig, 2), 3
+    if len == 0x81 then len, i = byte(der_sig, 3), 4 end   -- P-521's can pass 127 bytes
+    if not len or len >= 0x80 and i == 3 or i + len - 1 ~= n then
+        return nil, "bad DER SEQUENCE length"
+    end
+    local r, s
+    for k = 1, 2 do
+        if byte(der_sig, i) ~= 0x02 then return nil, "DER signature without two INTEGERs" end
+        local l = byte(der_sig, i + 1)
+        if not l or l == 0 or l >= 0x80 or i + 1 + l > n then return nil, "bad DER INTEGER length" end
+        if byte(der_sig, i + 2) >= 0x80 then return nil, "negative DER INTEGER" end
+        local j, last = i + 2, i + 1 + l
+        while j < last and byte(der_sig, j) == 0 do j = j + 1 end   -- sign byte, zeros
+        if last - j + 1 > size then return nil, "DER INTEGER too large" end
+        local v = string.rep("\0", size - (last - j + 1)) .. sub(der_sig, j, last)
+        if k == 1 then r = v else s = v end
+        i = last + 1
+    end
+    if i ~= n + 1 then return nil, "trailing bytes after the DER signature" end
+    return r .. s
+end
+
+-- a signing context per private key, made once (like verify_ctx)
+local sign_prepared = setmetatable({}, { __mode = "k" })   -- key → EVP_PKEY_CTX
+
+local function sign_ctx(key)
+    local p = sign_prepared[key]
+    if p then return p end
+    p = C.EVP_PKEY_CTX_new(key.pkey, nil)
+    if p == nil then C.ERR_clear_error(); return nil end
+    p = ffi_gc(p, C.EVP_PKEY_CTX_free)
+    if C.EVP_PKEY_sign_init(p) ~= 1 or C.EVP_PKEY_CTX_set_signature_md(p, MD["256"]) <= 0 then
+        C.ERR_clear_error()
+        return nil
+    end
+    sign_prepared[key] = p
+    return p
+end
+
+--- Sign a JWS signing input. Only ES256, with a key from `private_key`.
+-- @tparam table key
+-- @tparam string alg "ES256"
+-- @tparam string signing_input `<header>.<payload>`
+-- @treturn[1] string the signature: r||s, 64 bytes (RFC 7518 §3.4)
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local sig = assert(jose.sign(key, "ES256", h .. "." .. p))
+function _M.sign(key, alg, signing_input)
+    if alg ~= "ES256" then return nil, "unsupported signing algorithm" end
+    if type(key) ~= "table" or not key.private or key.kty ~= "EC" or key.crv ~= "P-256" then
+        return nil, "not an EC P-256 private key"
+    end
+    if type(signing_input) ~= "string" then return nil, "signing input is not a string" end
+    local p = sign_ctx(key)
+    if not p then return nil, "could not prepare signing" end
+    if C.EVP_Digest(signing_input, #signing_input, digest, digest_len, MD["256"], nil) ~= 1 then
+        C.ERR_clear_error()
+        return nil, "digest failed"
+    end
+    sig_len[0] = 256
+    if C.EVP_PKEY_sign(p, sig_buf, sig_len, digest, digest_len[0]) ~= 1 then
+        C.ERR_clear_error()
+        return nil, "signing failed"
+    end
+    return _M.ecdsa_der_to_raw(ffi_string(sig_buf, sig_len[0]), P256_SIZE)
+end
+
+local json_enc = cjson.new()
+json_enc.encode_invalid_numbers(false)
+json_enc.encode_sparse_array(false)   -- a sparse array is an error, not silently an object
+json_enc.encode_max_depth(32)
+
+--- A signed JWT in JWS compact form: base64url (unpadded) of the header's
+-- and the claims' JSON, signed ES256. The header is a copy of HEADER with
+-- `alg` "ES256", `typ` "JWT" unless given, and `kid` (HEADER's, else the
+-- key's `kid` field, else none).
+-- @tparam table|nil header extra header members (e.g. `{ kid = kid }`)
+-- @tparam table claims the payload, a JSON object (an empty table is `{}`)
+-- @tparam table key from `private_key`
+-- @treturn[1] string the token
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local token = assert(jose.encode({ kid = kid }, { sub = "svc" }, key))
+function _M.encode(header, claims, key)
+    if header ~= nil and type(header) ~= "table" then return nil, "header is not a table" end
+    if type(claims) ~= "table" then return nil, "claims is not a table" end
+    local h = {}
+    for k, v in pairs(header or {}) do h[k] = v end
+    if h.alg ~= nil and h.alg ~= "ES256" then return nil, "only ES256 is supported" end
+    h.alg = "ES256"
+    if h.typ == nil then h.typ = "JWT" end
+    if h.kid == nil then h.kid = key and key.kid end
+    if h.kid ~= nil and (type(h.kid) ~= "string" or h.kid == "") then
+        return nil, "kid is not a non-empty string"
+    end
+    local h_json, err = json_enc.encode(h)
+    if not h_json then return nil, "header: " .. tostring(err) end
+    local c_json
+    c_json, err = json_enc.encode(claims)
+    if not c_json then return nil, "claims: " .. tostring(err) end
+    if byte(c_json, 1) ~= 123 then return nil, "claims is not a JSON object" end  -- '{'
+    local input = _M.b64url_encode(h_json) .. "." .. _M.b64url_encode(c_json)
+    local sig
+    sig, err = _M.sign(key, "ES256", input)
+    if not sig then return nil, err end
+    return input .. "." .. _M.b64url_encode(sig)
+end
+
+local rand_buf = ffi_new("unsigned char[256]")
+
+--- N (at most 256) random bytes from OpenSSL's generator.
+-- @tparam number n
+-- @treturn[1] string
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local jti = jose.b64url_encode(assert(jose.random_bytes(16)))
+function _M.random_bytes(n)
+    if type(n) ~= "number" or n < 1 or n > 256 or n % 1 ~= 0 then
+        error("jose.random_bytes(n): n must be an integer in 1..256", 2)
+    end
+    if C.RAND_bytes(rand_buf, n) ~= 1 then C.ERR_clear_error(); return nil, "RAND_bytes failed" end
+    return ffi_string(rand_buf, n)
 end
 
 local sha_out = ffi_new("unsigned char[32]")
