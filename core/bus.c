@@ -79,6 +79,10 @@ weir_bus_apply(int action, const weir_bus_target_t *t, uint32_t count, int code,
 {
     uint32_t done = 0;
     const char *problem = NULL, *message = NULL;
+    if (action == WEIR_BUS_RECHECK) {
+        weir_lua_event("recheck");
+        return 0;
+    }
     if (action == WEIR_BUS_CLOSE) {
         const char *nul = memchr(p, '\0', len);
         if (nul == NULL || memchr(nul + 1, '\0', len - (size_t) (nul + 1 - p)) == NULL) return 0;
@@ -238,7 +242,7 @@ weir_ffi_conn_act(int worker, int action, const uint64_t *ns, const uint32_t *sl
                   int opcode, const char *p, size_t len, uint64_t *token)
 {
     size_t tl = (size_t) count * sizeof(weir_bus_target_t);
-    if (weir_bus_w == NULL || action < WEIR_BUS_SEND_CLIENT || action > WEIR_BUS_CLOSE) return -1;
+    if (weir_bus_w == NULL || action < WEIR_BUS_SEND_CLIENT || action > WEIR_BUS_RECHECK) return -1;
     if (sizeof(weir_bus_head_t) + tl + len > WEIR_BUS_MAX) return -1;
     weir_bus_target_t *t = calloc(count ? count : 1, sizeof(*t));
     if (t == NULL) return -1;
@@ -248,6 +252,10 @@ weir_ffi_conn_act(int worker, int action, const uint64_t *ns, const uint32_t *sl
     }
     opcode = opcode == WEIR_WS_BINARY ? WEIR_WS_BINARY : WEIR_WS_TEXT;
     if (worker == weir_bus_w->id) {
+        if (action == WEIR_BUS_RECHECK) {             /* never back into the engine from an FFI call */
+            free(t);
+            return -1;
+        }
         uint32_t done = weir_bus_apply(action, t, count, code, opcode, p, len);
         free(t);
         return done;

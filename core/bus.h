@@ -26,6 +26,7 @@ enum {
     WEIR_BUS_SEND_CLIENT = 1,     /* a message to the client (opcode: text or binary) */
     WEIR_BUS_SEND_BACKEND = 2,    /* a message to the backend */
     WEIR_BUS_CLOSE = 3,           /* close 'code' with the error JSON: payload "problem\0message" */
+    WEIR_BUS_RECHECK = 4,         /* no targets: run every connection's recheck (a revocation) */
 };
 
 /* Bind worker W's socket on its loop. Returns WEIR_OK or WEIR_ERROR (logged:
@@ -36,7 +37,8 @@ void weir_bus_cleanup(void);
 /*
  * Do ACTION to the COUNT connections of worker WORKER named by NS and SLOTS:
  * CODE is the close code (WEIR_BUS_CLOSE), OPCODE the message's (sends),
- * P[0..LEN) the message or "problem\0message". For this worker it is done
+ * P[0..LEN) the message or "problem\0message"; WEIR_BUS_RECHECK only to
+ * another worker (the engine rechecks its own without the bus). For this worker it is done
  * at once: returns how many were reached. For another one, returns -2 and
  * *TOKEN: the count arrives through weir_lua_io_result (-1: no answer).
  * Returns -1 when it cannot be sent.

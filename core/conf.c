@@ -857,6 +857,13 @@ weir_conf_copy(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
     if (weir_conf_copy_admin(ctx, idx, conf) != WEIR_OK || weir_conf_copy_warnings(ctx, idx, conf) != WEIR_OK) {
         goto done;
     }
+    if ((t = weir_conf_table(ctx, idx, "key_manager")) < 0) {
+        goto done;
+    }
+    if (t > 0) {
+        conf->key_manager = 1;
+        lua_pop(L, 1);
+    }
     rc = WEIR_OK;
 
 done:

@@ -40,10 +40,10 @@ struct weir_lua_io_s {
 static lua_State      *weir_L;
 static uv_loop_t      *weir_lua_loop;
 static weir_conf_t    *weir_lua_conf;     /* the current configuration: its limits apply */
-static int             weir_ref[8];
-enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS, R_REQUEST };
+static int             weir_ref[9];
+enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS, R_REQUEST, R_EVENT };
 static const char *weir_ref_names[] = { "load", "open", "handshake", "frame", "close", "io_done", "timers",
-                                        "request" };
+                                        "request", "event" };
 
 static uint64_t        weir_call_start_ns;
 static int             weir_in_call;
@@ -299,7 +299,7 @@ weir_lua_init(uv_loop_t *loop, weir_conf_t *conf)
                  weir_log_str(e, sizeof(e), lua_tostring(weir_L, -1)));
         return WEIR_ERROR;
     }
-    for (int i = 0; i <= R_REQUEST; i++) {
+    for (int i = 0; i <= R_EVENT; i++) {
         lua_getfield(weir_L, -1, weir_ref_names[i]);
         weir_ref[i] = luaL_ref(weir_L, LUA_REGISTRYINDEX);
     }
@@ -651,6 +651,16 @@ weir_ffi_http(const char *method, const char *url, const char *headers, const ch
     if (weir_ios) weir_ios->prev = io;
     weir_ios = io;
     return io->token;
+}
+
+void
+weir_lua_event(const char *name)
+{
+    if (weir_L == NULL) return;
+    weir_lua_push(R_EVENT);
+    lua_pushstring(weir_L, name);
+    weir_lua_call(1);
+    lua_settop(weir_L, 0);
 }
 
 uv_loop_t *

@@ -37,6 +37,10 @@ void weir_lua_cleanup(void);
  * WEIR_ERROR with nothing changed. */
 int  weir_lua_reload(weir_conf_t *conf);
 
+/* Tell the runtime of event NAME ("recheck": another worker asks every
+ * connection's policies to check it again). Never from inside a call into Lua. */
+void weir_lua_event(const char *name);
+
 /* The loop the VM runs on. */
 uv_loop_t *weir_lua_loop_of(void);
 

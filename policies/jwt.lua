@@ -62,11 +62,15 @@ local _M = {
           description = "longer tokens are refused before any decoding" },
         { name = "cache_size", type = "integer", default = 10000, min = 0, max = 10000000,
           description = "verified tokens remembered per worker (0: none)" },
+        { name = "key_manager", type = "boolean", default = false,
+          description = "validate the tokens of weir's own key manager (key_manager in weir's "
+                        .. "configuration): its signing keys, its revocations, the application from "
+                        .. "the `application` claim" },
     },
 }
 for _, f in ipairs(oauth.SCHEMA) do _M.schema[#_M.schema + 1] = f end
 -- one of these is required (checked by init)
-_M.required_one_of = { "jwks_file", "jwks_url", "secret", "secret_file" }
+_M.required_one_of = { "jwks_file", "jwks_url", "secret", "secret_file", "key_manager" }
 
 -- JWKS fetched from URLs, per worker:
 -- url, CA and verify → { keyset =, fetched =, attempted =, inflight = (when the fetch started) }
@@ -89,8 +93,15 @@ function _M.init(conf)
         conf.secret = s:gsub("[\r\n]+$", "")
         conf.secret_file = nil
     end
-    if not (conf.secret or conf.jwks_file or conf.jwks_url) then
-        return nil, "no keys: give jwks_file, jwks_url, secret or secret_file"
+    if conf.key_manager then
+        if conf.secret or conf.jwks_file or conf.jwks_url then
+            return nil, "key_manager = true takes weir's own keys: give no jwks_file, jwks_url or secret"
+        end
+        -- weir's tokens name the application by name; azp and client_id hold the consumer key
+        local d = conf.application_claims
+        if #d == 2 and d[1] == "azp" and d[2] == "client_id" then conf.application_claims = { "application" } end
+    elseif not (conf.secret or conf.jwks_file or conf.jwks_url) then
+        return nil, "no keys: give jwks_file, jwks_url, secret or secret_file (or key_manager = true)"
     end
     if conf.secret and #conf.secret < 32 then
         return nil, "secret: at least 32 bytes are needed for HMAC keys (RFC 7518 3.2)"
@@ -145,6 +156,7 @@ end
 
 -- The keyset to use; REFRESH: a kid was not found in it.
 local function keyset(conf, refresh)
+    if conf.key_manager then return (require("weir.keymanager").keyset()) end
     if not conf.jwks_url then return conf._keyset end
     -- keys fetched without verifying the server are not shared with a
     -- policy that verifies it (nor with another CA)

@@ -556,6 +556,22 @@ route("DELETE", "/connections", function(req, args)
     return answer(200, obj("matched", #targets, "closed", n, "code", cl.code))
 end)
 
+--- Every worker of the host runs its connections' rechecks (this one at
+-- once, the others through the bus); returns once they all did, or after
+-- the bus's timeout.
+function _M.recheck_all()
+    local rt = require "weir.runtime"
+    rt.recheck_local()
+    local me, waits = C.weir_ffi_worker(), {}
+    for w = 0, status_copy().nworkers - 1 do
+        if w ~= me and C.weir_registry_pid(w) ~= 0 then
+            local r = C.weir_ffi_conn_act(w, 4, nil, nil, 0, 0, 1, "", 0, token_box)
+            if r == -2 then waits[#waits + 1] = tonumber(token_box[0]) end
+        end
+    end
+    for _, token in ipairs(waits) do rt.wait(token) end
+end
+
 --- Add the routes of another module (the key manager's admin endpoints):
 -- ADD(route) is called with the route function.
 function _M.extend(add) add(route) end
@@ -570,7 +586,13 @@ function _M.handle(req)
     return status, body, (headers or JSON_HEADERS) .. "Weir-Worker: " .. C.weir_ffi_worker() .. "\r\n"
 end
 
+local extended
+
 dispatch = function(req)
+    if not extended then
+        extended = true
+        require "weir.keymanager"         -- adds its routes
+    end
     local path, args = _M.split_target(req.target)
     if #path > 1 and path:sub(-1) == "/" then path = path:sub(1, -2) end
     local allowed = {}

@@ -1141,6 +1141,21 @@ _M.schema = record({
         { name = "max_body", type = "size", default = "1m", min = KIB, max = 64 * MIB,
           description = "largest request body the admin API reads (a larger one is answered 413)" },
       } },
+    { name = "state_dir", type = "path",
+      description = "directory of weir's own state on this host: the key manager's database (weir.db, "
+                    .. "SQLite); created (mode 0700) when missing (default: none)" },
+    { name = "key_manager", type = "record", locate = true,
+      description = "weir's own key manager (docs/key-manager.md): applications, keys, subscriptions, "
+                    .. "POST /oauth2/token and GET /.well-known/jwks.json on the public listeners "
+                    .. "(default: none); needs state_dir",
+      fields = {
+        { name = "issuer", type = "string", default = "weir",
+          description = "the `iss` claim of the tokens weir issues" },
+        { name = "audience", type = "string",
+          description = "the `aud` claim of the tokens weir issues (default: none)" },
+        { name = "token_ttl", type = "duration", default = "1h", min = 60000, max = 86400000,
+          description = "life of a token from POST /oauth2/token" },
+      } },
     { name = "limits", type = "record", default = {},
       description = "resource limits and timeouts",
       fields = {
@@ -1406,6 +1421,26 @@ function _M.parse(src, file, opts)
     local conf = validate(_M.schema, value, { path = "" }, ctx)
     if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
     check_priority_ties(conf, ctx)
+    if conf.key_manager then
+        local root = { path = "" }
+        if not conf.state_dir then
+            report(ctx, child(root, "key_manager"), "needs state_dir: the directory its database lives in")
+        else
+            local f = io.open(conf.state_dir, "rb")
+            local is_dir = f and not f:read(1) and select(3, f:read(1)) == 21     -- EISDIR
+            if f then f:close() end
+            if f and not is_dir then
+                report(ctx, child(root, "state_dir"), conf.state_dir .. " is not a directory")
+            end
+        end
+        for i, api in ipairs(conf.apis) do
+            if api.context == "/oauth2" or api.context == "/.well-known" then
+                report(ctx, child(child(child(root, "apis"), i), "context"),
+                       api.context .. " is reserved for the key manager's endpoints")
+            end
+        end
+        if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
+    end
     local a = conf.admin
     if a then
         for i, l in ipairs(conf.listen) do

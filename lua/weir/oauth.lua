@@ -122,8 +122,15 @@ function _M.parse_revocations(text, file)
     return r
 end
 
---- Is the token (its hash, its jti) or its consumer on CONF's revocation list?
-local function revoked(conf, token)
+--- Is the token (its hash, its jti) or its consumer on CONF's revocation list,
+-- or (key_manager) revoked in weir's key manager: the token, its consumer key
+-- or its application? When the key manager cannot tell, LENIENT says no,
+-- else yes (fail closed).
+local function revoked(conf, token, lenient)
+    if conf.key_manager and token and token.claims then
+        local r = require("weir.keymanager").revoked(token.claims)
+        if r or (r == nil and not lenient) then return true end
+    end
     local r = conf._revoked
     if not r or not token then return false end
     if token.jti and r.jti[token.jti] then return true end
@@ -432,7 +439,7 @@ end
 function _M.recheck(ctx, conf)
     local t = ctx.token
     if not t then return nil end
-    if revoked(conf, { jti = t.jti, hash = t.hash, consumer = ctx.consumer }) then
+    if revoked(conf, { jti = t.jti, hash = t.hash, consumer = ctx.consumer, claims = t.claims }, true) then
         return weir.error("/problems/token-revoked", "The access token has been revoked", 1008)
     end
     -- a reload may change the timers' settings

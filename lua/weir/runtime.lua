@@ -334,6 +334,19 @@ function _M.recheck(ctx)
     end
 end
 
+--- Run the rechecks of every open connection of this worker (a revocation
+-- in the key manager, told by any worker).
+function _M.recheck_local()
+    for _, ctx in pairs(ctxs) do
+        if not ctx.service and rawget(ctx, "_upgraded") then _M.recheck(ctx) end
+    end
+end
+
+--- An event from the core: "recheck" (another worker asks).
+function _M.event(name)
+    if name == "recheck" then _M.recheck_local() end
+end
+
 ------------------------------------------------------------------------------
 -- Connection events
 ------------------------------------------------------------------------------
