@@ -27,6 +27,7 @@
 #include "http_client.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "redis.h"
 
 #define WEIR_HOOK_COUNT_IDLE (1 << 30)
 
@@ -318,9 +319,12 @@ weir_lua_reload(weir_conf_t *conf)
     return WEIR_OK;
 }
 
+static void weir_lua_cancel_sleepers(void);
+
 void
 weir_lua_cancel_io(void)
 {
+    weir_lua_cancel_sleepers();
     while (weir_ios != NULL) {
         weir_lua_io_t *io = weir_ios;
         weir_ios = io->next;
@@ -686,6 +690,146 @@ weir_lua_io_result(uint64_t token, double value, const char *err)
     else lua_pushnil(weir_L);
     if (weir_lua_call(3) == WEIR_OK) weir_lua_deliver();
     lua_settop(weir_L, 0);
+}
+
+/* ---- sleeping ------------------------------------------------------------ */
+
+typedef struct weir_lua_sleep_s weir_lua_sleep_t;
+struct weir_lua_sleep_s {
+    uv_timer_t        timer;
+    uint64_t          token;
+    weir_lua_sleep_t *prev, *next;
+};
+
+static weir_lua_sleep_t *weir_sleepers;
+
+static void
+weir_lua_sleep_freed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* SL is over: off the list, its handle closed (freed by the close). */
+static void
+weir_lua_sleep_end(weir_lua_sleep_t *sl)
+{
+    if (sl->prev) sl->prev->next = sl->next;
+    else weir_sleepers = sl->next;
+    if (sl->next) sl->next->prev = sl->prev;
+    uv_close((uv_handle_t *) &sl->timer, weir_lua_sleep_freed);
+}
+
+static void
+weir_lua_cancel_sleepers(void)
+{
+    while (weir_sleepers != NULL) weir_lua_sleep_end(weir_sleepers);
+}
+
+static void
+weir_lua_sleep_cb(uv_timer_t *t)
+{
+    weir_lua_sleep_t *sl = t->data;
+    uint64_t token = sl->token;
+    weir_lua_sleep_end(sl);
+    weir_lua_io_result(token, 0, NULL);
+}
+
+uint64_t
+weir_ffi_sleep(double ms)
+{
+    weir_lua_sleep_t *sl = calloc(1, sizeof(*sl));
+    if (sl == NULL || weir_lua_loop == NULL) {
+        free(sl);
+        return 0;
+    }
+    sl->token = weir_lua_token();
+    uv_timer_init(weir_lua_loop, &sl->timer);
+    sl->timer.data = sl;
+    uv_timer_start(&sl->timer, weir_lua_sleep_cb, ms > 0 ? (uint64_t) ms : 0, 0);
+    uv_unref((uv_handle_t *) &sl->timer);      /* a sleeper does not keep a stopping worker alive */
+    sl->next = weir_sleepers;
+    if (weir_sleepers) weir_sleepers->prev = sl;
+    weir_sleepers = sl;
+    return sl->token;
+}
+
+/* ---- Redis for Lua (state.redis) ---------------------------------------- */
+
+/* Push REPLY as a Lua value: a string (status and bulk), a number, a table
+ * (arrays, nested), nil; an error reply pushes nil and its text. Returns
+ * how many values it pushed (1 or 2). */
+static int
+weir_lua_push_reply(lua_State *L, const redisReply *r, int depth)
+{
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        lua_pushlstring(L, r->str, r->len);
+        return 1;
+    case REDIS_REPLY_INTEGER:
+        lua_pushnumber(L, (lua_Number) r->integer);
+        return 1;
+    case REDIS_REPLY_ARRAY:
+        if (depth > 8) {
+            lua_pushnil(L);
+            return 1;
+        }
+        lua_createtable(L, (int) r->elements, 0);
+        for (size_t i = 0; i < r->elements; i++) {
+            if (weir_lua_push_reply(L, r->element[i], depth + 1) == 2) lua_pop(L, 1);   /* an error inside: its nil */
+            lua_rawseti(L, -2, (int) i + 1);
+        }
+        return 1;
+    case REDIS_REPLY_ERROR:
+        lua_pushnil(L);
+        lua_pushlstring(L, r->str, r->len);
+        return 2;
+    default:
+        lua_pushnil(L);
+        return 1;
+    }
+}
+
+static void
+weir_lua_redis_done(void *data, redisReply *reply)
+{
+    uint64_t token = (uint64_t) (uintptr_t) data;
+    if (weir_L == NULL) return;
+    weir_lua_push(R_IO_DONE);
+    lua_pushnumber(weir_L, (lua_Number) token);
+    int n = 1;
+    if (reply == NULL) {
+        lua_pushnil(weir_L);
+        lua_pushstring(weir_L, "no answer from Redis (not connected, or it timed out)");
+        n += 2;
+    } else {
+        int k = weir_lua_push_reply(weir_L, reply, 0);
+        if (k == 1 && reply->type != REDIS_REPLY_NIL) {
+            n += 1;
+        } else if (k == 1) {
+            lua_pushboolean(weir_L, 1);    /* a nil reply: nil, true (an answer, not an error) */
+            n += 2;
+        } else {
+            n += 2;
+        }
+    }
+    if (weir_lua_call(n) == WEIR_OK) weir_lua_deliver();
+    lua_settop(weir_L, 0);
+}
+
+uint64_t
+weir_ffi_redis(int argc, const char **argv, const size_t *lens)
+{
+    if (argc <= 0 || argc > 1024) return 0;
+    uint64_t token = weir_lua_token();
+    if (weir_redis_command(weir_lua_redis_done, (void *) (uintptr_t) token, argc, argv, lens) != WEIR_OK) return 0;
+    return token;
+}
+
+int
+weir_ffi_redis_ready(void)
+{
+    return weir_redis_ready();
 }
 
 void

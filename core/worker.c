@@ -312,10 +312,10 @@ weir_worker_run(weir_conf_t *conf, int id)
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
     weir_registry_attach(id);
+    weir_bus_init(w);                   /* before the runtime starts: it asks which worker this is */
     if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
     weir_proxy_init(w, &weir_lua_policy);
     if (weir_sync_init(&loop, conf) != WEIR_OK) return 1;
-    weir_bus_init(w);
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;

@@ -28,13 +28,13 @@ local _M = {
     },
 }
 
-local function lookup(ctx)
+local function lookup(ctx, live)
     local c = ctx.consumer
     if type(c) ~= "table" or type(c.application) ~= "string" then
         return nil, weir.error("/problems/unauthorized", "This API needs an authenticated application", 401)
     end
     local km = require "weir.keymanager"
-    local sub, err = km.subscription(c.application, ctx.api.name, ctx.api.version)
+    local sub, err = km.subscription(c.application, ctx.api.name, ctx.api.version, live)
     if sub == nil then
         return nil, weir.error("/problems/unavailable", "Subscriptions cannot be checked now", 503), err
     end
@@ -65,7 +65,7 @@ end
 --- After a change in the key manager (or a reload): close a connection
 -- whose subscription is gone.
 function _M.recheck(ctx, conf)
-    local sub, verdict = lookup(ctx)
+    local sub, verdict = lookup(ctx, true)
     if sub == nil and verdict and verdict.problem == "/problems/not-subscribed" then
         return weir.error("/problems/not-subscribed", "The application is no longer subscribed to this API version",
                           1008)

@@ -72,7 +72,7 @@ assert(ffi.sizeof("weir_reg_conn_t") == tonumber(C.weir_registry_sizeof(0))
 -- empty list stays a list
 ------------------------------------------------------------------------------
 
-local ARRAY, OBJ = {}, {}
+local ARRAY, OBJ, RAW = {}, {}, {}
 
 local function array(t) return setmetatable(t or {}, ARRAY) end
 
@@ -105,6 +105,8 @@ encode = function(v, out)
                 encode(x, out)
             end
             out[#out + 1] = "]"
+        elseif mt == RAW then
+            out[#out + 1] = v[1]
         elseif mt == OBJ then
             out[#out + 1] = "{"
             local first = true
@@ -135,6 +137,9 @@ encode = function(v, out)
 end
 
 local function json(v) return concat(encode(v, {})) end
+
+-- JSON text S, written as it is.
+local function raw(s) return setmetatable({ s }, RAW) end
 
 local function answer(status, body, extra)
     return status, json(body) .. "\n", JSON_HEADERS .. (extra or "")
@@ -227,7 +232,14 @@ local function each_conn(fn)
     end
 end
 
-local function conn_name(c) return format("w%d-%d", c.worker, tonumber(c.n)) end
+local cluster = require "weir.cluster"
+
+-- A connection's id: "w0-17", and "w0-17@HOST" when hosts share a Redis.
+local function conn_name(c)
+    local id = format("w%d-%d", c.worker, tonumber(c.n))
+    if cluster.enabled() then id = id .. "@" .. cluster.host() end
+    return id
+end
 
 local function describe(c)
     local consumer
@@ -235,7 +247,8 @@ local function describe(c)
     if app or sub or kt or tier then
         consumer = obj("application", app, "subscriber", sub, "key_type", kt, "tier", tier)
     end
-    return obj("id", conn_name(c), "worker", c.worker, "api", str(c.api), "version", str(c.version),
+    return obj("id", conn_name(c), "host", cluster.enabled() and cluster.host() or nil, "worker", c.worker,
+               "api", str(c.api), "version", str(c.version),
                "client", obj("ip", str(c.peer_ip), "port", c.peer_port), "tls", c.tls ~= 0,
                "consumer", consumer, "since", iso(c.since_ms), "last_activity", iso(c.last_ms),
                "frames_in", tonumber(c.frames_in), "bytes_in", tonumber(c.bytes_in),
@@ -282,7 +295,8 @@ end
 
 -- The registry's copy of connection ID ("w0-17"), or nil.
 local function find(id)
-    local w, n = tostring(id):match("^w(%d+)%-(%d+)$")
+    local w, n, at = tostring(id):match("^w(%d+)%-(%d+)(.*)$")
+    if at ~= "" and (not cluster.enabled() or at ~= "@" .. cluster.host()) then return nil end
     w, n = tonumber(w), tonumber(n)
     if not w then return nil end
     local per = tonumber(C.weir_registry_per_worker())
@@ -330,6 +344,89 @@ local function act(targets, action, code, opcode, payload)
         if got and got > 0 then done = done + got end
     end
     return done
+end
+
+------------------------------------------------------------------------------
+-- Other hosts (state.redis): the same, asked through weir.cluster
+------------------------------------------------------------------------------
+
+-- The host connection ID names when it is another one, else nil.
+local function remote_host(id)
+    local at = tostring(id):match("@([%w._-]+)$")
+    if at and cluster.enabled() and at ~= cluster.host() then return at end
+end
+
+local jose = require "weir.jose"
+
+-- A command's message for another host: the payload as text, or base64url.
+local function wire(m)
+    if m.opcode == 2 then return { payload_b64 = jose.b64url_encode(m.payload) } end
+    return { payload = m.payload }
+end
+
+local function unwire(msg)
+    if msg.payload_b64 then return jose.b64url_decode(msg.payload_b64) or "" end
+    return type(msg.payload) == "string" and msg.payload or ""
+end
+
+-- The other hosts alive, or an empty list when there are none (or no Redis).
+local function peers()
+    if not cluster.enabled() then return {} end
+    return cluster.peers() or {}
+end
+
+cluster.handle("list", function(msg)
+    local all = matching(type(msg.filters) == "table" and msg.filters or {})
+    local per, out = tonumber(C.weir_registry_per_worker()), {}
+    for i = 1, math.min(tonumber(msg.upto) or 0, #all) do
+        local t = all[i]
+        if C.weir_registry_read(t[1] * per + t[3], conn_box) == 1 and tonumber(conn_box.n) == t[2] then
+            out[#out + 1] = json(describe(conn_box))
+        end
+    end
+    return { total = #all, connections = out }
+end)
+
+cluster.handle("get", function(msg)
+    local c = find(msg.id)
+    return { connection = c and json(describe(c)) or nil }
+end)
+
+cluster.handle("act", function(msg)
+    local c = find(msg.id)
+    if not c then return { done = 0 } end
+    return { done = act({ { c.worker, tonumber(c.n), c.slot } }, msg.action, msg.code, msg.opcode, unwire(msg)) }
+end)
+
+cluster.handle("act_filter", function(msg)
+    local targets = matching(type(msg.filters) == "table" and msg.filters or {})
+    return { matched = #targets, done = act(targets, msg.action, msg.code, msg.opcode, unwire(msg)) }
+end)
+
+cluster.handle("recheck", function()
+    _M.recheck_all(true)
+    return { done = 0 }
+end)
+
+-- Do ACTION (M: payload, opcode; CODE) to connection ID of another host.
+-- Returns how many were reached, or nil when the host did not answer.
+local function act_remote(host, id, action, code, m)
+    local msg = wire(m)
+    msg.op, msg.id, msg.action, msg.code, msg.opcode = "act", id, action, code, m.opcode
+    local a = cluster.ask({ host }, msg)[host]
+    return a and tonumber(a.done) or nil
+end
+
+-- The same for every connection of every other host matching F: matched, reached.
+local function act_peers(f, action, code, m)
+    local msg = wire(m)
+    msg.op, msg.filters, msg.action, msg.code, msg.opcode = "act_filter", f, action, code, m.opcode
+    local matched, done = 0, 0
+    for _, a in pairs(cluster.ask(peers(), msg)) do
+        matched = matched + (tonumber(a.matched) or 0)
+        done = done + (tonumber(a.done) or 0)
+    end
+    return matched, done
 end
 
 -- The message of a push request: its payload and opcode, and where it goes.
@@ -422,7 +519,8 @@ route("GET", "/status", function()
                            "workers", workers, "generation", tonumber(st.generation),
                            "configuration", rt.conf and rt.conf.file, "last_reload", reload,
                            "connections", total, "connections_listed_max", per * st.nworkers,
-                           "answered_by", C.weir_ffi_worker()))
+                           "answered_by", C.weir_ffi_worker(),
+                           "cluster", cluster.enabled() and obj("host", cluster.host(), "peers", array(peers())) or nil))
 end)
 
 route("POST", "/reload", function()
@@ -485,18 +583,38 @@ route("GET", "/connections", function(req, args)
         return fail(400, "/problems/bad-request", "offset must be 0 or more")
     end
     local all = matching(f)
-    local page = array()
+    local page, per = array(), tonumber(C.weir_registry_per_worker())
     for i = offset + 1, math.min(offset + limit, #all) do
         local t = all[i]
-        local per = tonumber(C.weir_registry_per_worker())
         if C.weir_registry_read(t[1] * per + t[3], conn_box) == 1 and tonumber(conn_box.n) == t[2] then
             page[#page + 1] = describe(conn_box)
         end
     end
-    return answer(200, obj("total", #all, "offset", offset, "limit", limit, "connections", page))
+    -- then the other hosts', in the order of their names, after this host's
+    local total, hosts = #all, peers()
+    if #hosts > 0 then
+        local answers = cluster.ask(hosts, { op = "list", filters = f, upto = offset + limit })
+        for _, h in ipairs(hosts) do
+            local a = answers[h]
+            if a and type(a.connections) == "table" then
+                for i, text in ipairs(a.connections) do
+                    local at = total + i            -- its place in the whole list
+                    if at > offset and at <= offset + limit then page[#page + 1] = raw(text) end
+                end
+                total = total + (tonumber(a.total) or 0)
+            end
+        end
+    end
+    return answer(200, obj("total", total, "offset", offset, "limit", limit, "connections", page))
 end)
 
 route("GET", "/connections/([^/]+)", function(_, _, id)
+    local host = remote_host(id)
+    if host then
+        local a = cluster.ask({ host }, { op = "get", id = id })[host]
+        if a and type(a.connection) == "string" then return answer(200, raw(a.connection)) end
+        return fail(404, "/problems/not-found", "No open connection " .. id)
+    end
     local c = find(id)
     if not c then return fail(404, "/problems/not-found", "No open connection " .. id) end
     return answer(200, describe(c))
@@ -505,9 +623,16 @@ end)
 route("POST", "/connections/([^/]+)/messages", function(req, _, id)
     local m, err = push_message(req)
     if not m then return unpack(err) end
-    local c = find(id)
-    if not c then return fail(404, "/problems/not-found", "No open connection " .. id) end
-    local n = act({ { c.worker, tonumber(c.n), c.slot } }, m.action, 0, m.opcode, m.payload)
+    local n
+    local host = remote_host(id)
+    if host then
+        n = act_remote(host, id, m.action, 0, m)
+        if not n then return fail(404, "/problems/not-found", "No open connection " .. id) end
+    else
+        local c = find(id)
+        if not c then return fail(404, "/problems/not-found", "No open connection " .. id) end
+        n = act({ { c.worker, tonumber(c.n), c.slot } }, m.action, 0, m.opcode, m.payload)
+    end
     if n == 0 then
         return fail(409, "/problems/conflict", "The connection is closing or its buffer is full: nothing was sent")
     end
@@ -517,9 +642,15 @@ end)
 route("DELETE", "/connections/([^/]+)", function(req, args, id)
     local cl, err = close_request(req, args)
     if not cl then return unpack(err) end
-    local c = find(id)
-    if not c then return fail(404, "/problems/not-found", "No open connection " .. id) end
-    local n = act({ { c.worker, tonumber(c.n), c.slot } }, CLOSE, cl.code, 1, cl.payload)
+    local n
+    local host = remote_host(id)
+    if host then
+        n = act_remote(host, id, CLOSE, cl.code, { payload = cl.payload, opcode = 1 }) or 0
+    else
+        local c = find(id)
+        if not c then return fail(404, "/problems/not-found", "No open connection " .. id) end
+        n = act({ { c.worker, tonumber(c.n), c.slot } }, CLOSE, cl.code, 1, cl.payload)
+    end
     if n == 0 then return fail(404, "/problems/not-found", "No open connection " .. id) end
     return answer(200, obj("id", id, "closed", n, "code", cl.code))
 end)
@@ -543,7 +674,8 @@ route("POST", "/connections/messages", function(req, args)
     if not m then return unpack(merr) end
     local targets = matching(f)
     local n = act(targets, m.action, 0, m.opcode, m.payload)
-    return answer(200, obj("matched", #targets, "delivered", n))
+    local pm, pn = act_peers(f, m.action, 0, m)
+    return answer(200, obj("matched", #targets + pm, "delivered", n + pn))
 end)
 
 route("DELETE", "/connections", function(req, args)
@@ -553,15 +685,17 @@ route("DELETE", "/connections", function(req, args)
     if not cl then return unpack(cerr) end
     local targets = matching(f)
     local n = act(targets, CLOSE, cl.code, 1, cl.payload)
-    return answer(200, obj("matched", #targets, "closed", n, "code", cl.code))
+    local pm, pn = act_peers(f, CLOSE, cl.code, { payload = cl.payload, opcode = 1 })
+    return answer(200, obj("matched", #targets + pm, "closed", n + pn, "code", cl.code))
 end)
 
 --- Every worker of the host runs its connections' rechecks (this one at
 -- once, the others through the bus); returns once they all did, or after
 -- the bus's timeout.
-function _M.recheck_all()
+function _M.recheck_all(this_host_only)
     local rt = require "weir.runtime"
     rt.recheck_local()
+    if not this_host_only and cluster.enabled() then cluster.ask(peers(), { op = "recheck" }) end
     local me, waits = C.weir_ffi_worker(), {}
     for w = 0, status_copy().nworkers - 1 do
         if w ~= me and C.weir_registry_pid(w) ~= 0 then

@@ -1227,6 +1227,16 @@ _M.schema = record({
                         .. "(one that is not: ten times less often)" },
         { name = "key_prefix", type = "string", default = "weir:",
           description = "prefix of every key weir writes in Redis (to share one Redis between clusters)" },
+        { name = "host", type = "string",
+          check = function(v)
+              if not match(v, "^[%w._-]+$") or #v > 64 then
+                  return "expected 1 to 64 letters, digits, '.', '_' or '-', got " .. show(v)
+              end
+              return true
+          end,
+          description = "this weir instance's name among the hosts sharing the Redis (connection ids "
+                        .. "of other hosts read w0-17@NAME); unique per instance (default: the machine's "
+                        .. "host name, '-' and the master's pid)" },
       } },
     { name = "apis", type = "list", required = true, non_empty = true, check = check_apis,
       description = "the WebSocket APIs weir exposes",
@@ -1423,8 +1433,9 @@ function _M.parse(src, file, opts)
     check_priority_ties(conf, ctx)
     if conf.key_manager then
         local root = { path = "" }
-        if not conf.state_dir then
-            report(ctx, child(root, "key_manager"), "needs state_dir: the directory its database lives in")
+        if not conf.state_dir and not (conf.state and conf.state.redis) then
+            report(ctx, child(root, "key_manager"), "needs state_dir (the directory its database lives in) "
+                                                    .. "or state.redis")
         else
             local f = io.open(conf.state_dir, "rb")
             local is_dir = f and not f:read(1) and select(3, f:read(1)) == 21     -- EISDIR

@@ -40,11 +40,24 @@ local function km_conf()
     return c and c.key_manager, c
 end
 
+local polled_gen          -- with Redis: the store's generation as last polled
+
+local function on_redis(c) return c.state and c.state.redis ~= nil end
+
 --- This worker's store, opened at its first use (nil, message when the key
--- manager is off or the store cannot open).
+-- manager is off or the store cannot open): SQLite in state_dir, or Redis
+-- when state.redis is set.
 function _M.store()
     local km, c = km_conf()
     if not km then return nil, "the key manager is off (key_manager in the configuration)" end
+    if on_redis(c) then
+        if st and st_path == "redis" then return st end
+        local s, _, msg = require("weir.keystore_redis").open {
+            call = require("weir.redis").call, prefix = c.state.key_prefix }
+        if not s then return nil, msg end
+        st, st_path = s, "redis"
+        return st
+    end
     local path = c.state_dir .. "/weir.db"
     if st and st_path == path then return st end
     if st then st:close(); st, iss = nil, nil end
@@ -74,11 +87,18 @@ function _M.issuer()
 end
 
 --- Empty the caches when another worker (or this one) changed the store;
--- returns the store's generation.
-function _M.fresh()
+-- returns the store's generation. With Redis the generation is the one
+-- polled every 250 ms, unless LIVE asks for it now (where waiting is
+-- allowed: a recheck after a revocation).
+function _M.fresh(live)
     local s = _M.store()
     if not s then return nil end
-    local g = s:generation()
+    local g
+    if st_path == "redis" and not (live and coroutine.isyieldable and coroutine.isyieldable()) and polled_gen then
+        g = polled_gen
+    else
+        g = s:generation()
+    end
     if g ~= gen_seen then
         gen_seen = g
         cache = {}
@@ -87,9 +107,10 @@ function _M.fresh()
     return g
 end
 
---- A cached lookup: FN() computed once per KEY and store generation.
-function _M.cached(key, fn)
-    _M.fresh()
+--- A cached lookup: FN() computed once per KEY and store generation (LIVE:
+-- as `fresh`).
+function _M.cached(key, fn, live)
+    _M.fresh(live)
     local v = cache[key]
     if v == nil then
         v = { fn() }
@@ -107,7 +128,8 @@ end
 
 --- Is the credential of a weir token (its claims) revoked: the token, its
 -- consumer key or its application? nil, message when the store cannot tell.
-function _M.revoked(claims)
+-- LIVE: as `fresh`.
+function _M.revoked(claims, live)
     local s, err = _M.store()
     if not s then return nil, err end
     return _M.cached("rev\0" .. tostring(claims.jti) .. "\0" .. tostring(claims.client_id), function()
@@ -121,13 +143,31 @@ function _M.revoked(claims)
             if not app or key.revoked_at or app.revoked_at then return true end
         end
         return false
+    end, live)
+end
+
+local polling
+
+--- With Redis, poll the store's generation every 250 ms (each worker), so
+-- that handshakes see another host's change without a round trip each.
+function _M.start()
+    local km, c = km_conf()
+    if polling or not km or not on_redis(c) then return end
+    polling = true
+    local rt, redis = require "weir.runtime", require "weir.redis"
+    rt.spawn(function()
+        while polling do
+            local g = redis.call("GET", c.state.key_prefix .. "km:gen")
+            if g ~= nil then polled_gen = tonumber(g) or 0 end
+            rt.sleep(0.25)
+        end
     end)
 end
 
 --- The subscription of application APP_NAME to API version VERSION:
 -- { tier = ... }, false when there is none, or nil and a message when the
--- store cannot tell. Cached until the store changes.
-function _M.subscription(app_name, api, version)
+-- store cannot tell. Cached until the store changes (LIVE: as `fresh`).
+function _M.subscription(app_name, api, version, live)
     local s, err = _M.store()
     if not s then return nil, err end
     return _M.cached("sub\0" .. app_name .. "\0" .. api .. "\0" .. version, function()
@@ -135,7 +175,7 @@ function _M.subscription(app_name, api, version)
         if sub then return { tier = sub.tier, id = sub.id } end
         if code == "not_found" then return false end
         return nil, msg
-    end)
+    end, live)
 end
 
 ------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ end
 -- else yes (fail closed).
 local function revoked(conf, token, lenient)
     if conf.key_manager and token and token.claims then
-        local r = require("weir.keymanager").revoked(token.claims)
+        local r = require("weir.keymanager").revoked(token.claims, lenient)
         if r or (r == nil and not lenient) then return true end
     end
     local r = conf._revoked

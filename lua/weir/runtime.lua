@@ -27,7 +27,7 @@ local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 5   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 6   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
@@ -51,6 +51,7 @@ ffi.cdef [[
     int weir_ffi_ticket_put(const unsigned char *hash, const unsigned char *scope, const char *data,
                             size_t len, double ttl_ms);
     int weir_ffi_ticket_take(const unsigned char *hash, const unsigned char *scope, char *out, size_t cap);
+    uint64_t weir_ffi_sleep(double ms);
 ]]
 local C = ffi.C
 
@@ -297,6 +298,8 @@ function _M.load(file, cpus)
     if not conf then return nil, concat(errs, "\n") end
     chains = build(conf)
     _M.conf = conf                -- the admin API describes it
+    require("weir.cluster").start()
+    if conf.key_manager then require("weir.keymanager").start() end
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
@@ -334,12 +337,37 @@ function _M.recheck(ctx)
     end
 end
 
+local NO_CHAIN = { entries = {}, mask = 0 }     -- what has no chain: service requests, the worker's tasks
+
+-- The worker's own tasks (not a connection's): their timers and waits.
+local WORKER = { id = "worker", _chain = NO_CHAIN, service = "worker" }
+
+--- Run FN(...) now in a coroutine of the worker's own, which may wait
+-- (I/O, `sleep`). Its failure is logged as a timer's.
+function _M.spawn(fn, ...)
+    return _M.timer(WORKER, 0, function(_, ...) return fn(...) end, ...)
+end
+
+--- Wait SECONDS (only where waiting is allowed).
+function _M.sleep(seconds)
+    local token = tonumber(C.weir_ffi_sleep(seconds * 1000))
+    if token == 0 then return nil end
+    return _M.wait(token)
+end
+
 --- Run the rechecks of every open connection of this worker (a revocation
--- in the key manager, told by any worker).
+-- in the key manager, told by any worker), in a coroutine: a policy's
+-- recheck may wait on the store.
 function _M.recheck_local()
+    local list = {}
     for _, ctx in pairs(ctxs) do
-        if not ctx.service and rawget(ctx, "_upgraded") then _M.recheck(ctx) end
+        if not ctx.service and rawget(ctx, "_upgraded") then list[#list + 1] = ctx end
     end
+    _M.spawn(function()
+        for _, ctx in ipairs(list) do
+            if not rawget(ctx, "_closed") then _M.recheck(ctx) end
+        end
+    end)
 end
 
 --- An event from the core: "recheck" (another worker asks).
@@ -442,8 +470,6 @@ end
 -- Requests to weir's own services (core/service.c): the admin API and the
 -- key manager's public endpoints
 ------------------------------------------------------------------------------
-
-local NO_CHAIN = { entries = {}, mask = 0 }
 
 local function request_body(ctx, req)
     local handler
