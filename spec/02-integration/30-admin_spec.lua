@@ -309,3 +309,53 @@ describe("the admin API", function()
         end)
     end)
 end)
+
+describe("the admin API over HTTPS (admin.tls)", function()
+    local gw, dir, port, cert
+
+    -- One HTTPS request with Python's client, verifying weir's certificate
+    -- against CA: returns status and body.
+    local function https(path, token)
+        local script = [[
+import http.client, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[2]), context=ctx, timeout=10)
+h = {"Authorization": "Bearer " + sys.argv[4]} if sys.argv[4] else {}
+c.request("GET", sys.argv[3], headers=h)
+r = c.getresponse()
+print(r.status)
+print(r.read().decode())
+]]
+        local f = helpers.write_file(dir .. "/https.py", script)
+        local code, out, err = helpers.run({ "/usr/bin/python3", f, cert.cert, tostring(port), path, token or "" })
+        assert.equal(0, code, err)
+        local status, body = out:match("^(%d+)\n(.*)$")
+        return tonumber(status), body
+    end
+
+    setup(function()
+        dir = helpers.tmpdir()
+        helpers.write_file(dir .. "/admin.token", TOKEN .. "\n")
+        cert = helpers.make_cert("admin", "127.0.0.1")
+        port = helpers.free_port()
+        gw = helpers.start_weir({
+            admin = { port = port, token_file = dir .. "/admin.token", tls = { cert = cert.cert, key = cert.key } },
+            apis = { helpers.api("Echo", "/echo", "ws://127.0.0.1:9") },
+        })
+        helpers.wait_port(port)
+    end)
+
+    teardown(helpers.cleanup)
+
+    it("answers with the token over TLS, verified against its certificate, and refuses without it", function()
+        local status, body = https("/status", TOKEN)
+        assert.equal(200, status, body)
+        assert.equal(1, cjson.decode(body).workers[1].index + 1)
+        status, body = https("/status", nil)
+        assert.equal(401, status)
+        helpers.check_error(body:gsub("%s+$", ""), "/problems/unauthorized", 401)
+        -- plain HTTP on the TLS port gets nothing useful
+        local res = helpers.http_request(port, { path = "/healthz", timeout = 3 })
+        assert.is_true(res == nil or res.status ~= 200)
+    end)
+end)
