@@ -125,11 +125,12 @@ end
 --- Is the token (its hash, its jti) or its consumer on CONF's revocation list,
 -- or (key_manager) revoked in weir's key manager: the token, its consumer key
 -- or its application? When the key manager cannot tell, LENIENT says no,
--- else yes (fail closed).
+-- else nil (the caller fails closed).
 local function revoked(conf, token, lenient)
     if conf.key_manager and token and token.claims then
         local r = require("weir.keymanager").revoked(token.claims, lenient)
-        if r or (r == nil and not lenient) then return true end
+        if r then return true end
+        if r == nil and not lenient then return nil end
     end
     local r = conf._revoked
     if not r or not token then return false end
@@ -489,7 +490,11 @@ end
 function _M.check_live(rec, conf, now)
     local ok, why, problem = _M.check_time(rec.claims or { exp = rec.exp }, conf, now)
     if not ok then return unauthorized(why, problem) end
-    if revoked(conf, rec) then return unauthorized("The access token has been revoked", "/problems/token-revoked") end
+    local r = revoked(conf, rec)
+    if r then return unauthorized("The access token has been revoked", "/problems/token-revoked") end
+    if r == nil then
+        return weir.error("/problems/unavailable", "Revocations cannot be checked now", 503)
+    end
     return nil
 end
 
