@@ -31,15 +31,15 @@
 -- local keys = assert(st:generate_keys(app.id, "production"))
 -- local same_app, key_type = st:check_client(keys.consumer_key, keys.consumer_secret)
 
-local ffi  = require "ffi"
-local bit  = require "bit"
-local jose = require "weir.jose"
+local ffi   = require "ffi"
+local bit   = require "bit"
+local rules = require "weir.keystore_rules"
 
 local type, pairs, ipairs, next, select, tostring, tonumber, pcall, error, setmetatable =
       type, pairs, ipairs, next, select, tostring, tonumber, pcall, error, setmetatable
-local byte, find, format, lower, gmatch = string.byte, string.find, string.format, string.lower, string.gmatch
-local concat, unpack = table.concat, unpack
-local floor, ceil, huge = math.floor, math.ceil, math.huge
+local find, format, lower = string.find, string.format, string.lower
+local unpack = unpack
+local floor, ceil = math.floor, math.ceil
 local band, bor = bit.band, bit.bor
 local ffi_new, ffi_string, ffi_gc, ffi_cast = ffi.new, ffi.string, ffi.gc, ffi.cast
 
@@ -48,10 +48,10 @@ local _M = {
     --- How long a write waits for another connection's write, in milliseconds.
     BUSY_TIMEOUT_MS = 2000,
     --- `list_*`: rows per page by default, and at most.
-    DEFAULT_LIMIT = 100,
-    MAX_LIMIT = 1000,
+    DEFAULT_LIMIT = rules.DEFAULT_LIMIT,
+    MAX_LIMIT = rules.MAX_LIMIT,
     --- An application's tier when `create_app` is given none.
-    DEFAULT_TIER = "Unlimited",
+    DEFAULT_TIER = rules.DEFAULT_TIER,
 }
 
 ffi.cdef [[
@@ -87,10 +87,6 @@ ffi.cdef [[
     int sqlite3_total_changes(sqlite3 *db);
     int sqlite3_get_autocommit(sqlite3 *db);
 
-    unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
-    int RAND_bytes(unsigned char *buf, int num);
-    int CRYPTO_memcmp(const void *a, const void *b, size_t len);
-
     int open(const char *pathname, int flags, ...);
     int close(int fd);
     int chmod(const char *pathname, unsigned int mode);
@@ -98,9 +94,6 @@ ffi.cdef [[
 ]]
 
 local sqlite = ffi.load("libsqlite3.so.0")
--- libcrypto: already in a worker's process; loaded by name in a plain LuaJIT
-local crypto = ffi.C
-if not pcall(function() return ffi.C.CRYPTO_memcmp end) then crypto = ffi.load("libcrypto.so.3") end
 
 -- sqlite3.h
 local SQLITE_OK, SQLITE_ROW, SQLITE_DONE = 0, 100, 101
@@ -184,166 +177,14 @@ _M.SCHEMA_VERSION = #MIGRATIONS
 _M._migrations = MIGRATIONS
 
 ---------------------------------------------------------------------------
--- small helpers
+-- the checks and records both stores share (weir.keystore_rules)
 
-local function fail(code, fmt, ...)
-    return nil, code, select("#", ...) > 0 and format(fmt, ...) or fmt
-end
-
-local rand_buf = ffi_new("unsigned char[32]")
-local function random_bytes(n)
-    if crypto.RAND_bytes(rand_buf, n) ~= 1 then return nil end
-    return ffi_string(rand_buf, n)
-end
-
-local HEX = {}
-for i = 0, 255 do HEX[i] = format("%02x", i) end
-local md = ffi_new("unsigned char[32]")
-local hex_parts = {}
-local function sha256_hex(s)
-    crypto.SHA256(s, #s, md)
-    for i = 0, 31 do hex_parts[i + 1] = HEX[md[i]] end
-    return concat(hex_parts, "", 1, 32)
-end
-
--- A random (version 4) UUID, lower case.
-local function uuid()
-    if crypto.RAND_bytes(rand_buf, 16) ~= 1 then return nil end
-    rand_buf[6] = bor(band(rand_buf[6], 0x0f), 0x40)
-    rand_buf[8] = bor(band(rand_buf[8], 0x3f), 0x80)
-    local h = {}
-    for i = 0, 15 do h[i + 1] = HEX[rand_buf[i]] end
-    return concat(h, "", 1, 4) .. "-" .. concat(h, "", 5, 6) .. "-" .. concat(h, "", 7, 8) .. "-"
-           .. concat(h, "", 9, 10) .. "-" .. concat(h, "", 11, 16)
-end
-
-local UUID_PATTERN = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
-local function is_uuid(s) return type(s) == "string" and find(s, UUID_PATTERN) ~= nil end
+local fail, uuid, is_uuid, check_fields, check_time = rules.fail, rules.uuid, rules.is_uuid,
+                                                      rules.check_fields, rules.check_time
+local rand_failed, name_taken, app_of = rules.rand_failed, rules.name_taken, rules.app_of
 
 local function now_seconds(self)
     return floor(self.now())
-end
-
--- Characters in S when it is well-formed UTF-8 (no overlong forms, no
--- surrogates), else nil.
-local function utf8_len(s)
-    local i, n, len = 1, 0, #s
-    while i <= len do
-        local c = byte(s, i)
-        local extra, lo, hi = 0, 0x80, 0xbf
-        if c < 0x80 then extra = 0
-        elseif c >= 0xc2 and c <= 0xdf then extra = 1
-        elseif c >= 0xe0 and c <= 0xef then
-            extra = 2
-            if c == 0xe0 then lo = 0xa0 elseif c == 0xed then hi = 0x9f end
-        elseif c >= 0xf0 and c <= 0xf4 then
-            extra = 3
-            if c == 0xf0 then lo = 0x90 elseif c == 0xf4 then hi = 0x8f end
-        else
-            return nil
-        end
-        if i + extra > len then return nil end
-        for j = 1, extra do
-            local b = byte(s, i + j)
-            if b < lo or b > hi then return nil end
-            lo, hi = 0x80, 0xbf
-        end
-        i, n = i + extra + 1, n + 1
-    end
-    return n
-end
-
-local CONTROL = "[%z\1-\31\127]"
-local CONTROL_BUT_WHITESPACE = "[%z\1-\8\11\12\14-\31\127]"  -- tab, LF and CR allowed
-
--- Check a text field: a string of MIN..MAX characters of UTF-8 without
--- control characters (MULTILINE: tab, LF and CR allowed). The value is
--- never quoted in the message: it may be anything.
-local function check_text(v, what, min, max, multiline)
-    if type(v) ~= "string" then return fail("invalid", "%s must be a string", what) end
-    local n = #v <= max * 4 and utf8_len(v)
-    if not n then
-        if #v > max * 4 then return fail("invalid", "%s must be at most %d characters", what, max) end
-        return fail("invalid", "%s must be UTF-8 text", what)
-    end
-    if n < min or n > max then
-        if min == 0 then return fail("invalid", "%s must be at most %d characters", what, max) end
-        return fail("invalid", "%s must be %d to %d characters", what, min, max)
-    end
-    if find(v, multiline and CONTROL_BUT_WHITESPACE or CONTROL) then
-        return fail("invalid", "%s must not contain control characters", what)
-    end
-    return v
-end
-
-local function check_name(v)
-    local ok, code, msg = check_text(v, "name", 1, 100)
-    if not ok then return nil, code, msg end
-    -- names and ids share `get_app`'s argument: a name never looks like an id
-    if is_uuid(v) then return fail("invalid", "name must not have the form of an application id (a UUID)") end
-    return v
-end
-
-local MAX_SCOPES = 50
-local function check_scopes(v)
-    if type(v) ~= "table" then return fail("invalid", "scopes must be an array of strings") end
-    local n = #v
-    for k in pairs(v) do
-        if type(k) ~= "number" or k < 1 or k > n or k ~= floor(k) then
-            return fail("invalid", "scopes must be an array of strings")
-        end
-    end
-    if n > MAX_SCOPES then return fail("invalid", "at most %d scopes", MAX_SCOPES) end
-    local seen = {}
-    for i = 1, n do
-        local s = v[i]
-        if type(s) ~= "string" or #s < 1 or #s > 100 or not find(s, "^[A-Za-z0-9._:/-]+$") then
-            return fail("invalid", "scope %d must be 1 to 100 characters of A-Z a-z 0-9 . _ : / -", i)
-        end
-        if seen[s] then return fail("invalid", "scope %d is a duplicate", i) end
-        seen[s] = true
-    end
-    return concat(v, " ")
-end
-
-local function split_scopes(s)
-    local out = {}
-    for w in gmatch(s or "", "%S+") do out[#out + 1] = w end
-    return out
-end
-
--- FIELDS: name → true for each field a table argument may have.
-local function check_fields(t, fields, what)
-    if type(t) ~= "table" then return fail("invalid", "%s takes a table", what) end
-    for k in pairs(t) do
-        if not fields[k] then
-            return fail("invalid", "%s: unknown field %s", what,
-                        type(k) == "string" and not find(k, CONTROL) and #k <= 64 and k or "(not a name)")
-        end
-    end
-    return true
-end
-
-local function check_paging(q)
-    local limit, offset = q.limit, q.offset
-    if limit == nil then
-        limit = _M.DEFAULT_LIMIT
-    elseif type(limit) ~= "number" or limit ~= floor(limit) or limit < 1 or limit > _M.MAX_LIMIT then
-        return fail("invalid", "limit must be a whole number from 1 to %d", _M.MAX_LIMIT)
-    end
-    if offset == nil then
-        offset = 0
-    elseif type(offset) ~= "number" or offset ~= floor(offset) or offset < 0 or offset >= 2^53 then
-        return fail("invalid", "offset must be a whole number, 0 or more")
-    end
-    return limit, offset
-end
-
-local function check_time(v, what)
-    if type(v) ~= "number" or v ~= v or v == huge or v == -huge then
-        return fail("invalid", "%s must be a number of seconds", what)
-    end
-    return v
 end
 
 ---------------------------------------------------------------------------
@@ -679,20 +520,10 @@ local APP_COLS = "a.id AS id, a.name AS name, a.owner AS owner, a.description AS
 local SQL_APP_BY_ID = "SELECT " .. APP_COLS .. " FROM apps a WHERE a.id = ?1"
 local SQL_APP_BY_NAME = "SELECT " .. APP_COLS .. " FROM apps a WHERE a.name = ?1"
 
-local function app_of(row)
-    return {
-        id = row.id, name = row.name, owner = row.owner, description = row.description,
-        tier = row.tier, scopes = split_scopes(row.scopes),
-        created_at = row.created_at, updated_at = row.updated_at, revoked_at = row.revoked_at,
-    }
-end
-
 -- The app row named by an id or a name, or nil, "not_found".
 local function find_app(self, id_or_name)
-    if type(id_or_name) ~= "string" or id_or_name == "" then
-        return fail("invalid", "an application is named by its id or its name (a string)")
-    end
-    local rows, code, msg
+    local rows, code, msg = rules.check_app_ref(id_or_name)
+    if not rows then return nil, code, msg end
     if is_uuid(id_or_name) then
         rows, code, msg = query(self, SQL_APP_BY_ID, lower(id_or_name))
     else
@@ -701,42 +532,6 @@ local function find_app(self, id_or_name)
     if not rows then return nil, code, msg end
     if not rows[1] then return fail("not_found", "no such application") end
     return rows[1]
-end
-
-local function rand_failed() return fail("internal", "the random generator failed") end
-
-local APP_FIELDS = { name = true, owner = true, description = true, tier = true, scopes = true }
-
--- Check the fields of T that are there; returns the values to store.
-local function check_app(t)
-    local v = {}
-    local ok, code, msg
-    if t.name ~= nil then
-        ok, code, msg = check_name(t.name); if not ok then return nil, code, msg end
-        v.name = ok
-    end
-    if t.owner ~= nil then
-        ok, code, msg = check_text(t.owner, "owner", 1, 200); if not ok then return nil, code, msg end
-        v.owner = ok
-    end
-    if t.description ~= nil then
-        ok, code, msg = check_text(t.description, "description", 0, 1000, true)
-        if not ok then return nil, code, msg end
-        v.description = ok
-    end
-    if t.tier ~= nil then
-        ok, code, msg = check_text(t.tier, "tier", 1, 64); if not ok then return nil, code, msg end
-        v.tier = ok
-    end
-    if t.scopes ~= nil then
-        ok, code, msg = check_scopes(t.scopes); if not ok then return nil, code, msg end
-        v.scopes = ok
-    end
-    return v
-end
-
-local function name_taken(name)
-    return fail("conflict", 'an application named "%s" exists', name)
 end
 
 --- Create an application.
@@ -748,12 +543,7 @@ end
 --   `description`, `tier`, `scopes`, `created_at`, `updated_at`, `revoked_at`
 -- @usage local app, code, msg = st:create_app{ name = "app1", owner = "alice" }
 function Store:create_app(t)
-    local ok, code, msg = check_fields(t, APP_FIELDS, "create_app")
-    if not ok then return nil, code, msg end
-    if t.name == nil then return fail("invalid", "name is required") end
-    if t.owner == nil then return fail("invalid", "owner is required") end
-    local v
-    v, code, msg = check_app(t)
+    local v, code, msg = rules.check_create_app(t)
     if not v then return nil, code, msg end
     local id = uuid()
     if not id then return rand_failed() end
@@ -790,14 +580,9 @@ end
 -- @treturn number how many match, whatever the limit
 -- @usage local apps, total = st:list_apps{ owner = "alice", limit = 20 }
 function Store:list_apps(q)
-    q = q or {}
-    local ok, code, msg = check_fields(q, { owner = true, name = true, limit = true, offset = true }, "list_apps")
-    if not ok then return nil, code, msg end
-    for _, k in ipairs{ "owner", "name" } do
-        if q[k] ~= nil and type(q[k]) ~= "string" then return fail("invalid", "%s must be a string", k) end
-    end
-    local limit, offset, why = check_paging(q)
-    if not limit then return nil, offset, why end
+    local limit, offset
+    q, limit, offset = rules.check_list_apps(q, _M.DEFAULT_LIMIT, _M.MAX_LIMIT)
+    if not q then return nil, limit, offset end
     return read(self, function()
         local where = " FROM apps a WHERE (?1 IS NULL OR a.owner = ?1) AND (?2 IS NULL OR a.name = ?2)"
         local rows, c, m = query(self, "SELECT " .. APP_COLS .. where .. " ORDER BY a.rowid LIMIT ?3 OFFSET ?4",
@@ -819,10 +604,7 @@ end
 -- @treturn table the application as it is now
 -- @usage st:update_app(app.id, { tier = "Gold" })
 function Store:update_app(id, fields)
-    local ok, code, msg = check_fields(fields, APP_FIELDS, "update_app")
-    if not ok then return nil, code, msg end
-    local v
-    v, code, msg = check_app(fields)
+    local v, code, msg = rules.check_update_app(fields)
     if not v then return nil, code, msg end
     local now = now_seconds(self)
     return write(self, function()
@@ -880,18 +662,7 @@ function Store:revoke_app(id)
 end
 
 ---------------------------------------------------------------------------
--- consumer keys
---
--- A consumer secret is 32 random bytes, so its SHA-256 is enough to store:
--- a slow password hash (bcrypt, scrypt, Argon2) exists to make guessing a
--- low-entropy password from its hash expensive, and nobody can guess 256
--- random bits however fast the hash. A fast hash also keeps `check_client`
--- cheap on the token endpoint.
-
-local KEY_TYPES = { production = true, sandbox = true }
--- compared against when the consumer key is unknown, so that an unknown
--- key costs the same hash and comparison as a known one
-local DUMMY_HASH = sha256_hex("weir.keystore: no such consumer key")
+-- consumer keys (only the SHA-256 of a secret is stored: see weir.keystore_rules)
 
 local KEY_COLS = "k.consumer_key AS consumer_key, k.key_type AS key_type, k.created_at AS key_created_at, "
     .. "k.revoked_at AS key_revoked_at"
@@ -910,10 +681,10 @@ end
 --   (32 random bytes, base64url: 43 characters), `key_type`, `created_at`
 -- @usage local keys = assert(st:generate_keys(app.id, "production"))
 function Store:generate_keys(app_id, key_type)
-    if not KEY_TYPES[key_type] then return fail("invalid", 'key_type must be "production" or "sandbox"') end
-    local key, secret = random_bytes(18), random_bytes(32)
-    if not key or not secret then return rand_failed() end
-    key, secret = jose.b64url_encode(key), jose.b64url_encode(secret)
+    local ok, code, msg = rules.check_key_type(key_type)
+    if not ok then return nil, code, msg end
+    local key, secret, secret_hash = rules.new_keys()
+    if not key then return rand_failed() end
     local now = now_seconds(self)
     return write(self, function()
         local row, c, m = find_app(self, app_id)
@@ -923,7 +694,7 @@ function Store:generate_keys(app_id, key_type)
         rows, c, m = query(self, "DELETE FROM keys WHERE app_id = ?1 AND key_type = ?2", row.id, key_type)
         if not rows then return nil, c, m end
         rows, c, m = query(self, "INSERT INTO keys (consumer_key, app_id, key_type, secret_hash, created_at) "
-            .. "VALUES (?1, ?2, ?3, ?4, ?5)", key, row.id, key_type, sha256_hex(secret), now)
+            .. "VALUES (?1, ?2, ?3, ?4, ?5)", key, row.id, key_type, secret_hash, now)
         if not rows then return fail("internal", "could not store the new key") end
         return { consumer_key = key, consumer_secret = secret, key_type = key_type, created_at = now }
     end)
@@ -961,13 +732,12 @@ local SQL_KEY = "SELECT " .. KEY_COLS .. ", k.secret_hash AS secret_hash, " .. A
 --   key or a revoked application (one message for all)
 -- @usage local app, key_type = st:check_client(id, secret)
 function Store:check_client(consumer_key, secret)
-    if type(consumer_key) ~= "string" or type(secret) ~= "string" then
-        return fail("invalid", "check_client takes a consumer key and a secret (strings)")
-    end
-    local rows, code, msg = query(self, SQL_KEY, consumer_key)
+    local rows, code, msg = rules.check_client_args(consumer_key, secret)
+    if not rows then return nil, code, msg end
+    rows, code, msg = query(self, SQL_KEY, consumer_key)
     if not rows then return nil, code, msg end
     local row = rows[1]
-    local same = crypto.CRYPTO_memcmp(sha256_hex(secret), row and row.secret_hash or DUMMY_HASH, 64) == 0
+    local same = rules.same_secret(secret, row and row.secret_hash)
     if not row or not same or row.key_revoked_at or row.revoked_at then
         return fail("not_found", "invalid client credentials")
     end
@@ -981,8 +751,9 @@ end
 -- @treturn table `{ consumer_key, key_type, created_at, revoked_at }`
 -- @usage local app, key_type, key = st:find_key(id)
 function Store:find_key(consumer_key)
-    if type(consumer_key) ~= "string" then return fail("invalid", "a consumer key is a string") end
-    local rows, code, msg = query(self, SQL_KEY, consumer_key)
+    local rows, code, msg = rules.check_consumer_key(consumer_key)
+    if not rows then return nil, code, msg end
+    rows, code, msg = query(self, SQL_KEY, consumer_key)
     if not rows then return nil, code, msg end
     local row = rows[1]
     if not row then return fail("not_found", "no such consumer key") end
@@ -995,7 +766,8 @@ end
 -- @treturn boolean true
 -- @usage st:revoke_key(id)
 function Store:revoke_key(consumer_key)
-    if type(consumer_key) ~= "string" then return fail("invalid", "a consumer key is a string") end
+    local ok, code, msg = rules.check_consumer_key(consumer_key)
+    if not ok then return nil, code, msg end
     local now = now_seconds(self)
     return write(self, function()
         local rows, c, m = query(self, "SELECT revoked_at FROM keys WHERE consumer_key = ?1", consumer_key)
@@ -1022,8 +794,9 @@ local function sub_of(row)
 end
 
 local function find_sub(self, id)
-    if type(id) ~= "string" then return fail("invalid", "a subscription id is a string") end
-    local rows, code, msg = query(self, SUB_SELECT .. "WHERE s.id = ?1", lower(id))
+    local rows, code, msg = rules.check_sub_id(id)
+    if not rows then return nil, code, msg end
+    rows, code, msg = query(self, SUB_SELECT .. "WHERE s.id = ?1", lower(id))
     if not rows then return nil, code, msg end
     if not rows[1] then return fail("not_found", "no such subscription") end
     return sub_of(rows[1])
@@ -1037,14 +810,8 @@ end
 --   application has one for that API version, or is revoked
 -- @usage st:subscribe{ app = "app1", api = "Echo", version = "1.0", tier = "Gold" }
 function Store:subscribe(t)
-    local ok, code, msg = check_fields(t, { app = true, api = true, version = true, tier = true }, "subscribe")
+    local ok, code, msg = rules.check_subscribe(t)
     if not ok then return nil, code, msg end
-    for _, f in ipairs{ { "api", 200 }, { "version", 64 }, { "tier", 64 } } do
-        if t[f[1]] == nil then return fail("invalid", "%s is required", f[1]) end
-        ok, code, msg = check_text(t[f[1]], f[1], 1, f[2])
-        if not ok then return nil, code, msg end
-    end
-    if t.app == nil then return fail("invalid", "app is required") end
     local id = uuid()
     if not id then return rand_failed() end
     local now = now_seconds(self)
@@ -1072,15 +839,9 @@ end
 -- @treturn number how many match, whatever the limit
 -- @usage local subs, total = st:list_subscriptions{ api = "Echo" }
 function Store:list_subscriptions(q)
-    q = q or {}
-    local ok, code, msg = check_fields(q, { app = true, api = true, version = true, limit = true, offset = true },
-                                       "list_subscriptions")
-    if not ok then return nil, code, msg end
-    for _, k in ipairs{ "app", "api", "version" } do
-        if q[k] ~= nil and type(q[k]) ~= "string" then return fail("invalid", "%s must be a string", k) end
-    end
-    local limit, offset, why = check_paging(q)
-    if not limit then return nil, offset, why end
+    local limit, offset
+    q, limit, offset = rules.check_list_subscriptions(q, _M.DEFAULT_LIMIT, _M.MAX_LIMIT)
+    if not q then return nil, limit, offset end
     local app = q.app
     if is_uuid(app) then app = lower(app) end
     return read(self, function()
@@ -1112,12 +873,8 @@ end
 -- @treturn table the subscription as it is now
 -- @usage st:update_subscription(sub.id, { tier = "Silver" })
 function Store:update_subscription(id, fields)
-    local ok, code, msg = check_fields(fields, { tier = true }, "update_subscription")
+    local ok, code, msg = rules.check_update_subscription(fields)
     if not ok then return nil, code, msg end
-    if fields.tier ~= nil then
-        ok, code, msg = check_text(fields.tier, "tier", 1, 64)
-        if not ok then return nil, code, msg end
-    end
     local now = now_seconds(self)
     return write(self, function()
         local sub, c, m = find_sub(self, id)
@@ -1153,10 +910,9 @@ end
 -- @treturn table the subscription, or nil, "not_found"
 -- @usage local sub = st:subscription(app.name, "Echo", "1.0")
 function Store:subscription(app_name, api, version)
-    if type(app_name) ~= "string" or type(api) ~= "string" or type(version) ~= "string" then
-        return fail("invalid", "subscription(app_name, api, version) takes three strings")
-    end
-    local rows, code, msg = query(self, SUB_SELECT
+    local rows, code, msg = rules.check_subscription_args(app_name, api, version)
+    if not rows then return nil, code, msg end
+    rows, code, msg = query(self, SUB_SELECT
         .. "WHERE a.name = ?1 AND s.api = ?2 AND s.version = ?3 AND a.revoked_at IS NULL",
         app_name, api, version)
     if not rows then return nil, code, msg end
@@ -1167,13 +923,6 @@ end
 ---------------------------------------------------------------------------
 -- revoked tokens
 
-local function check_jti(jti)
-    if type(jti) ~= "string" or #jti < 1 or #jti > 1024 then
-        return fail("invalid", "jti must be a string of 1 to 1024 bytes")
-    end
-    return jti
-end
-
 --- Revoke the token with id JTI until EXP (its expiry, seconds): it is
 -- kept until `purge` passes that time. Revoking again keeps the later EXP.
 -- @tparam string jti
@@ -1181,7 +930,7 @@ end
 -- @treturn boolean true
 -- @usage st:revoke_token(claims.jti, claims.exp)
 function Store:revoke_token(jti, exp)
-    local ok, code, msg = check_jti(jti)
+    local ok, code, msg = rules.check_jti(jti)
     if not ok then return nil, code, msg end
     ok, code, msg = check_time(exp, "exp")
     if not ok then return nil, code, msg end
@@ -1200,7 +949,7 @@ end
 -- @treturn boolean
 -- @usage if st:token_revoked(claims.jti) ~= false then refuse() end
 function Store:token_revoked(jti)
-    local ok, code, msg = check_jti(jti)
+    local ok, code, msg = rules.check_jti(jti)
     if not ok then return nil, code, msg end
     local rows
     rows, code, msg = query(self, "SELECT 1 AS yes FROM revoked_tokens WHERE jti = ?1", jti)
@@ -1227,12 +976,6 @@ end
 ---------------------------------------------------------------------------
 -- signing keys (records of weir.issuer; their contents are not checked here)
 
-local function check_kid(kid)
-    local ok, code, msg = check_text(kid, "kid", 1, 200)
-    if not ok then return nil, code, msg end
-    return kid
-end
-
 --- The issuer's signing keys, oldest first (by `created_at`, then by when
 -- they were added).
 -- @treturn table an array of `{ kid, private_pem, public_jwk, created_at, retired_at }`
@@ -1255,25 +998,8 @@ end
 -- @treturn boolean true; "conflict" when the kid exists
 -- @usage st:add_signing_key{ kid = kid, private_pem = pem, public_jwk = jwk }
 function Store:add_signing_key(rec)
-    local ok, code, msg = check_fields(rec, { kid = true, private_pem = true, public_jwk = true,
-                                              created_at = true, retired_at = true }, "add_signing_key")
-    if not ok then return nil, code, msg end
-    ok, code, msg = check_kid(rec.kid)
-    if not ok then return nil, code, msg end
-    for _, f in ipairs{ "private_pem", "public_jwk" } do
-        local v = rec[f]
-        if type(v) ~= "string" or #v < 1 or #v > 65536 then
-            return fail("invalid", "%s must be a string of 1 to 65536 bytes", f)
-        end
-    end
-    local created = rec.created_at
-    if created == nil then created = now_seconds(self) end
-    ok, code, msg = check_time(created, "created_at")
-    if not ok then return nil, code, msg end
-    if rec.retired_at ~= nil then
-        ok, code, msg = check_time(rec.retired_at, "retired_at")
-        if not ok then return nil, code, msg end
-    end
+    local created, code, msg = rules.check_signing_key(rec, function() return now_seconds(self) end)
+    if not created then return nil, code, msg end
     return write(self, function()
         local rows, c, m = query(self, "INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at, "
             .. "retired_at) VALUES (?1, ?2, ?3, ?4, ?5)", rec.kid, rec.private_pem, rec.public_jwk, created,
@@ -1291,11 +1017,9 @@ end
 -- @tparam[opt] number at
 -- @treturn boolean true
 function Store:retire_signing_key(kid, at)
-    local ok, code, msg = check_kid(kid)
-    if not ok then return nil, code, msg end
-    if at == nil then at = now_seconds(self) end
-    ok, code, msg = check_time(at, "at")
-    if not ok then return nil, code, msg end
+    local code, msg
+    at, code, msg = rules.check_retire(kid, at, function() return now_seconds(self) end)
+    if not at then return nil, code, msg end
     return write(self, function()
         local rows, c, m = query(self, "UPDATE signing_keys SET retired_at = ?2 WHERE kid = ?1", kid, at)
         if not rows then return nil, c, m end
@@ -1308,7 +1032,7 @@ end
 -- @tparam string kid
 -- @treturn boolean true
 function Store:delete_signing_key(kid)
-    local ok, code, msg = check_kid(kid)
+    local ok, code, msg = rules.check_kid(kid)
     if not ok then return nil, code, msg end
     return write(self, function()
         local rows, c, m = query(self, "DELETE FROM signing_keys WHERE kid = ?1", kid)
