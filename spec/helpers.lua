@@ -1579,4 +1579,29 @@ function helpers.ask(ws, text)
     return helpers.recv_payload(ws)
 end
 
+--- One request to the admin API on 127.0.0.1:PORT with the admin TOKEN
+-- (Bearer); JSON (a string) is the body, sent as application/json.
+-- Returns the response (helpers.http_request's) with .json decoded.
+function helpers.admin_request(port, token, method, path, json)
+    local headers = { { "Authorization", "Bearer " .. token } }
+    if json then headers[#headers + 1] = { "Content-Type", "application/json" } end
+    local res = assert(helpers.http_request(port, { method = method, path = path, headers = headers, body = json,
+                                                    timeout = 10 }))
+    res.json = require("cjson.safe").decode(res.body)
+    return res
+end
+
+--- Start a weir of 2 workers with the admin API (its token file in DIR,
+-- holding TOKEN) and CONF's other fields; gw.admin_port is the admin port.
+function helpers.start_weir_admin(conf, dir, token)
+    helpers.write_file(dir .. "/admin.token", token .. "\n")
+    local c = deepcopy(conf)
+    c.workers = c.workers or 2
+    c.admin = { port = helpers.free_port(), token_file = dir .. "/admin.token" }
+    local g = helpers.start_weir(c)
+    g.admin_port = c.admin.port
+    helpers.wait_port(g.admin_port)
+    return g
+end
+
 return helpers

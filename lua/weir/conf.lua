@@ -1436,7 +1436,7 @@ function _M.parse(src, file, opts)
         if not conf.state_dir and not (conf.state and conf.state.redis) then
             report(ctx, child(root, "key_manager"), "needs state_dir (the directory its database lives in) "
                                                     .. "or state.redis")
-        else
+        elseif conf.state_dir then
             local f = io.open(conf.state_dir, "rb")
             local is_dir = f and not f:read(1) and select(3, f:read(1)) == 21     -- EISDIR
             if f then f:close() end

@@ -260,6 +260,9 @@ local function token_request(req)
     local s, serr = _M.store()
     if not s then return oauth_error(503, "temporarily_unavailable", serr) end
     local app, key_type = s:check_client(id, secret)
+    if not app and key_type == "internal" then
+        return oauth_error(503, "temporarily_unavailable", "The key manager's store cannot answer now")
+    end
     if not app then
         return oauth_error(401, "invalid_client", "Client authentication failed",
                            basic and 'WWW-Authenticate: Basic realm="weir"\r\n' or nil)

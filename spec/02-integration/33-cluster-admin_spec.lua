@@ -15,32 +15,18 @@ describe("the admin API across two hosts sharing Redis", function()
     local clients = {}
 
     local function admin(g, method, path, json)
-        local headers = { { "Authorization", "Bearer " .. TOKEN } }
-        if json then headers[#headers + 1] = { "Content-Type", "application/json" } end
-        local res = assert(helpers.http_request(g.admin_port, { method = method, path = path, headers = headers,
-                                                                body = json, timeout = 10 }))
-        res.json = cjson.decode(res.body)
-        return res
+        return helpers.admin_request(g.admin_port, TOKEN, method, path, json)
     end
 
     local function start(name)
-        local port = helpers.free_port()
-        local g = helpers.start_weir({
-            workers = 2,
-            admin = { port = port, token_file = dir .. "/admin.token" },
-            state = { redis = rd.url, host = name },
-            apis = { helpers.api("Echo", "/echo", be) },
-        })
-        g.admin_port = port
-        helpers.wait_port(port)
-        return g
+        return helpers.start_weir_admin({ state = { redis = rd.url, host = name },
+                                          apis = { helpers.api("Echo", "/echo", be) } }, dir, TOKEN)
     end
 
     setup(function()
         be = helpers.start_backend("echo")
         rd = helpers.start_redis()
         dir = helpers.tmpdir()
-        helpers.write_file(dir .. "/admin.token", TOKEN .. "\n")
         gw[1] = start("alpha")
         gw[2] = start("beta")
         -- each host sees the other

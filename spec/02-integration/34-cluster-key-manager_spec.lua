@@ -1,0 +1,113 @@
+-- The key manager on Redis (docs/key-manager.md, "The store on Redis"): two
+-- weir instances share one real redis-server (started by the spec on a free
+-- loopback port) and no state_dir: an application made through one
+-- instance's admin API gets its token from the other and connects to
+-- either; revoking it through one closes its sockets on both; while Redis
+-- is stopped, open sockets live on and what cannot be checked is refused
+-- 503, and everything works again once it is back.
+local helpers = require "helpers"
+local cjson = require "cjson.safe"
+
+local TOKEN = "admin-token-" .. string.rep("r", 24)
+
+describe("the key manager on Redis, two instances", function()
+    local be, rd, dir
+    local gw = {}
+
+    local function admin(g, method, path, json)
+        return helpers.admin_request(g.admin_port, TOKEN, method, path, json)
+    end
+
+    local function token_req(g, k)
+        local res = assert(helpers.http_request(g.port, { method = "POST", path = "/oauth2/token", timeout = 10,
+            headers = { { "Content-Type", "application/x-www-form-urlencoded" },
+                        { "Authorization", "Basic " .. require("mime").b64(k.consumer_key .. ":" .. k.consumer_secret) } },
+            body = "grant_type=client_credentials" }))
+        res.json = cjson.decode(res.body)
+        return res
+    end
+
+    local function connect(g, tok)
+        return helpers.ws_connect(g.port, { path = "/shop", headers = { Authorization = "Bearer " .. tok } })
+    end
+
+    local function start(name)
+        return helpers.start_weir_admin({
+            state = { redis = rd.url, host = name, timeout = "300ms" },
+            key_manager = { issuer = "https://weir.cluster.test" },
+            tiers = { Gold = { limits = { { frames = 1000, per = "second" } } } },
+            apis = { { name = "Shop", context = "/shop", versions = {
+                { version = "1.0", default = true, endpoints = { production = be.url },
+                  policies = { { "jwt", { key_manager = true } }, { "subscription", {} } } } } } },
+        }, dir, TOKEN)
+    end
+
+    setup(function()
+        be = helpers.start_backend("echo")
+        rd = helpers.start_redis()
+        dir = helpers.tmpdir()
+        gw[1] = start("east")
+        gw[2] = start("west")
+    end)
+
+    teardown(helpers.cleanup)
+
+    local function setup_app(name)
+        local a = admin(gw[1], "POST", "/applications", cjson.encode({ name = name, owner = "o-" .. name }))
+        assert.equal(201, a.status, a.body)
+        local k = admin(gw[1], "POST", "/applications/" .. name .. "/keys", '{"key_type":"production"}')
+        assert.equal(201, k.status, k.body)
+        local s = admin(gw[1], "POST", "/subscriptions",
+                        cjson.encode({ application = name, api = "Shop", version = "1.0", tier = "Gold" }))
+        assert.equal(201, s.status, s.body)
+        return k.json
+    end
+
+    it("shares applications: made on one instance, a token from the other, sockets on both", function()
+        local k = setup_app("ClusterApp")
+        assert.equal("ClusterApp", admin(gw[2], "GET", "/applications/ClusterApp").json.name)
+        local t = token_req(gw[2], k)
+        assert.equal(200, t.status, t.body)
+        for _, g in ipairs(gw) do
+            local ws = assert(connect(g, t.json.access_token))
+            assert(ws:send_text("hi"))
+            assert.equal("hi", helpers.recv_payload(ws))
+            ws:close()
+        end
+        -- both publish the same keys
+        local j1 = assert(helpers.http_request(gw[1].port, { path = "/.well-known/jwks.json" })).body
+        local j2 = assert(helpers.http_request(gw[2].port, { path = "/.well-known/jwks.json" })).body
+        assert.same(cjson.decode(j1), cjson.decode(j2))
+    end)
+
+    it("revoking an application on one instance closes its sockets on both with 1008", function()
+        local k = setup_app("DoomedApp")
+        local tok = token_req(gw[1], k).json.access_token
+        local s1, s2 = assert(connect(gw[1], tok)), assert(connect(gw[2], tok))
+        local r = admin(gw[2], "POST", "/applications/DoomedApp/revoke")
+        assert.equal(200, r.status, r.body)
+        helpers.expect_error_close(s1, "/problems/token-revoked", 1008)
+        helpers.expect_error_close(s2, "/problems/token-revoked", 1008)
+        local ws, res = connect(gw[1], tok)
+        assert.is_nil(ws)
+        assert.equal(401, res.status)
+    end)
+
+    it("with Redis stopped: open sockets live on, tokens cannot be issued (503), and all is well once it is back", function()
+        local k = setup_app("OutageApp")
+        local tok = token_req(gw[1], k).json.access_token
+        local ws = assert(connect(gw[1], tok))
+        helpers.kill(rd.pid, "STOP")
+        local t = token_req(gw[1], k)
+        assert.equal(503, t.status, t.body)
+        assert.equal("temporarily_unavailable", t.json.error)
+        assert(ws:send_text("during"))
+        assert.equal("during", helpers.recv_payload(ws))
+        assert.truthy(helpers.alive(gw[1].pid) and helpers.alive(gw[2].pid))
+        helpers.kill(rd.pid, "CONT")
+        helpers.wait_until(function() return token_req(gw[2], k).status == 200 end, 20, "tokens again")
+        local ws2 = assert(connect(gw[2], token_req(gw[2], k).json.access_token))
+        ws2:close()
+        ws:close()
+    end)
+end)
