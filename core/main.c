@@ -86,7 +86,7 @@ weir_usage(FILE *f)
             "  subscribe APP API VERSION --tier T | unsubscribe ID | subscriptions [--application A] [--api A]\n"
             "  token CONSUMER_KEY [--scope \"a b\"]    an access token from weir's first listener (the secret\n"
             "                                        from WEIR_CLIENT_SECRET or one line of standard input)\n"
-            "  revoke app APP | key CONSUMER_KEY | token TOKEN_OR_JTI\n\n"
+            "  revoke app APP | revoke key CONSUMER_KEY | revoke token TOKEN_OR_JTI\n\n"
             "signals to the master: HUP reload, TERM or INT drain and stop, USR2 drain (1012) and stop,\n"
             "                       USR1 reopen the log file\n"
             "environment: WEIR_LUA_DIR  weir's Lua runtime (default: ../share/weir/lua from the binary,\n"

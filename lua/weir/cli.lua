@@ -1157,6 +1157,9 @@ command("revoke token", {
 
 local GROUPS = { app = { "create", "list", "show", "keys", "delete" }, revoke = { "app", "key", "token" } }
 
+--- The commands, "app create" and the like included, in the order declared.
+_M.commands = order
+
 ------------------------------------------------------------------------------
 -- The command line
 ------------------------------------------------------------------------------

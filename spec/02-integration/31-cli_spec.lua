@@ -811,6 +811,18 @@ describe("the CLI's HTTP client (weir.cli.request)", function()
         end
     end)
 
+    it("every command is in weir -h, weir(8) and docs/admin-api.md's section on the command line", function()
+        local _, help = helpers.run({ helpers.bin, "-h" })
+        local man = helpers.read_file(helpers.root .. "/packaging/weir.8"):gsub("\\f[BIR]", ""):gsub("\\%-", "-")
+        local doc = assert(helpers.read_file(helpers.root .. "/docs/admin-api.md"):match("\n## The command line\n(.*)$"))
+        assert.truthy(#cli.commands >= 15)
+        for _, name in ipairs(cli.commands) do
+            assert.truthy(help:find(name, 1, true), "weir -h does not name " .. name)
+            assert.truthy(man:find(".B " .. name, 1, true), "weir(8) does not name " .. name)
+            assert.truthy(doc:find("`weir " .. name, 1, true), "docs/admin-api.md does not name weir " .. name)
+        end
+    end)
+
     it("says a peer that is not there cannot be reached", function()
         local port = helpers.free_port()
         local res, why, unreachable = cli.request({ host = "127.0.0.1", port = port }, { method = "GET", path = "/" })
