@@ -1,15 +1,18 @@
 /*
  * main.c — the command line: checks a configuration (-t, -T), signals a
- * running weir (-s, through ctl.c), or starts one: loads the
- * configuration, opens the log, the listeners and the pid file, then hands
- * over to the master process (master.c). Fatal start-up errors are said on
- * stderr as well as logged, so that they are seen even with log.file set.
+ * running weir (-s, through ctl.c), hands the admin API's commands (weir
+ * status, weir connections, ...) over to lua/weir/cli.lua, or starts one:
+ * loads the configuration, opens the log, the listeners and the pid file,
+ * then hands over to the master process (master.c). Fatal start-up errors
+ * are said on stderr as well as logged, so that they are seen even with
+ * log.file set.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
 #include <systemd/sd-daemon.h>
 
 #include "conf.h"
@@ -42,9 +48,11 @@ weir_usage(FILE *f)
             "       weir -T -c FILE                   check it, and that weir could start now\n"
             "       weir -s SIGNAL [--no-wait] -c FILE\n"
             "                                         signal the running weir (found by pid_file)\n"
+            "       weir [-c FILE] COMMAND [ARGS] [--json]\n"
+            "                                         ask the running weir through its admin API\n"
             "       weir -v | -h\n\n"
             "  -c FILE     the configuration (a Lua file returning a table); the installed one is\n"
-            "              %s\n"
+            "              %s (the default of the commands below)\n"
             "  -t          check the configuration, the files it names and every policy it uses:\n"
             "              exit 0 when valid, 1 with every problem otherwise; warnings (a pid or log\n"
             "              file this user cannot write, policies with the same priority) do not fail it\n"
@@ -59,13 +67,34 @@ weir_usage(FILE *f)
             "  --no-wait   with -s: return once the signal is sent\n"
             "  -v          print the version and exit\n"
             "  -h          print this help and exit\n\n"
+            "commands (the admin API at admin.address:admin.port, its token read from admin.token_file;\n"
+            "--json prints the API's answer as it is; weir COMMAND -h tells more):\n"
+            "  status                                the gateway's status, its workers, the last reload\n"
+            "  connections [FILTERS] [--limit N] [--offset N]\n"
+            "                                        the host's live connections (FILTERS: --api A --version V\n"
+            "                                        --application X --subscriber S --client IP --key-type T\n"
+            "                                        --tier T, all of them to match)\n"
+            "  kick ID | FILTERS | --all [--code N] [--message M]\n"
+            "                                        close a connection, or every one matching\n"
+            "  push ID | FILTERS | --all (--text T | --binary-file F) [--to backend]\n"
+            "                                        send a message to a connection's client (or backend)\n"
+            "  reload                                as weir -s reload, through the API (exit 0, 3 or 1)\n"
+            "  app create NAME --owner O [--description D] [--tier T] [--scopes a,b]\n"
+            "  app list [--owner O] | app show APP | app delete APP\n"
+            "  app keys APP [--generate [--sandbox]]  list an application's keys, or make one (its secret is\n"
+            "                                        shown only then)\n"
+            "  subscribe APP API VERSION --tier T | unsubscribe ID | subscriptions [--application A] [--api A]\n"
+            "  token CONSUMER_KEY [--scope \"a b\"]    an access token from weir's first listener (the secret\n"
+            "                                        from WEIR_CLIENT_SECRET or one line of standard input)\n"
+            "  revoke app APP | revoke key CONSUMER_KEY | revoke token TOKEN_OR_JTI\n\n"
             "signals to the master: HUP reload, TERM or INT drain and stop, USR2 drain (1012) and stop,\n"
             "                       USR1 reopen the log file\n"
             "environment: WEIR_LUA_DIR  weir's Lua runtime (default: ../share/weir/lua from the binary,\n"
             "                           else ../lua: the build tree)\n"
             "             WEIR_POLICY_DIR  the stock policies (default: ../policies from the Lua runtime)\n"
+            "             WEIR_CLIENT_SECRET  the client secret of weir token\n"
             "exit status: 0 done, 1 failed, 2 usage, 3 a reload applied only in part, 7 weir is not\n"
-            "             running (-s)\n"
+            "             running (-s) or its admin API cannot be reached (commands)\n"
             "see weir(8)\n",
             WEIR_VERSION, WEIR_CONF_DEFAULT);
 }
@@ -217,6 +246,115 @@ weir_write_pid(const char *file)
     return WEIR_OK;
 }
 
+/* ---- the admin API's commands ------------------------------------------ */
+
+/* The first words that make weir a client of a running weir's admin API
+ * (lua/weir/cli.lua does the rest). */
+static const char *const weir_cli_commands[] = {
+    "status", "connections", "kick", "push", "reload", "app", "subscribe", "unsubscribe",
+    "subscriptions", "token", "revoke", NULL,
+};
+
+/*
+ * Whether ARGV names an admin command: its first word that is neither an
+ * option nor an option's value (-c FILE, -s SIGNAL) is one of
+ * weir_cli_commands. Returns 1 if so.
+ */
+static int
+weir_cli_wanted(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+
+        if (strcmp(a, "--") == 0) return 0;
+        if (a[0] == '-' && a[1] != '\0') {
+            if (a[1] != '-') {                  /* -tc FILE, -cFILE */
+                for (const char *p = a + 1; *p != '\0'; p++) {
+                    if (*p == 'c' || *p == 's') {
+                        if (p[1] == '\0') i++;
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        for (int k = 0; weir_cli_commands[k] != NULL; k++) {
+            if (strcmp(a, weir_cli_commands[k]) == 0) return 1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* Message handler for lua_pcall: the error with a traceback. */
+static int
+weir_cli_traceback(lua_State *L)
+{
+    luaL_traceback(L, L, lua_tostring(L, 1), 1);
+    return 1;
+}
+
+/*
+ * Run require("weir.cli").main(args, env) in a fresh LuaJIT state: ARGS is
+ * argv without the program name; ENV tells the Lua side the default
+ * configuration and the version. Returns the exit code main returned
+ * (WEIR_EXIT_FAILURE when it failed to run).
+ */
+static int
+weir_cli_run(int argc, char **argv)
+{
+    char        why[PATH_MAX * 3];
+    const char *dir = weir_conf_lua_dir(why, sizeof(why));
+    lua_State  *L;
+    int         rc = WEIR_EXIT_FAILURE, handler;
+
+    if (dir == NULL) {
+        fprintf(stderr, "weir: %s\n", why);
+        return WEIR_EXIT_FAILURE;
+    }
+    signal(SIGPIPE, SIG_IGN);       /* a peer that hangs up is an error returned, not a death */
+    L = luaL_newstate();
+    if (L == NULL) {
+        fprintf(stderr, "weir: out of memory\n");
+        return WEIR_EXIT_FAILURE;
+    }
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");                /* weir's own Lua tree first, as conf.c does */
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", dir, dir);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, weir_cli_traceback);
+    handler = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "weir.cli");
+    if (lua_pcall(L, 1, 1, handler) != 0) {
+        fprintf(stderr, "weir: cannot load weir.cli from %s: %s\n", dir, lua_tostring(L, -1));
+        goto done;
+    }
+    lua_getfield(L, -1, "main");
+    lua_createtable(L, argc, 0);
+    for (int i = 1; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i);
+    }
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, WEIR_CONF_DEFAULT);
+    lua_setfield(L, -2, "conf_default");
+    lua_pushliteral(L, WEIR_VERSION);
+    lua_setfield(L, -2, "version");
+    if (lua_pcall(L, 2, 1, handler) != 0) {
+        fprintf(stderr, "weir: internal error in weir.cli: %s\n", lua_tostring(L, -1));
+        goto done;
+    }
+    rc = lua_isnumber(L, -1) ? (int) lua_tointeger(L, -1) : WEIR_EXIT_FAILURE;
+
+done:
+    fflush(stdout);
+    lua_close(L);
+    return rc;
+}
+
 static const struct option weir_long_options[] = {
     { "no-wait", no_argument, NULL, 'W' },
     { "help",    no_argument, NULL, 'h' },
@@ -232,6 +370,7 @@ main(int argc, char **argv)
     weir_conf_t *conf = NULL;
     char        why[PATH_MAX * 3];
 
+    if (weir_cli_wanted(argc, argv)) return weir_cli_run(argc, argv);
     while ((c = getopt_long(argc, argv, "c:tTs:vh", weir_long_options, NULL)) != -1) {
         switch (c) {
         case 'c': file = optarg; break;
