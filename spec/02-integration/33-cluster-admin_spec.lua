@@ -19,7 +19,7 @@ describe("the admin API across two hosts sharing Redis", function()
     end
 
     local function start(name)
-        return helpers.start_weir_admin({ state = { redis = rd.url, host = name },
+        return helpers.start_weir_admin({ state = { redis = rd.url, host = name, timeout = "2s" },
                                           apis = { helpers.api("Echo", "/echo", be) } }, dir, TOKEN)
     end
 
@@ -60,7 +60,7 @@ describe("the admin API across two hosts sharing Redis", function()
         local l = helpers.wait_until(function()
             local r = admin(gw[1], "GET", "/connections").json
             return r.total == 2 and r
-        end, 10, "both connections listed")
+        end, 30, "both connections listed")
         assert.equal("alpha", l.connections[1].host)
         assert.equal("beta", l.connections[2].host)
         assert.truthy(l.connections[2].id:match("^w%d+%-%d+@beta$"))
@@ -80,7 +80,7 @@ describe("the admin API across two hosts sharing Redis", function()
             for _, c in ipairs(admin(gw[1], "GET", "/connections?limit=1000").json.connections) do
                 if c.host == "beta" then return c.id end
             end
-        end, 10, "beta's connection")
+        end, 30, "beta's connection")
         local r = admin(gw[1], "POST", "/connections/" .. id .. "/messages", '{"text":"from alpha"}')
         assert.equal(200, r.status, r.body)
         assert.equal(1, r.json.delivered)
@@ -94,7 +94,7 @@ describe("the admin API across two hosts sharing Redis", function()
     it("pushes to and closes every connection of both hosts matching a filter", function()
         local socks = { connect(gw[1]), connect(gw[2]), connect(gw[2]) }
         helpers.wait_until(function() return admin(gw[2], "GET", "/connections?api=Echo").json.total == 3 end,
-                           10, "three connections")
+                           30, "three connections")
         local r = admin(gw[2], "POST", "/connections/messages?api=Echo", '{"text":"all"}')
         assert.equal(200, r.status, r.body)
         assert.same({ 3, 3 }, { r.json.matched, r.json.delivered })
@@ -106,7 +106,7 @@ describe("the admin API across two hosts sharing Redis", function()
 
     it("keeps answering for its own host while Redis is stopped, and reaches the other again after", function()
         local mine, theirs = connect(gw[1]), connect(gw[2])
-        helpers.wait_until(function() return admin(gw[1], "GET", "/connections").json.total == 2 end, 10, "two")
+        helpers.wait_until(function() return admin(gw[1], "GET", "/connections").json.total == 2 end, 30, "two")
         helpers.kill(rd.pid, "STOP")
         local r = admin(gw[1], "GET", "/connections")
         assert.equal(200, r.status, r.body)

@@ -33,7 +33,7 @@ describe("the key manager on Redis, two instances", function()
 
     local function start(name)
         return helpers.start_weir_admin({
-            state = { redis = rd.url, host = name, timeout = "300ms" },
+            state = { redis = rd.url, host = name, timeout = "1s" },
             key_manager = { issuer = "https://weir.cluster.test" },
             tiers = { Gold = { limits = { { frames = 1000, per = "second" } } } },
             apis = { { name = "Shop", context = "/shop", versions = {
