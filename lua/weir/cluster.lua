@@ -162,6 +162,7 @@ end
 function _M.start()
     if running or not _M.enabled() or C.weir_ffi_worker() ~= 0 then return end
     running = true
+    require "weir.admin"          -- its answers to other hosts' requests
     require("weir.runtime").spawn(function()
         while running do
             local ok, err = pcall(loop)

@@ -146,13 +146,22 @@ function _M.revoked(claims, live)
     end, live)
 end
 
-local polling
+local polling, started
 
 --- With Redis, poll the store's generation every 250 ms (each worker), so
 -- that handshakes see another host's change without a round trip each.
 function _M.start()
     local km, c = km_conf()
-    if polling or not km or not on_redis(c) then return end
+    if not km then return end
+    if not started then
+        started = true
+        -- the signing key exists from the start (made now when there is none)
+        require("weir.runtime").spawn(function()
+            local ok, err = _M.issuer()
+            if not ok then weir.log("warn", "no signing key yet", { error = tostring(err) }) end
+        end)
+    end
+    if polling or not on_redis(c) then return end
     polling = true
     local rt, redis = require "weir.runtime", require "weir.redis"
     rt.spawn(function()

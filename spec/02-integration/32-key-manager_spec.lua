@@ -299,6 +299,21 @@ describe("the key manager", function()
         assert.truthy(#listed.keys >= 2)
     end)
 
+    it("needs the admin token on every key-manager endpoint, and answers 401 without it", function()
+        for _, ep in ipairs({ { "POST", "/applications" }, { "GET", "/applications" }, { "GET", "/applications/x" },
+                              { "PATCH", "/applications/x" }, { "DELETE", "/applications/x" },
+                              { "POST", "/applications/x/revoke" }, { "GET", "/applications/x/keys" },
+                              { "POST", "/applications/x/keys" }, { "POST", "/keys/k/revoke" },
+                              { "POST", "/subscriptions" }, { "GET", "/subscriptions" }, { "GET", "/subscriptions/s" },
+                              { "PATCH", "/subscriptions/s" }, { "DELETE", "/subscriptions/s" },
+                              { "POST", "/tokens/revoke" }, { "GET", "/signing-keys" },
+                              { "POST", "/signing-keys/rotate" } }) do
+            local res = assert(helpers.http_request(admin_port, { method = ep[1], path = ep[2], timeout = 10 }))
+            assert.equal(401, res.status, ep[1] .. " " .. ep[2])
+            helpers.check_error(res.body, "/problems/unauthorized", 401)
+        end
+    end)
+
     it("answers bad input with 4xx and the error JSON, changing nothing", function()
         local before = ok(admin("GET", "/applications")).total
         local cases = {

@@ -119,4 +119,20 @@ describe("the admin API across two hosts sharing Redis", function()
         assert(theirs:send_text("still")); assert.equal("still", helpers.recv_payload(theirs))
         mine:close(); theirs:close()
     end)
+
+    it("finds the other host again after Redis is killed and started anew (empty) on its port", function()
+        local theirs = connect(gw[2])
+        helpers.kill(rd.pid, "KILL")
+        helpers.wait(rd.pid, 10)
+        assert.equal(200, admin(gw[1], "GET", "/status").status)     -- its own host still answers
+        rd = helpers.start_redis({ port = rd.port })
+        helpers.wait_until(function()
+            for _, c in ipairs(admin(gw[1], "GET", "/connections?limit=1000").json.connections) do
+                if c.host == "beta" then return true end
+            end
+        end, 30, "beta's connection listed through the new Redis")
+        assert.truthy(helpers.alive(gw[1].pid) and helpers.alive(gw[2].pid))
+        assert(theirs:send_text("after")); assert.equal("after", helpers.recv_payload(theirs))
+        theirs:close()
+    end)
 end)
