@@ -107,20 +107,6 @@ weir_conn_upstream(weir_session_t *s, const char *query, size_t qlen, const char
     return WEIR_OK;
 }
 
-/* ---- HTTP answers ------------------------------------------------------- */
-
-void
-weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra)
-{
-    char buf[1024];
-    size_t n = weir_http_error(buf, sizeof(buf), status, type, msg, extra);
-    s->http_status = status;
-    s->state = WEIR_S_CLOSED;
-    if (weir_leg_write(&s->client, (uint8_t *) buf, n) != WEIR_OK) return;
-    weir_leg_finish(&s->client);
-    weir_leg_update(&s->client);
-}
-
 /* The first subprotocol the client offered, or NULL (re-parses the head). */
 static size_t
 weir_first_protocol(weir_session_t *s, char *out, size_t len)

@@ -1,5 +1,6 @@
 /*
- * service.c — requests to weir's own HTTP services rather than to an API:
+ * service.c — the HTTP answers weir gives itself (an error JSON instead of
+ * an upgrade: weir_session_http), and requests to weir's own HTTP services rather than to an API:
  * the admin API (every request on the admin listener) and the key
  * manager's public endpoints (POST /oauth2/token, GET
  * /.well-known/jwks.json on the public listeners). A session room between
@@ -25,6 +26,18 @@
 #include "session_int.h"
 
 #define WEIR_SERVICE_PUBLIC_MAX_BODY (16 * 1024)    /* a token request's form */
+
+void
+weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra)
+{
+    char buf[1024];
+    size_t n = weir_http_error(buf, sizeof(buf), status, type, msg, extra);
+    s->http_status = status;
+    s->state = WEIR_S_CLOSED;
+    if (weir_leg_write(&s->client, (uint8_t *) buf, n) != WEIR_OK) return;
+    weir_leg_finish(&s->client);
+    weir_leg_update(&s->client);
+}
 
 static uint64_t
 weir_service_max_body(const weir_session_t *s)

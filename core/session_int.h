@@ -1,8 +1,9 @@
 /*
  * session_int.h — what the rooms of a session share and nothing outside
- * them sees: leg.c (bytes on a socket), handshake.c (both handshakes),
- * relay.c (frames between the legs) and session.c (a session's life). The
- * worker sees proxy.h, the policy engine conn.h.
+ * them sees: leg.c (bytes on a socket), relay.c (frames between the
+ * legs), service.c (weir's own HTTP answers and services), handshake.c
+ * (both handshakes) and session.c (a session's life). The worker sees
+ * proxy.h, the policy engine conn.h.
  *
  * A session is one allocation holding both legs. Each leg owns a socket (and
  * an SSL when it is TLS), a poll handle, a small stash for a frame header or
@@ -12,8 +13,8 @@
  * are written to the other leg with one write per read in the common case.
  *
  * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
- * handshake.c both, session.c all three; their functions are declared
- * below in that order. A function that "may close" a leg can leave it done
+ * service.c both, handshake.c those three, session.c all four; their
+ * functions are declared below in that order. A function that "may close" a leg can leave it done
  * (l->done): re-check after it. None frees a session: that happens only in
  * a libuv close callback, so a session stays valid until the callback
  * running returns.
@@ -357,25 +358,27 @@ int  weir_relay_limit(weir_session_t *s, const char *key, size_t len, const weir
 /* Forget S's rate limits (at the free). */
 void weir_relay_throttle_free(weir_session_t *s);
 
-/* ---- handshake.c ----------------------------------------------------------- */
+/* ---- service.c ------------------------------------------------------------- */
 
 /* Answer S's request with HTTP STATUS and the error JSON of TYPE and MSG
  * (EXTRA: more header lines, or NULL), then close the client leg once it
  * is out. S is then WEIR_S_CLOSED. */
 void weir_session_http(weir_session_t *s, int status, const char *type, const char *msg, const char *extra);
 
-/* service.c: is M a request for the key manager's public endpoints (and is it on)? */
+/* Is M a request for the key manager's public endpoints (and is it on)? */
 int  weir_service_public(const weir_session_t *s, const weir_http_msg_t *m);
 
-/* service.c: take the request M (its head in s->hs) to one of weir's services:
+/* Take the request M (its head in s->hs) to one of weir's services:
  * check it, read its body, hand it to the engine. */
 void weir_service_request(weir_session_t *s, const weir_http_msg_t *m);
 
-/* service.c: more of the body of a service request can be read. */
+/* More of the body of a service request can be read. */
 void weir_service_read_body(weir_session_t *s);
 
-/* service.c: answer a service request with the engine's verdict V. */
+/* Answer a service request with the engine's verdict V. */
 void weir_service_answer(weir_session_t *s, const weir_verdict_t *v);
+
+/* ---- handshake.c ----------------------------------------------------------- */
 
 /* The backend cannot be used: close it, complete the client's upgrade so a
  * browser can read the reason, and close the client with the bad-gateway
