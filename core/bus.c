@@ -9,6 +9,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
+
 #include "bus.h"
 #include "conn.h"
 #include "log.h"
@@ -52,12 +54,18 @@ static uv_timer_t       weir_bus_timer;
 static weir_bus_wait_t *weir_bus_waits;
 static uint8_t         *weir_bus_buf;
 
+/* The abstract address of WORKER's command socket, from the registry
+ * (each worker that starts binds a random name and publishes it there, so
+ * that no process can take the name before it). Returns its length, 0 when
+ * WORKER has none. */
 static socklen_t
 weir_bus_addr(struct sockaddr_un *a, int worker)
 {
+    char name[WEIR_REG_BUS_NAME];
+    if (weir_registry_bus(worker, name, sizeof(name)) != WEIR_OK) return 0;
     memset(a, 0, sizeof(*a));
     a->sun_family = AF_UNIX;
-    int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "weir-bus-%d-%d", (int) getppid(), worker);
+    int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "%s", name);
     return (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + (size_t) n);
 }
 
@@ -110,7 +118,7 @@ weir_bus_reply(int to, uint64_t token, uint32_t count)
     socklen_t al = weir_bus_addr(&a, to);
     weir_bus_head_t h = { .magic = WEIR_BUS_MAGIC, .kind = WEIR_BUS_REPLY, .from = (uint16_t) weir_bus_w->id,
                           .token = token, .count = count };
-    if (sendto(weir_bus_fd, &h, sizeof(h), MSG_DONTWAIT, (struct sockaddr *) &a, al) < 0)
+    if (al == 0 || sendto(weir_bus_fd, &h, sizeof(h), MSG_DONTWAIT, (struct sockaddr *) &a, al) < 0)
         weir_log(WEIR_LOG_WARN, "cannot answer another worker", "\"worker\":%d,\"error\":\"%s\"", to,
                  strerror(errno));
 }
@@ -197,13 +205,22 @@ weir_bus_init(weir_worker_t *w)
     weir_bus_buf = malloc(WEIR_BUS_MAX);
     weir_bus_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (weir_bus_buf == NULL || weir_bus_fd < 0) goto failed;
-    socklen_t al = weir_bus_addr(&a, w->id);
+    uint8_t rnd[12];
+    char name[WEIR_REG_BUS_NAME];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) goto failed;
+    int nl = snprintf(name, sizeof(name), "weir-bus-%d-", w->id);
+    for (size_t i = 0; i < sizeof(rnd); i++) nl += snprintf(name + nl, sizeof(name) - (size_t) nl, "%02x", rnd[i]);
+    memset(&a, 0, sizeof(a));
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path + 1, name, (size_t) nl);
+    socklen_t al = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + (size_t) nl);
     setsockopt(weir_bus_fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
     if (setsockopt(weir_bus_fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) != 0)
         setsockopt(weir_bus_fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
     if (setsockopt(weir_bus_fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) != 0)
         setsockopt(weir_bus_fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     if (bind(weir_bus_fd, (struct sockaddr *) &a, al) != 0) goto failed;
+    weir_registry_set_bus(w->id, name);
     uv_poll_init(w->loop, &weir_bus_poll, weir_bus_fd);
     uv_poll_start(&weir_bus_poll, UV_READABLE, weir_bus_read_cb);
     uv_timer_init(w->loop, &weir_bus_timer);
@@ -267,7 +284,7 @@ weir_ffi_conn_act(int worker, int action, const uint64_t *ns, const uint32_t *sl
     socklen_t al = weir_bus_addr(&a, worker);
     struct iovec iov[3] = { { &h, sizeof(h) }, { t, tl }, { (void *) p, len } };
     struct msghdr msg = { .msg_name = &a, .msg_namelen = al, .msg_iov = iov, .msg_iovlen = 3 };
-    ssize_t n = weir_bus_fd >= 0 ? sendmsg(weir_bus_fd, &msg, MSG_DONTWAIT) : -1;
+    ssize_t n = weir_bus_fd >= 0 && al > 0 ? sendmsg(weir_bus_fd, &msg, MSG_DONTWAIT) : -1;
     free(t);
     if (n < 0) return -1;
     weir_bus_wait_t *wt = calloc(1, sizeof(*wt));

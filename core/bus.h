@@ -2,8 +2,9 @@
  * bus.h — commands between the workers of one host: the admin API of any
  * worker pushes a message to, or closes, a connection another worker holds.
  *
- * Each worker binds an abstract Unix datagram socket named after the
- * master's pid and its own index. A command names its connections by their
+ * Each worker that starts binds an abstract Unix datagram socket under a
+ * random name and publishes the name in the registry (so that no other
+ * process can take it in advance; the others look it up there). A command names its connections by their
  * registry slot and number (registry.h), carries the message or the close,
  * and is answered with how many connections it reached. A datagram is
  * accepted only from a process of the same user that the registry lists as

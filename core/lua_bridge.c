@@ -320,10 +320,12 @@ weir_lua_reload(weir_conf_t *conf)
 }
 
 static void weir_lua_cancel_sleepers(void);
+static int  weir_lua_stopping;     /* the worker is exiting: no new sleeper */
 
 void
 weir_lua_cancel_io(void)
 {
+    weir_lua_stopping = 1;
     weir_lua_cancel_sleepers();
     while (weir_ios != NULL) {
         weir_lua_io_t *io = weir_ios;
@@ -737,6 +739,7 @@ weir_lua_sleep_cb(uv_timer_t *t)
 uint64_t
 weir_ffi_sleep(double ms)
 {
+    if (weir_lua_stopping) return 0;       /* what still runs finds its sleep refused, and ends */
     weir_lua_sleep_t *sl = calloc(1, sizeof(*sl));
     if (sl == NULL || weir_lua_loop == NULL) {
         free(sl);

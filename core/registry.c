@@ -26,7 +26,8 @@ typedef struct {
 
 typedef struct {
     _Atomic int32_t  pid;
-    uint32_t         pad;
+    _Atomic uint32_t bus_seq;         /* guards bus, as a slot's seq */
+    char             bus[WEIR_REG_BUS_NAME];
 } weir_reg_worker_t;
 
 static weir_reg_head_t    *weir_reg_head;
@@ -64,17 +65,35 @@ weir_seq_end(_Atomic uint32_t *seq)
     atomic_store_explicit(seq, s + 1, memory_order_release);
 }
 
-/* Copy LEN bytes at SRC, guarded by SEQ, into DST: a consistent copy. */
-static void
+#define WEIR_SEQ_TRIES 100000      /* a writer holds a slot for a few copies: past this, it died in there */
+
+/* Copy LEN bytes at SRC, guarded by SEQ, into DST: a consistent copy.
+ * Returns WEIR_OK, or WEIR_ERROR (DST zeroed) when no consistent copy came
+ * (its writer died while writing). */
+static int
 weir_seq_read(_Atomic uint32_t *seq, void *dst, const void *src, size_t len)
 {
-    for (;;) {
+    for (int i = 0; i < WEIR_SEQ_TRIES; i++) {
         uint32_t s1 = atomic_load_explicit(seq, memory_order_acquire);
         if (s1 & 1) continue;
         memcpy(dst, src, len);
         atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(seq, memory_order_relaxed) == s1) return;
+        if (atomic_load_explicit(seq, memory_order_relaxed) == s1) return WEIR_OK;
     }
+    memset(dst, 0, len);
+    return WEIR_ERROR;
+}
+
+/* Empty slot S whatever its writer left: a worker that died inside a write
+ * leaves its sequence odd, and readers would wait on it forever. */
+static void
+weir_slot_reset(weir_reg_slot_t *s)
+{
+    uint32_t q = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    atomic_store_explicit(&s->seq, (q | 1u) + 1u, memory_order_relaxed);     /* odd now: being written */
+    atomic_thread_fence(memory_order_release);
+    s->used = 0;
+    atomic_store_explicit(&s->seq, (q | 1u) + 2u, memory_order_release);      /* even: whole */
 }
 
 static void
@@ -140,12 +159,10 @@ weir_registry_worker(int worker, pid_t pid)
     if (weir_reg_workers == NULL || worker < 0 || worker >= weir_reg_nworkers) return;
     atomic_store(&weir_reg_workers[worker].pid, (int32_t) pid);
     if (pid != 0) return;
+    weir_registry_set_bus(worker, "");
     for (uint32_t i = 0; i < weir_reg_per; i++) {
         weir_reg_slot_t *s = weir_reg_slot(worker, (int32_t) i);
-        if (!s->used) continue;
-        weir_seq_begin(&s->seq);
-        s->used = 0;
-        weir_seq_end(&s->seq);
+        if (s->used || (atomic_load(&s->seq) & 1)) weir_slot_reset(s);
     }
 }
 
@@ -196,11 +213,7 @@ weir_registry_attach(int worker)
     weir_reg_nfree = 0;
     for (uint32_t i = weir_reg_per; i-- > 0;) {       /* lowest slots first: fewer pages touched */
         weir_reg_slot_t *s = weir_reg_slot(worker, (int32_t) i);
-        if (s->used) {
-            weir_seq_begin(&s->seq);
-            s->used = 0;
-            weir_seq_end(&s->seq);
-        }
+        if (s->used || (atomic_load(&s->seq) & 1)) weir_slot_reset(s);
         weir_reg_free[weir_reg_nfree++] = i;
     }
     weir_reg_free_of = worker;
@@ -281,15 +294,17 @@ weir_registry_read(uint64_t i, weir_reg_conn_t *out)
     struct { uint32_t used; weir_reg_conn_t c; } copy;
     /* a free slot is told by its used flag alone: no copy of the rest */
     if (!s->used) return 0;
-    for (;;) {
+    copy.used = 0;
+    for (int k = 0; k < WEIR_SEQ_TRIES; k++) {
         uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
         if (s1 & 1) continue;
         copy.used = s->used;
         if (copy.used) memcpy(&copy.c, &s->c, sizeof(copy.c));
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&s->seq, memory_order_relaxed) == s1) break;
+        copy.used = 0;
     }
-    if (!copy.used) return 0;
+    if (!copy.used) return 0;          /* free, or its writer died inside a write: not listed */
     *out = copy.c;
     return 1;
 }
@@ -298,4 +313,26 @@ size_t
 weir_registry_sizeof(int which)
 {
     return which ? sizeof(weir_reg_status_t) : sizeof(weir_reg_conn_t);
+}
+
+void
+weir_registry_set_bus(int worker, const char *name)
+{
+    if (weir_reg_workers == NULL || worker < 0 || worker >= weir_reg_nworkers) return;
+    weir_reg_worker_t *w = &weir_reg_workers[worker];
+    weir_seq_begin(&w->bus_seq);
+    weir_copy_str(w->bus, sizeof(w->bus), name);
+    weir_seq_end(&w->bus_seq);
+}
+
+int
+weir_registry_bus(int worker, char *out, size_t len)
+{
+    char copy[WEIR_REG_BUS_NAME];
+    if (weir_reg_workers == NULL || worker < 0 || worker >= weir_reg_nworkers || len < sizeof(copy)) return WEIR_ERROR;
+    weir_reg_worker_t *w = &weir_reg_workers[worker];
+    if (weir_seq_read(&w->bus_seq, copy, w->bus, sizeof(copy)) != WEIR_OK || copy[0] == '\0') return WEIR_ERROR;
+    memcpy(out, copy, sizeof(copy));
+    out[sizeof(copy) - 1] = '\0';
+    return WEIR_OK;
 }

@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #define WEIR_REG_REPORT_MAX 8192      /* bytes of the last reload's report kept */
+#define WEIR_REG_BUS_NAME   48        /* a worker's command socket name (bus.c), with its NUL */
 
 /* One connection, as a copy read from the registry. */
 typedef struct {
@@ -68,6 +69,14 @@ void weir_registry_status(weir_reg_status_t *out);
 
 /* Worker W's pid, 0 when not running or out of range. */
 pid_t weir_registry_pid(int worker);
+
+/* Worker WORKER's command socket (bus.c) is NAME: a name made anew by each
+ * worker that starts, so that no other process can take it in advance. */
+void weir_registry_set_bus(int worker, const char *name);
+
+/* Copy worker WORKER's command socket name into OUT (LEN >=
+ * WEIR_REG_BUS_NAME). WEIR_ERROR: none (not running, or not bound yet). */
+int  weir_registry_bus(int worker, char *out, size_t len);
 
 /* Slots of one worker. */
 uint32_t weir_registry_per_worker(void);

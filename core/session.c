@@ -325,8 +325,12 @@ weir_proxy_tick(weir_worker_t *w)
     for (weir_session_t *s = w->sessions, *next; s != NULL; s = next) {
         next = s->next;
         if (s->reg >= 0) weir_tick_listed(s, now, wall);
-        if (s->state < WEIR_S_OPEN && now - s->started >= lim->handshake_timeout_ms) {
-            if (s->state == WEIR_S_POLICY) {
+        /* an admin request being answered (a reload: up to the master's 15 s) has a deadline of its own */
+        uint64_t limit = s->service && s->state == WEIR_S_POLICY ? WEIR_SERVICE_TIMEOUT_MS : lim->handshake_timeout_ms;
+        if (s->state < WEIR_S_OPEN && now - s->started >= limit) {
+            if (s->state == WEIR_S_POLICY && s->service) {
+                weir_session_http(s, 504, "/problems/gateway-timeout", "The request did not complete in time", NULL);
+            } else if (s->state == WEIR_S_POLICY) {
                 weir_session_http(s, 504, "/problems/gateway-timeout",
                                   "A policy did not decide in time", NULL);
             } else if (s->state <= WEIR_S_BODY) {

@@ -31,6 +31,7 @@
 #include "ws.h"
 
 #define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to the interceptor */
+#define WEIR_SERVICE_TIMEOUT_MS 60000    /* an admin or key-manager request's answer, at most */
 
 typedef struct weir_upstream_s weir_upstream_t;
 

@@ -156,7 +156,7 @@ end
 
 -- The keyset to use; REFRESH: a kid was not found in it.
 local function keyset(conf, refresh)
-    if conf.key_manager then return (require("weir.keymanager").keyset()) end
+    if conf.key_manager then return (require("weir.km").keyset()) end
     if not conf.jwks_url then return conf._keyset end
     -- keys fetched without verifying the server are not shared with a
     -- policy that verifies it (nor with another CA)

@@ -33,7 +33,7 @@ local function lookup(ctx, live)
     if type(c) ~= "table" or type(c.application) ~= "string" then
         return nil, weir.error("/problems/unauthorized", "This API needs an authenticated application", 401)
     end
-    local km = require "weir.keymanager"
+    local km = require "weir.km"
     local sub, err = km.subscription(c.application, ctx.api.name, ctx.api.version, live)
     if sub == nil then
         return nil, weir.error("/problems/unavailable", "Subscriptions cannot be checked now", 503), err

@@ -392,13 +392,29 @@ cluster.handle("get", function(msg)
     return { connection = c and json(describe(c)) or nil }
 end)
 
+-- Close codes an operator may send: what a well-behaved peer understands.
+local function close_code_ok(c)
+    return c == 1000 or c == 1001 or c == 1008 or c == 1011 or c == 1012 or c == 1013
+           or (c >= 3000 and c <= 4999)
+end
+
+-- A command from another host: its action and close code are checked as
+-- this host's own requests are.
+local function valid_command(msg)
+    local a, code = msg.action, tonumber(msg.code) or 0
+    if a ~= SEND_CLIENT and a ~= SEND_BACKEND and a ~= CLOSE then return false end
+    return a ~= CLOSE or close_code_ok(code)
+end
+
 cluster.handle("act", function(msg)
+    if not valid_command(msg) then return { done = 0, error = "invalid command" } end
     local c = find(msg.id)
     if not c then return { done = 0 } end
     return { done = act({ { c.worker, tonumber(c.n), c.slot } }, msg.action, msg.code, msg.opcode, unwire(msg)) }
 end)
 
 cluster.handle("act_filter", function(msg)
+    if not valid_command(msg) then return { matched = 0, done = 0, error = "invalid command" } end
     local targets = matching(type(msg.filters) == "table" and msg.filters or {})
     return { matched = #targets, done = act(targets, msg.action, msg.code, msg.opcode, unwire(msg)) }
 end)
@@ -457,11 +473,6 @@ local function push_message(req)
     return { payload = payload, opcode = opcode, action = to == "client" and SEND_CLIENT or SEND_BACKEND }
 end
 
--- Close codes an operator may send: what a well-behaved peer understands.
-local function close_code_ok(c)
-    return c == 1000 or c == 1001 or c == 1008 or c == 1011 or c == 1012 or c == 1013
-           or (c >= 3000 and c <= 4999)
-end
 
 local function close_request(req, args)
     local b, err = _M.body(req, { code = true, message = true, problem = true })
@@ -695,13 +706,17 @@ end)
 function _M.recheck_all(this_host_only)
     local rt = require "weir.runtime"
     rt.recheck_local()
-    if not this_host_only and cluster.enabled() then cluster.ask(peers(), { op = "recheck" }) end
+    -- the other workers first (the bus: no wait to send), then the other
+    -- hosts from a task of the worker's own, which outlives this request
     local me, waits = C.weir_ffi_worker(), {}
     for w = 0, status_copy().nworkers - 1 do
         if w ~= me and C.weir_registry_pid(w) ~= 0 then
             local r = C.weir_ffi_conn_act(w, 4, nil, nil, 0, 0, 1, "", 0, token_box)
             if r == -2 then waits[#waits + 1] = tonumber(token_box[0]) end
         end
+    end
+    if not this_host_only and cluster.enabled() then
+        rt.spawn(function() cluster.ask(peers(), { op = "recheck" }) end)
     end
     for _, token in ipairs(waits) do rt.wait(token) end
 end

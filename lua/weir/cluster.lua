@@ -105,7 +105,7 @@ function _M.ask(hosts, msg)
     local rt = require "weir.runtime"
     local deadline, n = weir.now() + ASK_TIMEOUT, 0
     while n < want and weir.now() < deadline do
-        rt.sleep(0.02)
+        if rt.sleep(0.02) == nil then break end        -- the worker is stopping
         local items = redis.call("LPOP", reply, BATCH)
         if type(items) == "table" then
             for _, r in ipairs(items) do
@@ -153,7 +153,7 @@ local function loop()
         if type(items) == "table" then
             for _, raw in ipairs(items) do rt.spawn(serve, raw) end
         end
-        rt.sleep(POLL)
+        if rt.sleep(POLL) == nil then running = false end      -- the worker is stopping
     end
 end
 
@@ -168,7 +168,7 @@ function _M.start()
             local ok, err = pcall(loop)
             if not ok then
                 weir.log("warn", "cluster request loop failed", { error = tostring(err) })
-                require("weir.runtime").sleep(1)
+                if require("weir.runtime").sleep(1) == nil then running = false end
             end
         end
     end)

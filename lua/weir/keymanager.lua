@@ -114,7 +114,7 @@ function _M.cached(key, fn, live)
     local v = cache[key]
     if v == nil then
         v = { fn() }
-        cache[key] = v
+        if v[1] ~= nil then cache[key] = v end      -- "cannot tell" is asked again next time
     end
     return unpack(v)
 end
@@ -139,7 +139,8 @@ function _M.revoked(claims, live)
             if r then return true end
         end
         if type(claims.client_id) == "string" then
-            local app, _, key = s:find_key(claims.client_id)
+            local app, code, key = s:find_key(claims.client_id)
+            if not app and code ~= "not_found" then return nil, key end      -- the store cannot tell
             if not app or key.revoked_at or app.revoked_at then return true end
         end
         return false
@@ -168,7 +169,7 @@ function _M.start()
         while polling do
             local g = redis.call("GET", c.state.key_prefix .. "km:gen")
             if g ~= nil then polled_gen = tonumber(g) or 0 end
-            rt.sleep(0.25)
+            if rt.sleep(0.25) == nil then polling = false end      -- the worker is stopping
         end
     end)
 end
@@ -310,7 +311,10 @@ local function jwks_request(req)
     end
     local i, err = _M.issuer()
     if not i then return admin.fail(503, "/problems/unavailable", tostring(err)) end
-    return 200, i:jwks(), "Content-Type: application/json\r\nCache-Control: public, max-age=60\r\n"
+    local body = i:jwks()
+    local headers = "Content-Type: application/json\r\nCache-Control: public, max-age=60\r\n"
+    if req.method == "HEAD" then return 200, "", headers end
+    return 200, body, headers
 end
 
 --- Answer a request to a public endpoint (core/service.c routed it here).

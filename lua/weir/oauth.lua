@@ -128,7 +128,7 @@ end
 -- else nil (the caller fails closed).
 local function revoked(conf, token, lenient)
     if conf.key_manager and token and token.claims then
-        local r = require("weir.keymanager").revoked(token.claims, lenient)
+        local r = require("weir.km").revoked(token.claims, lenient)
         if r then return true end
         if r == nil and not lenient then return nil end
     end

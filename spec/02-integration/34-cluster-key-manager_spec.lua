@@ -53,6 +53,11 @@ describe("the key manager on Redis, two instances", function()
     teardown(helpers.cleanup)
 
     local function setup_app(name)
+        -- after a Redis outage, a worker reconnects with backoff: wait for its store
+        for _, g in ipairs(gw) do
+            helpers.wait_until(function() return admin(g, "GET", "/applications").status == 200 end, 20,
+                               "the key manager's store through Redis")
+        end
         local a = admin(gw[1], "POST", "/applications", cjson.encode({ name = name, owner = "o-" .. name }))
         assert.equal(201, a.status, a.body)
         local k = admin(gw[1], "POST", "/applications/" .. name .. "/keys", '{"key_type":"production"}')
@@ -109,5 +114,47 @@ describe("the key manager on Redis, two instances", function()
         local ws2 = assert(connect(gw[2], token_req(gw[2], k).json.access_token))
         ws2:close()
         ws:close()
+    end)
+
+    it("refuses with 503 a token it could not check while Redis was stopped, and takes it once Redis is back", function()
+        local k = setup_app("LateApp")
+        local tok = token_req(gw[1], k).json.access_token
+        helpers.kill(rd.pid, "STOP")
+        local ws, res = connect(gw[1], tok)          -- never seen by this host: the store must answer
+        if ws then ws:close() else
+            assert.equal(503, res.status, res.body)
+            helpers.check_error(res.body, "/problems/unavailable", 503)
+        end
+        helpers.kill(rd.pid, "CONT")
+        -- what could not be told is asked again, not remembered
+        helpers.wait_until(function()
+            local w2 = connect(gw[1], tok)
+            if w2 then w2:close(); return true end
+        end, 20, "the token accepted again")
+    end)
+
+    it("stops cleanly while Redis is stalled, with the key manager's commands out", function()
+        local g = helpers.start_weir_admin({
+            workers = 1,
+            state = { redis = rd.url, host = "stopping", timeout = "5s" },
+            key_manager = {},
+            apis = { { name = "Shop", context = "/shop", versions = {
+                { version = "1.0", default = true, endpoints = { production = be.url },
+                  policies = { { "jwt", { key_manager = true } } } } } } },
+        }, helpers.tmpdir(), TOKEN)
+        helpers.wait_until(function()
+            return helpers.read_file(g.log_path):find('"msg":"redis connected"', 1, true)
+        end, 10, "the worker's Redis connection")
+        helpers.kill(rd.pid, "STOP")
+        helpers.sleep(0.5)                            -- the generation poll's GET is out now
+        helpers.kill(g.pid, "TERM")
+        local ok = helpers.wait(g.pid, 20)
+        helpers.kill(rd.pid, "CONT")
+        assert.truthy(ok, "weir did not stop")
+        local err = helpers.read_file(g.stderr_path) or ""
+        assert.falsy(err:find("Assertion", 1, true), err)
+        local log = helpers.read_file(g.log_path)
+        assert.falsy(log:find('"msg":"worker died"', 1, true), log)
+        assert.truthy(log:find('"msg":"worker stopped"', 1, true))
     end)
 end)
