@@ -140,6 +140,40 @@ local function scratch(n)
     return buf
 end
 
+-- Decode S[I..J] (1-based, inclusive, as string.sub counts) strictly: see
+-- b64url_decode. Four characters a step, and no substring of S is made.
+local function b64_range(s, i, j)
+    local n = j - i + 1
+    if n < 0 then n = 0 end
+    local rest = n % 4
+    if rest == 1 then return nil, "bad base64url length" end
+    local out = scratch(rshift(n * 3, 2) + 3)
+    local src = ffi.cast("const uint8_t *", s) + (i - 1)
+    local full, o = n - rest, 0
+    for k = 0, full - 1, 4 do
+        local a, b, c, d = DEC[src[k]], DEC[src[k + 1]], DEC[src[k + 2]], DEC[src[k + 3]]
+        if bor(a, b, c, d) < 0 then return nil, "bad base64url character" end
+        local v = bor(lshift(a, 18), lshift(b, 12), lshift(c, 6), d)
+        out[o], out[o + 1], out[o + 2] = rshift(v, 16), band(rshift(v, 8), 0xff), band(v, 0xff)
+        o = o + 3
+    end
+    if rest == 2 then
+        local a, b = DEC[src[full]], DEC[src[full + 1]]
+        if bor(a, b) < 0 then return nil, "bad base64url character" end
+        if band(b, 0x0f) ~= 0 then return nil, "bad base64url padding bits" end
+        out[o] = bor(lshift(a, 2), rshift(b, 4))
+        o = o + 1
+    elseif rest == 3 then
+        local a, b, c = DEC[src[full]], DEC[src[full + 1]], DEC[src[full + 2]]
+        if bor(a, b, c) < 0 then return nil, "bad base64url character" end
+        if band(c, 0x03) ~= 0 then return nil, "bad base64url padding bits" end
+        local v = bor(lshift(a, 10), lshift(b, 4), rshift(c, 2))
+        out[o], out[o + 1] = rshift(v, 8), band(v, 0xff)
+        o = o + 2
+    end
+    return ffi_string(out, o)
+end
+
 --- Decode base64url strictly: the URL-safe alphabet only, no padding, no
 -- whitespace, no length that no encoder produces (`#s % 4 == 1`) and no
 -- stray bits in the last character (so each byte string has one encoding).
@@ -150,27 +184,7 @@ end
 -- @usage local bytes, err = jose.b64url_decode("aGk")
 function _M.b64url_decode(s)
     if type(s) ~= "string" then return nil, "not a string" end
-    local n = #s
-    local rest = n % 4
-    if rest == 1 then return nil, "bad base64url length" end
-    local out = scratch(rshift(n * 3, 2) + 3)
-    local src = ffi.cast("const uint8_t *", s)
-    local o, acc, bits = 0, 0, 0
-    for i = 0, n - 1 do
-        local v = DEC[src[i]]
-        if v < 0 then return nil, "bad base64url character" end
-        acc = bor(lshift(band(acc, 0xffff), 6), v)
-        bits = bits + 6
-        if bits >= 8 then
-            bits = bits - 8
-            out[o] = band(rshift(acc, bits), 0xff)
-            o = o + 1
-        end
-    end
-    if bits > 0 and band(acc, lshift(1, bits) - 1) ~= 0 then
-        return nil, "bad base64url padding bits"
-    end
-    return ffi_string(out, o)
+    return b64_range(s, 1, #s)
 end
 
 --- Encode bytes as base64url without padding.
@@ -212,7 +226,8 @@ json.decode_invalid_numbers(false)  -- no NaN, Infinity or hex
 -- TEXT decoded as a JSON object, or nil, err. cjson turns `{}` and `[]`
 -- into the same empty table, so the text itself must open with `{`.
 local function json_object(text, what)
-    if not find(text, "^[ \t\r\n]*{") then return nil, what .. " is not a JSON object" end
+    -- '{' first, as every encoder writes it; else whitespace may come before it
+    if byte(text, 1) ~= 123 and not find(text, "^[ \t\r\n]*{") then return nil, what .. " is not a JSON object" end
     local t = json.decode(text)
     if type(t) ~= "table" then return nil, what .. " is not valid JSON" end
     return t
@@ -238,13 +253,13 @@ function _M.decode(token, max_len)
     if not d2 or find(token, ".", d2 + 1, true) then
         return nil, "token is not three dot-separated parts"
     end
-    local h_raw, err = _M.b64url_decode(sub(token, 1, d1 - 1))
+    local h_raw, err = b64_range(token, 1, d1 - 1)
     if not h_raw then return nil, "header: " .. err end
     local p_raw
-    p_raw, err = _M.b64url_decode(sub(token, d1 + 1, d2 - 1))
+    p_raw, err = b64_range(token, d1 + 1, d2 - 1)
     if not p_raw then return nil, "payload: " .. err end
     local sig
-    sig, err = _M.b64url_decode(sub(token, d2 + 1))
+    sig, err = b64_range(token, d2 + 1, #token)
     if not sig then return nil, "signature: " .. err end
 
     local header, payload
@@ -977,13 +992,18 @@ function _M.random_bytes(n)
 end
 
 local sha_out = ffi_new("unsigned char[32]")
+local SHA256_MD = MD["256"]
 
 --- SHA-256 of S, as 32 raw bytes (e.g. a token cache key).
 -- @tparam string s
 -- @treturn string
 -- @usage local id = jose.sha256(token)
 function _M.sha256(s)
-    C.SHA256(s, #s, sha_out)
+    -- with the digest fetched once: OpenSSL 3's SHA256() fetches it on every call
+    if C.EVP_Digest(s, #s, sha_out, nil, SHA256_MD, nil) ~= 1 then
+        C.ERR_clear_error()
+        C.SHA256(s, #s, sha_out)
+    end
     return ffi_string(sha_out, 32)
 end
 

@@ -9,11 +9,14 @@
 
 local weir = require "weir"
 local cjson = require "cjson.safe"
+local bit = require "bit"
+local ctxmod = require "weir.ctx"
 
 local type, pairs, ipairs, tostring, tonumber, floor, format =
     type, pairs, ipairs, tostring, tonumber, math.floor, string.format
-local find, match, lower, sub, gmatch, byte = string.find, string.match, string.lower, string.sub,
-    string.gmatch, string.byte
+local find, match, lower, sub, byte = string.find, string.match, string.lower, string.sub, string.byte
+local bor = bit.bor
+local header_span = ctxmod.header_span
 
 local _M = {}
 
@@ -183,6 +186,29 @@ end
 -- Where the token is
 ------------------------------------------------------------------------------
 
+-- The token of an Authorization value S[I..J] (spaces and tabs around it
+-- already left out): "Bearer TOKEN", the scheme in any case, one or more
+-- spaces, then the token with nothing after it (no second credential).
+-- Nil when it is not that. Byte tests and plain searches: a pattern would
+-- walk the token a character at a time.
+local function bearer(s, i, j)
+    if j - i < 7 then return nil end           -- "Bearer" SP and one byte at least
+    -- bor(b, 32) is the letter's lower case for exactly its two cases
+    if bor(byte(s, i), 32) ~= 98 or bor(byte(s, i + 1), 32) ~= 101 or bor(byte(s, i + 2), 32) ~= 97
+       or bor(byte(s, i + 3), 32) ~= 114 or bor(byte(s, i + 4), 32) ~= 101 or bor(byte(s, i + 5), 32) ~= 114
+       or byte(s, i + 6) ~= 32 then
+        return nil
+    end
+    local k = i + 7
+    while k <= j and byte(s, k) == 32 do k = k + 1 end
+    local tok = sub(s, k, j)
+    if find(tok, " ", 1, true) or find(tok, ",", 1, true) or find(tok, "\t", 1, true) then
+        tok = match(tok, "^([^%s,]+)%s*$")
+    end
+    if tok == "" then return nil end
+    return tok
+end
+
 --- Find the credential of a request. Returns kind ("token" or "ticket"),
 -- the credential, and hides it from the backend (when hide_credentials).
 -- Returns nil when there is none.
@@ -192,20 +218,21 @@ function _M.credential(ctx, conf)
     for i = 1, #from do
         local where = from[i]
         if where == "header" then
-            local h = req.headers["authorization"]
-            if h then
-                -- "Bearer TOKEN": the scheme in any case, then the token, with
-                -- nothing after it (no second credential): one pass of find
-                local _, e = find(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +")
-                local tok = e and sub(h, e + 1)
-                -- plain searches: a pattern would walk the token a character at a time
-                if tok and (find(tok, " ", 1, true) or find(tok, ",", 1, true) or find(tok, "\t", 1, true)) then
-                    tok = match(tok, "^([^%s,]+)%s*$")
-                end
-                if tok and tok ~= "" then
-                    if hide then ctx:clear_backend_header("authorization") end
-                    return "token", tok
-                end
+            -- straight from the request head (no headers table, no copy of
+            -- the value) unless the headers were parsed already or the
+            -- header is repeated (its values joined: never one token)
+            local tok
+            local head, vs, ve
+            if rawget(req, "headers") == nil then head, vs, ve = header_span(req, "authorization") end
+            if vs then
+                tok = bearer(head, vs, ve)
+            elseif head == false or rawget(req, "headers") ~= nil then
+                local h = req.headers["authorization"]
+                if h then tok = bearer(h, 1, #h) end
+            end
+            if tok then
+                if hide then ctx:clear_backend_header("authorization") end
+                return "token", tok
             end
         elseif where == "query" then
             local tok = req.query[conf.query_param]
@@ -238,21 +265,46 @@ end
 -- Claims
 ------------------------------------------------------------------------------
 
+-- Append S's words (runs of bytes other than whitespace, as %S+ sees them)
+-- to OUT: byte tests, compiled, where gmatch would not be.
+local function words(s, out)
+    local n, i, len = #out, 1, #s
+    while i <= len do
+        local b = byte(s, i)
+        if b == 32 or (b >= 9 and b <= 13) then
+            i = i + 1
+        else
+            local j = i + 1
+            while j <= len do
+                b = byte(s, j)
+                if b == 32 or (b >= 9 and b <= 13) then break end
+                j = j + 1
+            end
+            n = n + 1
+            out[n] = sub(s, i, j - 1)
+            i = j + 1
+        end
+    end
+    return out
+end
+
 local function scopes_of(claims)
     local out = {}
     local s = claims.scope
     if type(s) == "string" then
-        for w in gmatch(s, "%S+") do out[#out + 1] = w end
+        words(s, out)
     elseif type(claims.scp) == "table" then
         for _, w in ipairs(claims.scp) do if type(w) == "string" then out[#out + 1] = w end end
     elseif type(claims.scp) == "string" then
-        for w in gmatch(claims.scp, "%S+") do out[#out + 1] = w end
+        words(claims.scp, out)
     end
     return out
 end
 _M.scopes_of = scopes_of
 
 local function num(v) return type(v) == "number" and v == v and v or nil end
+
+local TIME_CLAIMS = { "exp", "nbf", "iat" }
 
 --- Check the registered claims that do not change with time (iss, aud,
 -- scopes). Returns true, or nil and a message for the client.
@@ -266,7 +318,8 @@ function _M.check_static(claims, conf)
         end
         if not ok then return nil, "Token audience is not accepted" end
     end
-    for _, k in ipairs({ "exp", "nbf", "iat" }) do
+    for i = 1, 3 do
+        local k = TIME_CLAIMS[i]
         if claims[k] ~= nil and not num(claims[k]) then return nil, "Token claim " .. k .. " is not a number" end
     end
     if #conf.required_scopes > 0 then
