@@ -335,7 +335,10 @@ local needles, n_needles = {}, 0                          -- msg_type → '"msg_
 -- than 64 KiB are not inspected.
 -- @usage ctx:intercept("auth", function(ctx, payload) ... end)
 function CTX:intercept(msg_type, fn)
-    if type(msg_type) ~= "string" or msg_type == "" or #msg_type > 60 or find(msg_type, '["\\%c]') then
+    -- a needle made before is a msg_type checked before
+    local needle = needles[msg_type]
+    if not needle and (type(msg_type) ~= "string" or msg_type == "" or #msg_type > 60
+                       or find(msg_type, '["\\%c]')) then
         error("ctx:intercept(msg_type, fn): msg_type must be a short plain string", 2)
     end
     if type(fn) ~= "function" then error("ctx:intercept(msg_type, fn): fn must be a function", 2) end
@@ -348,7 +351,6 @@ function CTX:intercept(msg_type, fn)
     end
     rawset(self, "_icpt", chain)
     if C then
-        local needle = needles[msg_type]
         if not needle then
             needle = '"' .. msg_type .. '"'
             if n_needles < NAMES_MAX then

@@ -27,7 +27,8 @@ local ffi   = require "ffi"
 local bit   = require "bit"
 local cjson = require "cjson.safe"
 
-local type, ipairs, pairs, tostring, tonumber = type, ipairs, pairs, tostring, tonumber
+local type, ipairs, pairs, tostring, tonumber, setmetatable, rawget, rawset =
+    type, ipairs, pairs, tostring, tonumber, setmetatable, rawget, rawset
 local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find, string.format
 local concat = table.concat
 local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
@@ -63,6 +64,9 @@ ffi.cdef [[
     EVP_MD_CTX *EVP_MD_CTX_new(void);
     void EVP_MD_CTX_free(EVP_MD_CTX *ctx);
     int EVP_MD_CTX_reset(EVP_MD_CTX *ctx);
+    int EVP_DigestInit_ex(EVP_MD_CTX *ctx, const EVP_MD *type, ENGINE *impl);
+    int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt);
+    int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s);
     int EVP_DigestVerifyInit(EVP_MD_CTX *ctx, EVP_PKEY_CTX **pctx, const EVP_MD *type,
                              ENGINE *e, EVP_PKEY *pkey);
     int EVP_DigestVerify(EVP_MD_CTX *ctx, const unsigned char *sig, size_t siglen,
@@ -233,13 +237,59 @@ local function json_object(text, what)
     return t
 end
 
+-- Decoded headers by their base64url text: an issuer's tokens mostly share
+-- one header (alg, kid, typ), so its decoding and checks are done once.
+-- Only headers that passed are kept, at most HEADERS_MAX of at most
+-- HEADER_MAX_LEN characters (the set starts again when full).
+local HEADERS_MAX, HEADER_MAX_LEN = 64, 512
+local headers, n_headers = {}, 0
+
+-- The header of a token from its base64url TEXT (nil when too long to
+-- keep) and the bytes RAW it decodes to: { header =, alg =, kid = }, or nil
+-- and why.
+local function jws_header(text, raw)
+    local header, err = json_object(raw, "header")
+    if not header then return nil, err end
+    local alg, kid = header.alg, header.kid
+    if type(alg) ~= "string" or alg == "" then return nil, "header has no alg" end
+    if kid ~= nil and (type(kid) ~= "string" or kid == "") then
+        return nil, "header kid is not a non-empty string"
+    end
+    -- no extension is understood, so any critical one makes the token invalid
+    -- (RFC 7515 §4.1.11); b64=false (RFC 7797) would change the signing input
+    if header.crit ~= nil then return nil, "header crit is not supported" end
+    if header.b64 ~= nil and header.b64 ~= true then return nil, "header b64 is not supported" end
+    local h = { header = header, alg = alg, kid = kid }
+    if text then
+        if n_headers >= HEADERS_MAX then headers, n_headers = {}, 0 end
+        n_headers = n_headers + 1
+        headers[text] = h
+    end
+    return h
+end
+
+-- a decoded JWS makes its signing input when it is first asked for
+local JWS = {
+    __index = function(jws, k)
+        if k == "signing_input" then
+            local v = sub(rawget(jws, "token"), 1, rawget(jws, "input_len"))
+            rawset(jws, k, v)
+            return v
+        end
+    end,
+}
+
 --- Split a JWS in compact form and decode its header and payload. Checks
 -- the form only; the signature is checked by `verify`.
 -- @tparam string token `header.payload.signature`
 -- @tparam[opt=8192] number max_len longest token accepted, in bytes; checked
 --  before anything else
 -- @treturn[1] table `{ header =, payload =, signing_input = "<h>.<p>",
---  signature = bytes, alg = header.alg, kid = header.kid }`
+--  signature = bytes, alg = header.alg, kid = header.kid, token = token,
+--  input_len = #signing_input }`. `header` is shared by the tokens with the
+--  same header: read it, never change it. `signing_input` is made when
+--  first read; `jose.verify(key, jws.alg, jws.token, jws.signature,
+--  jws.input_len)` checks the signature without making it.
 -- @treturn[2] nil
 -- @treturn[2] string why (never containing the token)
 -- @usage local jws, err = jose.decode(token)
@@ -253,36 +303,34 @@ function _M.decode(token, max_len)
     if not d2 or find(token, ".", d2 + 1, true) then
         return nil, "token is not three dot-separated parts"
     end
-    local h_raw, err = b64_range(token, 1, d1 - 1)
-    if not h_raw then return nil, "header: " .. err end
+    -- the same checks in the same order as decoding everything, then
+    -- judging the header: its base64url, the payload's and the
+    -- signature's, then the header's JSON and members, then the payload's
+    local text = d1 - 1 <= HEADER_MAX_LEN and sub(token, 1, d1 - 1) or nil
+    local h = text and headers[text]
+    local raw, err
+    if not h then
+        raw, err = b64_range(token, 1, d1 - 1)
+        if not raw then return nil, "header: " .. err end
+    end
     local p_raw
     p_raw, err = b64_range(token, d1 + 1, d2 - 1)
     if not p_raw then return nil, "payload: " .. err end
     local sig
     sig, err = b64_range(token, d2 + 1, #token)
     if not sig then return nil, "signature: " .. err end
-
-    local header, payload
-    header, err = json_object(h_raw, "header")
-    if not header then return nil, err end
+    if not h then
+        h, err = jws_header(text, raw)
+        if not h then return nil, err end
+    end
+    local payload
     payload, err = json_object(p_raw, "payload")
     if not payload then return nil, err end
 
-    local alg, kid = header.alg, header.kid
-    if type(alg) ~= "string" or alg == "" then return nil, "header has no alg" end
-    if kid ~= nil and (type(kid) ~= "string" or kid == "") then
-        return nil, "header kid is not a non-empty string"
-    end
-    -- no extension is understood, so any critical one makes the token invalid
-    -- (RFC 7515 §4.1.11); b64=false (RFC 7797) would change the signing input
-    if header.crit ~= nil then return nil, "header crit is not supported" end
-    if header.b64 ~= nil and header.b64 ~= true then return nil, "header b64 is not supported" end
-
-    return {
-        header = header, payload = payload,
-        signing_input = sub(token, 1, d2 - 1), signature = sig,
-        alg = alg, kid = kid,
-    }
+    return setmetatable({
+        header = h.header, payload = payload, signature = sig, alg = h.alg, kid = h.kid,
+        token = token, input_len = d2 - 1,
+    }, JWS)
 end
 
 ---------------------------------------------------------------------------
@@ -577,13 +625,13 @@ local function ecdsa_der(sig, size)
     return der(0x30, der_uint(sub(sig, 1, size)) .. der_uint(sub(sig, size + 1)))
 end
 
-local function digest_verify(md, pkey, pss, sig, data)
+local function digest_verify(md, pkey, pss, sig, data, len)
     local ok = C.EVP_DigestVerifyInit(mdctx, pctx, md, nil, pkey) == 1
     if ok and pss then
         ok = C.EVP_PKEY_CTX_set_rsa_padding(pctx[0], RSA_PKCS1_PSS_PADDING) > 0
              and C.EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx[0], RSA_PSS_SALTLEN_DIGEST) > 0
     end
-    ok = ok and C.EVP_DigestVerify(mdctx, sig, #sig, data, #data) == 1
+    ok = ok and C.EVP_DigestVerify(mdctx, sig, #sig, data, len) == 1
     C.EVP_MD_CTX_reset(mdctx)
     if not ok then C.ERR_clear_error() end
     return ok
@@ -617,10 +665,10 @@ local function verify_ctx(key, alg, md, pss)
     return p
 end
 
-local function prepared_verify(key, alg, md, pss, sig, data)
+local function prepared_verify(key, alg, md, pss, sig, data, len)
     local p = verify_ctx(key, alg, md, pss)
-    if not p then return digest_verify(md, key.pkey, pss, sig, data) end
-    if C.EVP_Digest(data, #data, digest, digest_len, md, nil) ~= 1 then C.ERR_clear_error(); return false end
+    if not p then return digest_verify(md, key.pkey, pss, sig, data, len) end
+    if C.EVP_Digest(data, len, digest, digest_len, md, nil) ~= 1 then C.ERR_clear_error(); return false end
     local ok = C.EVP_PKEY_verify(p, sig, #sig, digest, digest_len[0]) == 1
     if not ok then C.ERR_clear_error() end
     return ok
@@ -635,13 +683,20 @@ end
 -- @tparam string alg the token's `alg`
 -- @tparam string signing_input `<header>.<payload>` as in the token
 -- @tparam string signature the decoded signature bytes
+-- @tparam[opt] number len only the first LEN bytes of SIGNING_INPUT are
+--  the signing input (e.g. the token itself and `jws.input_len`)
 -- @treturn[1] true
 -- @treturn[2] nil
 -- @treturn[2] string why
 -- @usage local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
-function _M.verify(key, alg, signing_input, signature)
+function _M.verify(key, alg, signing_input, signature, len)
     if not _M.key_allows(key, alg) then return nil, "algorithm not allowed for this key" end
     if type(signing_input) ~= "string" or type(signature) ~= "string" then
+        return nil, "bad arguments"
+    end
+    if len == nil then
+        len = #signing_input
+    elseif type(len) ~= "number" or len < 0 or len > #signing_input or len % 1 ~= 0 then
         return nil, "bad arguments"
     end
     local family, size = sub(alg, 1, 2), sub(alg, 3)
@@ -650,21 +705,21 @@ function _M.verify(key, alg, signing_input, signature)
         local md = MD[size]
         local n = tonumber(size) / 8
         if #signature ~= n then return nil, "bad signature length" end
-        if C.HMAC(md, key.secret, #key.secret, signing_input, #signing_input, hmac_out, hmac_len) == nil
+        if C.HMAC(md, key.secret, #key.secret, signing_input, len, hmac_out, hmac_len) == nil
            or hmac_len[0] ~= n then
             C.ERR_clear_error()
             return nil, "HMAC failed"
         end
         ok = C.CRYPTO_memcmp(hmac_out, signature, n) == 0
     elseif family == "RS" or family == "PS" then
-        ok = prepared_verify(key, alg, MD[size], family == "PS", signature, signing_input)
+        ok = prepared_verify(key, alg, MD[size], family == "PS", signature, signing_input, len)
     elseif family == "ES" then
         local n = size == "256" and 32 or 48
         if #signature ~= 2 * n then return nil, "bad signature length" end
-        ok = prepared_verify(key, alg, MD[size], false, ecdsa_der(signature, n), signing_input)
+        ok = prepared_verify(key, alg, MD[size], false, ecdsa_der(signature, n), signing_input, len)
     else  -- EdDSA: the only other algorithm key_allows lets through
         if #signature ~= 64 then return nil, "bad signature length" end
-        ok = digest_verify(nil, key.pkey, false, signature, signing_input)
+        ok = digest_verify(nil, key.pkey, false, signature, signing_input, len)
     end
     if not ok then return nil, "bad signature" end
     return true
@@ -686,11 +741,14 @@ end
 function _M.verify_jws(keyset, jws, algorithms)
     local alg = jws.alg
     if algorithms and not algorithms[alg] then return nil, "algorithm not allowed" end
+    -- straight from the token when `decode` made JWS
+    local input, len = rawget(jws, "token"), rawget(jws, "input_len")
+    if type(input) ~= "string" or type(len) ~= "number" then input, len = jws.signing_input, nil end
     local kid = jws.kid
     if kid ~= nil then
         local key = keyset.by_kid[kid]
         if key then
-            local ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
+            local ok, err = _M.verify(key, alg, input, jws.signature, len)
             if not ok then return nil, err end
             return key
         end
@@ -700,7 +758,7 @@ function _M.verify_jws(keyset, jws, algorithms)
         -- a token's kid only ever names a key with that kid; keys without
         -- one are the candidates for any token the set has no kid for
         if (kid == nil or key.kid == nil) and _M.key_allows(key, alg) then
-            local ok, why = _M.verify(key, alg, jws.signing_input, jws.signature)
+            local ok, why = _M.verify(key, alg, input, jws.signature, len)
             if ok then return key end
             if kid == nil then err = why end  -- else keep "unknown kid": worth a refresh
         end
@@ -993,14 +1051,19 @@ end
 
 local sha_out = ffi_new("unsigned char[32]")
 local SHA256_MD = MD["256"]
+local sha_ctx = C.EVP_MD_CTX_new()  -- one per Lua state, initialised again for each use
+assert(sha_ctx ~= nil, "EVP_MD_CTX_new failed")
+sha_ctx = ffi_gc(sha_ctx, C.EVP_MD_CTX_free)
 
 --- SHA-256 of S, as 32 raw bytes (e.g. a token cache key).
 -- @tparam string s
 -- @treturn string
 -- @usage local id = jose.sha256(token)
 function _M.sha256(s)
-    -- with the digest fetched once: OpenSSL 3's SHA256() fetches it on every call
-    if C.EVP_Digest(s, #s, sha_out, nil, SHA256_MD, nil) ~= 1 then
+    -- the digest fetched once and one context kept: OpenSSL 3's SHA256()
+    -- fetches the digest and makes a context on every call
+    if C.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1 or C.EVP_DigestUpdate(sha_ctx, s, #s) ~= 1
+       or C.EVP_DigestFinal_ex(sha_ctx, sha_out, nil) ~= 1 then
         C.ERR_clear_error()
         C.SHA256(s, #s, sha_out)
     end

@@ -10,12 +10,13 @@
 local weir = require "weir"
 local cjson = require "cjson.safe"
 local bit = require "bit"
+local ffi = require "ffi"
 local ctxmod = require "weir.ctx"
 
 local type, pairs, ipairs, tostring, tonumber, floor, format =
     type, pairs, ipairs, tostring, tonumber, math.floor, string.format
 local find, match, lower, sub, byte = string.find, string.match, string.lower, string.sub, string.byte
-local bor = bit.bor
+local bor, band, rshift = bit.bor, bit.band, bit.rshift
 local header_span = ctxmod.header_span
 
 local _M = {}
@@ -503,10 +504,26 @@ function _M.recheck(ctx, conf)
     return nil
 end
 
-local HEX32 = string.rep("%02x", 32)
+-- every byte's two hex digits, as the uint16_t whose bytes in memory they are
+local HEX_PAIRS = ffi.new("uint16_t[256]")
+do
+    local digits = "0123456789abcdef"
+    local probe = ffi.new("uint16_t[1]", 0x0100)
+    local little = ffi.cast("uint8_t *", probe)[0] == 0
+    for i = 0, 255 do
+        local hi, lo = byte(digits, rshift(i, 4) + 1), byte(digits, band(i, 15) + 1)
+        HEX_PAIRS[i] = little and hi + lo * 256 or hi * 256 + lo
+    end
+end
+local hex_out = ffi.new("uint16_t[32]")
 
---- A 32-byte hash (weir.sha256) as 64 hex digits, in one format call.
-function _M.hex32(h) return format(HEX32, byte(h, 1, 32)) end
+--- A 32-byte hash (weir.sha256) as 64 hex digits.
+function _M.hex32(h)
+    if #h ~= 32 then error("oauth.hex32(h): h must be 32 bytes", 2) end
+    local p = ffi.cast("const uint8_t *", h)
+    for i = 0, 31 do hex_out[i] = HEX_PAIRS[p[i]] end
+    return ffi.string(hex_out, 64)
+end
 
 ------------------------------------------------------------------------------
 -- A cache of validated tokens, per worker
