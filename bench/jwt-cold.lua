@@ -177,10 +177,10 @@ collectgarbage("collect")
 
 -- wall-clock time: the process CPU time here counts in scheduler ticks
 -- (4 ms); the least of the rounds leaves out the time other processes took
-ffi.cdef [[
+pcall(ffi.cdef, [[
     typedef struct { long tv_sec; long tv_nsec; } jwt_cold_timespec;
     int clock_gettime(int clk, jwt_cold_timespec *ts);
-]]
+]])
 local ts = ffi.new("jwt_cold_timespec")
 local function clock()
     ffi.C.clock_gettime(1, ts)        -- CLOCK_MONOTONIC

@@ -12,12 +12,17 @@
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 
-local setmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
-    setmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
+local setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
+    setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
 local find, sub, lower, gsub, gmatch, match, char, byte =
     string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char, string.byte
 local concat, sort = table.concat, table.sort
 local encode = cjson.encode
+local tnew
+do
+    local ok, new = pcall(require, "table.new")
+    tnew = ok and new or function() return {} end
+end
 
 local _M = {}
 
@@ -241,6 +246,11 @@ end
 -- written (the runtime only reads them): a set is made when first written.
 local NONE = setmetatable({}, { __newindex = function() error("weir.ctx: the shared empty set is read-only", 2) end })
 
+-- The changes of a request that only loses header L (an authentication
+-- policy hiding the credential, on every handshake): one table per name,
+-- shared and never written; the first other change makes the ctx its own.
+local only_cleared, n_only_cleared, ONLY_MAX = {}, 0, 64
+
 local function upstream(self, what)
     if rawget(self, "_upgraded") then
         error("ctx:" .. what .. " changes the backend's request: call it from on_handshake", 3)
@@ -248,6 +258,11 @@ local function upstream(self, what)
     local up = rawget(self, "_up")
     if not up then
         up = { set = NONE, del = NONE, query = NONE, proto = NONE }
+        rawset(self, "_up", up)
+    elseif up.shared then
+        local del = {}
+        for k in pairs(up.del) do del[k] = true end
+        up = { set = NONE, del = del, query = NONE, proto = NONE }
         rawset(self, "_up", up)
     end
     return up
@@ -304,6 +319,19 @@ end
 -- @usage ctx:clear_backend_header("authorization")
 function CTX:clear_backend_header(name)
     local l = check_header_name(name, "clear_backend_header")
+    if rawget(self, "_up") == nil and not rawget(self, "_upgraded") then
+        local up = only_cleared[l]
+        if not up and n_only_cleared < ONLY_MAX then
+            up = { set = NONE, del = setmetatable({ [l] = true }, getmetatable(NONE)), query = NONE, proto = NONE,
+                   shared = true }
+            n_only_cleared = n_only_cleared + 1
+            only_cleared[l] = up
+        end
+        if up then
+            rawset(self, "_up", up)
+            return
+        end
+    end
     local up = upstream(self, "clear_backend_header")
     if up.set ~= NONE then up.set[l] = nil end
     set_of(up, "del")[l] = true
@@ -416,13 +444,15 @@ end
 --- A new ctx (called by the runtime when a connection reaches a chain):
 -- H is the core's handle for it, ID its name.
 function _M.new(h, id, api, version, context, head, client_ip, client_port, tls)
-    return setmetatable({
-        _h = h,
-        id = id,
-        api = { name = api, version = version, context = context },
-        request = _M.request(head, client_ip, client_port, tls),
-        vars = {},
-    }, CTX)
+    -- room for the fields the runtime and an authentication policy add
+    -- (about 16): no rehash on the way
+    local ctx = tnew(0, 16)
+    ctx._h = h
+    ctx.id = id
+    ctx.api = { name = api, version = version, context = context }
+    ctx.request = _M.request(head, client_ip, client_port, tls)
+    ctx.vars = {}
+    return setmetatable(ctx, CTX)
 end
 
 _M.CTX = CTX

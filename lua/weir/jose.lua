@@ -272,7 +272,8 @@ end
 local JWS = {
     __index = function(jws, k)
         if k == "signing_input" then
-            local v = sub(rawget(jws, "token"), 1, rawget(jws, "input_len"))
+            local from = rawget(jws, "input_from")
+            local v = sub(rawget(jws, "token"), from, from + rawget(jws, "input_len") - 1)
             rawset(jws, k, v)
             return v
         end
@@ -284,40 +285,46 @@ local JWS = {
 -- @tparam string token `header.payload.signature`
 -- @tparam[opt=8192] number max_len longest token accepted, in bytes; checked
 --  before anything else
+-- @tparam[opt=1] number i the token is TOKEN[I..J] (e.g. inside a request
+--  head, not copied out of it)
+-- @tparam[opt=#token] number j
 -- @treturn[1] table `{ header =, payload =, signing_input = "<h>.<p>",
---  signature = bytes, alg = header.alg, kid = header.kid, token = token,
---  input_len = #signing_input }`. `header` is shared by the tokens with the
---  same header: read it, never change it. `signing_input` is made when
---  first read; `jose.verify(key, jws.alg, jws.token, jws.signature,
---  jws.input_len)` checks the signature without making it.
+--  signature = bytes, alg = header.alg, kid = header.kid }`. `header` is
+--  shared by the tokens with the same header: read it, never change it.
+--  `signing_input` is made when first read (`verify_decoded` never needs it).
 -- @treturn[2] nil
 -- @treturn[2] string why (never containing the token)
 -- @usage local jws, err = jose.decode(token)
-function _M.decode(token, max_len)
+function _M.decode(token, max_len, i, j)
     if type(token) ~= "string" then return nil, "token is not a string" end
     max_len = max_len or _M.MAX_TOKEN
-    if #token > max_len then return nil, "token too long" end
-    if #token == 0 then return nil, "empty token" end
-    local d1 = find(token, ".", 1, true)
+    i, j = i or 1, j or #token
+    if i < 1 or j > #token then return nil, "token range outside the string" end
+    if j - i + 1 > max_len then return nil, "token too long" end
+    if j < i then return nil, "empty token" end
+    local d1 = find(token, ".", i, true)
+    if d1 and d1 > j then d1 = nil end
     local d2 = d1 and find(token, ".", d1 + 1, true)
-    if not d2 or find(token, ".", d2 + 1, true) then
+    if d2 and d2 > j then d2 = nil end
+    local d3 = d2 and find(token, ".", d2 + 1, true)
+    if not d2 or d3 and d3 <= j then
         return nil, "token is not three dot-separated parts"
     end
     -- the same checks in the same order as decoding everything, then
     -- judging the header: its base64url, the payload's and the
     -- signature's, then the header's JSON and members, then the payload's
-    local text = d1 - 1 <= HEADER_MAX_LEN and sub(token, 1, d1 - 1) or nil
+    local text = d1 - i <= HEADER_MAX_LEN and sub(token, i, d1 - 1) or nil
     local h = text and headers[text]
     local raw, err
     if not h then
-        raw, err = b64_range(token, 1, d1 - 1)
+        raw, err = b64_range(token, i, d1 - 1)
         if not raw then return nil, "header: " .. err end
     end
     local p_raw
     p_raw, err = b64_range(token, d1 + 1, d2 - 1)
     if not p_raw then return nil, "payload: " .. err end
     local sig
-    sig, err = b64_range(token, d2 + 1, #token)
+    sig, err = b64_range(token, d2 + 1, j)
     if not sig then return nil, "signature: " .. err end
     if not h then
         h, err = jws_header(text, raw)
@@ -329,7 +336,7 @@ function _M.decode(token, max_len)
 
     return setmetatable({
         header = h.header, payload = payload, signature = sig, alg = h.alg, kid = h.kid,
-        token = token, input_len = d2 - 1,
+        token = token, input_from = i, input_len = d2 - i,
     }, JWS)
 end
 
@@ -625,6 +632,7 @@ local function ecdsa_der(sig, size)
     return der(0x30, der_uint(sub(sig, 1, size)) .. der_uint(sub(sig, size + 1)))
 end
 
+-- DATA: a pointer to the signed bytes, LEN of them
 local function digest_verify(md, pkey, pss, sig, data, len)
     local ok = C.EVP_DigestVerifyInit(mdctx, pctx, md, nil, pkey) == 1
     if ok and pss then
@@ -674,31 +682,10 @@ local function prepared_verify(key, alg, md, pss, sig, data, len)
     return ok
 end
 
---- Check a JWS signature. The key must allow the algorithm (`key_allows`).
--- RS*: RSASSA-PKCS1-v1_5; PS*: RSASSA-PSS, MGF1 with the same hash, salt
--- the hash's length; ES*: R||S of 64 (ES256) or 96 (ES384) bytes, anything
--- else (a DER signature) refused; EdDSA: Ed25519; HS*: HMAC compared in
--- constant time.
--- @tparam table key
--- @tparam string alg the token's `alg`
--- @tparam string signing_input `<header>.<payload>` as in the token
--- @tparam string signature the decoded signature bytes
--- @tparam[opt] number len only the first LEN bytes of SIGNING_INPUT are
---  the signing input (e.g. the token itself and `jws.input_len`)
--- @treturn[1] true
--- @treturn[2] nil
--- @treturn[2] string why
--- @usage local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
-function _M.verify(key, alg, signing_input, signature, len)
-    if not _M.key_allows(key, alg) then return nil, "algorithm not allowed for this key" end
-    if type(signing_input) ~= "string" or type(signature) ~= "string" then
-        return nil, "bad arguments"
-    end
-    if len == nil then
-        len = #signing_input
-    elseif type(len) ~= "number" or len < 0 or len > #signing_input or len % 1 ~= 0 then
-        return nil, "bad arguments"
-    end
+-- verify's work, the signing input being INPUT[FROM .. FROM + LEN - 1]
+-- (checked by the callers, as key_allows(key, alg))
+local function check_signature(key, alg, input, from, len, signature)
+    local signing_input = ffi.cast("const uint8_t *", input) + (from - 1)
     local family, size = sub(alg, 1, 2), sub(alg, 3)
     local ok
     if family == "HS" then
@@ -725,6 +712,48 @@ function _M.verify(key, alg, signing_input, signature, len)
     return true
 end
 
+--- Check a JWS signature. The key must allow the algorithm (`key_allows`).
+-- RS*: RSASSA-PKCS1-v1_5; PS*: RSASSA-PSS, MGF1 with the same hash, salt
+-- the hash's length; ES*: R||S of 64 (ES256) or 96 (ES384) bytes, anything
+-- else (a DER signature) refused; EdDSA: Ed25519; HS*: HMAC compared in
+-- constant time.
+-- @tparam table key
+-- @tparam string alg the token's `alg`
+-- @tparam string signing_input `<header>.<payload>` as in the token
+-- @tparam string signature the decoded signature bytes
+-- @treturn[1] true
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local ok, err = jose.verify(key, jws.alg, jws.signing_input, jws.signature)
+function _M.verify(key, alg, signing_input, signature)
+    if not _M.key_allows(key, alg) then return nil, "algorithm not allowed for this key" end
+    if type(signing_input) ~= "string" or type(signature) ~= "string" then
+        return nil, "bad arguments"
+    end
+    return check_signature(key, alg, signing_input, 1, #signing_input, signature)
+end
+
+--- Check the signature of JWS, from `decode`, with KEY: as `verify(key,
+-- jws.alg, jws.signing_input, jws.signature)`, the signing input read in
+-- place (never copied out of the string the token was decoded from).
+-- @tparam table key
+-- @tparam table jws
+-- @treturn[1] true
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local ok, err = jose.verify_decoded(key, jws)
+function _M.verify_decoded(key, jws)
+    local input, from, len = rawget(jws, "token"), rawget(jws, "input_from"), rawget(jws, "input_len")
+    if type(input) ~= "string" or type(from) ~= "number" or type(len) ~= "number" then
+        return _M.verify(key, jws.alg, jws.signing_input, jws.signature)
+    end
+    if not _M.key_allows(key, jws.alg) then return nil, "algorithm not allowed for this key" end
+    if type(jws.signature) ~= "string" or from < 1 or len < 0 or from + len - 1 > #input then
+        return nil, "bad arguments"
+    end
+    return check_signature(key, jws.alg, input, from, len, jws.signature)
+end
+
 --- Verify a decoded JWS against a key set: with the key its `kid` names;
 -- for a token without a kid, with each key that allows its algorithm in
 -- turn; for a kid the set does not know, with each key of the set that has
@@ -741,14 +770,11 @@ end
 function _M.verify_jws(keyset, jws, algorithms)
     local alg = jws.alg
     if algorithms and not algorithms[alg] then return nil, "algorithm not allowed" end
-    -- straight from the token when `decode` made JWS
-    local input, len = rawget(jws, "token"), rawget(jws, "input_len")
-    if type(input) ~= "string" or type(len) ~= "number" then input, len = jws.signing_input, nil end
     local kid = jws.kid
     if kid ~= nil then
         local key = keyset.by_kid[kid]
         if key then
-            local ok, err = _M.verify(key, alg, input, jws.signature, len)
+            local ok, err = _M.verify_decoded(key, jws)
             if not ok then return nil, err end
             return key
         end
@@ -758,7 +784,7 @@ function _M.verify_jws(keyset, jws, algorithms)
         -- a token's kid only ever names a key with that kid; keys without
         -- one are the candidates for any token the set has no kid for
         if (kid == nil or key.kid == nil) and _M.key_allows(key, alg) then
-            local ok, why = _M.verify(key, alg, input, jws.signature, len)
+            local ok, why = _M.verify_decoded(key, jws)
             if ok then return key end
             if kid == nil then err = why end  -- else keep "unknown kid": worth a refresh
         end
@@ -1055,17 +1081,25 @@ local sha_ctx = C.EVP_MD_CTX_new()  -- one per Lua state, initialised again for 
 assert(sha_ctx ~= nil, "EVP_MD_CTX_new failed")
 sha_ctx = ffi_gc(sha_ctx, C.EVP_MD_CTX_free)
 
---- SHA-256 of S, as 32 raw bytes (e.g. a token cache key).
+--- SHA-256 of S (or of S[I..J]), as 32 raw bytes (e.g. a token cache key).
 -- @tparam string s
+-- @tparam[opt=1] number i
+-- @tparam[opt=#s] number j
 -- @treturn string
 -- @usage local id = jose.sha256(token)
-function _M.sha256(s)
+function _M.sha256(s, i, j)
+    local p, n = s, #s
+    if i then
+        j = j or n
+        if i < 1 or j > n or j < i - 1 then error("jose.sha256(s, i, j): the range is outside s", 2) end
+        p, n = ffi.cast("const uint8_t *", s) + (i - 1), j - i + 1
+    end
     -- the digest fetched once and one context kept: OpenSSL 3's SHA256()
     -- fetches the digest and makes a context on every call
-    if C.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1 or C.EVP_DigestUpdate(sha_ctx, s, #s) ~= 1
+    if C.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1 or C.EVP_DigestUpdate(sha_ctx, p, n) ~= 1
        or C.EVP_DigestFinal_ex(sha_ctx, sha_out, nil) ~= 1 then
         C.ERR_clear_error()
-        C.SHA256(s, #s, sha_out)
+        C.SHA256(p, n, sha_out)
     end
     return ffi_string(sha_out, 32)
 end

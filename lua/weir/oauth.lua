@@ -190,8 +190,9 @@ end
 -- The token of an Authorization value S[I..J] (spaces and tabs around it
 -- already left out): "Bearer TOKEN", the scheme in any case, one or more
 -- spaces, then the token with nothing after it (no second credential).
--- Nil when it is not that. Byte tests and plain searches: a pattern would
--- walk the token a character at a time.
+-- Returns the token as S2, I2, J2 (S2[I2..J2]; S itself unless it had to be
+-- cut out), or nil when it is not that. Byte tests and plain searches: a
+-- pattern would walk the token a character at a time.
 local function bearer(s, i, j)
     if j - i < 7 then return nil end           -- "Bearer" SP and one byte at least
     -- bor(b, 32) is the letter's lower case for exactly its two cases
@@ -202,64 +203,76 @@ local function bearer(s, i, j)
     end
     local k = i + 7
     while k <= j and byte(s, k) == 32 do k = k + 1 end
-    local tok = sub(s, k, j)
-    if find(tok, " ", 1, true) or find(tok, ",", 1, true) or find(tok, "\t", 1, true) then
-        tok = match(tok, "^([^%s,]+)%s*$")
+    -- the searches may run on past J (S can be the whole request head)
+    local sp, co, tb = find(s, " ", k, true), find(s, ",", k, true), find(s, "\t", k, true)
+    if sp and sp <= j or co and co <= j or tb and tb <= j then
+        local tok = match(sub(s, k, j), "^([^%s,]+)%s*$")
+        if not tok then return nil end
+        return tok, 1, #tok
     end
-    if tok == "" then return nil end
-    return tok
+    return s, k, j
 end
 
---- Find the credential of a request. Returns kind ("token" or "ticket"),
--- the credential, and hides it from the backend (when hide_credentials).
--- Returns nil when there is none.
-function _M.credential(ctx, conf)
+-- The credential of a request: kind ("token" or "ticket") and where it is,
+-- S[I..J] (for the header, S is the request head: nothing is copied); it is
+-- hidden from the backend (when hide_credentials). Nil when there is none.
+local function find_credential(ctx, conf)
     local req = ctx.request
     local from, hide = conf.token_in, conf.hide_credentials
-    for i = 1, #from do
-        local where = from[i]
+    for n = 1, #from do
+        local where = from[n]
         if where == "header" then
             -- straight from the request head (no headers table, no copy of
             -- the value) unless the headers were parsed already or the
             -- header is repeated (its values joined: never one token)
-            local tok
+            local s, i, j
             local head, vs, ve
             if rawget(req, "headers") == nil then head, vs, ve = header_span(req, "authorization") end
             if vs then
-                tok = bearer(head, vs, ve)
+                s, i, j = bearer(head, vs, ve)
             elseif head == false or rawget(req, "headers") ~= nil then
                 local h = req.headers["authorization"]
-                if h then tok = bearer(h, 1, #h) end
+                if h then s, i, j = bearer(h, 1, #h) end
             end
-            if tok then
+            if s then
                 if hide then ctx:clear_backend_header("authorization") end
-                return "token", tok
+                return "token", s, i, j
             end
         elseif where == "query" then
             local tok = req.query[conf.query_param]
             if type(tok) == "string" and tok ~= "" then
                 if hide then ctx:hide_query_arg(conf.query_param) end
-                return "token", tok
+                return "token", tok, 1, #tok
             end
         elseif where == "subprotocol" then
             local prefix, list = conf.subprotocol_prefix, req.subprotocols
-            for j = 1, #list do
-                local p = list[j]
+            for k = 1, #list do
+                local p = list[k]
                 if sub(p, 1, #prefix) == prefix and #p > #prefix then
                     -- never answered back, and never seen by the backend
                     ctx:hide_subprotocol(p)
-                    return "token", sub(p, #prefix + 1)
+                    return "token", p, #prefix + 1, #p
                 end
             end
         elseif where == "ticket" then
             local t = req.query["ticket"]
             if type(t) == "string" and t ~= "" then
                 if hide then ctx:hide_query_arg("ticket") end
-                return "ticket", t
+                return "ticket", t, 1, #t
             end
         end
     end
     return nil
+end
+
+--- Find the credential of a request. Returns kind ("token" or "ticket"),
+-- the credential, and hides it from the backend (when hide_credentials).
+-- Returns nil when there is none.
+function _M.credential(ctx, conf)
+    local kind, s, i, j = find_credential(ctx, conf)
+    if not kind then return nil end
+    if i ~= 1 or j ~= #s then s = sub(s, i, j) end
+    return kind, s
 end
 
 ------------------------------------------------------------------------------
@@ -569,11 +582,15 @@ end
 -- not work, true), answer a ticket request, or accept the token on CTX.
 -- ON_FAILED(ctx, conf), when given, is called when the validator could not
 -- work (not for a ticket request), before its verdict is returned.
+-- With IN_PLACE, VALIDATE is given the token as (ctx, conf, s, i, j), the
+-- token being s[i..j] (s may be the whole request head: nothing copied);
+-- it must accept a plain (ctx, conf, token) too (the in-band refresh).
 -- @treturn nil|table nothing (accepted) or the verdict to return
-function _M.handshake(ctx, conf, validate, on_failed)
+function _M.handshake(ctx, conf, validate, on_failed, in_place)
     local req = ctx.request
-    local kind, cred = _M.credential(ctx, conf)
+    local kind, cred, ci, cj = find_credential(ctx, conf)
     if not kind then return unauthorized("Missing access token") end
+    if (kind == "ticket" or not in_place) and (ci ~= 1 or cj ~= #cred) then cred = sub(cred, ci, cj) end
     if req.ticket_request then
         if not conf.tickets then
             return weir.error("/problems/not-found", "Tickets are not enabled for this API", 404)
@@ -588,7 +605,11 @@ function _M.handshake(ctx, conf, validate, on_failed)
         local bad = _M.check_live(rec, conf, weir.now())
         if bad then return bad end
     else
-        rec, err, failed = validate(ctx, conf, cred)
+        if in_place then
+            rec, err, failed = validate(ctx, conf, cred, ci, cj)
+        else
+            rec, err, failed = validate(ctx, conf, cred)
+        end
         cred = nil
         if not rec then
             if failed and on_failed and not req.ticket_request then on_failed(ctx, conf) end
