@@ -133,13 +133,30 @@ local REQUEST_MT = {
     end,
 }
 
+-- The method and target of HEAD's request line: what match(head,
+-- "^(%S+) (%S+)") gives, found with plain searches when the line is the
+-- usual "METHOD SP TARGET SP ..." (the pattern otherwise).
+local function request_line(head)
+    local sp1 = find(head, " ", 1, true)
+    local sp2 = sp1 and sp1 > 1 and find(head, " ", sp1 + 1, true)
+    if sp2 and sp2 > sp1 + 1 then
+        local method, target = sub(head, 1, sp1 - 1), sub(head, sp1 + 1, sp2 - 1)
+        if not find(method, "%s") and not find(target, "%s") then return method, target end
+    end
+    return match(head, "^(%S+) (%S+)")
+end
+
 --- A request table for HEAD (the client's request line and headers).
 function _M.request(head, client_ip, client_port, tls)
-    local method, target = match(head or "", "^(%S+) (%S+)")
-    local path, qs = match(target or "/", "^([^?]*)%??(.*)$")
+    local method, target = request_line(head or "")
+    -- the path, up to the first "?", and the query string after it
+    local path, qs = target or "/", ""
+    local q = find(path, "?", 1, true)
+    if q then path, qs = sub(path, 1, q - 1), sub(path, q + 1) end
     return setmetatable({
         _head = head, method = method, path = path, query_string = qs ~= "" and qs or nil,
         client_ip = client_ip, client_port = client_port, scheme = tls and "wss" or "ws",
+        ticket_request = false,     -- the runtime sets it for POST <path>/ticket (read on every handshake)
     }, REQUEST_MT)
 end
 

@@ -13,8 +13,8 @@ local bit = require "bit"
 local ffi = require "ffi"
 local ctxmod = require "weir.ctx"
 
-local type, pairs, ipairs, tostring, tonumber, floor, format =
-    type, pairs, ipairs, tostring, tonumber, math.floor, string.format
+local type, pairs, ipairs, tostring, tonumber, next, floor, format =
+    type, pairs, ipairs, tostring, tonumber, next, math.floor, string.format
 local find, match, lower, sub, byte = string.find, string.match, string.lower, string.sub, string.byte
 local bor, band, rshift = bit.bor, bit.band, bit.rshift
 local header_span = ctxmod.header_span
@@ -384,6 +384,7 @@ end
 --- Set the identity headers for the backend from CLAIMS. Returns true, or
 -- nil and a message when a value is unusable (control characters).
 function _M.identity_headers(ctx, conf, claims)
+    if next(conf.headers) == nil then return true end
     for name, claim in pairs(conf.headers) do
         local v = claims[claim]
         if type(v) == "table" then
