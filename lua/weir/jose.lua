@@ -129,6 +129,10 @@ local RSA_PSS_SALTLEN_DIGEST = -1  -- verify: the salt must be exactly the hash'
 ---------------------------------------------------------------------------
 -- base64url (RFC 4648 §5, unpadded as RFC 7515 §2 wants it)
 
+-- ctypes made once: a cast given a C declaration as a string parses it on
+-- every call the interpreter runs
+local U8P = ffi.typeof("const uint8_t *")
+
 local ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 local DEC = ffi_new("int16_t[256]")
 for i = 0, 255 do DEC[i] = -1 end
@@ -152,9 +156,10 @@ local function b64_range(s, i, j)
     local rest = n % 4
     if rest == 1 then return nil, "bad base64url length" end
     local out = scratch(rshift(n * 3, 2) + 3)
-    local src = ffi.cast("const uint8_t *", s) + (i - 1)
-    local full, o = n - rest, 0
-    for k = 0, full - 1, 4 do
+    local src = ffi.cast(U8P, s)
+    local base = i - 1                     -- an index offset, not a new pointer
+    local full, o = base + n - rest, 0
+    for k = base, full - 1, 4 do
         local a, b, c, d = DEC[src[k]], DEC[src[k + 1]], DEC[src[k + 2]], DEC[src[k + 3]]
         if bor(a, b, c, d) < 0 then return nil, "bad base64url character" end
         local v = bor(lshift(a, 18), lshift(b, 12), lshift(c, 6), d)
@@ -199,7 +204,7 @@ function _M.b64url_encode(s)
     if type(s) ~= "string" then error("jose.b64url_encode(s): s must be a string", 2) end
     local n = #s
     local out = scratch(n * 2 + 4)
-    local src = ffi.cast("const uint8_t *", s)
+    local src = ffi.cast(U8P, s)
     local o, i = 0, 0
     while i + 2 < n do
         local v = bor(lshift(src[i], 16), lshift(src[i + 1], 8), src[i + 2])
@@ -676,7 +681,11 @@ end
 local function prepared_verify(key, alg, md, pss, sig, data, len)
     local p = verify_ctx(key, alg, md, pss)
     if not p then return digest_verify(md, key.pkey, pss, sig, data, len) end
-    if C.EVP_Digest(data, len, digest, digest_len, md, nil) ~= 1 then C.ERR_clear_error(); return false end
+    -- the digest in mdctx (reset after each use): no context made per call
+    local dok = C.EVP_DigestInit_ex(mdctx, md, nil) == 1 and C.EVP_DigestUpdate(mdctx, data, len) == 1
+                and C.EVP_DigestFinal_ex(mdctx, digest, digest_len) == 1
+    C.EVP_MD_CTX_reset(mdctx)
+    if not dok then C.ERR_clear_error(); return false end
     local ok = C.EVP_PKEY_verify(p, sig, #sig, digest, digest_len[0]) == 1
     if not ok then C.ERR_clear_error() end
     return ok
@@ -685,7 +694,7 @@ end
 -- verify's work, the signing input being INPUT[FROM .. FROM + LEN - 1]
 -- (checked by the callers, as key_allows(key, alg))
 local function check_signature(key, alg, input, from, len, signature)
-    local signing_input = ffi.cast("const uint8_t *", input) + (from - 1)
+    local signing_input = from == 1 and input or ffi.cast(U8P, input) + (from - 1)
     local family, size = sub(alg, 1, 2), sub(alg, 3)
     local ok
     if family == "HS" then
@@ -1092,7 +1101,7 @@ function _M.sha256(s, i, j)
     if i then
         j = j or n
         if i < 1 or j > n or j < i - 1 then error("jose.sha256(s, i, j): the range is outside s", 2) end
-        p, n = ffi.cast("const uint8_t *", s) + (i - 1), j - i + 1
+        p, n = i == 1 and s or ffi.cast(U8P, s) + (i - 1), j - i + 1
     end
     -- the digest fetched once and one context kept: OpenSSL 3's SHA256()
     -- fetches the digest and makes a context on every call

@@ -283,6 +283,20 @@ end
 -- to OUT: byte tests, compiled, where gmatch would not be.
 local function words(s, out)
     local n, i, len = #out, 1, #s
+    if len == 0 then return out end
+    -- the usual case, words and single spaces: whole words at a time
+    if not find(s, "[\t\n\v\f\r]") and byte(s, 1) ~= 32 and byte(s, len) ~= 32 and not find(s, "  ", 1, true) then
+        while true do
+            local sp = find(s, " ", i, true)
+            n = n + 1
+            if not sp then
+                out[n] = sub(s, i)
+                return out
+            end
+            out[n] = sub(s, i, sp - 1)
+            i = sp + 1
+        end
+    end
     while i <= len do
         local b = byte(s, i)
         if b == 32 or (b >= 9 and b <= 13) then
@@ -530,11 +544,12 @@ do
     end
 end
 local hex_out = ffi.new("uint16_t[32]")
+local U8P = ffi.typeof("const uint8_t *")
 
 --- A 32-byte hash (weir.sha256) as 64 hex digits.
 function _M.hex32(h)
     if #h ~= 32 then error("oauth.hex32(h): h must be 32 bytes", 2) end
-    local p = ffi.cast("const uint8_t *", h)
+    local p = ffi.cast(U8P, h)
     for i = 0, 31 do hex_out[i] = HEX_PAIRS[p[i]] end
     return ffi.string(hex_out, 64)
 end
