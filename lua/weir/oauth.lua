@@ -283,20 +283,6 @@ end
 -- to OUT: byte tests, compiled, where gmatch would not be.
 local function words(s, out)
     local n, i, len = #out, 1, #s
-    if len == 0 then return out end
-    -- the usual case, words and single spaces: whole words at a time
-    if not find(s, "[\t\n\v\f\r]") and byte(s, 1) ~= 32 and byte(s, len) ~= 32 and not find(s, "  ", 1, true) then
-        while true do
-            local sp = find(s, " ", i, true)
-            n = n + 1
-            if not sp then
-                out[n] = sub(s, i)
-                return out
-            end
-            out[n] = sub(s, i, sp - 1)
-            i = sp + 1
-        end
-    end
     while i <= len do
         local b = byte(s, i)
         if b == 32 or (b >= 9 and b <= 13) then
