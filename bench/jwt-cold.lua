@@ -1,5 +1,5 @@
 -- The Lua side of a handshake through weir's runtime, in a plain LuaJIT:
--- CPU µs and bytes allocated per handshake for a chain of `jwt` with its
+-- µs and bytes allocated per handshake for a chain of `jwt` with its
 -- cache cold (every handshake verifies an RS256 signature, as bench/run's
 -- "weir + jwt (cache cold)"), warm (one token), and the handshake-only
 -- no-op chain (the runtime's own cost), without sockets, the core or the
@@ -9,7 +9,8 @@
 -- usage (from the project root, after `make`):
 --   luajit bench/jwt-cold.lua [options]
 --     -n N        handshakes per round (default 20000)
---     -r R        rounds per mode, modes taking turns (default 5): medians shown
+--     -r R        rounds per mode, modes taking turns (default 5): the least,
+--                 median and most wall-clock µs per handshake are shown
 --     -m LIST     modes, comma-separated: noop, warm, cold (default all three)
 --     -p [MODE]   profile the cold mode with jit.p (MODE: jit.p's, default "Fl")
 --     -v FILE     jit.v (traces, aborts) from the start to FILE ("-": stdout)
@@ -19,6 +20,8 @@
 --
 -- Each handshake is runtime.open (the ctx), runtime.handshake (the chain)
 -- and runtime.close, with the request head wsload sends (bench/wsload.c).
+-- WEIR_LUA_DIR and WEIR_POLICY_DIR measure other copies of lua/ and
+-- policies/ (e.g. an older commit's, from git archive).
 
 local ffi = require "ffi"
 
