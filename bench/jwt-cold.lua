@@ -8,8 +8,9 @@
 --
 -- usage (from the project root, after `make`):
 --   luajit bench/jwt-cold.lua [options]
---     -n N        handshakes per round (default 20000)
---     -r R        rounds per mode, modes taking turns (default 5): the least,
+--     -n N        handshakes per round (default 5000: short rounds, so that
+--                 some of them run undisturbed on a shared machine)
+--     -r R        rounds per mode, modes taking turns (default 9): the least,
 --                 median and most wall-clock µs per handshake are shown
 --     -m LIST     modes, comma-separated: noop, warm, cold (default all three)
 --     -p [MODE]   profile the cold mode with jit.p (MODE: jit.p's, default "Fl")
@@ -58,7 +59,7 @@ local LUA_DIR = os.getenv("WEIR_LUA_DIR") or ROOT .. "/lua"
 package.path = LUA_DIR .. "/?.lua;" .. LUA_DIR .. "/?/init.lua;" .. package.path
 local cjson = require "cjson"
 
-local N, ROUNDS, MODES, PROFILE, VERBOSE, KEYDIR = 20000, 5, { "noop", "warm", "cold" }, nil, nil, nil
+local N, ROUNDS, MODES, PROFILE, VERBOSE, KEYDIR = 5000, 9, { "noop", "warm", "cold" }, nil, nil, nil
 local BARE = false
 do
     local i = 1
