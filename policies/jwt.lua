@@ -219,16 +219,18 @@ end
 
 local hex = oauth.hex32
 
---- Validate the token TOK. Returns the token record { exp, jti, hash,
--- claims, consumer }, or nil and a weir.error verdict.
-local function validate(ctx, conf, tok)
-    if #tok > conf.max_token_size then return nil, unauthorized("Token is too large") end
-    local h = jose.sha256(tok)
+--- Validate the token TOK[I..J] (all of TOK without I and J). Returns the
+-- token record { exp, jti, hash, claims, consumer }, or nil and a weir.error
+-- verdict.
+local function validate(ctx, conf, tok, i, j)
+    i, j = i or 1, j or #tok
+    if j - i + 1 > conf.max_token_size then return nil, unauthorized("Token is too large") end
+    local h = jose.sha256(tok, i, j)
     local t = now()
     local e = conf._cache:get(h)
     if e and e.keyset ~= (e.hmac and conf._hkey or keyset(conf, false)) then e = nil end
     if not e then
-        local jws, err = jose.decode(tok, conf.max_token_size)
+        local jws, err = jose.decode(tok, conf.max_token_size, i, j)
         if not jws then return nil, unauthorized("Token is malformed") end
         local alg = jws.alg
         if type(alg) ~= "string" or not conf._algs[alg] then
@@ -242,11 +244,11 @@ local function validate(ctx, conf, tok)
             return nil, unauthorized(ks)
         end
         if not jose.key_allows(key, alg) then return nil, unauthorized("Token algorithm is not accepted") end
-        local ok = jose.verify(key, alg, jws.signing_input, jws.signature)
+        local ok = jose.verify_decoded(key, jws)
         if not ok and jws.kid == nil and ks ~= conf._hkey then
             -- no kid: any key of the set that allows the algorithm may have signed it
             for _, k in ipairs(ks.keys) do
-                if k ~= key and jose.key_allows(k, alg) and jose.verify(k, alg, jws.signing_input, jws.signature) then
+                if k ~= key and jose.key_allows(k, alg) and jose.verify_decoded(k, jws) then
                     ok = true
                     break
                 end
@@ -269,7 +271,7 @@ local function validate(ctx, conf, tok)
 end
 
 function _M.on_handshake(ctx, conf)
-    return oauth.handshake(ctx, conf, validate)
+    return oauth.handshake(ctx, conf, validate, nil, true)
 end
 
 function _M.recheck(ctx, conf)

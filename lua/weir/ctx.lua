@@ -12,12 +12,17 @@
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 
-local setmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
-    setmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
+local setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
+    setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
 local find, sub, lower, gsub, gmatch, match, char, byte =
     string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char, string.byte
 local concat, sort = table.concat, table.sort
 local encode = cjson.encode
+local tnew
+do
+    local ok, new = pcall(require, "table.new")
+    tnew = ok and new or function() return {} end
+end
 
 local _M = {}
 
@@ -72,6 +77,40 @@ function _M.parse_headers(head)
     return h
 end
 
+--- Where header NAME (lower-cased) is in REQ's request head, without
+-- parsing the other headers or copying anything: the head and the first
+-- and last positions of its value (spaces and tabs around it left out, as
+-- parse_headers does). Nil when the head has no such header, false when it
+-- has it more than once (req.headers joins the values then).
+-- @usage local head, i, j = ctxmod.header_span(ctx.request, "authorization")
+function _M.header_span(req, name)
+    local head = rawget(req, "_head")
+    if not head then return nil end
+    local n = #name
+    local pos = find(head, "\r\n", 1, true)
+    if not pos then return nil end
+    pos = pos + 2
+    local fs, fe
+    while true do
+        local eol = find(head, "\r\n", pos, true)
+        if not eol or eol == pos then break end
+        -- NAME when the line's first colon comes right after #NAME bytes
+        -- that are NAME in any case (the only string made, and rarely)
+        if byte(head, pos + n) == 58 and pos + n < eol and lower(sub(head, pos, pos + n - 1)) == name then
+            if fs then return false end
+            local vs, ve = pos + n + 1, eol - 1
+            local b = byte(head, vs)
+            while vs <= ve and (b == 32 or b == 9) do vs = vs + 1; b = byte(head, vs) end
+            b = byte(head, ve)
+            while ve >= vs and (b == 32 or b == 9) do ve = ve - 1; b = byte(head, ve) end
+            fs, fe = vs, ve
+        end
+        pos = eol + 2
+    end
+    if not fs then return nil end
+    return head, fs, fe
+end
+
 -- request fields parsed on first use
 local REQUEST_MT = {
     __index = function(r, k)
@@ -94,13 +133,30 @@ local REQUEST_MT = {
     end,
 }
 
+-- The method and target of HEAD's request line: what match(head,
+-- "^(%S+) (%S+)") gives, found with plain searches when the line is the
+-- usual "METHOD SP TARGET SP ..." (the pattern otherwise).
+local function request_line(head)
+    local sp1 = find(head, " ", 1, true)
+    local sp2 = sp1 and sp1 > 1 and find(head, " ", sp1 + 1, true)
+    if sp2 and sp2 > sp1 + 1 then
+        local method, target = sub(head, 1, sp1 - 1), sub(head, sp1 + 1, sp2 - 1)
+        if not find(method, "%s") and not find(target, "%s") then return method, target end
+    end
+    return match(head, "^(%S+) (%S+)")
+end
+
 --- A request table for HEAD (the client's request line and headers).
 function _M.request(head, client_ip, client_port, tls)
-    local method, target = match(head or "", "^(%S+) (%S+)")
-    local path, qs = match(target or "/", "^([^?]*)%??(.*)$")
+    local method, target = request_line(head or "")
+    -- the path, up to the first "?", and the query string after it
+    local path, qs = target or "/", ""
+    local q = find(path, "?", 1, true)
+    if q then path, qs = sub(path, 1, q - 1), sub(path, q + 1) end
     return setmetatable({
         _head = head, method = method, path = path, query_string = qs ~= "" and qs or nil,
         client_ip = client_ip, client_port = client_port, scheme = tls and "wss" or "ws",
+        ticket_request = false,     -- the runtime sets it for POST <path>/ticket (read on every handshake)
     }, REQUEST_MT)
 end
 
@@ -203,26 +259,60 @@ end
 -- The request the backend receives (on_handshake only)
 ------------------------------------------------------------------------------
 
+-- The four sets of changes start as this one empty table, shared and never
+-- written (the runtime only reads them): a set is made when first written.
+local NONE = setmetatable({}, { __newindex = function() error("weir.ctx: the shared empty set is read-only", 2) end })
+
+-- The changes of a request that only loses header L (an authentication
+-- policy hiding the credential, on every handshake): one table per name,
+-- shared and never written; the first other change makes the ctx its own.
+local only_cleared, n_only_cleared, ONLY_MAX = {}, 0, 64
+
 local function upstream(self, what)
     if rawget(self, "_upgraded") then
         error("ctx:" .. what .. " changes the backend's request: call it from on_handshake", 3)
     end
     local up = rawget(self, "_up")
     if not up then
-        up = { set = {}, del = {}, query = {}, proto = {} }
+        up = { set = NONE, del = NONE, query = NONE, proto = NONE }
+        rawset(self, "_up", up)
+    elseif up.shared then
+        local del = {}
+        for k in pairs(up.del) do del[k] = true end
+        up = { set = NONE, del = del, query = NONE, proto = NONE }
         rawset(self, "_up", up)
     end
     return up
 end
 
+-- UP's set K, made when it is still the shared empty one
+local function set_of(up, k)
+    local t = up[k]
+    if t == NONE then
+        t = {}
+        up[k] = t
+    end
+    return t
+end
+
+-- names already checked → their lower case (a policy names the same few
+-- headers on every handshake); at most NAMES_MAX remembered
+local checked, n_checked, NAMES_MAX = {}, 0, 256
+
 local function check_header_name(name, fn)
+    local l = checked[name]
+    if l then return l end
     if type(name) ~= "string" or not find(name, "^[!#$%%&'*+%-.^_`|~%w]+$") then
         error("ctx:" .. fn .. "(name, ...): name must be an HTTP header name", 3)
     end
-    local l = lower(name)
+    l = lower(name)
     if l == "host" or l == "connection" or l == "upgrade" or find(l, "^sec%-websocket%-")
        or l == "content-length" or l == "transfer-encoding" then
         error("ctx:" .. fn .. ": weir owns the " .. name .. " header", 3)
+    end
+    if n_checked < NAMES_MAX then
+        n_checked = n_checked + 1
+        checked[name] = l
     end
     return l
 end
@@ -238,24 +328,37 @@ function CTX:set_backend_header(name, value)
         error("ctx:set_backend_header(name, value): value must be a string without control characters", 2)
     end
     local up = upstream(self, "set_backend_header")
-    up.set[l] = { name, value }
-    up.del[l] = true
+    set_of(up, "set")[l] = { name, value }
+    set_of(up, "del")[l] = true
 end
 
 --- Remove header NAME from the request the backend receives.
 -- @usage ctx:clear_backend_header("authorization")
 function CTX:clear_backend_header(name)
     local l = check_header_name(name, "clear_backend_header")
+    if rawget(self, "_up") == nil and not rawget(self, "_upgraded") then
+        local up = only_cleared[l]
+        if not up and n_only_cleared < ONLY_MAX then
+            up = { set = NONE, del = setmetatable({ [l] = true }, getmetatable(NONE)), query = NONE, proto = NONE,
+                   shared = true }
+            n_only_cleared = n_only_cleared + 1
+            only_cleared[l] = up
+        end
+        if up then
+            rawset(self, "_up", up)
+            return
+        end
+    end
     local up = upstream(self, "clear_backend_header")
-    up.set[l] = nil
-    up.del[l] = true
+    if up.set ~= NONE then up.set[l] = nil end
+    set_of(up, "del")[l] = true
 end
 
 --- Remove query parameter NAME (every occurrence) from the URL the backend receives.
 -- @usage ctx:hide_query_arg("apikey")
 function CTX:hide_query_arg(name)
     if type(name) ~= "string" or name == "" then error("ctx:hide_query_arg(name): name must be a string", 2) end
-    upstream(self, "hide_query_arg").query[name] = true
+    set_of(upstream(self, "hide_query_arg"), "query")[name] = true
 end
 
 --- Remove subprotocol P from the list the backend is offered; weir never
@@ -263,10 +366,11 @@ end
 -- @usage ctx:hide_subprotocol("bearer." .. token)
 function CTX:hide_subprotocol(p)
     if type(p) ~= "string" or p == "" then error("ctx:hide_subprotocol(p): p must be a string", 2) end
-    upstream(self, "hide_subprotocol").proto[p] = true
+    set_of(upstream(self, "hide_subprotocol"), "proto")[p] = true
 end
 
 local icpt_chains = setmetatable({}, { __mode = "k" })   -- fn → its interceptor chain
+local needles, n_needles = {}, 0                          -- msg_type → '"msg_type"'
 
 --- Have client text messages that contain the JSON string MSG_TYPE (quoted:
 -- `"auth"` for "auth") handed to FN(ctx, payload) before anything else sees
@@ -276,7 +380,10 @@ local icpt_chains = setmetatable({}, { __mode = "k" })   -- fn → its intercept
 -- than 64 KiB are not inspected.
 -- @usage ctx:intercept("auth", function(ctx, payload) ... end)
 function CTX:intercept(msg_type, fn)
-    if type(msg_type) ~= "string" or msg_type == "" or #msg_type > 60 or find(msg_type, '["\\%c]') then
+    -- a needle made before is a msg_type checked before
+    local needle = needles[msg_type]
+    if not needle and (type(msg_type) ~= "string" or msg_type == "" or #msg_type > 60
+                       or find(msg_type, '["\\%c]')) then
         error("ctx:intercept(msg_type, fn): msg_type must be a short plain string", 2)
     end
     if type(fn) ~= "function" then error("ctx:intercept(msg_type, fn): fn must be a function", 2) end
@@ -288,7 +395,16 @@ function CTX:intercept(msg_type, fn)
         icpt_chains[fn] = chain
     end
     rawset(self, "_icpt", chain)
-    if C then C.weir_ffi_intercept(self._h, '"' .. msg_type .. '"') end
+    if C then
+        if not needle then
+            needle = '"' .. msg_type .. '"'
+            if n_needles < NAMES_MAX then
+                n_needles = n_needles + 1
+                needles[msg_type] = needle
+            end
+        end
+        C.weir_ffi_intercept(self._h, needle)
+    end
 end
 
 ffi.cdef [[
@@ -345,13 +461,15 @@ end
 --- A new ctx (called by the runtime when a connection reaches a chain):
 -- H is the core's handle for it, ID its name.
 function _M.new(h, id, api, version, context, head, client_ip, client_port, tls)
-    return setmetatable({
-        _h = h,
-        id = id,
-        api = { name = api, version = version, context = context },
-        request = _M.request(head, client_ip, client_port, tls),
-        vars = {},
-    }, CTX)
+    -- room for the fields the runtime and an authentication policy add
+    -- (about 16): no rehash on the way
+    local ctx = tnew(0, 16)
+    ctx._h = h
+    ctx.id = id
+    ctx.api = { name = api, version = version, context = context }
+    ctx.request = _M.request(head, client_ip, client_port, tls)
+    ctx.vars = {}
+    return setmetatable(ctx, CTX)
 end
 
 _M.CTX = CTX

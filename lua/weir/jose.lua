@@ -27,7 +27,8 @@ local ffi   = require "ffi"
 local bit   = require "bit"
 local cjson = require "cjson.safe"
 
-local type, ipairs, pairs, tostring, tonumber = type, ipairs, pairs, tostring, tonumber
+local type, ipairs, pairs, tostring, tonumber, setmetatable, rawget, rawset =
+    type, ipairs, pairs, tostring, tonumber, setmetatable, rawget, rawset
 local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find, string.format
 local concat = table.concat
 local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
@@ -63,6 +64,9 @@ ffi.cdef [[
     EVP_MD_CTX *EVP_MD_CTX_new(void);
     void EVP_MD_CTX_free(EVP_MD_CTX *ctx);
     int EVP_MD_CTX_reset(EVP_MD_CTX *ctx);
+    int EVP_DigestInit_ex(EVP_MD_CTX *ctx, const EVP_MD *type, ENGINE *impl);
+    int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt);
+    int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s);
     int EVP_DigestVerifyInit(EVP_MD_CTX *ctx, EVP_PKEY_CTX **pctx, const EVP_MD *type,
                              ENGINE *e, EVP_PKEY *pkey);
     int EVP_DigestVerify(EVP_MD_CTX *ctx, const unsigned char *sig, size_t siglen,
@@ -125,6 +129,10 @@ local RSA_PSS_SALTLEN_DIGEST = -1  -- verify: the salt must be exactly the hash'
 ---------------------------------------------------------------------------
 -- base64url (RFC 4648 §5, unpadded as RFC 7515 §2 wants it)
 
+-- ctypes made once: a cast given a C declaration as a string parses it on
+-- every call the interpreter runs
+local U8P = ffi.typeof("const uint8_t *")
+
 local ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 local DEC = ffi_new("int16_t[256]")
 for i = 0, 255 do DEC[i] = -1 end
@@ -140,6 +148,41 @@ local function scratch(n)
     return buf
 end
 
+-- Decode S[I..J] (1-based, inclusive, as string.sub counts) strictly: see
+-- b64url_decode. Four characters a step, and no substring of S is made.
+local function b64_range(s, i, j)
+    local n = j - i + 1
+    if n < 0 then n = 0 end
+    local rest = n % 4
+    if rest == 1 then return nil, "bad base64url length" end
+    local out = scratch(rshift(n * 3, 2) + 3)
+    local src = ffi.cast(U8P, s)
+    local base = i - 1                     -- an index offset, not a new pointer
+    local full, o = base + n - rest, 0
+    for k = base, full - 1, 4 do
+        local a, b, c, d = DEC[src[k]], DEC[src[k + 1]], DEC[src[k + 2]], DEC[src[k + 3]]
+        if bor(a, b, c, d) < 0 then return nil, "bad base64url character" end
+        local v = bor(lshift(a, 18), lshift(b, 12), lshift(c, 6), d)
+        out[o], out[o + 1], out[o + 2] = rshift(v, 16), band(rshift(v, 8), 0xff), band(v, 0xff)
+        o = o + 3
+    end
+    if rest == 2 then
+        local a, b = DEC[src[full]], DEC[src[full + 1]]
+        if bor(a, b) < 0 then return nil, "bad base64url character" end
+        if band(b, 0x0f) ~= 0 then return nil, "bad base64url padding bits" end
+        out[o] = bor(lshift(a, 2), rshift(b, 4))
+        o = o + 1
+    elseif rest == 3 then
+        local a, b, c = DEC[src[full]], DEC[src[full + 1]], DEC[src[full + 2]]
+        if bor(a, b, c) < 0 then return nil, "bad base64url character" end
+        if band(c, 0x03) ~= 0 then return nil, "bad base64url padding bits" end
+        local v = bor(lshift(a, 10), lshift(b, 4), rshift(c, 2))
+        out[o], out[o + 1] = rshift(v, 8), band(v, 0xff)
+        o = o + 2
+    end
+    return ffi_string(out, o)
+end
+
 --- Decode base64url strictly: the URL-safe alphabet only, no padding, no
 -- whitespace, no length that no encoder produces (`#s % 4 == 1`) and no
 -- stray bits in the last character (so each byte string has one encoding).
@@ -150,27 +193,7 @@ end
 -- @usage local bytes, err = jose.b64url_decode("aGk")
 function _M.b64url_decode(s)
     if type(s) ~= "string" then return nil, "not a string" end
-    local n = #s
-    local rest = n % 4
-    if rest == 1 then return nil, "bad base64url length" end
-    local out = scratch(rshift(n * 3, 2) + 3)
-    local src = ffi.cast("const uint8_t *", s)
-    local o, acc, bits = 0, 0, 0
-    for i = 0, n - 1 do
-        local v = DEC[src[i]]
-        if v < 0 then return nil, "bad base64url character" end
-        acc = bor(lshift(band(acc, 0xffff), 6), v)
-        bits = bits + 6
-        if bits >= 8 then
-            bits = bits - 8
-            out[o] = band(rshift(acc, bits), 0xff)
-            o = o + 1
-        end
-    end
-    if bits > 0 and band(acc, lshift(1, bits) - 1) ~= 0 then
-        return nil, "bad base64url padding bits"
-    end
-    return ffi_string(out, o)
+    return b64_range(s, 1, #s)
 end
 
 --- Encode bytes as base64url without padding.
@@ -181,7 +204,7 @@ function _M.b64url_encode(s)
     if type(s) ~= "string" then error("jose.b64url_encode(s): s must be a string", 2) end
     local n = #s
     local out = scratch(n * 2 + 4)
-    local src = ffi.cast("const uint8_t *", s)
+    local src = ffi.cast(U8P, s)
     local o, i = 0, 0
     while i + 2 < n do
         local v = bor(lshift(src[i], 16), lshift(src[i + 1], 8), src[i + 2])
@@ -212,47 +235,26 @@ json.decode_invalid_numbers(false)  -- no NaN, Infinity or hex
 -- TEXT decoded as a JSON object, or nil, err. cjson turns `{}` and `[]`
 -- into the same empty table, so the text itself must open with `{`.
 local function json_object(text, what)
-    if not find(text, "^[ \t\r\n]*{") then return nil, what .. " is not a JSON object" end
+    -- '{' first, as every encoder writes it; else whitespace may come before it
+    if byte(text, 1) ~= 123 and not find(text, "^[ \t\r\n]*{") then return nil, what .. " is not a JSON object" end
     local t = json.decode(text)
     if type(t) ~= "table" then return nil, what .. " is not valid JSON" end
     return t
 end
 
---- Split a JWS in compact form and decode its header and payload. Checks
--- the form only; the signature is checked by `verify`.
--- @tparam string token `header.payload.signature`
--- @tparam[opt=8192] number max_len longest token accepted, in bytes; checked
---  before anything else
--- @treturn[1] table `{ header =, payload =, signing_input = "<h>.<p>",
---  signature = bytes, alg = header.alg, kid = header.kid }`
--- @treturn[2] nil
--- @treturn[2] string why (never containing the token)
--- @usage local jws, err = jose.decode(token)
-function _M.decode(token, max_len)
-    if type(token) ~= "string" then return nil, "token is not a string" end
-    max_len = max_len or _M.MAX_TOKEN
-    if #token > max_len then return nil, "token too long" end
-    if #token == 0 then return nil, "empty token" end
-    local d1 = find(token, ".", 1, true)
-    local d2 = d1 and find(token, ".", d1 + 1, true)
-    if not d2 or find(token, ".", d2 + 1, true) then
-        return nil, "token is not three dot-separated parts"
-    end
-    local h_raw, err = _M.b64url_decode(sub(token, 1, d1 - 1))
-    if not h_raw then return nil, "header: " .. err end
-    local p_raw
-    p_raw, err = _M.b64url_decode(sub(token, d1 + 1, d2 - 1))
-    if not p_raw then return nil, "payload: " .. err end
-    local sig
-    sig, err = _M.b64url_decode(sub(token, d2 + 1))
-    if not sig then return nil, "signature: " .. err end
+-- Decoded headers by their base64url text: an issuer's tokens mostly share
+-- one header (alg, kid, typ), so its decoding and checks are done once.
+-- Only headers that passed are kept, at most HEADERS_MAX of at most
+-- HEADER_MAX_LEN characters (the set starts again when full).
+local HEADERS_MAX, HEADER_MAX_LEN = 64, 512
+local headers, n_headers = {}, 0
 
-    local header, payload
-    header, err = json_object(h_raw, "header")
+-- The header of a token from its base64url TEXT (nil when too long to
+-- keep) and the bytes RAW it decodes to: { header =, alg =, kid = }, or nil
+-- and why.
+local function jws_header(text, raw)
+    local header, err = json_object(raw, "header")
     if not header then return nil, err end
-    payload, err = json_object(p_raw, "payload")
-    if not payload then return nil, err end
-
     local alg, kid = header.alg, header.kid
     if type(alg) ~= "string" or alg == "" then return nil, "header has no alg" end
     if kid ~= nil and (type(kid) ~= "string" or kid == "") then
@@ -262,12 +264,85 @@ function _M.decode(token, max_len)
     -- (RFC 7515 §4.1.11); b64=false (RFC 7797) would change the signing input
     if header.crit ~= nil then return nil, "header crit is not supported" end
     if header.b64 ~= nil and header.b64 ~= true then return nil, "header b64 is not supported" end
+    local h = { header = header, alg = alg, kid = kid }
+    if text then
+        if n_headers >= HEADERS_MAX then headers, n_headers = {}, 0 end
+        n_headers = n_headers + 1
+        headers[text] = h
+    end
+    return h
+end
 
-    return {
-        header = header, payload = payload,
-        signing_input = sub(token, 1, d2 - 1), signature = sig,
-        alg = alg, kid = kid,
-    }
+-- a decoded JWS makes its signing input when it is first asked for
+local JWS = {
+    __index = function(jws, k)
+        if k == "signing_input" then
+            local from = rawget(jws, "input_from")
+            local v = sub(rawget(jws, "token"), from, from + rawget(jws, "input_len") - 1)
+            rawset(jws, k, v)
+            return v
+        end
+    end,
+}
+
+--- Split a JWS in compact form and decode its header and payload. Checks
+-- the form only; the signature is checked by `verify`.
+-- @tparam string token `header.payload.signature`
+-- @tparam[opt=8192] number max_len longest token accepted, in bytes; checked
+--  before anything else
+-- @tparam[opt=1] number i the token is TOKEN[I..J] (e.g. inside a request
+--  head, not copied out of it)
+-- @tparam[opt=#token] number j
+-- @treturn[1] table `{ header =, payload =, signing_input = "<h>.<p>",
+--  signature = bytes, alg = header.alg, kid = header.kid }`. `header` is
+--  shared by the tokens with the same header: read it, never change it.
+--  `signing_input` is made when first read (`verify_decoded` never needs it).
+-- @treturn[2] nil
+-- @treturn[2] string why (never containing the token)
+-- @usage local jws, err = jose.decode(token)
+function _M.decode(token, max_len, i, j)
+    if type(token) ~= "string" then return nil, "token is not a string" end
+    max_len = max_len or _M.MAX_TOKEN
+    i, j = i or 1, j or #token
+    if i < 1 or j > #token then return nil, "token range outside the string" end
+    if j - i + 1 > max_len then return nil, "token too long" end
+    if j < i then return nil, "empty token" end
+    local d1 = find(token, ".", i, true)
+    if d1 and d1 > j then d1 = nil end
+    local d2 = d1 and find(token, ".", d1 + 1, true)
+    if d2 and d2 > j then d2 = nil end
+    local d3 = d2 and find(token, ".", d2 + 1, true)
+    if not d2 or d3 and d3 <= j then
+        return nil, "token is not three dot-separated parts"
+    end
+    -- the same checks in the same order as decoding everything, then
+    -- judging the header: its base64url, the payload's and the
+    -- signature's, then the header's JSON and members, then the payload's
+    local text = d1 - i <= HEADER_MAX_LEN and sub(token, i, d1 - 1) or nil
+    local h = text and headers[text]
+    local raw, err
+    if not h then
+        raw, err = b64_range(token, i, d1 - 1)
+        if not raw then return nil, "header: " .. err end
+    end
+    local p_raw
+    p_raw, err = b64_range(token, d1 + 1, d2 - 1)
+    if not p_raw then return nil, "payload: " .. err end
+    local sig
+    sig, err = b64_range(token, d2 + 1, j)
+    if not sig then return nil, "signature: " .. err end
+    if not h then
+        h, err = jws_header(text, raw)
+        if not h then return nil, err end
+    end
+    local payload
+    payload, err = json_object(p_raw, "payload")
+    if not payload then return nil, err end
+
+    return setmetatable({
+        header = h.header, payload = payload, signature = sig, alg = h.alg, kid = h.kid,
+        token = token, input_from = i, input_len = d2 - i,
+    }, JWS)
 end
 
 ---------------------------------------------------------------------------
@@ -562,13 +637,14 @@ local function ecdsa_der(sig, size)
     return der(0x30, der_uint(sub(sig, 1, size)) .. der_uint(sub(sig, size + 1)))
 end
 
-local function digest_verify(md, pkey, pss, sig, data)
+-- DATA: a pointer to the signed bytes, LEN of them
+local function digest_verify(md, pkey, pss, sig, data, len)
     local ok = C.EVP_DigestVerifyInit(mdctx, pctx, md, nil, pkey) == 1
     if ok and pss then
         ok = C.EVP_PKEY_CTX_set_rsa_padding(pctx[0], RSA_PKCS1_PSS_PADDING) > 0
              and C.EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx[0], RSA_PSS_SALTLEN_DIGEST) > 0
     end
-    ok = ok and C.EVP_DigestVerify(mdctx, sig, #sig, data, #data) == 1
+    ok = ok and C.EVP_DigestVerify(mdctx, sig, #sig, data, len) == 1
     C.EVP_MD_CTX_reset(mdctx)
     if not ok then C.ERR_clear_error() end
     return ok
@@ -602,13 +678,47 @@ local function verify_ctx(key, alg, md, pss)
     return p
 end
 
-local function prepared_verify(key, alg, md, pss, sig, data)
+local function prepared_verify(key, alg, md, pss, sig, data, len)
     local p = verify_ctx(key, alg, md, pss)
-    if not p then return digest_verify(md, key.pkey, pss, sig, data) end
-    if C.EVP_Digest(data, #data, digest, digest_len, md, nil) ~= 1 then C.ERR_clear_error(); return false end
+    if not p then return digest_verify(md, key.pkey, pss, sig, data, len) end
+    -- the digest in mdctx (reset after each use): no context made per call
+    local dok = C.EVP_DigestInit_ex(mdctx, md, nil) == 1 and C.EVP_DigestUpdate(mdctx, data, len) == 1
+                and C.EVP_DigestFinal_ex(mdctx, digest, digest_len) == 1
+    C.EVP_MD_CTX_reset(mdctx)
+    if not dok then C.ERR_clear_error(); return false end
     local ok = C.EVP_PKEY_verify(p, sig, #sig, digest, digest_len[0]) == 1
     if not ok then C.ERR_clear_error() end
     return ok
+end
+
+-- verify's work, the signing input being INPUT[FROM .. FROM + LEN - 1]
+-- (checked by the callers, as key_allows(key, alg))
+local function check_signature(key, alg, input, from, len, signature)
+    local signing_input = from == 1 and input or ffi.cast(U8P, input) + (from - 1)
+    local family, size = sub(alg, 1, 2), sub(alg, 3)
+    local ok
+    if family == "HS" then
+        local md = MD[size]
+        local n = tonumber(size) / 8
+        if #signature ~= n then return nil, "bad signature length" end
+        if C.HMAC(md, key.secret, #key.secret, signing_input, len, hmac_out, hmac_len) == nil
+           or hmac_len[0] ~= n then
+            C.ERR_clear_error()
+            return nil, "HMAC failed"
+        end
+        ok = C.CRYPTO_memcmp(hmac_out, signature, n) == 0
+    elseif family == "RS" or family == "PS" then
+        ok = prepared_verify(key, alg, MD[size], family == "PS", signature, signing_input, len)
+    elseif family == "ES" then
+        local n = size == "256" and 32 or 48
+        if #signature ~= 2 * n then return nil, "bad signature length" end
+        ok = prepared_verify(key, alg, MD[size], false, ecdsa_der(signature, n), signing_input, len)
+    else  -- EdDSA: the only other algorithm key_allows lets through
+        if #signature ~= 64 then return nil, "bad signature length" end
+        ok = digest_verify(nil, key.pkey, false, signature, signing_input, len)
+    end
+    if not ok then return nil, "bad signature" end
+    return true
 end
 
 --- Check a JWS signature. The key must allow the algorithm (`key_allows`).
@@ -629,30 +739,28 @@ function _M.verify(key, alg, signing_input, signature)
     if type(signing_input) ~= "string" or type(signature) ~= "string" then
         return nil, "bad arguments"
     end
-    local family, size = sub(alg, 1, 2), sub(alg, 3)
-    local ok
-    if family == "HS" then
-        local md = MD[size]
-        local n = tonumber(size) / 8
-        if #signature ~= n then return nil, "bad signature length" end
-        if C.HMAC(md, key.secret, #key.secret, signing_input, #signing_input, hmac_out, hmac_len) == nil
-           or hmac_len[0] ~= n then
-            C.ERR_clear_error()
-            return nil, "HMAC failed"
-        end
-        ok = C.CRYPTO_memcmp(hmac_out, signature, n) == 0
-    elseif family == "RS" or family == "PS" then
-        ok = prepared_verify(key, alg, MD[size], family == "PS", signature, signing_input)
-    elseif family == "ES" then
-        local n = size == "256" and 32 or 48
-        if #signature ~= 2 * n then return nil, "bad signature length" end
-        ok = prepared_verify(key, alg, MD[size], false, ecdsa_der(signature, n), signing_input)
-    else  -- EdDSA: the only other algorithm key_allows lets through
-        if #signature ~= 64 then return nil, "bad signature length" end
-        ok = digest_verify(nil, key.pkey, false, signature, signing_input)
+    return check_signature(key, alg, signing_input, 1, #signing_input, signature)
+end
+
+--- Check the signature of JWS, from `decode`, with KEY: as `verify(key,
+-- jws.alg, jws.signing_input, jws.signature)`, the signing input read in
+-- place (never copied out of the string the token was decoded from).
+-- @tparam table key
+-- @tparam table jws
+-- @treturn[1] true
+-- @treturn[2] nil
+-- @treturn[2] string why
+-- @usage local ok, err = jose.verify_decoded(key, jws)
+function _M.verify_decoded(key, jws)
+    local input, from, len = rawget(jws, "token"), rawget(jws, "input_from"), rawget(jws, "input_len")
+    if type(input) ~= "string" or type(from) ~= "number" or type(len) ~= "number" then
+        return _M.verify(key, jws.alg, jws.signing_input, jws.signature)
     end
-    if not ok then return nil, "bad signature" end
-    return true
+    if not _M.key_allows(key, jws.alg) then return nil, "algorithm not allowed for this key" end
+    if type(jws.signature) ~= "string" or from < 1 or len < 0 or from + len - 1 > #input then
+        return nil, "bad arguments"
+    end
+    return check_signature(key, jws.alg, input, from, len, jws.signature)
 end
 
 --- Verify a decoded JWS against a key set: with the key its `kid` names;
@@ -675,7 +783,7 @@ function _M.verify_jws(keyset, jws, algorithms)
     if kid ~= nil then
         local key = keyset.by_kid[kid]
         if key then
-            local ok, err = _M.verify(key, alg, jws.signing_input, jws.signature)
+            local ok, err = _M.verify_decoded(key, jws)
             if not ok then return nil, err end
             return key
         end
@@ -685,7 +793,7 @@ function _M.verify_jws(keyset, jws, algorithms)
         -- a token's kid only ever names a key with that kid; keys without
         -- one are the candidates for any token the set has no kid for
         if (kid == nil or key.kid == nil) and _M.key_allows(key, alg) then
-            local ok, why = _M.verify(key, alg, jws.signing_input, jws.signature)
+            local ok, why = _M.verify_decoded(key, jws)
             if ok then return key end
             if kid == nil then err = why end  -- else keep "unknown kid": worth a refresh
         end
@@ -977,13 +1085,31 @@ function _M.random_bytes(n)
 end
 
 local sha_out = ffi_new("unsigned char[32]")
+local SHA256_MD = MD["256"]
+local sha_ctx = C.EVP_MD_CTX_new()  -- one per Lua state, initialised again for each use
+assert(sha_ctx ~= nil, "EVP_MD_CTX_new failed")
+sha_ctx = ffi_gc(sha_ctx, C.EVP_MD_CTX_free)
 
---- SHA-256 of S, as 32 raw bytes (e.g. a token cache key).
+--- SHA-256 of S (or of S[I..J]), as 32 raw bytes (e.g. a token cache key).
 -- @tparam string s
+-- @tparam[opt=1] number i
+-- @tparam[opt=#s] number j
 -- @treturn string
 -- @usage local id = jose.sha256(token)
-function _M.sha256(s)
-    C.SHA256(s, #s, sha_out)
+function _M.sha256(s, i, j)
+    local p, n = s, #s
+    if i then
+        j = j or n
+        if i < 1 or j > n or j < i - 1 then error("jose.sha256(s, i, j): the range is outside s", 2) end
+        p, n = i == 1 and s or ffi.cast(U8P, s) + (i - 1), j - i + 1
+    end
+    -- the digest fetched once and one context kept: OpenSSL 3's SHA256()
+    -- fetches the digest and makes a context on every call
+    if C.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1 or C.EVP_DigestUpdate(sha_ctx, p, n) ~= 1
+       or C.EVP_DigestFinal_ex(sha_ctx, sha_out, nil) ~= 1 then
+        C.ERR_clear_error()
+        C.SHA256(p, n, sha_out)
+    end
     return ffi_string(sha_out, 32)
 end
 

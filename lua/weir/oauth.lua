@@ -9,11 +9,15 @@
 
 local weir = require "weir"
 local cjson = require "cjson.safe"
+local bit = require "bit"
+local ffi = require "ffi"
+local ctxmod = require "weir.ctx"
 
-local type, pairs, ipairs, tostring, tonumber, floor, format =
-    type, pairs, ipairs, tostring, tonumber, math.floor, string.format
-local find, match, lower, sub, gmatch, byte = string.find, string.match, string.lower, string.sub,
-    string.gmatch, string.byte
+local type, pairs, ipairs, tostring, tonumber, next, floor, format =
+    type, pairs, ipairs, tostring, tonumber, next, math.floor, string.format
+local find, match, lower, sub, byte = string.find, string.match, string.lower, string.sub, string.byte
+local bor, band, rshift = bit.bor, bit.band, bit.rshift
+local header_span = ctxmod.header_span
 
 local _M = {}
 
@@ -184,76 +188,138 @@ end
 -- Where the token is
 ------------------------------------------------------------------------------
 
---- Find the credential of a request. Returns kind ("token" or "ticket"),
--- the credential, and hides it from the backend (when hide_credentials).
--- Returns nil when there is none.
-function _M.credential(ctx, conf)
+-- The token of an Authorization value S[I..J] (spaces and tabs around it
+-- already left out): "Bearer TOKEN", the scheme in any case, one or more
+-- spaces, then the token with nothing after it (no second credential).
+-- Returns the token as S2, I2, J2 (S2[I2..J2]; S itself unless it had to be
+-- cut out), or nil when it is not that. Byte tests and plain searches: a
+-- pattern would walk the token a character at a time.
+local function bearer(s, i, j)
+    if j - i < 7 then return nil end           -- "Bearer" SP and one byte at least
+    -- bor(b, 32) is the letter's lower case for exactly its two cases
+    if bor(byte(s, i), 32) ~= 98 or bor(byte(s, i + 1), 32) ~= 101 or bor(byte(s, i + 2), 32) ~= 97
+       or bor(byte(s, i + 3), 32) ~= 114 or bor(byte(s, i + 4), 32) ~= 101 or bor(byte(s, i + 5), 32) ~= 114
+       or byte(s, i + 6) ~= 32 then
+        return nil
+    end
+    local k = i + 7
+    while k <= j and byte(s, k) == 32 do k = k + 1 end
+    -- the searches may run on past J (S can be the whole request head)
+    local sp, co, tb = find(s, " ", k, true), find(s, ",", k, true), find(s, "\t", k, true)
+    if sp and sp <= j or co and co <= j or tb and tb <= j then
+        local tok = match(sub(s, k, j), "^([^%s,]+)%s*$")
+        if not tok then return nil end
+        return tok, 1, #tok
+    end
+    return s, k, j
+end
+
+-- The credential of a request: kind ("token" or "ticket") and where it is,
+-- S[I..J] (for the header, S is the request head: nothing is copied); it is
+-- hidden from the backend (when hide_credentials). Nil when there is none.
+local function find_credential(ctx, conf)
     local req = ctx.request
     local from, hide = conf.token_in, conf.hide_credentials
-    for i = 1, #from do
-        local where = from[i]
+    for n = 1, #from do
+        local where = from[n]
         if where == "header" then
-            local h = req.headers["authorization"]
-            if h then
-                -- "Bearer TOKEN": the scheme in any case, then the token, with
-                -- nothing after it (no second credential): one pass of find
-                local _, e = find(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +")
-                local tok = e and sub(h, e + 1)
-                -- plain searches: a pattern would walk the token a character at a time
-                if tok and (find(tok, " ", 1, true) or find(tok, ",", 1, true) or find(tok, "\t", 1, true)) then
-                    tok = match(tok, "^([^%s,]+)%s*$")
-                end
-                if tok and tok ~= "" then
-                    if hide then ctx:clear_backend_header("authorization") end
-                    return "token", tok
-                end
+            -- straight from the request head (no headers table, no copy of
+            -- the value) unless the headers were parsed already or the
+            -- header is repeated (its values joined: never one token)
+            local s, i, j
+            local head, vs, ve
+            if rawget(req, "headers") == nil then head, vs, ve = header_span(req, "authorization") end
+            if vs then
+                s, i, j = bearer(head, vs, ve)
+            elseif head == false or rawget(req, "headers") ~= nil then
+                local h = req.headers["authorization"]
+                if h then s, i, j = bearer(h, 1, #h) end
+            end
+            if s then
+                if hide then ctx:clear_backend_header("authorization") end
+                return "token", s, i, j
             end
         elseif where == "query" then
             local tok = req.query[conf.query_param]
             if type(tok) == "string" and tok ~= "" then
                 if hide then ctx:hide_query_arg(conf.query_param) end
-                return "token", tok
+                return "token", tok, 1, #tok
             end
         elseif where == "subprotocol" then
             local prefix, list = conf.subprotocol_prefix, req.subprotocols
-            for j = 1, #list do
-                local p = list[j]
+            for k = 1, #list do
+                local p = list[k]
                 if sub(p, 1, #prefix) == prefix and #p > #prefix then
                     -- never answered back, and never seen by the backend
                     ctx:hide_subprotocol(p)
-                    return "token", sub(p, #prefix + 1)
+                    return "token", p, #prefix + 1, #p
                 end
             end
         elseif where == "ticket" then
             local t = req.query["ticket"]
             if type(t) == "string" and t ~= "" then
                 if hide then ctx:hide_query_arg("ticket") end
-                return "ticket", t
+                return "ticket", t, 1, #t
             end
         end
     end
     return nil
 end
 
+--- Find the credential of a request. Returns kind ("token" or "ticket"),
+-- the credential, and hides it from the backend (when hide_credentials).
+-- Returns nil when there is none.
+function _M.credential(ctx, conf)
+    local kind, s, i, j = find_credential(ctx, conf)
+    if not kind then return nil end
+    if i ~= 1 or j ~= #s then s = sub(s, i, j) end
+    return kind, s
+end
+
 ------------------------------------------------------------------------------
 -- Claims
 ------------------------------------------------------------------------------
+
+-- Append S's words (runs of bytes other than whitespace, as %S+ sees them)
+-- to OUT: byte tests, compiled, where gmatch would not be.
+local function words(s, out)
+    local n, i, len = #out, 1, #s
+    while i <= len do
+        local b = byte(s, i)
+        if b == 32 or (b >= 9 and b <= 13) then
+            i = i + 1
+        else
+            local j = i + 1
+            while j <= len do
+                b = byte(s, j)
+                if b == 32 or (b >= 9 and b <= 13) then break end
+                j = j + 1
+            end
+            n = n + 1
+            out[n] = sub(s, i, j - 1)
+            i = j + 1
+        end
+    end
+    return out
+end
 
 local function scopes_of(claims)
     local out = {}
     local s = claims.scope
     if type(s) == "string" then
-        for w in gmatch(s, "%S+") do out[#out + 1] = w end
+        words(s, out)
     elseif type(claims.scp) == "table" then
         for _, w in ipairs(claims.scp) do if type(w) == "string" then out[#out + 1] = w end end
     elseif type(claims.scp) == "string" then
-        for w in gmatch(claims.scp, "%S+") do out[#out + 1] = w end
+        words(claims.scp, out)
     end
     return out
 end
 _M.scopes_of = scopes_of
 
 local function num(v) return type(v) == "number" and v == v and v or nil end
+
+local TIME_CLAIMS = { "exp", "nbf", "iat" }
 
 --- Check the registered claims that do not change with time (iss, aud,
 -- scopes). Returns true, or nil and a message for the client.
@@ -267,7 +333,8 @@ function _M.check_static(claims, conf)
         end
         if not ok then return nil, "Token audience is not accepted" end
     end
-    for _, k in ipairs({ "exp", "nbf", "iat" }) do
+    for i = 1, 3 do
+        local k = TIME_CLAIMS[i]
         if claims[k] ~= nil and not num(claims[k]) then return nil, "Token claim " .. k .. " is not a number" end
     end
     if #conf.required_scopes > 0 then
@@ -318,6 +385,7 @@ end
 --- Set the identity headers for the backend from CLAIMS. Returns true, or
 -- nil and a message when a value is unusable (control characters).
 function _M.identity_headers(ctx, conf, claims)
+    if next(conf.headers) == nil then return true end
     for name, claim in pairs(conf.headers) do
         local v = claims[claim]
         if type(v) == "table" then
@@ -451,10 +519,27 @@ function _M.recheck(ctx, conf)
     return nil
 end
 
-local HEX32 = string.rep("%02x", 32)
+-- every byte's two hex digits, as the uint16_t whose bytes in memory they are
+local HEX_PAIRS = ffi.new("uint16_t[256]")
+do
+    local digits = "0123456789abcdef"
+    local probe = ffi.new("uint16_t[1]", 0x0100)
+    local little = ffi.cast("uint8_t *", probe)[0] == 0
+    for i = 0, 255 do
+        local hi, lo = byte(digits, rshift(i, 4) + 1), byte(digits, band(i, 15) + 1)
+        HEX_PAIRS[i] = little and hi + lo * 256 or hi * 256 + lo
+    end
+end
+local hex_out = ffi.new("uint16_t[32]")
+local U8P = ffi.typeof("const uint8_t *")
 
---- A 32-byte hash (weir.sha256) as 64 hex digits, in one format call.
-function _M.hex32(h) return format(HEX32, byte(h, 1, 32)) end
+--- A 32-byte hash (weir.sha256) as 64 hex digits.
+function _M.hex32(h)
+    if #h ~= 32 then error("oauth.hex32(h): h must be 32 bytes", 2) end
+    local p = ffi.cast(U8P, h)
+    for i = 0, 31 do hex_out[i] = HEX_PAIRS[p[i]] end
+    return ffi.string(hex_out, 64)
+end
 
 ------------------------------------------------------------------------------
 -- A cache of validated tokens, per worker
@@ -504,11 +589,15 @@ end
 -- not work, true), answer a ticket request, or accept the token on CTX.
 -- ON_FAILED(ctx, conf), when given, is called when the validator could not
 -- work (not for a ticket request), before its verdict is returned.
+-- With IN_PLACE, VALIDATE is given the token as (ctx, conf, s, i, j), the
+-- token being s[i..j] (s may be the whole request head: nothing copied);
+-- it must accept a plain (ctx, conf, token) too (the in-band refresh).
 -- @treturn nil|table nothing (accepted) or the verdict to return
-function _M.handshake(ctx, conf, validate, on_failed)
+function _M.handshake(ctx, conf, validate, on_failed, in_place)
     local req = ctx.request
-    local kind, cred = _M.credential(ctx, conf)
+    local kind, cred, ci, cj = find_credential(ctx, conf)
     if not kind then return unauthorized("Missing access token") end
+    if (kind == "ticket" or not in_place) and (ci ~= 1 or cj ~= #cred) then cred = sub(cred, ci, cj) end
     if req.ticket_request then
         if not conf.tickets then
             return weir.error("/problems/not-found", "Tickets are not enabled for this API", 404)
@@ -523,7 +612,11 @@ function _M.handshake(ctx, conf, validate, on_failed)
         local bad = _M.check_live(rec, conf, weir.now())
         if bad then return bad end
     else
-        rec, err, failed = validate(ctx, conf, cred)
+        if in_place then
+            rec, err, failed = validate(ctx, conf, cred, ci, cj)
+        else
+            rec, err, failed = validate(ctx, conf, cred)
+        end
         cred = nil
         if not rec then
             if failed and on_failed and not req.ticket_request then on_failed(ctx, conf) end
