@@ -1102,35 +1102,28 @@ command("token", {
     end,
 })
 
-command("revoke app", {
-    usage = "weir revoke app APP [--json]",
-    help = "Revoke every key and token of an application (POST /applications/APP/revoke).",
-    args = { 1, 1 },
-    run = function(ctx)
-        local r, code = call(ctx, "POST", "/applications/" .. escape(ctx.args[1]) .. "/revoke")
-        if not r then return code end
-        if not ctx.json then
-            say("revoked application ", clean(ctx.args[1]), "\n")
-            if next(r) ~= nil then print_object(r) end
-        end
-        return EXIT_OK
-    end,
-})
+-- `weir revoke WHAT ID`: POST PATH_OF(id), and say "revoked WHAT ID".
+local function revoke_command(what, label, help, path_of)
+    command("revoke " .. what, {
+        usage = "weir revoke " .. what .. " " .. label .. " [--json]",
+        help = help,
+        args = { 1, 1 },
+        run = function(ctx)
+            local r, code = call(ctx, "POST", path_of(escape(ctx.args[1])))
+            if not r then return code end
+            if not ctx.json then
+                say("revoked ", what == "app" and "application" or what, " ", clean(ctx.args[1]), "\n")
+                if next(r) ~= nil then print_object(r) end
+            end
+            return EXIT_OK
+        end,
+    })
+end
 
-command("revoke key", {
-    usage = "weir revoke key CONSUMER_KEY [--json]",
-    help = "Revoke a consumer key (POST /keys/KEY/revoke).",
-    args = { 1, 1 },
-    run = function(ctx)
-        local r, code = call(ctx, "POST", "/keys/" .. escape(ctx.args[1]) .. "/revoke")
-        if not r then return code end
-        if not ctx.json then
-            say("revoked key ", clean(ctx.args[1]), "\n")
-            if next(r) ~= nil then print_object(r) end
-        end
-        return EXIT_OK
-    end,
-})
+revoke_command("app", "APP", "Revoke every key and token of an application (POST /applications/APP/revoke).",
+               function(id) return "/applications/" .. id .. "/revoke" end)
+revoke_command("key", "CONSUMER_KEY", "Revoke a consumer key (POST /keys/KEY/revoke).",
+               function(id) return "/keys/" .. id .. "/revoke" end)
 
 command("revoke token", {
     usage = "weir revoke token (TOKEN | JTI | -) [--json]",
