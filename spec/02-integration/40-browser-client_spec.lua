@@ -456,8 +456,12 @@ describe("browser client (headless Chromium, fake gateway)", function()
 
         it("delivers what was sent while reconnecting, in order, after the new open", function()
             local t = value("reconnect")
+            -- queued while no socket was open: waiting out the delay ("reconnecting") or, on a
+            -- loaded machine where the 100 ms delay ran out first, the new socket not open yet
             for i = 1, 5 do
-                assert.same({ "q" .. i, true, "reconnecting" }, { t.sends[1 + i].data, t.sends[1 + i].ok, t.sends[1 + i].state })
+                local s = t.sends[1 + i]
+                assert.same({ "q" .. i, true }, { s.data, s.ok })
+                assert.is_true(s.state == "reconnecting" or s.state == "connecting", "sent in state " .. tostring(s.state))
             end
             assert.same({ "before", "q1", "q2", "q3", "q4", "q5", "after" }, texts(t))
             local c = conns(gw, "/reconnect/1.0")
