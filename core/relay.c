@@ -415,6 +415,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             l->sniff = !l->is_backend && !l->assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
                        && h.fin && h.len <= WEIR_SNIFF_MAX;
             l->msg_opcode = (uint8_t) h.opcode;
+            l->messages++;
+            l->binary += h.opcode == WEIR_WS_BINARY;
             l->msg_len = 0;
             l->msg_frames = 0;
             l->utf8 = WEIR_UTF8_ACCEPT;
@@ -754,13 +756,20 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
 
     if (weir_limits_take(t->refs, t->n, dir, 1, h->len + t->debt[d], now, &retry) == WEIR_OK) {
         t->debt[d] = 0;
+        l->held_over = 0;
         return WEIR_OK;
     }
     if (retry == WEIR_LIMIT_NEVER && t->debt[d] > 0) {
         /* what is owed and this message together exceed a burst: forgive the debt */
         t->debt[d] = 0;
-        if (weir_limits_take(t->refs, t->n, dir, 1, h->len, now, &retry) == WEIR_OK) return WEIR_OK;
+        if (weir_limits_take(t->refs, t->n, dir, 1, h->len, now, &retry) == WEIR_OK) {
+            l->held_over = 0;
+            return WEIR_OK;
+        }
     }
+    /* over a limit: counted once, however often a delayed message is tried again */
+    if (!l->held_over) l->over_limit++;
+    l->held_over = 0;
     weir_emit(l, *from, frame);
     *from = frame;
     if (retry == WEIR_LIMIT_NEVER) {
@@ -771,6 +780,7 @@ weir_throttle_check(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, uint8
     if (t->action[d] == WEIR_THROTTLE_DELAY) {
         weir_relay_hold(l, frame, (size_t) (end - frame), WEIR_PAUSE_THROTTLE);
         l->delayed = 1;
+        l->held_over = 1;
         t->due_ms = weir_now(s) + retry / 1000 + 1;
         if (!t->listed) {
             t->dnext = weir_delayed;

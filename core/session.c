@@ -53,6 +53,7 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
     s->id = ((uint64_t) w->id << 40) | ++w->next_id;
     snprintf(s->name, sizeof(s->name), "w%d-%llu", w->id, (unsigned long long) w->next_id);
     s->started = uv_now(w->loop);
+    s->t0_ns = uv_hrtime();
     s->client.s = s;
     s->backend.s = s;
     s->backend.is_backend = 1;

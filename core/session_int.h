@@ -78,6 +78,7 @@ struct weir_leg_s {
     unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
     unsigned        throttled:1;        /* the current message is dropped: over a rate limit */
     unsigned        delayed:1;          /* held until a rate limit allows its next message */
+    unsigned        held_over:1;        /* the message being decided was delayed already (counted once) */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
     uint16_t        fail_code;          /* this peer broke the protocol: the close it is failed with, 0: it did not */
     const char     *fail_reason;        /* that close's reason (a string literal) */
@@ -119,8 +120,10 @@ struct weir_leg_s {
     uint64_t        deadline;           /* 0, or when a close/linger gives up */
     uint64_t        last_tx;            /* loop time (ms) the output queue last began or took bytes */
 
-    /* counters for the access log */
+    /* counters for the access log, metrics and analytics */
     uint64_t        frames, bytes;      /* data frames and payload bytes received */
+    uint64_t        messages, binary;   /* data messages begun, and how many of them were binary */
+    uint64_t        over_limit;         /* messages over a rate limit (delayed, dropped or refused) */
 
     weir_leg_t     *ready_next;
 };
@@ -145,6 +148,7 @@ struct weir_session_s {
     uint64_t         id;                /* the engine's handle (conn.h) */
     char             name[32];          /* "w<worker>-<n>": the conn of log records, ctx.id */
     uint64_t         started;           /* loop time, ms */
+    uint64_t         t0_ns;             /* uv_hrtime() at the accept: handshake durations */
     uint64_t         last_data;         /* loop time of the last data frame either way */
     int              state;             /* WEIR_S_* */
     int              listen_tls;        /* client came over wss:// */
