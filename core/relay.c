@@ -501,6 +501,7 @@ frame_end:
     size_t left = (size_t) (end - p);
     if (left > 0) {
         /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
+        if (l->stash == NULL && (l->stash = malloc(WEIR_STASH_SIZE)) == NULL) abort();
         memmove(l->stash, p, left);
         l->nstash = (uint8_t) left;
     }
@@ -550,7 +551,7 @@ weir_relay_read(weir_leg_t *l)
         }
         uint8_t *buf = w->rbuf;
         size_t stashed = l->nstash;
-        memcpy(buf, l->stash, stashed);
+        if (stashed > 0) memcpy(buf, l->stash, stashed);
         ssize_t n = weir_leg_recv(l, buf + stashed, room);
         if (n == WEIR_AGAIN) return;
         if (n <= 0) {
@@ -558,7 +559,12 @@ weir_relay_read(weir_leg_t *l)
             return;
         }
         l->last_rx = uv_now(w->loop);
-        l->nstash = 0;
+        if (stashed > 0) {
+            /* idle connections hold no stash: it is made again at the next split */
+            free(l->stash);
+            l->stash = NULL;
+            l->nstash = 0;
+        }
         weir_relay_process(l, buf, stashed + (size_t) n);
         if (l->done) return;
         if (!o->done && o->out_len + 1024 > ceiling && weir_forwarding(l)) {

@@ -163,6 +163,7 @@ weir_session_free(weir_session_t *s)
     weir_leg_t *legs[2] = { &s->client, &s->backend };
     for (int i = 0; i < 2; i++) {
         free(legs[i]->msg);
+        free(legs[i]->stash);
         free(legs[i]->held);
         free(legs[i]->inject);
     }

@@ -7,8 +7,8 @@
  *
  * A session is one allocation holding both legs. Each leg owns a socket (and
  * an SSL when it is TLS), a poll handle, a small stash for a frame header or
- * a control frame split across reads, and an output queue that exists only
- * while the peer is not keeping up. Reads go into the worker's one shared
+ * a control frame split across reads, and an output queue: the last two
+ * exist only while they hold bytes. Reads go into the worker's one shared
  * buffer, frames are validated and re-masked there in place, and the bytes
  * are written to the other leg with one write per read in the common case.
  *
@@ -94,7 +94,7 @@ struct weir_leg_s {
     uint8_t         nstash;
     uint16_t        rcvd_code;          /* code of the close this peer sent, 0: none */
     uint32_t        utf8;               /* validator state of the current text message */
-    uint8_t         stash[WEIR_STASH_SIZE];
+    uint8_t        *stash;              /* WEIR_STASH_SIZE bytes while NSTASH > 0, else NULL */
 
     /* messages assembled for frame hooks, and input held while a hook waits */
     uint8_t        *msg;                /* the message's payload, unmasked */
