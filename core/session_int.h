@@ -28,6 +28,7 @@
 #include "http.h"
 #include "proxy.h"
 #include "route.h"
+#include "stats_session.h"
 #include "ws.h"
 
 #define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to the interceptor */
@@ -180,6 +181,7 @@ struct weir_session_s {
     char             close_side;        /* 'c'lient, 'b'ackend, 'w'eir */
     char             peer[64];          /* client address "ip:port" */
     char             peer_ip[48];
+    weir_stats_snap_t st;               /* what the metrics got of its counters (stats_session.c) */
 };
 
 /* The other leg of L's session. */
