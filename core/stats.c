@@ -343,6 +343,13 @@ weir_stats_application(const char *app)
     return "other";
 }
 
+void
+weir_stats_policy_failed(const char *policy)
+{
+    const char *v[1] = { policy ? policy : "unknown" };
+    weir_stats_add(weir_stats_series(WEIR_ST_POLICY, v, 1), 0, 1);
+}
+
 /* ---- usage ------------------------------------------------------------------ */
 
 uint32_t

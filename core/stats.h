@@ -132,6 +132,12 @@ uint32_t weir_stats_usage_key(const char *api, const char *version, const char *
  * (0: none) raises its last access. */
 void weir_stats_usage_add(uint32_t h, uint64_t now_s, const uint64_t *d, uint64_t last_ms);
 
+/* POLICY (NULL: "unknown") failed: a hook raised an error, returned
+ * something invalid or ran over its budget (the runtime calls it by FFI for
+ * the failures that do not end in a verdict: fail_open, on_close, recheck,
+ * timers). */
+void weir_stats_policy_failed(const char *policy);
+
 /* ---- readers (the admin API, by FFI) ------------------------------------- */
 
 /* Series I of the host (0 <= I < weir_stats_capacity(0)) into OUT. Returns 1

@@ -201,9 +201,8 @@ weir_stats_backend_failed(weir_session_t *s)
 void
 weir_stats_policy_error(weir_session_t *s, const char *policy)
 {
-    WEIR_UNUSED(s);
-    const char *v[1] = { policy ? policy : "unknown" };
-    weir_stats_add(weir_stats_series(WEIR_ST_POLICY, v, 1), 0, 1);
+    if (s->admin || s->service) return;
+    weir_stats_policy_failed(policy);
 }
 
 void

@@ -391,6 +391,12 @@ end
 function _M.routes(route, A)
     local obj, array, answer, fail = A.obj, A.array, A.answer, A.fail
 
+    route("GET", "/stats", function()
+        local s = _M.snapshot()
+        s.apis, s.applications = array(s.apis), array(s.applications)
+        return answer(200, s)
+    end)
+
     route("GET", "/metrics", function()
         return 200, _M.metrics(), "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-store\r\n"
     end)

@@ -104,6 +104,7 @@ describe("metrics and usage", function()
             apis = {
                 helpers.policy_api("Echo", "/echo", be, chain),
                 helpers.policy_api("Verdicts", "/verdicts", be, { { "spec-verdicts", {} } }),
+                helpers.policy_api("Open", "/open", be, { { "spec-verdicts", {}, fail_open = true } }),
                 helpers.api("Down", "/down", "ws://127.0.0.1:" .. down .. "/"),
             },
         })
@@ -125,6 +126,23 @@ describe("metrics and usage", function()
         assert.has_error(function() prom.parse("weir_x{a=\"b\\q\"} 1\n") end)
         assert.has_error(function() prom.parse("# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
                                                .. "h_count 1\n") end)
+    end)
+
+    it("has a Grafana dashboard whose queries name only metrics weir exports", function()
+        local p = scrape()
+        local dash = assert(cjson.decode(helpers.read_file(helpers.root .. "/examples/grafana/weir-dashboard.json")))
+        local names = 0
+        for _, panel in ipairs(dash.panels) do
+            assert.is_true(#panel.targets > 0, panel.title)
+            for _, t in ipairs(panel.targets) do
+                for name in t.expr:gmatch("weir_[%w_]+") do
+                    local family = name:gsub("_bucket$", ""):gsub("_count$", ""):gsub("_sum$", "")
+                    assert.truthy(p.types[family], panel.title .. ": " .. name .. " is not a metric of weir")
+                    names = names + 1
+                end
+            end
+        end
+        assert.is_true(names >= 15)
     end)
 
     it("counts known traffic exactly: messages, bytes, throttled, closes, handshakes, sessions", function()
@@ -216,10 +234,13 @@ describe("metrics and usage", function()
         local ws2, res = helpers.ws_connect(gw.port, { path = "/verdicts?raise=1" })
         assert.is_nil(ws2)
         assert.equal(500, res.status)
+        -- with fail_open the handshake goes on, and the failure is counted all the same
+        local open = connect("/open?raise=1")
+        close(open, 1000)
         assert.equal(200, admin("POST", "/reload").status)
         local after = wait_metrics(function(p)
             return delta(before, p, "weir_backend_failures_total", { api = "Down", version = "1.0" }) == 1
-                and delta(before, p, "weir_policy_errors_total", { policy = "spec-verdicts" }) == 1
+                and delta(before, p, "weir_policy_errors_total", { policy = "spec-verdicts" }) == 2
                 and delta(before, p, "weir_reloads_total", { result = "applied" }) == 1
                 and delta(before, p, "weir_connections_closed_total",
                           { api = "Down", version = "1.0", code = "1014", side = "weir" }) == 1
@@ -306,6 +327,43 @@ describe("metrics and usage", function()
         end
     end)
 
+    it("gives the snapshot of weir.stats (GET /stats): host totals, per API, per application", function()
+        local function snap()
+            local r = admin("GET", "/stats")
+            assert.equal(200, r.status, r.body)
+            local s = r.json
+            s.api, s.app = {}, {}
+            for _, a in ipairs(s.apis) do s.api[a.api .. "/" .. a.version] = a end
+            for _, a in ipairs(s.applications) do s.app[a.application] = a end
+            return s
+        end
+        local before = snap()
+        local ws = connect("/echo", KEYS.A)
+        assert.equal(3, #exchange(ws, { "abcd", "efgh", "ijkl" }))
+        local mid
+        helpers.wait_until(function()
+            mid = snap()
+            return mid.messages_out - before.messages_out == 3
+        end, 10, "3 messages in the snapshot")
+        assert.equal(before.connections_open + 1, mid.connections_open)
+        assert.equal(1, mid.api["Echo/1.0"].connections_open)
+        ws:close()
+        assert.equal(3, mid.messages_in - before.messages_in)
+        assert.equal(12, mid.bytes_in - before.bytes_in)
+        assert.equal(12, mid.bytes_out - before.bytes_out)
+        assert.equal(1, mid.handshakes - before.handshakes)
+        assert.equal(3, mid.api["Echo/1.0"].messages_in - before.api["Echo/1.0"].messages_in)
+        assert.equal(3, mid.app.AppA.messages_out - before.app.AppA.messages_out)
+        assert.equal(12, mid.app.AppA.bytes_in - before.app.AppA.bytes_in)
+        assert.is_true(mid.app.AppA.last_access_ms > before.app.AppA.last_access_ms)
+        assert.is_true(math.abs(mid.now_ms / 1000 - os.time()) < 60)
+        -- what the tests above counted
+        assert.equal(3, before.app.AppB.throttled)
+        assert.is_true(before.auth_failures >= 4)
+        assert.is_true(before.policy_errors >= 2)
+        assert.is_true(before.backend_failures >= 1)
+    end)
+
     it("keeps every counter when a worker is killed with SIGKILL", function()
         local before = scrape()
         local pids = gw:worker_pids()
@@ -332,11 +390,11 @@ describe("metrics and usage", function()
                 assert.is_true(v >= s.value, s.name .. " went down: " .. s.value .. " -> " .. v)
             end
         end
-        assert.equal(7, delta({ samples = {} }, after, "weir_messages_total",
-                              { api = "Echo", version = "1.0", application = "AppA", direction = "in" }))
+        assert.equal(10, delta({ samples = {} }, after, "weir_messages_total",
+                               { api = "Echo", version = "1.0", application = "AppA", direction = "in" }))
         -- and the usage too
         local r = admin("GET", "/usage?by=application&range=minute&application=AppA")
         assert.equal(200, r.status, r.body)
-        assert.equal(7, r.json.items[1].messages_in)
+        assert.equal(10, r.json.items[1].messages_in)
     end)
 end)
