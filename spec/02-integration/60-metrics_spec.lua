@@ -398,3 +398,47 @@ describe("metrics and usage", function()
         assert.equal(10, r.json.items[1].messages_in)
     end)
 end)
+
+describe("the usage store past metrics.max_usage_keys", function()
+    teardown(helpers.cleanup)
+
+    it("counts later keys under one \"other\" key, exactly", function()
+        local be = helpers.start_backend("echo")
+        local dir = helpers.tmpdir()
+        local token = "admin-token-" .. string.rep("6", 24)
+        helpers.write_file(dir .. "/admin.token", token .. "\n")
+        local keys_file = helpers.write_file(dir .. "/keys.txt", table.concat({
+            "sha256:" .. helpers.sha256(KEYS.A) .. "  application=AppA subscriber=alice",
+            "sha256:" .. helpers.sha256(KEYS.B) .. "  application=AppB subscriber=bob",
+        }, "\n") .. "\n")
+        local admin_port = helpers.free_port()
+        local gw = helpers.start_weir({
+            workers = 1,
+            admin = { port = admin_port, token_file = dir .. "/admin.token" },
+            metrics = { max_usage_keys = 1 },
+            apis = { helpers.policy_api("Echo", "/echo", be, { { "key-auth", { keys_file = keys_file,
+                                                                                 header = "X-API-Key" } } }) },
+        })
+        helpers.wait_port(admin_port)
+        for _, k in ipairs({ { KEYS.A, 2 }, { KEYS.B, 3 } }) do
+            local ws = assert(helpers.ws_connect(gw.port, { path = "/echo", headers = { ["X-API-Key"] = k[1] } }))
+            for i = 1, k[2] do
+                assert(ws:send_text("m" .. i))
+                assert.equal("m" .. i, assert(ws:recv_message(5)).payload)
+            end
+            ws:close()
+        end
+        local items
+        helpers.wait_until(function()
+            local res = assert(helpers.http_request(admin_port, { path = "/usage?by=subscriber&range=minute",
+                headers = { { "Authorization", "Bearer " .. token } }, timeout = 10 }))
+            items = {}
+            for _, it in ipairs(cjson.decode(res.body).items) do items[it.application .. "/" .. it.subscriber] = it end
+            return items["other/other"] and items["other/other"].messages_out == 3
+        end, 10, "the other key")
+        assert.equal(2, items["AppA/alice"].messages_in)
+        assert.equal(3, items["other/other"].messages_in)
+        assert.equal(1, items["other/other"].connections)
+        assert.is_nil(items["AppB/bob"])
+    end)
+end)
