@@ -12,6 +12,8 @@
  * buffer, frames are validated and re-masked there in place, and the bytes
  * are written to the other leg with one write per read in the common case.
  *
+ * stats_session.c reads a session's counters for the metrics (stats.h).
+ *
  * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
  * service.c both, handshake.c those three, session.c all four; their
  * functions are declared below in that order. A function that "may close" a leg can leave it done

@@ -231,8 +231,9 @@ weir_stats_attach(int worker)
         weir_index_put(sidx, weir_st->series_slots, weir_labels_hash(e->kind, e->labels, e->len), i);
     }
     memset(uidx, 0, (size_t) weir_st->usage_slots * sizeof(uint32_t));
-    for (uint32_t i = 0; i <= weir_st->max_usage; i++) {
-        weir_usage_t *u = weir_usage(worker, i);
+    for (uint32_t i = 0; i <= nu; i++) {                 /* the keys in use, and the "other" one (not the
+                                                            rest: their pages stay untouched) */
+        weir_usage_t *u = weir_usage(worker, i < nu ? i : weir_st->max_usage);
         uint32_t q = atomic_load(&u->seq);
         if (q & 1) atomic_store(&u->seq, q + 1);         /* it died inside a write */
         if (i < nu) weir_index_put(uidx, weir_st->usage_slots, weir_labels_hash(0, u->key, u->len), i);

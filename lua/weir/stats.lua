@@ -156,7 +156,7 @@ end
 
 local function num(x)
     if x == floor(x) and x < 2 ^ 53 then return format("%d", x) end
-    return format("%.9g", x)
+    return format("%.15g", x)          -- a timestamp keeps its milliseconds
 end
 
 local function family(out, name, kind, help)
