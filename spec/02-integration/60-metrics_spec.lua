@@ -32,7 +32,9 @@ describe("metrics and usage", function()
 
     local function scrape()
         local r = admin("GET", "/metrics")
-        assert.equal(200, r.status, r.body)
+        if r.status ~= 200 then
+            error("GET /metrics: " .. r.status .. " " .. r.body .. "\n" .. tostring(helpers.read_file(gw.log_path)):sub(-3000))
+        end
         return prom.parse(r.body), r
     end
 
