@@ -469,6 +469,20 @@ weir_stats_usage_read(uint64_t i, int range, uint64_t now_ms, weir_stats_usage_r
     return 0;                                                      /* its writer died inside a write */
 }
 
+int
+weir_stats_workers(void)
+{
+    return weir_st ? weir_st->nworkers : 0;
+}
+
+uint32_t
+weir_stats_used(int which, int w)
+{
+    if (weir_st == NULL || w < 0 || w >= weir_st->nworkers) return 0;
+    weir_part_head_t *ph = weir_part(w);
+    return atomic_load_explicit(which ? &ph->nusage : &ph->nseries, memory_order_acquire);
+}
+
 uint64_t
 weir_stats_reloads(int result)
 {

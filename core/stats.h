@@ -152,6 +152,13 @@ int  weir_stats_usage_read(uint64_t i, int range, uint64_t now_ms, weir_stats_us
 /* Series (WHICH 0) or usage keys (1) of the host, all workers' slots. */
 uint64_t weir_stats_capacity(int which);
 
+/* Workers of the host (0: the store is not mapped). */
+int  weir_stats_workers(void);
+
+/* Series (WHICH 0) or usage keys (1, the "other" key apart) worker W has
+ * made: its entries are the first ones of its slots. */
+uint32_t weir_stats_used(int which, int w);
+
 /* Reloads that ended with RESULT (WEIR_RELOAD_*). */
 uint64_t weir_stats_reloads(int result);
 

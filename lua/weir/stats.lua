@@ -27,6 +27,8 @@ ffi.cdef [[
     int      weir_stats_read(uint64_t i, weir_stats_row_t *out);
     int      weir_stats_usage_read(uint64_t i, int range, uint64_t now_ms, weir_stats_usage_row_t *out);
     uint64_t weir_stats_capacity(int which);
+    int      weir_stats_workers(void);
+    uint32_t weir_stats_used(int which, int w);
     uint64_t weir_stats_reloads(int result);
     uint64_t weir_stats_dropped(void);
     size_t   weir_stats_sizeof(int which);
@@ -59,6 +61,25 @@ local function budget_reset(i)
     if i % 4096 == 4095 then C.weir_ffi_budget_reset() end
 end
 
+--- Call FN(i) for every slot index of WHICH's table (0: series, 1: usage)
+-- that may hold something: each worker's entries in use, and for usage its
+-- "other" key (the last slot of the worker).
+local function each_slot(which, fn)
+    local nw = C.weir_stats_workers()
+    if nw == 0 then return end
+    local per = tonumber(C.weir_stats_capacity(which)) / nw
+    local n = 0
+    for w = 0, nw - 1 do
+        local used = C.weir_stats_used(which, w)
+        for k = 0, used - 1 do
+            fn(w * per + k)
+            n = n + 1
+            budget_reset(n)
+        end
+        if which == 1 then fn(w * per + per - 1) end
+    end
+end
+
 --- The label values encoded in P (LEN bytes: a length byte, then the value).
 local function decode(p, len)
     local s, out, i = ffi.string(p, len), {}, 1
@@ -74,8 +95,7 @@ end
 -- { kind =, labels = {...}, v = {[0] = ...} } (LAST_MS: the greatest).
 local function series()
     local by, list = {}, {}
-    local cap = tonumber(C.weir_stats_capacity(0))
-    for i = 0, cap - 1 do
+    each_slot(0, function(i)
         if C.weir_stats_read(i, row) == 1 then
             local key = row.kind .. "\0" .. ffi.string(row.labels, row.len)
             local e = by[key]
@@ -94,8 +114,7 @@ local function series()
                 end
             end
         end
-        budget_reset(i)
-    end
+    end)
     return list
 end
 
@@ -341,9 +360,8 @@ local ORDERS = { messages = true, bytes = true, throttled = true, connections = 
 function _M.usage(by, range, filter, now_ms)
     now_ms = now_ms or floor(weir.now() * 1000)
     local groups, list = {}, {}
-    local cap = tonumber(C.weir_stats_capacity(1))
     local names = GROUPS[by]
-    for i = 0, cap - 1 do
+    each_slot(1, function(i)
         if C.weir_stats_usage_read(i, RANGES[range], now_ms, urow) == 1 then
             local v = urow.v
             local any = false
@@ -375,8 +393,7 @@ function _M.usage(by, range, filter, now_ms)
                 if last > g.last_access_ms then g.last_access_ms = last end
             end
         end
-        budget_reset(i)
-    end
+    end)
     return list
 end
 
