@@ -409,27 +409,43 @@ describe("metrics and usage", function()
     end)
 end)
 
-describe("the usage store past metrics.max_usage_keys", function()
-    teardown(helpers.cleanup)
+describe("the store's bounds (metrics.max_usage_keys, metrics.max_series)", function()
+    local be, gw, admin_port
+    local token = "admin-token-" .. string.rep("6", 24)
 
-    it("counts later keys under one \"other\" key, exactly", function()
-        local be = helpers.start_backend("echo")
+    local function get(path)
+        local res = assert(helpers.http_request(admin_port, { path = path,
+            headers = { { "Authorization", "Bearer " .. token } }, timeout = 10 }))
+        assert.equal(200, res.status, res.body)
+        return res.body
+    end
+
+    setup(function()
+        be = helpers.start_backend("echo")
         local dir = helpers.tmpdir()
-        local token = "admin-token-" .. string.rep("6", 24)
         helpers.write_file(dir .. "/admin.token", token .. "\n")
         local keys_file = helpers.write_file(dir .. "/keys.txt", table.concat({
             "sha256:" .. helpers.sha256(KEYS.A) .. "  application=AppA subscriber=alice",
             "sha256:" .. helpers.sha256(KEYS.B) .. "  application=AppB subscriber=bob",
         }, "\n") .. "\n")
-        local admin_port = helpers.free_port()
-        local gw = helpers.start_weir({
+        admin_port = helpers.free_port()
+        gw = helpers.start_weir({
             workers = 1,
             admin = { port = admin_port, token_file = dir .. "/admin.token" },
-            metrics = { max_usage_keys = 1 },
-            apis = { helpers.policy_api("Echo", "/echo", be, { { "key-auth", { keys_file = keys_file,
-                                                                                 header = "X-API-Key" } } }) },
+            metrics = { max_usage_keys = 1, max_series = 64 },
+            policy_paths = { helpers.fixture_policies },
+            apis = {
+                helpers.policy_api("Echo", "/echo", be, { { "key-auth", { keys_file = keys_file,
+                                                                           header = "X-API-Key" } } }),
+                helpers.policy_api("Verdicts", "/verdicts", be, { { "spec-verdicts", {} } }),
+            },
         })
         helpers.wait_port(admin_port)
+    end)
+
+    teardown(helpers.cleanup)
+
+    it("counts usage keys past the first under one \"other\" key, exactly", function()
         for _, k in ipairs({ { KEYS.A, 2 }, { KEYS.B, 3 } }) do
             local ws = assert(helpers.ws_connect(gw.port, { path = "/echo", headers = { ["X-API-Key"] = k[1] } }))
             for i = 1, k[2] do
@@ -440,15 +456,49 @@ describe("the usage store past metrics.max_usage_keys", function()
         end
         local items
         helpers.wait_until(function()
-            local res = assert(helpers.http_request(admin_port, { path = "/usage?by=subscriber&range=minute",
-                headers = { { "Authorization", "Bearer " .. token } }, timeout = 10 }))
             items = {}
-            for _, it in ipairs(cjson.decode(res.body).items) do items[it.application .. "/" .. it.subscriber] = it end
+            for _, it in ipairs(cjson.decode(get("/usage?by=subscriber&range=minute")).items) do
+                items[it.application .. "/" .. it.subscriber] = it
+            end
             return items["other/other"] and items["other/other"].messages_out == 3
         end, 10, "the other key")
         assert.equal(2, items["AppA/alice"].messages_in)
         assert.equal(3, items["other/other"].messages_in)
         assert.equal(1, items["other/other"].connections)
         assert.is_nil(items["AppB/bob"])
+    end)
+
+    it("drops and counts what a full series table cannot hold, and the output stays whole", function()
+        local before = prom.parse(get("/metrics"))
+        local had = 0
+        for _, s in ipairs(before.samples) do if s.name == "weir_handshakes_refused_total" then had = had + 1 end end
+        -- 80 refusals, each with a status of its own: 80 new series wanted
+        for status = 410, 489 do
+            local ws, res = helpers.ws_connect(gw.port, { path = "/verdicts?reject=" .. status })
+            assert.is_nil(ws)
+            assert.equal(status, res.status)
+        end
+        local after = prom.parse(get("/metrics"))
+        local series = 0
+        for _, s in ipairs(after.samples) do
+            if s.name == "weir_handshakes_refused_total" then
+                series = series + 1
+                assert.equal(1, s.value)
+            end
+        end
+        -- what was in the table before (every family's series) plus the new ones make 64
+        local used = 0
+        for _, f in ipairs({ "weir_connections_closed_total", "weir_auth_failures_total",
+                             "weir_handshakes_refused_total", "weir_backend_failures_total",
+                             "weir_policy_errors_total", "weir_handshake_duration_seconds_count",
+                             "weir_session_duration_seconds_count" }) do
+            for _, s in ipairs(after.samples) do if s.name == f then used = used + 1 end end
+        end
+        for _, s in ipairs(after.samples) do
+            if s.name == "weir_messages_total" and s.labels.direction == "in" then used = used + 1 end
+        end
+        assert.equal(64, used)
+        assert.equal(80 - (series - had), prom.value(after, "weir_metrics_dropped_total", {}))
+        assert.is_true(series - had < 80)
     end)
 end)
