@@ -12,6 +12,8 @@
  * buffer, frames are validated and re-masked there in place, and the bytes
  * are written to the other leg with one write per read in the common case.
  *
+ * stats_session.c reads a session's counters for the metrics (stats.h).
+ *
  * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
  * service.c both, handshake.c those three, session.c all four; their
  * functions are declared below in that order. A function that "may close" a leg can leave it done
@@ -28,6 +30,7 @@
 #include "http.h"
 #include "proxy.h"
 #include "route.h"
+#include "stats_session.h"
 #include "ws.h"
 
 #define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to the interceptor */
@@ -180,6 +183,7 @@ struct weir_session_s {
     char             close_side;        /* 'c'lient, 'b'ackend, 'w'eir */
     char             peer[64];          /* client address "ip:port" */
     char             peer_ip[48];
+    weir_stats_snap_t st;               /* what the metrics got of its counters (stats_session.c) */
 };
 
 /* The other leg of L's session. */

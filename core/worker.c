@@ -21,6 +21,7 @@
 #include "lua_bridge.h"
 #include "proxy.h"
 #include "registry.h"
+#include "stats.h"
 #include "tls.h"
 #include "worker.h"
 #include "ws.h"
@@ -312,6 +313,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
     weir_registry_attach(id);
+    weir_stats_attach(id);
     weir_bus_init(w);                   /* before the runtime starts: it asks which worker this is */
     if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
     weir_proxy_init(w, &weir_lua_policy);

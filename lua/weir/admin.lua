@@ -232,6 +232,8 @@ local function each_conn(fn)
     end
 end
 
+_M.each_conn = each_conn
+
 local cluster = require "weir.cluster"
 
 -- A connection's id: "w0-17", and "w0-17@HOST" when hosts share a Redis.
@@ -741,6 +743,7 @@ dispatch = function(req)
     if not extended then
         extended = true
         require "weir.keymanager"         -- adds its routes
+        require("weir.stats").routes(route, _M)    -- /metrics, /usage
     end
     local path, args = _M.split_target(req.target)
     if #path > 1 and path:sub(-1) == "/" then path = path:sub(1, -2) end
