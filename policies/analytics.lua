@@ -72,7 +72,7 @@ local function check_sinks(list, node, ctx)
             return format("sink %q is configured differently at %s: a name means one sink for every chain",
                           name, other.at)
         end
-        seen[name] = other or { sig = sig, at = format("%s.sinks[%d]", node.path, i) }
+        seen[name] = other or { sig = sig, at = format("%s[%d]", node.path, i) }
     end
     return true
 end
