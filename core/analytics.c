@@ -228,7 +228,15 @@ an_deliver(const char *event)
     an_delivering = 1;
     an_tell(event);
     an_delivering = 0;
-    for (int i = 0; i < WEIR_ANALYTICS_SETS; i++) an_sets[i].len = an_sets[i].count = 0;
+    for (int i = 0; i < WEIR_ANALYTICS_SETS; i++) {
+        weir_an_buf_t *b = &an_sets[i];
+        b->len = b->count = 0;
+        if (b->cap > 1024 * 1024) {          /* a burst's buffer is not kept */
+            free(b->p);
+            b->p = NULL;
+            b->cap = 0;
+        }
+    }
 }
 
 static void

@@ -25,7 +25,7 @@ local ctxmod = require "weir.ctx"
 local pairs, ipairs, type, tostring, tonumber, pcall, setmetatable =
     pairs, ipairs, type, tostring, tonumber, pcall, setmetatable
 local sub, match, gsub = string.sub, string.match, string.gsub
-local concat, remove, sort = table.concat, table.remove, table.sort
+local concat, remove = table.concat, table.remove
 
 ffi.cdef [[
     void        weir_ffi_analytics_interval(double ms);
@@ -55,19 +55,6 @@ local log = ctxmod.log      -- (level, msg, conn, policy, fields, name, value, .
 --- The name a sink entry has when it gives none: "file:PATH", "redis:STREAM", "http:URL".
 function _M.default_name(s)
     return s.type .. ":" .. tostring(s.path or s.stream or s.url)
-end
-
--- The options of sink entry S that make it what it is, as one string
--- (two entries of one name must agree on it).
-local OPTIONS = { "type", "path", "stream", "maxlen", "url", "format", "timeout", "queue" }
-function _M.signature(s)
-    local out = {}
-    for _, k in ipairs(OPTIONS) do out[#out + 1] = k .. "=" .. tostring(s[k]) end
-    local hs = {}
-    for k, v in pairs(s.headers or {}) do hs[#hs + 1] = k .. ":" .. tostring(v) end
-    sort(hs)
-    out[#out + 1] = "headers=" .. concat(hs, "\n")
-    return concat(out, "\0")
 end
 
 ------------------------------------------------------------------------------

@@ -263,6 +263,19 @@ describe("analytics through weir", function()
         assert.equal("weir", c.side)
     end)
 
+    it("keeps reporting to the same sinks after a reload", function()
+        gw:reload()
+        local client = "198.51.100.60"
+        local ws = assert(helpers.ws_connect(gw.port, { path = "/open", headers = { ["X-Forwarded-For"] = client } }))
+        traffic(ws, { { 1, "after reload" } })
+        ws:close_handshake(1000, "")
+        for _, source in ipairs({ function() return file_events(file) end,
+                                  function() return stream_events(rd, "weir:events") end }) do
+            local evs = events_of(source, client)
+            assert.equal(12, of_type(evs, "close")[1].bytes_in)
+        end
+    end)
+
     it("opens a new file on SIGUSR1 after the old one was moved away", function()
         local before = "198.51.100.30"
         local ws = assert(helpers.ws_connect(gw.port, { path = "/open", headers = { ["X-Forwarded-For"] = before } }))
@@ -355,6 +368,81 @@ describe("an analytics HTTP sink", function()
             seen[k] = true
         end
         assert.matches("application/x%-ndjson", col_get("/types"))
+    end)
+end)
+
+describe("analytics HTTP sinks, JSON and down", function()
+    local be, gw, dir, col
+
+    setup(function()
+        dir = helpers.tmpdir()
+        be = helpers.start_backend("echo")
+        local out = dir .. "/collector.out"
+        local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" },
+                                  { stdout = out })
+        local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
+                                        15, "the collector to listen")
+        col = helpers.json(line)
+        col.pid = pid
+        gw = helpers.start_weir({
+            workers = 1,
+            apis = {
+                helpers.policy_api("Json", "/json", be, { { "analytics", { interval = "100ms", sinks = {
+                    { type = "file", path = dir .. "/json.jsonl" },
+                    { type = "http", url = ("http://127.0.0.1:%d/events"):format(col.port), format = "json" },
+                } } } }),
+                helpers.policy_api("Dead", "/dead", be, { { "analytics", { interval = "100ms", sinks = {
+                    { type = "file", path = dir .. "/dead.jsonl" },
+                    { type = "http", name = "nobody", url = ("http://127.0.0.1:%d/"):format(helpers.free_port()),
+                      queue = 1 },
+                } } } }),
+            },
+        })
+    end)
+    teardown(helpers.cleanup)
+
+    local function connection(path, n)
+        for i = 1, n do
+            local ws = assert(helpers.ws_connect(gw.port, { path = path }))
+            traffic(ws, { { 1, "m" .. i } })
+            ws:close_handshake(1000, "")
+        end
+    end
+
+    it("POSTs a JSON array of the same events the file gets", function()
+        connection("/json", 3)
+        local evs = helpers.wait_until(function()
+            local e = file_events(dir .. "/json.jsonl")
+            if #of_type(e, "close") == 3 then return e end
+        end, 20, "three closes in the file")
+        local got = helpers.wait_until(function()
+            local res = assert(helpers.http_request(col.port, { path = "/events", timeout = 5 }))
+            local all = {}
+            -- the batches are JSON arrays, one after the other
+            for arr in res.body:gmatch("%b[]") do
+                for _, e in ipairs(assert(cjson.decode(arr))) do all[#all + 1] = e end
+            end
+            if #all >= #evs then return all end
+        end, 20, "the collector to get every event")
+        assert.equal(#evs, #got)
+        assert.same(evs, got)
+        local res = assert(helpers.http_request(col.port, { path = "/types", timeout = 5 }))
+        assert.matches("^application/json", res.body)
+    end)
+
+    it("counts as dropped what it cannot send to a port nothing listens on; its file gets everything", function()
+        connection("/dead", 6)
+        local evs = helpers.wait_until(function()
+            local e = file_events(dir .. "/dead.jsonl")
+            if #of_type(e, "close") == 6 then return e end
+        end, 20, "six closes in the file")
+        assert.equal(6, #of_type(evs, "connect"))
+        local r = gw:wait_log(function(rec)
+            return rec.msg == "analytics events dropped" and rec.sink == "nobody" and rec.dropped_total > 0
+        end, 20)
+        assert.equal(0, r.sent_total)
+        assert.matches("queue full", r.reason)
+        assert.is_true(r.queued_batches <= 1)
     end)
 end)
 
