@@ -78,6 +78,17 @@ local function traffic(ws, list)
     end
 end
 
+-- Start spec/support/analytics_collector.py; returns { port =, pid = }.
+local function start_collector(dir)
+    local out = dir .. "/collector.out"
+    local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" }, { stdout = out })
+    local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
+                                    15, "the collector to listen")
+    local col = helpers.json(line)
+    col.pid = pid
+    return col
+end
+
 describe("analytics through weir", function()
     local be, rd, gw, dir, file, keys_file
 
@@ -304,13 +315,7 @@ describe("an analytics HTTP sink", function()
     setup(function()
         dir = helpers.tmpdir()
         be = helpers.start_backend("echo")
-        local out = dir .. "/collector.out"
-        local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" },
-                                  { stdout = out })
-        local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
-                                        15, "the collector to listen")
-        col = helpers.json(line)
-        col.pid = pid
+        col = start_collector(dir)
         file = dir .. "/events.jsonl"
         gw = helpers.start_weir({
             workers = 1,
@@ -377,13 +382,7 @@ describe("analytics HTTP sinks, JSON and down", function()
     setup(function()
         dir = helpers.tmpdir()
         be = helpers.start_backend("echo")
-        local out = dir .. "/collector.out"
-        local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" },
-                                  { stdout = out })
-        local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
-                                        15, "the collector to listen")
-        col = helpers.json(line)
-        col.pid = pid
+        col = start_collector(dir)
         gw = helpers.start_weir({
             workers = 1,
             apis = {
