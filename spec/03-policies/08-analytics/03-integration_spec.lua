@@ -445,6 +445,31 @@ describe("analytics HTTP sinks, JSON and down", function()
     end)
 end)
 
+describe("analytics of a stopping weir", function()
+    teardown(helpers.cleanup)
+
+    it("writes the closes of the connections it closes as it stops", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local file = dir .. "/stop.jsonl"
+        -- an interval longer than the run: only the last batch, at the stop, writes anything
+        local gw = helpers.start_weir({ workers = 1, apis = { helpers.policy_api("Open", "/open", be, {
+            { "analytics", { interval = "1h", sinks = { { type = "file", path = file } } } } }) } })
+        local ws = assert(helpers.ws_connect(gw.port, { path = "/open" }))
+        traffic(ws, { { 1, "before the stop" } })
+        assert.is_nil(helpers.read_file(file))
+        assert.equal(0, gw:stop())
+        local evs = file_events(file)
+        assert.equal(1, #of_type(evs, "connect"))
+        local c = of_type(evs, "close")
+        assert.equal(1, #c)
+        assert.equal(1001, c[1].code)
+        assert.equal("weir", c[1].side)
+        assert.equal(15, c[1].bytes_in)
+        assert.equal(15, sum(of_type(evs, "messages"), "bytes_in"))
+    end)
+end)
+
 describe("analytics sinks at load", function()
     local function check(sinks)
         local conf = {
