@@ -536,6 +536,7 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
                      : v->code >= 400 && v->code <= 599 ? v->code : 403;
         /* a refusal for too many connections says when to try again */
         const char *extra = s->ticket_req ? cors : status == 429 ? "Retry-After: 1\r\n" : NULL;
+        if (s->an && v->kind == WEIR_V_ERROR) weir_analytics_refused(s, status, v->payload, v->len, v->reason);
         size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, extra);
         s->http_status = status;
         s->state = WEIR_S_CLOSED;
@@ -718,6 +719,7 @@ weir_backend_read_response(weir_session_t *s)
 
     weir_client_101(s, pr ? pr->value : NULL, pr ? pr->value_len : 0);
     s->state = WEIR_S_OPEN;
+    if (s->an) weir_analytics_connect(s);
     weir_session_listed(s);
     weir_stats_opened(s);
     weir_leg_flush_inject(c);

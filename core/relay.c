@@ -828,6 +828,7 @@ weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
     weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":\"%s\",\"policy\":\"%s\",\"hook\":%s,\"error\":\"%s\"",
              s->name, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"), weir_log_opt(h, sizeof(h), v->hook),
              weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
+    if (s->an) weir_analytics_policy_error(s, v);
 }
 
 /* Apply a frame hook's verdict on L's assembled message. */

@@ -157,6 +157,7 @@ weir_session_free(weir_session_t *s)
 
     weir_stats_end(s);
     if (weir_log_enabled(WEIR_LOG_INFO)) weir_session_log_access(s, &end);
+    if (s->an) weir_analytics_close(s, &end);
     if (s->has_ctx) {
         s->has_ctx = 0;
         w->policy->close(s, &end);

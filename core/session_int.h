@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "proxy.h"
 #include "route.h"
@@ -165,6 +166,7 @@ struct weir_session_s {
     size_t           body_len, body_want;
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
     weir_throttle_t *thr;               /* rate limits, NULL: none */
+    weir_analytics_conn_t *an;          /* analytics events (ctx:analytics), NULL: off */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
     char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;

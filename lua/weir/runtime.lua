@@ -303,6 +303,7 @@ function _M.load(file, cpus)
     require("weir.cluster").start()
     if conf.key_manager then require("weir.keymanager").start() end
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
+    require("weir.analytics").loaded(conf)
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
     -- open connections use the new chains from their next event, and are
@@ -373,9 +374,11 @@ function _M.recheck_local()
     end)
 end
 
---- An event from the core: "recheck" (another worker asks).
+--- An event from the core: "recheck" (another worker asks); "analytics",
+-- "analytics-final", "reopen" (SIGUSR1): for weir.analytics.
 function _M.event(name)
-    if name == "recheck" then _M.recheck_local() end
+    if name == "recheck" then _M.recheck_local()
+    elseif name == "analytics" or name == "analytics-final" or name == "reopen" then require("weir.analytics").event(name) end
 end
 
 ------------------------------------------------------------------------------
