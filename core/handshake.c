@@ -521,7 +521,6 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
     }
     switch (v->kind) {
     case WEIR_V_ERROR:
-        weir_stats_refused(s, v->code, v->payload, v->len);
         if (v->code >= 1000 && v->code <= 4999 && !s->ticket_req) {
             /* a WebSocket close code: upgrade, then the JSON and that close */
             if (weir_upgrade_alone(s) != WEIR_OK) return;
@@ -536,7 +535,11 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
                      : v->code >= 400 && v->code <= 599 ? v->code : 403;
         /* a refusal for too many connections says when to try again */
         const char *extra = s->ticket_req ? cors : status == 429 ? "Retry-After: 1\r\n" : NULL;
-        if (s->an && v->kind == WEIR_V_ERROR) weir_analytics_refused(s, status, v->payload, v->len, v->reason);
+        if (v->kind == WEIR_V_ERROR) {
+            /* the status the client gets decides, for metrics and analytics alike */
+            weir_stats_refused(s, status, v->payload, v->len);
+            if (s->an) weir_analytics_refused(s, status, v->payload, v->len, v->reason);
+        }
         size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, extra);
         s->http_status = status;
         s->state = WEIR_S_CLOSED;

@@ -54,7 +54,7 @@ typedef struct {
 } weir_part_head_t;
 
 typedef struct {
-    _Atomic uint32_t state;            /* 0: free, 1: being claimed, 2: named */
+    _Atomic uint32_t state;            /* 0: free, 2: named, WEIR_APP_CLAIM + w: worker w names it now */
     char             name[WEIR_STATS_APP_NAME];
 } weir_app_t;
 
@@ -66,6 +66,9 @@ typedef struct {
     size_t           off_sidx, off_series, off_uidx, off_usage;  /* within a part */
     _Atomic uint64_t reloads[WEIR_RELOAD_RESULTS];
 } weir_stats_head_t;
+
+#define WEIR_APP_NAMED 2u
+#define WEIR_APP_CLAIM 3u
 
 static weir_stats_head_t *weir_st;
 static weir_app_t        *weir_st_apps;
@@ -106,13 +109,17 @@ weir_usage(int w, uint32_t i)
     return (weir_usage_t *) ((char *) weir_part(w) + weir_st->off_usage) + i;
 }
 
-/* Encode the N VALUES (NULL: "") into OUT as label values: a length byte
- * and the bytes, each cut to WEIR_STATS_VALUE_MAX at a UTF-8 boundary.
- * Returns the length. */
+/* Encode the N VALUES (NULL: "") into OUT (WEIR_STATS_LABELS bytes) as
+ * label values: a length byte and the bytes, each cut to
+ * WEIR_STATS_VALUE_MAX at a UTF-8 boundary; values past
+ * WEIR_STATS_MAX_LABELS are left out. Returns the length. */
 static size_t
 weir_labels_encode(char *out, const char *const *values, int n)
 {
+    _Static_assert(WEIR_STATS_LABELS >= WEIR_STATS_MAX_LABELS * (WEIR_STATS_VALUE_MAX + 1),
+                   "a label buffer holds the longest values");
     size_t len = 0;
+    if (n > WEIR_STATS_MAX_LABELS) n = WEIR_STATS_MAX_LABELS;
     for (int i = 0; i < n; i++) {
         const char *v = values[i] ? values[i] : "";
         size_t l = strnlen(v, WEIR_STATS_VALUE_MAX + 1);
@@ -238,6 +245,12 @@ weir_stats_attach(int worker)
         if (q & 1) atomic_store(&u->seq, q + 1);         /* it died inside a write */
         if (i < nu) weir_index_put(uidx, weir_st->usage_slots, weir_labels_hash(0, u->key, u->len), i);
     }
+    /* an application label its predecessor was naming when it died: free
+     * again (nobody else claims in this worker's name) */
+    for (uint32_t i = 0; i < weir_st->max_apps; i++) {
+        uint32_t mine = WEIR_APP_CLAIM + (uint32_t) worker;
+        atomic_compare_exchange_strong(&weir_st_apps[i].state, &mine, 0);
+    }
     weir_st_me = worker;
     return WEIR_OK;
 }
@@ -249,7 +262,7 @@ weir_stats_series(int kind, const char *const *values, int n)
 {
     if (weir_st_me < 0) return 0;
     char labels[WEIR_STATS_LABELS];
-    size_t len = weir_labels_encode(labels, values, WEIR_MIN(n, 4));
+    size_t len = weir_labels_encode(labels, values, n);
     uint32_t h = weir_labels_hash(kind, labels, len), slots = weir_st->series_slots;
     uint32_t *idx = weir_sidx(weir_st_me);
     uint32_t k = h % slots;
@@ -320,7 +333,7 @@ const char *
 weir_stats_application(const char *app)
 {
     if (app == NULL || app[0] == '\0') return "";
-    if (weir_st == NULL) return "other";
+    if (weir_st == NULL || weir_st_me < 0) return "other";
     char name[WEIR_STATS_APP_NAME];
     size_t l = weir_labels_encode(name, &app, 1) - 1;       /* the value as a label keeps it */
     memmove(name, name + 1, l);
@@ -330,16 +343,16 @@ weir_stats_application(const char *app)
         uint32_t st = atomic_load_explicit(&a->state, memory_order_acquire);
         if (st == 0) {
             uint32_t zero = 0;
-            if (atomic_compare_exchange_strong(&a->state, &zero, 1)) {
+            if (atomic_compare_exchange_strong(&a->state, &zero, WEIR_APP_CLAIM + (uint32_t) weir_st_me)) {
                 memcpy(a->name, name, l + 1);
-                atomic_store_explicit(&a->state, 2, memory_order_release);
+                atomic_store_explicit(&a->state, WEIR_APP_NAMED, memory_order_release);
                 return a->name;
             }
             st = zero;
         }
-        for (int t = 0; st == 1 && t < WEIR_STATS_SEQ_TRIES; t++)      /* another worker names it now */
+        for (int t = 0; st >= WEIR_APP_CLAIM && t < WEIR_STATS_SEQ_TRIES; t++)   /* another worker names it now */
             st = atomic_load_explicit(&a->state, memory_order_acquire);
-        if (st == 2 && strcmp(a->name, name) == 0) return a->name;
+        if (st == WEIR_APP_NAMED && strcmp(a->name, name) == 0) return a->name;
     }
     return "other";
 }

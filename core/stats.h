@@ -30,8 +30,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WEIR_STATS_LABELS     320     /* bytes of a series' or usage key's encoded label values */
 #define WEIR_STATS_VALUE_MAX  100     /* bytes of one label value kept (cut at a UTF-8 boundary) */
+#define WEIR_STATS_MAX_LABELS 4       /* label values of a series or usage key, at most */
+/* bytes of a series' or usage key's encoded label values: each value a
+ * length byte and its bytes, rounded up to 8 */
+#define WEIR_STATS_LABELS     ((WEIR_STATS_MAX_LABELS * (WEIR_STATS_VALUE_MAX + 1) + 7) / 8 * 8)
 #define WEIR_STATS_VALUES     16      /* counters of one series */
 #define WEIR_STATS_APP_NAME   (WEIR_STATS_VALUE_MAX + 1)
 

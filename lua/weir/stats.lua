@@ -15,12 +15,12 @@ local pairs, ipairs, tonumber = pairs, ipairs, tonumber
 ffi.cdef [[
     typedef struct {
         uint32_t  kind, len;
-        char      labels[320];
+        char      labels[408];
         uint64_t  v[16];
     } weir_stats_row_t;
     typedef struct {
         uint32_t  len, worker;
-        char      key[320];
+        char      key[408];
         uint64_t  v[6];
         uint64_t  last_ms;
     } weir_stats_usage_row_t;
@@ -80,6 +80,32 @@ local function each_slot(which, fn)
     end
 end
 
+-- A label value: valid UTF-8 (a byte that is not becomes "?"), with \, " and
+-- newline escaped.
+local function utf8_clean(s)
+    if not s:find("[\128-\255]") then return s end
+    local out, i, n = {}, 1, #s
+    while i <= n do
+        local c = byte(s, i)
+        local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
+                    or (c >= 0xF0 and c <= 0xF4) and 4 or 0
+        local ok = len > 0 and i + len - 1 <= n
+        for k = i + 1, i + len - 1 do
+            if not ok then break end
+            local b = byte(s, k)
+            ok = b >= 0x80 and b <= 0xBF
+        end
+        if ok then
+            out[#out + 1] = sub(s, i, i + len - 1)
+            i = i + len
+        else
+            out[#out + 1] = "?"
+            i = i + 1
+        end
+    end
+    return concat(out)
+end
+
 --- The label values encoded in P (LEN bytes: a length byte, then the value).
 local function decode(p, len)
     local s, out, i = ffi.string(p, len), {}, 1
@@ -97,10 +123,14 @@ local function series()
     local by, list = {}, {}
     each_slot(0, function(i)
         if C.weir_stats_read(i, row) == 1 then
-            local key = row.kind .. "\0" .. ffi.string(row.labels, row.len)
+            -- merged on the values as written: two that differ only in bytes
+            -- that are not UTF-8 are one series (never two of the same name)
+            local vals = decode(row.labels, row.len)
+            for k = 1, #vals do vals[k] = utf8_clean(vals[k]) end
+            local key = row.kind .. "\0" .. concat(vals, "\0")
             local e = by[key]
             if not e then
-                e = { kind = row.kind, labels = decode(row.labels, row.len), v = {} }
+                e = { kind = row.kind, labels = vals, v = {} }
                 for j = 0, 15 do e.v[j] = 0 end
                 by[key] = e
                 list[#list + 1] = e
@@ -133,31 +163,6 @@ end
 -- The text exposition format 0.0.4
 ------------------------------------------------------------------------------
 
--- A label value: valid UTF-8 (a byte that is not becomes "?"), with \, " and
--- newline escaped.
-local function utf8_clean(s)
-    if not s:find("[\128-\255]") then return s end
-    local out, i, n = {}, 1, #s
-    while i <= n do
-        local c = byte(s, i)
-        local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
-                    or (c >= 0xF0 and c <= 0xF4) and 4 or 0
-        local ok = len > 0 and i + len - 1 <= n
-        for k = i + 1, i + len - 1 do
-            if not ok then break end
-            local b = byte(s, k)
-            ok = b >= 0x80 and b <= 0xBF
-        end
-        if ok then
-            out[#out + 1] = sub(s, i, i + len - 1)
-            i = i + len
-        else
-            out[#out + 1] = "?"
-            i = i + 1
-        end
-    end
-    return concat(out)
-end
 
 local function escape(s)
     return (utf8_clean(s):gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
