@@ -27,7 +27,7 @@ local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 6   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 7   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
@@ -42,6 +42,7 @@ ffi.cdef [[
     void weir_ffi_policy_failed(void);
     void weir_stats_policy_failed(const char *policy);
     void weir_ffi_budget_reset(void);
+    void weir_ffi_budget_service(void);
     uint64_t weir_ffi_http(const char *method, const char *url, const char *headers,
                            const char *body, size_t blen, double timeout_ms, int verify,
                            const char *ca, char *err, size_t errlen);
@@ -516,6 +517,7 @@ function _M.request(id, name, service, method, target, head, body, ip, port, tls
                   ip = ip, port = port, tls = tls ~= 0, id = name }
     local co = create(request_body)
     current = ctx
+    C.weir_ffi_budget_service()
     return _M.settle_request(co, ctx, resume(co, ctx, req))
 end
 
@@ -545,6 +547,7 @@ function _M.io_done(token, ...)
     waiting[co], timer_of[co] = nil, nil
     if w.ctx._io then w.ctx._io[token] = nil end
     current = w.ctx
+    if w.hook == "on_request" then C.weir_ffi_budget_service() end
     local ok, tag, kind, a, b = resume(co, ...)
     current = nil
     if w.fn then return timer_settled(co, w, ok, tag) end
