@@ -57,6 +57,14 @@ weir_forwarding(weir_leg_t *l)
     return !l->discard && !l->close_rcvd && !o->done && !o->close_sent;
 }
 
+/* May L's messages go to a frame hook? When forwarding, or, in a session
+ * weir serves itself (no backend leg), while L is not closing. */
+static inline int
+weir_hooked(weir_leg_t *l)
+{
+    return weir_forwarding(l) || (l->s->local && !l->discard && !l->close_rcvd && !l->close_sent);
+}
+
 /*
  * L broke the protocol (or went over max_message_size: 1009): fail it with
  * CODE and REASON (RFC 6455 7.1.7). Nothing more of its input is processed.
@@ -372,6 +380,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                        && weir_ping_matches(l, pl)) {
                 l->ping_sent = 0;           /* the answer to weir's keep-alive */
                 fwd = 0;
+            } else if (h.opcode == WEIR_WS_PING && s->local) {
+                weir_leg_send_control(l, WEIR_WS_PONG, pl, n);     /* no backend to answer it */
             }
             if (fwd && !l->is_backend) {
                 uint8_t *mk = p + hl - 4;
@@ -425,7 +435,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
              * hook reads it where it is, and a pass forwards it in place */
@@ -442,7 +452,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             continue;
         }
         l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->throttled;
-        l->collect = (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled;
+        l->collect = (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled;
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;

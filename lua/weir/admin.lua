@@ -149,7 +149,7 @@ local function fail(status, problem, message, extra)
     return status, weir.error_json(problem, status, message), JSON_HEADERS .. (extra or "")
 end
 
-_M.array, _M.obj, _M.json, _M.answer, _M.fail = array, obj, json, answer, fail
+_M.array, _M.obj, _M.json, _M.answer, _M.fail, _M.raw = array, obj, json, answer, fail, raw
 
 ------------------------------------------------------------------------------
 -- Requests: the query, the JSON body
@@ -254,6 +254,9 @@ local function describe(c)
                "frames_in", tonumber(c.frames_in), "bytes_in", tonumber(c.bytes_in),
                "frames_out", tonumber(c.frames_out), "bytes_out", tonumber(c.bytes_out))
 end
+
+-- what the dashboard's feed reads (weir.dashboard)
+_M.each_conn, _M.describe, _M.str, _M.iso = each_conn, describe, str, iso
 
 local FILTERS = { api = "api", version = "version", application = "application", subscriber = "subscriber",
                   client = "peer_ip", key_type = "key_type", tier = "tier" }
@@ -741,6 +744,7 @@ dispatch = function(req)
     if not extended then
         extended = true
         require "weir.keymanager"         -- adds its routes
+        require("weir.dashboard").routes(route)
     end
     local path, args = _M.split_target(req.target)
     if #path > 1 and path:sub(-1) == "/" then path = path:sub(1, -2) end

@@ -477,6 +477,7 @@ local function request_body(ctx, req)
     else handler = require("weir.keymanager").handle end
     local ok, status, body, headers = pcall(handler, req)
     if not ok then return DONE, "fail", tostring(status) end
+    if status == "upgrade" then body(ctx) end     -- a WebSocket weir serves: BODY takes its ctx
     return DONE, status, body, headers
 end
 
@@ -495,6 +496,7 @@ function _M.settle_request(co, ctx, ok, tag, status, body, headers)
         C.weir_ffi_policy_failed()
         return OK, FAIL, req_owner(ctx), body, "request"
     end
+    if status == "upgrade" then return OK, PASS, 0 end
     return OK, RESPOND, body or "", status or 500, headers
 end
 
