@@ -144,6 +144,15 @@
     return td;
   }
 
+  // Numeric cells of X's FIELDS ([name, format] each), their raw values in data-value.
+  const TRAFFIC = [['connections_open', count], ['messages_in', count], ['messages_out', count],
+    ['bytes_in', (v) => bytes(v)], ['bytes_out', (v) => bytes(v)]];
+  const FRAMES = [['frames_in', count], ['bytes_in', (v) => bytes(v)], ['frames_out', count],
+    ['bytes_out', (v) => bytes(v)]];
+  function numbers(tr, x, fields) {
+    for (const [f, format] of fields) cell(tr, format(x[f]), x[f], true).dataset.field = f;
+  }
+
   function fill(tbodyParent, rows, build) {
     const tbody = tbodyParent.querySelector('tbody');
     const frag = document.createDocumentFragment();
@@ -169,10 +178,7 @@
       cell(tr, c.client ? c.client.ip + ':' + c.client.port : '');
       cell(tr, time(c.since));
       cell(tr, time(c.last_activity));
-      cell(tr, count(c.frames_in), c.frames_in, true).dataset.field = 'frames_in';
-      cell(tr, bytes(c.bytes_in), c.bytes_in, true).dataset.field = 'bytes_in';
-      cell(tr, count(c.frames_out), c.frames_out, true).dataset.field = 'frames_out';
-      cell(tr, bytes(c.bytes_out), c.bytes_out, true).dataset.field = 'bytes_out';
+      numbers(tr, c, FRAMES);
       const td = document.createElement('td');
       const b = document.createElement('button');
       b.type = 'button';
@@ -219,20 +225,12 @@
       tr.dataset.api = a.api;
       cell(tr, a.api);
       cell(tr, a.version);
-      cell(tr, count(a.connections_open), a.connections_open, true).dataset.field = 'connections_open';
-      cell(tr, count(a.messages_in), a.messages_in, true).dataset.field = 'messages_in';
-      cell(tr, count(a.messages_out), a.messages_out, true).dataset.field = 'messages_out';
-      cell(tr, bytes(a.bytes_in), a.bytes_in, true).dataset.field = 'bytes_in';
-      cell(tr, bytes(a.bytes_out), a.bytes_out, true).dataset.field = 'bytes_out';
+      numbers(tr, a, TRAFFIC);
     });
     fill($('applications'), s.applications || [], (tr, a) => {
       tr.dataset.application = a.application;
       cell(tr, a.application);
-      cell(tr, count(a.connections_open), a.connections_open, true).dataset.field = 'connections_open';
-      cell(tr, count(a.messages_in), a.messages_in, true).dataset.field = 'messages_in';
-      cell(tr, count(a.messages_out), a.messages_out, true).dataset.field = 'messages_out';
-      cell(tr, bytes(a.bytes_in), a.bytes_in, true).dataset.field = 'bytes_in';
-      cell(tr, bytes(a.bytes_out), a.bytes_out, true).dataset.field = 'bytes_out';
+      numbers(tr, a, TRAFFIC);
       cell(tr, time(a.last_access), a.last_access).dataset.field = 'last_access';
     });
     renderConnections(s.connections ? s.connections.list || [] : [], s.connections ? s.connections.total : 0);
