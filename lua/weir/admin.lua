@@ -729,6 +729,18 @@ end
 function _M.extend(add) add(route) end
 
 local dispatch
+local extended
+
+--- Add the other modules' routes (the key manager's, the dashboard's). The
+-- runtime calls it when it loads a configuration with an admin listener,
+-- outside any policy budget: a first request that paid for loading them
+-- could run out of budget, and a module whose load failed stays failed.
+function _M.extend_all()
+    if extended then return end
+    extended = true
+    require "weir.keymanager"         -- adds its routes
+    require("weir.dashboard").routes(route)
+end
 
 --- Answer the admin request REQ (core/service.c checked its token): its
 -- status, body and header lines, which name the worker that answered
@@ -738,14 +750,8 @@ function _M.handle(req)
     return status, body, (headers or JSON_HEADERS) .. "Weir-Worker: " .. C.weir_ffi_worker() .. "\r\n"
 end
 
-local extended
-
 dispatch = function(req)
-    if not extended then
-        extended = true
-        require "weir.keymanager"         -- adds its routes
-        require("weir.dashboard").routes(route)
-    end
+    _M.extend_all()
     local path, args = _M.split_target(req.target)
     if #path > 1 and path:sub(-1) == "/" then path = path:sub(1, -2) end
     local allowed = {}

@@ -299,6 +299,7 @@ function _M.load(file, cpus)
     chains = build(conf)
     _M.conf = conf                -- the admin API describes it
     require("weir.cluster").start()
+    if conf.admin then require("weir.admin").extend_all() end     -- loaded now: not in a request's budget
     if conf.key_manager then require("weir.keymanager").start() end
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
     local masks = {}

@@ -19,6 +19,17 @@ end
 
 local PROTO = "weir-admin." .. b64url(TOKEN)
 
+-- Skip WS's snapshots up to the error JSON of PTYPE and CODE, then the close
+-- with CODE that follows it; returns the close.
+local function error_close(ws, ptype, code)
+    local m
+    repeat m = assert(ws:recv_message(10)) until not m.payload:find('"type":"snapshot"', 1, true)
+    helpers.check_error(m.payload, ptype, code)
+    local cl = assert(ws:recv_close(10))
+    assert.equal(code, cl.code)
+    return cl
+end
+
 describe("the dashboard's feed", function()
     local be, gw, dir
     local open = {}
@@ -199,19 +210,59 @@ describe("the dashboard's feed", function()
         local ws = assert(live({ protocols = { "weir-dashboard", PROTO } }))
         snapshot(ws)
         helpers.kill(gw.pid, "TERM")
-        local got
-        helpers.wait_until(function()
-            local m, err, cl = ws:recv_message(5)
-            if m then
-                local v = cjson.decode(m.payload)
-                if v and v.type == "error" then got = v end
-                return false
-            end
-            assert.equal("close", err)
-            assert.equal(1001, cl.code)
-            return true
-        end, 20, "the close 1001")
-        helpers.check_error(got, "/problems/going-away", 1001)
+        local cl = error_close(ws, "/problems/going-away", 1001)
+        assert.equal("server shutting down", cl.reason)
         gw:wait(20)
+    end)
+end)
+
+describe("the dashboard's feed, as any client connection", function()
+    local API = helpers.api("Echo", "/echo", "ws://127.0.0.1:9")      -- a configuration needs one
+    local gw
+    local open = {}
+
+    local function live(port)
+        local ws = assert(helpers.ws_connect(port, { path = "/dashboard/live", protocols = { "weir-dashboard", PROTO } }))
+        open[#open + 1] = ws
+        return ws
+    end
+
+    teardown(function()
+        for _, ws in ipairs(open) do pcall(ws.close, ws) end
+        if gw then pcall(gw.stop, gw) end
+        helpers.cleanup()
+    end)
+
+    it("is pinged by weir's keep-alive, and closed when it answers none", function()
+        gw = helpers.start_weir_admin({ apis = { API },
+                                        limits = { ping_interval = "200ms", ping_timeout = "1s", idle_timeout = 0 } },
+                                      helpers.tmpdir(), TOKEN)
+        local ws = live(gw.admin_port)
+        ws.auto_pong = true
+        local ping = helpers.wait_until(function()
+            local f = assert(ws:recv_frame(5))
+            if f.opcode == 9 then return f end
+        end, 10, "weir's ping")
+        assert.matches("^weir%-", ping.payload)
+        assert(ws:pong(ping.payload))
+        -- answered: the feed goes on (a snapshot comes after the pong)
+        helpers.wait_until(function()
+            local f = assert(ws:recv_frame(5))
+            return f.opcode == 1 and f.payload:find('"type":"snapshot"', 1, true)
+        end, 10, "a snapshot after the pong")
+        -- a silent client: closed (its socket ends) once a ping goes unanswered for ping_timeout
+        local silent = live(gw.admin_port)
+        assert.is_true(silent:wait_closed(10))
+        assert(gw:wait_log(function(r) return r.msg == "keepalive timeout" end, 10))
+        gw:stop()
+        gw = nil
+    end)
+
+    it("is closed 1001 with the idle-timeout JSON when the page sends nothing for idle_timeout", function()
+        gw = helpers.start_weir_admin({ apis = { API }, limits = { idle_timeout = "1s", ping_interval = 0 } },
+                                      helpers.tmpdir(), TOKEN)
+        local ws = live(gw.admin_port)
+        local cl = error_close(ws, "/problems/idle-timeout", 1001)
+        assert.equal("idle timeout", cl.reason)
     end)
 end)

@@ -33,6 +33,7 @@ describe_browser("the live dashboard in a browser", function()
     local function why_not()
         return "\ndriver stdout: " .. (helpers.read_file(drv.out) or ""):sub(-4000)
                .. "\nstderr: " .. (helpers.read_file(drv.err) or ""):sub(-2000)
+               .. "\nweir's log: " .. (helpers.read_file(gw.log_path) or ""):sub(-3000)
     end
 
     -- The first line after those matched before for which PRED(line) holds.
