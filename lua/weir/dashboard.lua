@@ -314,7 +314,7 @@ local function live(req)
         return admin.fail(404, "/problems/not-found", "No admin endpoint " .. req.target:match("^[^?]*"))
     end
     if nfeeds >= _M.MAX_FEEDS then
-        return admin.fail(503, "/problems/too-many-dashboards",
+        return admin.fail(503, "/problems/unavailable",
                           format("This worker serves %d dashboard feeds already", _M.MAX_FEEDS), "Retry-After: 5\r\n")
     end
     return "upgrade", attach
