@@ -119,6 +119,7 @@ local function top(list, key, name, n)
 end
 
 local last                  -- the last snapshot: { t =, text =, stats =, conns = }
+local conn_box = ffi.new("weir_reg_conn_t")     -- declared by weir.admin
 
 -- What the registry says: the open connections (totals per API and
 -- application, the first MAX_LISTED described) and their counters by id.
@@ -145,9 +146,18 @@ local function registry()
             for i = 1, 4 do p.s[i] = p.s[i] + v[i] end
             p.last = max(p.last, tonumber(c.last_ms))
         end
-        r.listed[#r.listed + 1] = { c.worker, tonumber(c.n), admin.describe(c) }
+        r.listed[#r.listed + 1] = { c.worker, tonumber(c.n), c.slot }
     end)
+    -- only those shown are described: read again, unless gone since
     sort(r.listed, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+    local per, list = tonumber(C.weir_registry_per_worker()), array()
+    for i = 1, math.min(_M.MAX_LISTED, #r.listed) do
+        local t = r.listed[i]
+        if C.weir_registry_read(t[1] * per + t[3], conn_box) == 1 and tonumber(conn_box.n) == t[2] then
+            list[#list + 1] = admin.describe(conn_box)
+        end
+    end
+    r.list = list
     return r
 end
 
@@ -238,8 +248,7 @@ function _M.snapshot()
         rates = registry_rates(r, last and last.conns, dt)
         totals, apis, apps = from_registry(r)
     end
-    local list = array()
-    for i = 1, math.min(_M.MAX_LISTED, #r.listed) do list[i] = r.listed[i][3] end
+    local list = r.list
     local text = json(obj("type", "snapshot", "at", admin.iso(floor(now * 1000)), "interval_s", _M.INTERVAL,
                           "source", snap and "stats" or "registry", "worker", C.weir_ffi_worker(),
                           "connections_open", open or r.total, "rates", rates, "totals", totals,
@@ -261,8 +270,8 @@ end
 
 local function tick(ctx)
     if not feeds[ctx] then return end
+    require("weir.runtime").timer(ctx, _M.INTERVAL, tick)      -- first: a snapshot that fails stops nothing
     send(ctx, _M.snapshot())    -- a page that does not read loses snapshots, never more than buffer_size waits
-    require("weir.runtime").timer(ctx, _M.INTERVAL, tick)
 end
 
 local CHAIN = { entries = { { name = "dashboard", mod = _M, conf = {}, seq = 1 } }, mask = 2 + 8 }
