@@ -229,7 +229,7 @@
     });
     fill($('applications'), s.applications || [], (tr, a) => {
       tr.dataset.application = a.application;
-      cell(tr, a.application);
+      cell(tr, a.application || '(none identified)');
       numbers(tr, a, TRAFFIC);
       cell(tr, time(a.last_access), a.last_access).dataset.field = 'last_access';
     });

@@ -1,8 +1,9 @@
 -- weir's live dashboard in headless Chromium (spec/support/dashboard.js):
 -- the page served by a real weir's admin listener, a wrong token refused, a
 -- login, known traffic from real clients through weir to a real backend,
--- the numbers on the page reaching what that traffic makes, a connection
--- closed from the page (its client gets the close code), and a screenshot
+-- the numbers on the page reaching what that traffic makes (throttled
+-- messages and authentication failures too, once weir.stats counts them),
+-- a connection closed from the page (its client gets the close code), and a screenshot
 -- kept under the spec's output directory (WEIR_SPEC_OUT, else a new
 -- directory in /tmp; its path is printed).
 local helpers = require "helpers"
@@ -67,8 +68,8 @@ describe_browser("the live dashboard in a browser", function()
         for _, r in ipairs(rows or {}) do if r.key == key then return r end end
     end
 
-    local function connect(key)
-        local ws = assert(helpers.ws_connect(gw.port, { path = "/echo", headers = { ["X-API-Key"] = key } }))
+    local function connect(key, path)
+        local ws = assert(helpers.ws_connect(gw.port, { path = path or "/echo", headers = { ["X-API-Key"] = key } }))
         clients[#clients + 1] = ws
         return ws
     end
@@ -81,7 +82,14 @@ describe_browser("the live dashboard in a browser", function()
             "sha256:" .. helpers.sha256(KEY_B) .. "  application=AppB subscriber=bob tier=Silver",
         }, "\n") .. "\n")
         local chain = { { "key-auth", { keys_file = keys, header = "X-API-Key" } } }
-        gw = helpers.start_weir_admin({ apis = { helpers.policy_api("Echo", "/echo", be, chain) } }, dir, TOKEN)
+        gw = helpers.start_weir_admin({
+            tiers = { Two = { limits = { { frames = 2, per = "hour", direction = "in" } }, action = "drop" } },
+            apis = {
+                helpers.policy_api("Echo", "/echo", be, chain),
+                helpers.policy_api("Limited", "/limited", be,
+                                   { { "throttling", { level = "subscription", anonymous_tier = "Two" } } }),
+            },
+        }, dir, TOKEN)
         out_dir = os.getenv("WEIR_SPEC_OUT")
         if not out_dir or out_dir == "" then
             out_dir = assert(io.popen("mktemp -d /tmp/weir-dashboard-spec-XXXXXX")):read("*l")
@@ -171,6 +179,35 @@ describe_browser("the live dashboard in a browser", function()
         assert.matches("Closed " .. id, after.notice or "", 1, true)
         -- the other clients are untouched
         assert.equal("still", helpers.ask(clients[1], "still"))
+    end)
+
+    it("shows throttled messages and authentication failures, when weir.stats counts them", function()
+        for _ = 1, 2 do
+            local ws, res = helpers.ws_connect(gw.port, { path = "/echo", headers = { ["X-API-Key"] = "wrong-key-0123456789" } })
+            assert.is_nil(ws)
+            assert.equal(401, res.status)
+        end
+        local t = connect(nil, "/limited")
+        for i = 1, 5 do assert(t:send_text("t" .. i)) end
+        local echoes = 0
+        helpers.wait_until(function()
+            local m = assert(t:recv_message(5))
+            if m.payload:match("^t%d$") then echoes = echoes + 1 end
+            return echoes == 2
+        end, 10, "the two messages the limit lets through")
+        local page = wait_page(function(p)
+            if p.source ~= "stats" then        -- the registry knows neither: the page shows "–"
+                return #p.connections == 3 and p.values.auth_failures == "" and p.values["total-throttled"] == ""
+            end
+            return p.values.auth_failures == "2" and p.values["total-throttled"] == "3" and #p.connections == 3
+        end, "the page to show the limited connection, its throttled messages and the refusals", 30)
+        if page.source == "stats" then
+            local seen = false
+            for _, l in ipairs(lines()) do
+                if l.kind == "state" and (tonumber(l.page.values["rate-throttled"] or "") or 0) > 0 then seen = true end
+            end
+            assert.is_true(seen, "no snapshot showed throttled/s above 0")
+        end
     end)
 
     it("saves a screenshot under the spec's output directory", function()
