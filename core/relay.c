@@ -19,6 +19,10 @@
  * it (delay). Its continuation frames always pass and their bytes are
  * charged as they come (what a bucket cannot take is owed and charged with
  * that direction's next message), so a message is never cut.
+ *
+ * A session weir serves itself (s->local: the dashboard's feed) has no
+ * backend leg: every message of its client goes to the frame hook, and
+ * its client's pings are answered here.
  */
 #include <stdlib.h>
 #include <string.h>
