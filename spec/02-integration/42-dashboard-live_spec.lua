@@ -258,6 +258,27 @@ describe("the dashboard's feed, as any client connection", function()
         gw = nil
     end)
 
+    it("is one of at most 32 feeds a worker serves: the next is refused 503 with the error JSON", function()
+        gw = helpers.start_weir_admin({ workers = 1, apis = { API } }, helpers.tmpdir(), TOKEN)
+        local feeds = {}
+        for i = 1, 32 do feeds[i] = live(gw.admin_port) end
+        local ws, res = helpers.ws_connect(gw.admin_port, { path = "/dashboard/live",
+                                                            protocols = { "weir-dashboard", PROTO } })
+        assert.is_nil(ws)
+        assert.equal(503, res.status)
+        helpers.check_error(res.body, "/problems/unavailable", 503)
+        -- one closed: room for another
+        assert(feeds[1]:close_handshake(1000))
+        feeds[1]:close()
+        helpers.wait_until(function()
+            local w = helpers.ws_connect(gw.admin_port, { path = "/dashboard/live", protocols = { "weir-dashboard", PROTO } })
+            if w then open[#open + 1] = w end
+            return w ~= nil
+        end, 10, "a feed once one closed")
+        gw:stop()
+        gw = nil
+    end)
+
     it("is closed 1001 with the idle-timeout JSON when the page sends nothing for idle_timeout", function()
         gw = helpers.start_weir_admin({ apis = { API }, limits = { idle_timeout = "1s", ping_interval = 0 } },
                                       helpers.tmpdir(), TOKEN)
