@@ -140,28 +140,42 @@ describe("the dashboard's feed", function()
         assert.is_true(ws:wait_closed(5))
     end)
 
-    it("takes commands: close a connection (its client gets the code), a bad command gets the error JSON", function()
-        local ws = assert(live({ protocols = { "weir-dashboard", PROTO } }))
-        local c = assert(helpers.ws_connect(gw.port, { path = "/echo" }))
-        open[#open + 1] = c
-        assert.equal("hello", helpers.ask(c, "hello"))
-        local s = snapshot(ws, function(v)
-            for _, x in ipairs(v.connections.list) do
-                if x.frames_in == 1 and x.bytes_in == 5 then return true end
-            end
-        end)
-        local id
-        for _, x in ipairs(s.connections.list) do if x.frames_in == 1 and x.bytes_in == 5 then id = x.id end end
-        assert(ws:send_text(cjson.encode({ op = "close", id = id, code = 4000 })))
-        local answer = helpers.wait_until(function()
-            local m = assert(ws:recv_message(5))
-            local v = cjson.decode(m.payload)
-            if v.type == "answer" then return v end
-        end, 10, "the command's answer")
-        assert.equal(200, answer.status)
-        assert.equal(id, answer.body.id)
-        local cl = assert(c:recv_close(10))
-        assert.equal(4000, cl.code)
+    it("takes commands: close a connection of its worker or of another (its client gets the code), a bad command gets the error JSON", function()
+        local feeds = {}        -- a feed on each worker: the kernel spreads the connections
+        helpers.wait_until(function()
+            local f = assert(live({ protocols = { "weir-dashboard", PROTO } }))
+            local w = snapshot(f).worker
+            if feeds[w] then f:close() else feeds[w] = f end
+            return feeds[0] and feeds[1]
+        end, 30, "a feed on each worker")
+        for i, code in ipairs({ 4000, 4001, 4002, 4003 }) do
+            local c = assert(helpers.ws_connect(gw.port, { path = "/echo" }))
+            open[#open + 1] = c
+            local text = "hello" .. string.rep("!", i)
+            assert.equal(text, helpers.ask(c, text))
+            local id
+            snapshot(feeds[0], function(v)
+                for _, x in ipairs(v.connections.list) do
+                    if x.frames_in == 1 and x.bytes_in == #text then id = x.id end
+                end
+                return id
+            end)
+            -- the first two by a feed of their own worker, the others by one of the other worker
+            local w = tonumber(id:match("^w(%d+)"))
+            local ws = feeds[i <= 2 and w or 1 - w]
+            assert(ws:send_text(cjson.encode({ op = "close", id = id, code = code })))
+            local answer = helpers.wait_until(function()
+                local m = assert(ws:recv_message(5))
+                local v = cjson.decode(m.payload)
+                if v.type == "answer" then return v end
+            end, 10, "the command's answer")
+            assert.equal(200, answer.status)
+            assert.equal(id, answer.body.id)
+            assert.equal(code, answer.body.code)
+            local cl = assert(c:recv_close(10))
+            assert.equal(code, cl.code)
+        end
+        local ws = feeds[0]
         assert(ws:send_text('{"op":"explode"}'))
         local err = helpers.wait_until(function()
             local m = assert(ws:recv_message(5))
