@@ -24,7 +24,7 @@ local cjson = require "cjson.safe"
 local weir = require "weir"
 local admin = require "weir.admin"
 
-local type, pairs, ipairs, tostring, tonumber, pcall = type, pairs, ipairs, tostring, tonumber, pcall
+local type, pairs, ipairs, tostring, tonumber, pcall, unpack = type, pairs, ipairs, tostring, tonumber, pcall, unpack
 local format, sort, floor, max = string.format, table.sort, math.floor, math.max
 local obj, array, json = admin.obj, admin.array, admin.json
 local C = ffi.C
@@ -174,20 +174,19 @@ local function registry_rates(r, before, dt)
                "bytes_in", round1(d[2] / dt), "bytes_out", round1(d[4] / dt), "throttled", nil)
 end
 
+-- An object of KEYS, in their order, each FN(key) (nil ones left out).
+local function fields(keys, fn)
+    local args = {}
+    for i, k in ipairs(keys) do args[2 * i - 1], args[2 * i] = k, fn(k) end
+    return obj(unpack(args, 1, 2 * #keys))
+end
+
+local TOTALS = { "messages_in", "messages_out", "bytes_in", "bytes_out", "throttled", "handshakes" }
+
 local function from_stats(snap, prev, dt, r)
-    local rates, totals, errors = obj(), obj(), obj()
-    for _, k in ipairs(RATES) do
-        rates._keys[#rates._keys + 1] = k
-        rates[k] = prev and per_s(snap[k], prev[k], dt) or nil
-        totals._keys[#totals._keys + 1] = k
-        totals[k] = tonumber(snap[k])
-    end
-    totals._keys[#totals._keys + 1] = "handshakes"
-    totals.handshakes = tonumber(snap.handshakes)
-    for _, k in ipairs(ERRORS) do
-        errors._keys[#errors._keys + 1] = k
-        errors[k] = tonumber(snap[k]) or 0
-    end
+    local rates = prev and fields(RATES, function(k) return per_s(snap[k], prev[k], dt) end) or nil
+    local totals = fields(TOTALS, function(k) return tonumber(snap[k]) end)
+    local errors = fields(ERRORS, function(k) return tonumber(snap[k]) or 0 end)
     local apis = {}
     for _, a in ipairs(snap.apis or {}) do
         apis[#apis + 1] = obj("api", a.api, "version", a.version, "connections_open", a.connections_open,
@@ -311,6 +310,7 @@ function _M.on_frame_in(ctx, _, frame)
                      "body", admin.raw((body:gsub("%s+$", "")))))
 end
 
+--- The feed closed: no more snapshots for it.
 function _M.on_close(ctx)
     if feeds[ctx] then
         feeds[ctx] = nil
