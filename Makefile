@@ -96,7 +96,8 @@ deb: $(BIN)
 	    SBINDIR=/usr/sbin SYSCONFDIR=/etc STATEDIR=/var/lib/weir >/dev/null
 	@packaging/build-deb $(BUILD)/deb
 
-bench: deps
+bench:
+	@.ci/deps bench
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory -C bench WEIR_BIN=$(CURDIR)/$(BIN)
 

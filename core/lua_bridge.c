@@ -577,6 +577,14 @@ weir_ffi_limit(uint64_t id, const char *key, size_t len, uint64_t count, uint64_
 }
 
 int
+weir_ffi_analytics(uint64_t id, int set, const char *client)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    return weir_conn_analytics(s, set, client);
+}
+
+int
 weir_ffi_intercept(uint64_t id, const char *needle)
 {
     weir_session_t *s = weir_map_get(id);

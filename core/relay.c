@@ -523,6 +523,7 @@ frame_end:
     size_t left = (size_t) (end - p);
     if (left > 0) {
         /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
+        if (l->stash == NULL && (l->stash = malloc(WEIR_STASH_SIZE)) == NULL) abort();
         memmove(l->stash, p, left);
         l->nstash = (uint8_t) left;
     }
@@ -572,7 +573,7 @@ weir_relay_read(weir_leg_t *l)
         }
         uint8_t *buf = w->rbuf;
         size_t stashed = l->nstash;
-        memcpy(buf, l->stash, stashed);
+        if (stashed > 0) memcpy(buf, l->stash, stashed);
         ssize_t n = weir_leg_recv(l, buf + stashed, room);
         if (n == WEIR_AGAIN) return;
         if (n <= 0) {
@@ -580,7 +581,12 @@ weir_relay_read(weir_leg_t *l)
             return;
         }
         l->last_rx = uv_now(w->loop);
-        l->nstash = 0;
+        if (stashed > 0) {
+            /* idle connections hold no stash: it is made again at the next split */
+            free(l->stash);
+            l->stash = NULL;
+            l->nstash = 0;
+        }
         weir_relay_process(l, buf, stashed + (size_t) n);
         if (l->done) return;
         if (!o->done && o->out_len + 1024 > ceiling && weir_forwarding(l)) {
@@ -840,9 +846,11 @@ void
 weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
 {
     char e[512], pn[128], h[64];
+    weir_stats_policy_error(s, v->reason);
     weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":\"%s\",\"policy\":\"%s\",\"hook\":%s,\"error\":\"%s\"",
              s->name, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"), weir_log_opt(h, sizeof(h), v->hook),
              weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
+    if (s->an) weir_analytics_policy_error(s, v);
 }
 
 /* Apply a frame hook's verdict on L's assembled message. */

@@ -7,10 +7,12 @@
  *
  * A session is one allocation holding both legs. Each leg owns a socket (and
  * an SSL when it is TLS), a poll handle, a small stash for a frame header or
- * a control frame split across reads, and an output queue that exists only
- * while the peer is not keeping up. Reads go into the worker's one shared
+ * a control frame split across reads, and an output queue: the last two
+ * exist only while they hold bytes. Reads go into the worker's one shared
  * buffer, frames are validated and re-masked there in place, and the bytes
  * are written to the other leg with one write per read in the common case.
+ *
+ * stats_session.c reads a session's counters for the metrics (stats.h).
  *
  * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
  * service.c both, handshake.c those three, session.c all four; their
@@ -25,9 +27,11 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "proxy.h"
 #include "route.h"
+#include "stats_session.h"
 #include "ws.h"
 
 #define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to the interceptor */
@@ -94,7 +98,7 @@ struct weir_leg_s {
     uint8_t         nstash;
     uint16_t        rcvd_code;          /* code of the close this peer sent, 0: none */
     uint32_t        utf8;               /* validator state of the current text message */
-    uint8_t         stash[WEIR_STASH_SIZE];
+    uint8_t        *stash;              /* WEIR_STASH_SIZE bytes while NSTASH > 0, else NULL */
 
     /* messages assembled for frame hooks, and input held while a hook waits */
     uint8_t        *msg;                /* the message's payload, unmasked */
@@ -163,6 +167,7 @@ struct weir_session_s {
     size_t           body_len, body_want;
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
     weir_throttle_t *thr;               /* rate limits, NULL: none */
+    weir_analytics_conn_t *an;          /* analytics events (ctx:analytics), NULL: off */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
     char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;
@@ -181,6 +186,7 @@ struct weir_session_s {
     char             close_side;        /* 'c'lient, 'b'ackend, 'w'eir */
     char             peer[64];          /* client address "ip:port" */
     char             peer_ip[48];
+    weir_stats_snap_t st;               /* what the metrics got of its counters (stats_session.c) */
 };
 
 /* The other leg of L's session. */

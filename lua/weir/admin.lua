@@ -232,6 +232,8 @@ local function each_conn(fn)
     end
 end
 
+_M.each_conn = each_conn
+
 local cluster = require "weir.cluster"
 
 -- A connection's id: "w0-17", and "w0-17@HOST" when hosts share a Redis.
@@ -256,7 +258,7 @@ local function describe(c)
 end
 
 -- what the dashboard's feed reads (weir.dashboard)
-_M.each_conn, _M.describe, _M.str, _M.iso = each_conn, describe, str, iso
+_M.describe, _M.str, _M.iso = describe, str, iso
 
 local FILTERS = { api = "api", version = "version", application = "application", subscriber = "subscriber",
                   client = "peer_ip", key_type = "key_type", tier = "tier" }
@@ -731,7 +733,8 @@ function _M.extend(add) add(route) end
 local dispatch
 local extended
 
---- Add the other modules' routes (the key manager's, the dashboard's). The
+--- Add the other modules' routes (the key manager's, the metrics' and
+-- usage's, the dashboard's). The
 -- runtime calls it when it loads a configuration with an admin listener,
 -- outside any policy budget: a first request that paid for loading them
 -- could run out of budget, and a module whose load failed stays failed.
@@ -739,6 +742,7 @@ function _M.extend_all()
     if extended then return end
     extended = true
     require "weir.keymanager"         -- adds its routes
+    require("weir.stats").routes(route, _M)    -- /metrics, /usage
     require("weir.dashboard").routes(route)
 end
 

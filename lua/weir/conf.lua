@@ -1194,6 +1194,20 @@ _M.schema = record({
           description = "while draining, close this many connections a second (shared among the workers, "
                         .. "with jitter), so that clients do not all reconnect at once (0: all at once)" },
       } },
+    { name = "metrics", type = "record", default = {},
+      description = "bounds of the Prometheus metrics and the usage store (docs/metrics.md); "
+                    .. "read at start: a reload does not change them",
+      fields = {
+        { name = "max_applications", type = "integer", default = 50, min = 0, max = 10000,
+          description = "applications with a label of their own in the metrics, the first ones the host "
+                        .. "sees; later ones are counted as application=\"other\"" },
+        { name = "max_series", type = "integer", default = 4096, min = 64, max = 1048576,
+          description = "metric series each worker keeps (labels combined); counts past them are dropped "
+                        .. "and counted in weir_metrics_dropped_total" },
+        { name = "max_usage_keys", type = "integer", default = 1000, min = 1, max = 100000,
+          description = "(api, version, application, subscriber) keys of the usage store each worker "
+                        .. "keeps (about 8 KiB each); later ones are counted under one \"other\" key" },
+      } },
     { name = "tiers", type = "map", default = {},
       description = "throttling tiers by name, for the throttling policy: "
                     .. '{ Gold = { limits = { { frames = 1000, per = "minute" } }, action = "drop" } }',

@@ -40,6 +40,7 @@ ffi.cdef [[
                           const char *tier);
     void weir_ffi_timer(double ms);
     void weir_ffi_policy_failed(void);
+    void weir_stats_policy_failed(const char *policy);
     void weir_ffi_budget_reset(void);
     uint64_t weir_ffi_http(const char *method, const char *url, const char *headers,
                            const char *body, size_t blen, double timeout_ms, int verify,
@@ -76,6 +77,7 @@ local function req_owner(ctx) return ctx.service == "admin" and "admin-api" or "
 local function on_fail_open(entry, err, hook, ctx)
     ctx = ctx or current
     C.weir_ffi_policy_failed()
+    C.weir_stats_policy_failed(entry.name)
     log(2, "policy failed (fail_open: passing)", ctx and ctx.id, entry.name, nil, "hook", hook, "error", err)
 end
 
@@ -302,6 +304,7 @@ function _M.load(file, cpus)
     if conf.admin then require("weir.admin").extend_all() end     -- loaded now: not in a request's budget
     if conf.key_manager then require("weir.keymanager").start() end
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
+    require("weir.analytics").loaded(conf)
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
     -- open connections use the new chains from their next event, and are
@@ -328,6 +331,7 @@ function _M.recheck(ctx)
             ctx.policy = nil
             current = nil
             if not ok then
+                C.weir_stats_policy_failed(e.name)
                 log(3, "policy failed", ctx.id, e.name, nil, "hook", "recheck", "error", tostring(v))
             elseif weir.is_error(v) then
                 -- closed from a timer: never from inside the core's reload
@@ -371,9 +375,11 @@ function _M.recheck_local()
     end)
 end
 
---- An event from the core: "recheck" (another worker asks).
+--- An event from the core: "recheck" (another worker asks); "analytics",
+-- "analytics-final", "reopen" (SIGUSR1): for weir.analytics.
 function _M.event(name)
-    if name == "recheck" then _M.recheck_local() end
+    if name == "recheck" then _M.recheck_local()
+    elseif name == "analytics" or name == "analytics-final" or name == "reopen" then require("weir.analytics").event(name) end
 end
 
 ------------------------------------------------------------------------------
@@ -462,6 +468,7 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
         elseif ok then log(2, "on_close may not wait: its wait was abandoned", ctx.id, ctx.policy or "?")
         else
             C.weir_ffi_policy_failed()
+            C.weir_stats_policy_failed(ctx.policy)
             log(3, "policy failed", ctx.id, ctx.policy or "?", nil, "hook", "on_close", "error", tostring(tag))
         end
     end
@@ -638,6 +645,7 @@ timer_settled = function(co, t, ok, tag)
         timer_of[co] = t
     elseif not ok then
         C.weir_ffi_policy_failed()
+        C.weir_stats_policy_failed(t.policy)
         log(3, "timer failed", t.ctx.id, t.policy or "?", nil, "error", tostring(tag))
     end
     return 0
