@@ -119,6 +119,8 @@ describe("the dashboard's feed", function()
         end)
         assert.is_true(s.connections_open >= 1)
         assert.equal(s.connections.total, #s.connections.list)
+        assert.equal("stats", s.source)
+        assert.is_true(s.totals.messages_in >= 3 and s.totals.bytes_in >= 21)
         local api
         for _, a in ipairs(s.apis) do if a.api == "Echo" then api = a end end
         assert.is_table(api)
