@@ -214,7 +214,7 @@
     show('v-policy_errors', e.policy_errors, count(e.policy_errors));
     show('v-backend_failures', e.backend_failures, count(e.backend_failures));
     $('totals-scope').textContent = s.source === 'stats'
-      ? 'since start, the whole host' : 'of the connections open now (weir.stats is not there)';
+      ? 'since start, the whole host' : 'of the connections open now (weir.stats did not answer)';
     $('source').textContent = 'source: ' + s.source;
     $('source').dataset.value = s.source;
     $('updated').textContent = 'updated ' + time(s.at) + ' (worker ' + s.worker + ')';
