@@ -138,8 +138,8 @@ local function registry()
         if not a then a = { api = api, version = ver, n = 0, s = { 0, 0, 0, 0 } }; r.apis[k] = a end
         a.n = a.n + 1
         for i = 1, 4 do a.s[i] = a.s[i] + v[i] end
-        local app = str(c.application)
-        if app then
+        local app = str(c.application) or ""       -- none identified: "", as weir.stats names it
+        do
             local p = r.apps[app]
             if not p then p = { application = app, n = 0, s = { 0, 0, 0, 0 }, last = 0 }; r.apps[app] = p end
             p.n = p.n + 1
