@@ -19,6 +19,10 @@
  * it (delay). Its continuation frames always pass and their bytes are
  * charged as they come (what a bucket cannot take is owed and charged with
  * that direction's next message), so a message is never cut.
+ *
+ * A session weir serves itself (s->local: the dashboard's feed) has no
+ * backend leg: every message of its client goes to the frame hook, and
+ * its client's pings are answered here.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +59,22 @@ weir_forwarding(weir_leg_t *l)
 {
     weir_leg_t *o = weir_other(l);
     return !l->discard && !l->close_rcvd && !o->done && !o->close_sent;
+}
+
+/* Is L the client of a session weir serves itself (no backend leg), and
+ * not closing? Out of line: proxied sessions never get here open. */
+static __attribute__((noinline, cold)) int
+weir_local_open(const weir_leg_t *l)
+{
+    return l->s->local && !l->discard && !l->close_rcvd && !l->close_sent;
+}
+
+/* May L's messages go to a frame hook? When forwarding, or in a session
+ * weir serves itself. */
+static inline int
+weir_hooked(weir_leg_t *l)
+{
+    return __builtin_expect(weir_forwarding(l), 1) || weir_local_open(l);
 }
 
 /*
@@ -372,6 +392,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                        && weir_ping_matches(l, pl)) {
                 l->ping_sent = 0;           /* the answer to weir's keep-alive */
                 fwd = 0;
+            } else if (h.opcode == WEIR_WS_PING && s->local) {
+                weir_leg_send_control(l, WEIR_WS_PONG, pl, n);     /* no backend to answer it */
             }
             if (fwd && !l->is_backend) {
                 uint8_t *mk = p + hl - 4;
@@ -425,7 +447,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
              * hook reads it where it is, and a pass forwards it in place */
@@ -442,7 +464,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             continue;
         }
         l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->throttled;
-        l->collect = (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled;
+        l->collect = (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled;
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;

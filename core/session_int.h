@@ -161,6 +161,7 @@ struct weir_session_s {
     unsigned         ticket_req:1;      /* a POST <path>/ticket, answered without an upgrade */
     unsigned         admin:1;           /* accepted on the admin listener */
     unsigned         service:1;         /* a request to one of weir's services (service.c) */
+    unsigned         local:1;           /* a WebSocket weir serves itself (the dashboard's): no backend leg */
     int32_t          reg;               /* its slot in the host's registry, -1: none */
     char            *body;              /* a service request's body, BODY_WANT bytes when complete */
     size_t           body_len, body_want;
@@ -386,7 +387,10 @@ void weir_service_request(weir_session_t *s, const weir_http_msg_t *m);
 /* More of the body of a service request can be read. */
 void weir_service_read_body(weir_session_t *s);
 
-/* Answer a service request with the engine's verdict V. */
+/* Answer a service request with the engine's verdict V: for a WebSocket
+ * weir serves itself (s->local), a pass completes the upgrade and opens a
+ * session with no backend leg, whose client messages go to the engine's
+ * frame call and which the engine writes to with weir_conn_send. */
 void weir_service_answer(weir_session_t *s, const weir_verdict_t *v);
 
 /* ---- handshake.c ----------------------------------------------------------- */

@@ -302,6 +302,7 @@ function _M.load(file, cpus)
     chains = build(conf)
     _M.conf = conf                -- the admin API describes it
     require("weir.cluster").start()
+    if conf.admin then require("weir.admin").extend_all() end     -- loaded now: not in a request's budget
     if conf.key_manager then require("weir.keymanager").start() end
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
     require("weir.analytics").loaded(conf)
@@ -485,6 +486,7 @@ local function request_body(ctx, req)
     else handler = require("weir.keymanager").handle end
     local ok, status, body, headers = pcall(handler, req)
     if not ok then return DONE, "fail", tostring(status) end
+    if status == "upgrade" then body(ctx) end     -- a WebSocket weir serves: BODY takes its ctx
     return DONE, status, body, headers
 end
 
@@ -503,6 +505,7 @@ function _M.settle_request(co, ctx, ok, tag, status, body, headers)
         C.weir_ffi_policy_failed()
         return OK, FAIL, req_owner(ctx), body, "request"
     end
+    if status == "upgrade" then return OK, PASS, 0 end
     return OK, RESPOND, body or "", status or 500, headers
 end
 

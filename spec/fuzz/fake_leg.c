@@ -183,6 +183,14 @@ weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
     fz_frame(dst, opcode, p, n);
 }
 
+int
+weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, size_t n)
+{
+    if (l->done) return WEIR_ERROR;
+    fz_frame(l, opcode, payload, n > WEIR_WS_MAX_CONTROL ? WEIR_WS_MAX_CONTROL : n);
+    return WEIR_OK;
+}
+
 void
 weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char *json, size_t jl)
 {
