@@ -2,10 +2,13 @@
 -- worker writes in shared memory (core/stats.h) and summed over workers:
 -- `GET /metrics` (Prometheus text format 0.0.4), `GET /usage` and
 -- `GET /usage/top` on the admin API, and `snapshot()` for the dashboard.
+-- With `scope=cluster` the usage is summed instead from the analytics
+-- events every host writes to a Redis stream (`metrics.usage_stream`).
 --
 -- @module weir.stats
 
 local ffi = require "ffi"
+local cjson = require "cjson.safe"
 local weir = require "weir"
 
 local format, concat, sort, floor, byte, sub = string.format, table.concat, table.sort, math.floor,
@@ -359,6 +362,31 @@ local GROUPS = {
 local FIELD = { api = 1, version = 2, application = 3, subscriber = 4 }
 local ORDERS = { messages = true, bytes = true, throttled = true, connections = true }
 
+-- Whether KEY (api, version, application, subscriber) has FILTER's values.
+local function matches(key, filter)
+    for f, want in pairs(filter or {}) do
+        if key[FIELD[f]] ~= want then return false end
+    end
+    return true
+end
+
+-- The group of KEY for NAMES (the fields grouped by) in GROUPS (by its
+-- fields joined), added to LIST with every count 0 when new.
+local function group_of(groups, list, names, key)
+    local parts = {}
+    for k, n in ipairs(names) do parts[k] = key[FIELD[n]] end
+    local gk = concat(parts, "\0")
+    local g = groups[gk]
+    if not g then
+        g = { messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0, throttled = 0,
+              connections = 0, last_access_ms = 0 }
+        for k, n in ipairs(names) do g[n] = parts[k] end
+        groups[gk] = g
+        list[#list + 1] = g
+    end
+    return g
+end
+
 --- The usage of the host over RANGE ("minute", "hour", "day"), grouped BY
 -- ("api", "application", "subscriber"), only keys matching FILTER (field ->
 -- value). Returns the list of groups, most messages first.
@@ -372,22 +400,8 @@ function _M.usage(by, range, filter, now_ms)
             local any = false
             for j = 0, 5 do if v[j] ~= 0 then any = true end end
             local key = any and decode(urow.key, urow.len)
-            local ok = any
-            for f, want in pairs(filter or {}) do
-                if ok and key[FIELD[f]] ~= want then ok = false end
-            end
-            if ok then
-                local parts = {}
-                for k, n in ipairs(names) do parts[k] = key[FIELD[n]] end
-                local gk = concat(parts, "\0")
-                local g = groups[gk]
-                if not g then
-                    g = { messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0, throttled = 0,
-                          connections = 0, last_access_ms = 0 }
-                    for k, n in ipairs(names) do g[n] = parts[k] end
-                    groups[gk] = g
-                    list[#list + 1] = g
-                end
+            if any and matches(key, filter) then
+                local g = group_of(groups, list, names, key)
                 g.messages_in = g.messages_in + tonumber(v[0])
                 g.messages_out = g.messages_out + tonumber(v[1])
                 g.bytes_in = g.bytes_in + tonumber(v[2])
@@ -400,6 +414,133 @@ function _M.usage(by, range, filter, now_ms)
         end
     end)
     return list
+end
+
+------------------------------------------------------------------------------
+-- Usage from the analytics stream (scope=cluster)
+------------------------------------------------------------------------------
+
+local STREAM_PAGE = 1000            -- entries read with one XRANGE
+local STREAM_MAX = 1000000          -- entries one query reads at most
+
+--- Milliseconds since the epoch of a UTC time "YYYY-MM-DDTHH:MM:SS.mmmZ"
+-- (the events' `ts`), or nil.
+local function iso_ms(s)
+    local y, mo, d, h, mi, se, ms = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)Z$")
+    if not y then return nil end
+    y, mo = tonumber(y), tonumber(mo)
+    if mo <= 2 then y = y - 1 end
+    -- days since 1970-01-01 of a proleptic Gregorian date (the civil-from-days
+    -- arithmetic, years counted from March)
+    local era = floor(y / 400)
+    local yoe = y - era * 400
+    local doy = floor((153 * ((mo + 9) % 12) + 2) / 5) + tonumber(d) - 1
+    local days = era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
+    local frac = ms ~= "" and tonumber((ms .. "00"):sub(1, 3)) or 0
+    return (((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60 + tonumber(se)) * 1000 + frac
+end
+_M.iso_ms = iso_ms
+
+local function field(v) return type(v) == "string" and v or "" end
+
+local COUNTED = { messages = true, throttled = true, connect = true }
+
+-- The event of the stream entry ENTRY ({ id, { field, value, ... } }) if
+-- usage counts it: its type, the event (decoded) and its ts in ms.
+local function usage_event(entry)
+    local f, kind, line = entry[2], nil, nil
+    if type(f) ~= "table" then return nil end
+    for i = 1, #f - 1, 2 do
+        if f[i] == "event" then kind = f[i + 1] elseif f[i] == "json" then line = f[i + 1] end
+    end
+    if not COUNTED[kind] or type(line) ~= "string" then return nil end
+    local e = cjson.decode(line)
+    local ts = type(e) == "table" and type(e.ts) == "string" and iso_ms(e.ts)
+    if not ts then return nil end
+    return kind, e, ts
+end
+
+-- Add the event E of type KIND, made at TS (ms), to the group G.
+local function count_event(g, kind, e, ts)
+    if kind == "messages" then
+        g.messages_in = g.messages_in + (tonumber(e.messages_in) or 0)
+        g.messages_out = g.messages_out + (tonumber(e.messages_out) or 0)
+        g.bytes_in = g.bytes_in + (tonumber(e.bytes_in) or 0)
+        g.bytes_out = g.bytes_out + (tonumber(e.bytes_out) or 0)
+        if ts > g.last_access_ms then g.last_access_ms = ts end
+    elseif kind == "throttled" then
+        g.throttled = g.throttled + (tonumber(e.throttled_in) or 0) + (tonumber(e.throttled_out) or 0)
+    else
+        g.connections = g.connections + 1
+    end
+end
+
+-- Whether entries of STREAM older than FROM_MS may have been removed:
+-- its first entry is newer than FROM_MS and the stream lost entries
+-- (XINFO STREAM: entries-added greater than its length). Returns the
+-- answer, or nil and the error.
+local function trimmed(redis, stream, from_ms)
+    local first, err = redis.call("XRANGE", stream, "-", "+", "COUNT", 1)
+    if type(first) ~= "table" then return nil, err or "no answer from Redis" end
+    if #first == 0 then return false end                -- no stream, or an empty one
+    local ms = tonumber(tostring(first[1][1]):match("^(%d+)"))
+    if not ms or ms <= from_ms then return false end
+    local info = redis.call("XINFO", "STREAM", stream)
+    if type(info) == "table" then
+        local length, added
+        for i = 1, #info - 1, 2 do
+            if info[i] == "length" then length = tonumber(info[i + 1]) end
+            if info[i] == "entries-added" then added = tonumber(info[i + 1]) end
+        end
+        if length and added and added <= length then return false end     -- nothing ever removed
+    end
+    return true
+end
+
+--- The usage over RANGE from the analytics events in the Redis stream
+-- STREAM (state.redis), grouped and filtered as `usage` does. Reads the
+-- entries added since the range began (XRANGE, STREAM_PAGE at a time, the
+-- worker serving others between pages), at most MAX (STREAM_MAX), and
+-- counts the events whose `ts` is in the range. Returns the groups, whether
+-- the range was all there (false: MAX entries read, or older entries
+-- trimmed away) and the entries read; or nil and the error (Redis down,
+-- slow, or the key is not a stream).
+function _M.stream_usage(stream, by, range, filter, now_ms, max)
+    local redis = require "weir.redis"
+    now_ms, max = now_ms or floor(weir.now() * 1000), max or STREAM_MAX
+    local from = now_ms - RANGE_MS[range]
+    local names = GROUPS[by]
+    local groups, list = {}, {}
+    local lost, err = trimmed(redis, stream, from)
+    if lost == nil then return nil, err end
+    local complete, read, start = not lost, 0, format("%d-0", from)
+    while true do
+        local page, perr = redis.call("XRANGE", stream, start, "+", "COUNT", STREAM_PAGE)
+        if type(page) ~= "table" then return nil, perr or "no answer from Redis" end
+        C.weir_ffi_budget_reset()
+        for _, entry in ipairs(page) do
+            if read >= max then
+                complete = false
+                break
+            end
+            read = read + 1
+            local kind, e, ts = usage_event(entry)
+            if kind and ts >= from and ts <= now_ms then
+                local key = { field(e.api), field(e.version), field(e.application), field(e.subscriber) }
+                if matches(key, filter) then count_event(group_of(groups, list, names, key), kind, e, ts) end
+            end
+        end
+        if read >= max or #page < STREAM_PAGE then
+            if read >= max and #page == STREAM_PAGE and complete then
+                -- exactly MAX read: complete only if nothing follows
+                local more = redis.call("XRANGE", stream, "(" .. page[#page][1], "+", "COUNT", 1)
+                if type(more) ~= "table" or #more > 0 then complete = false end
+            end
+            break
+        end
+        start = "(" .. page[#page][1]
+    end
+    return list, complete, read
 end
 
 local function total(g, order)
@@ -449,10 +590,30 @@ function _M.routes(route, A)
         elseif top then
             limit = 10
         end
+        local scope = args.scope or "host"
+        if scope ~= "host" and scope ~= "cluster" then
+            return nil, { fail(400, "/problems/bad-request", "scope must be host or cluster") }
+        end
         local filter = {}
         for f in pairs(FIELD) do if args[f] then filter[f] = args[f] end end
         local now = floor(weir.now() * 1000)
-        local list = _M.usage(by, range, filter, now)
+        local list, complete, read
+        if scope == "host" then
+            list = _M.usage(by, range, filter, now)
+        else
+            local c = require("weir.runtime").conf
+            local stream = c and c.metrics and c.metrics.usage_stream
+            if not stream or not (c.state and c.state.redis) then
+                return nil, { fail(400, "/problems/bad-request",
+                                   "scope=cluster needs metrics.usage_stream and state.redis, "
+                                   .. "which are not configured") }
+            end
+            list, complete, read = _M.stream_usage(stream, by, range, filter, now)
+            if not list then
+                return nil, { fail(503, "/problems/unavailable",
+                                   "The usage stream cannot be read now: " .. tostring(complete)) }
+            end
+        end
         sort(list, function(a, b)
             local x, y = total(a, order), total(b, order)
             if x ~= y then return x > y end
@@ -479,7 +640,8 @@ function _M.routes(route, A)
             items[#items + 1] = o
         end
         return obj("by", by, "range", range, "from", iso(now - RANGE_MS[range]), "to", iso(now),
-                   "order", order, "items", items)
+                   "order", order, "source", scope == "host" and "host" or "stream", "complete", complete,
+                   "events", read, "items", items)
     end
 
     route("GET", "/usage", function(_, args)
