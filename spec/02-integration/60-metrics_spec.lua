@@ -47,18 +47,7 @@ describe("metrics and usage", function()
         return ws
     end
 
-    -- Send each of MSGS and read its echo (those over the limit are dropped:
-    -- a ping after them tells when all the echoes came).
-    local function exchange(ws, msgs)
-        local got = {}
-        for _, m in ipairs(msgs) do assert(ws:send_text(m)) end
-        assert(ws:ping("done"))
-        while true do
-            local f = assert(ws:recv_frame(10))
-            if f.opcode == 10 and f.payload == "done" then return got end
-            if f.opcode == 1 and not f.payload:find("/problems/throttled", 1, true) then got[#got + 1] = f.payload end
-        end
-    end
+    local exchange = helpers.exchange
 
     local function close(ws, code)
         local f = ws:close_handshake(code, "bye")
