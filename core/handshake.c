@@ -22,10 +22,12 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "log.h"
 #include "registry.h"
 #include "session_int.h"
+#include "stats_session.h"
 #include "tls.h"
 
 static void weir_handshake_proceed(weir_session_t *s);

@@ -29,11 +29,13 @@
 
 #include <openssl/ssl.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "limit.h"
 #include "limit_sync.h"
 #include "log.h"
 #include "session_int.h"
+#include "stats_session.h"
 
 static int  weir_relay_message(weir_leg_t *l);
 static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);

@@ -24,10 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "log.h"
 #include "registry.h"
 #include "session_int.h"
+#include "stats_session.h"
 
 /* ---- a session's life --------------------------------------------------- */
 

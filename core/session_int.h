@@ -27,17 +27,24 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
-#include "analytics.h"
 #include "http.h"
 #include "proxy.h"
 #include "route.h"
-#include "stats_session.h"
 #include "ws.h"
 
 #define WEIR_SNIFF_MAX  (64 * 1024)      /* larger messages are not offered to the interceptor */
 #define WEIR_SERVICE_TIMEOUT_MS 60000    /* an admin or key-manager request's answer, at most */
 
 typedef struct weir_upstream_s weir_upstream_t;
+typedef struct weir_analytics_conn_s weir_analytics_conn_t;   /* analytics.c */
+
+/* A session's counters as last flushed into the metrics store, and its
+ * series (stats_session.c). */
+typedef struct {
+    uint64_t  messages[2], bytes[2], frames[2], over[2];   /* [0]: the client's ("in"), [1]: the backend's ("out") */
+    uint32_t  traffic;                 /* its traffic series (stats.h), 0: not resolved yet */
+    uint32_t  usage;                   /* its usage key, 0: not resolved yet */
+} weir_stats_snap_t;
 
 /* why a leg is not being read: bits, cleared independently */
 enum {

@@ -10,12 +10,6 @@
 
 #include "proxy.h"
 
-/* A session's counters as last flushed into the store, and its series. */
-typedef struct {
-    uint64_t  messages[2], bytes[2], frames[2], over[2];   /* [0]: the client's ("in"), [1]: the backend's ("out") */
-    uint32_t  traffic;                 /* its traffic series (stats.h), 0: not resolved yet */
-    uint32_t  usage;                   /* its usage key, 0: not resolved yet */
-} weir_stats_snap_t;
 
 /* S is open (the client got the backend's 101): its handshake duration and
  * one more connection of its consumer. */
