@@ -1,0 +1,261 @@
+-- analytics sinks under strain, through a real gateway (docs/analytics.md):
+-- a batch far over the policy budget still reaches Redis and the batches
+-- after it keep flowing; a Redis that stops answering, then dies, loses
+-- only what weir reports dropped, and the sink resumes; a collector URL's
+-- credentials never reach the log; text is UTF-8 as it was sent (invalid
+-- bytes as U+FFFD); more reloads than there are sink-set ids, each with a
+-- new file, keep every connection reported.
+local helpers = require "helpers"
+local cjson = require "cjson.safe"
+
+-- The events of the complete lines of TEXT (weir may be writing the last one).
+local function decode_lines(text)
+    local out = {}
+    for line in (text or ""):gmatch("([^\n]*)\n") do
+        local ev = cjson.decode(line)
+        assert(type(ev) == "table", "not a JSON object: " .. line)
+        out[#out + 1] = ev
+    end
+    return out
+end
+
+local function file_events(path) return decode_lines(helpers.read_file(path)) end
+
+local function where(events, field, value)
+    local out = {}
+    for _, e in ipairs(events) do
+        if e[field] == value then out[#out + 1] = e end
+    end
+    return out
+end
+
+local function of_type(events, t) return where(events, "event", t) end
+
+-- One connection that says one thing and closes; CLIENT as its X-Forwarded-For.
+local function one(gw, path, client, headers)
+    local h = { ["X-Forwarded-For"] = client }
+    for k, v in pairs(headers or {}) do h[k] = v end
+    local ws = assert(helpers.ws_connect(gw.port, { path = path, headers = h }))
+    assert(ws:send_text("hi"))
+    assert(ws:recv_message(10))
+    assert(ws:close_handshake(1000, ""))
+end
+
+-- The largest dropped_total weir logged for SINK (0: none).
+local function dropped(gw, sink)
+    local d = 0
+    for _, r in ipairs(gw:logs()) do
+        if r.msg == "analytics events dropped" and r.sink == sink then d = math.max(d, r.dropped_total) end
+    end
+    return d
+end
+
+local function xlen(rd, key)
+    local ok, n = pcall(rd.command, rd, "XLEN", key)
+    return ok and tonumber(n) or nil
+end
+
+describe("an analytics Redis sink", function()
+    teardown(helpers.cleanup)
+
+    it("sends a batch far over the policy budget, and every batch after it", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local rd = helpers.start_redis()
+        local file = dir .. "/big.jsonl"
+        -- a 25 ms budget: sending one batch of thousands of events in one go
+        -- takes longer (fail_open: a handshake caught by the budget passes)
+        local gw = helpers.start_weir({
+            workers = 1, state = { redis = rd.url }, limits = { policy_budget = "25ms" },
+            apis = { helpers.policy_api("Open", "/open", be, { { "analytics", { interval = "1s",
+                trusted_proxies = { "127.0.0.1" },
+                sinks = { { type = "file", path = file }, { type = "redis", stream = "big", maxlen = 1000000 } },
+            }, fail_open = true } }) },
+        })
+        local N = 3000
+        local many = helpers.start_many_ws({ mode = "hold", url = gw:url("/open"), count = N })
+        assert.equal(N, many:wait_event("open", 1, 120).open)
+        many:signal("USR2")
+        many:wait_exit()
+        -- every connection the file saw open is closed in it
+        helpers.wait_until(function()
+            local e = file_events(file)
+            local c = #of_type(e, "close")
+            return c == #of_type(e, "connect") and c >= N * 0.9
+        end, 60, "every close in the file")
+        -- later batches still go: a connection after the big one
+        local later = "198.51.100.70"
+        one(gw, "/open", later)
+        local evs = helpers.wait_until(function()
+            local e = file_events(file)
+            if #where(of_type(e, "close"), "client", later) == 1 then return e end
+        end, 20, "the later close in the file")
+        -- every event of the file reaches the stream: none lost, none counted lost
+        helpers.wait_until(function() return xlen(rd, "big") == #evs end, 30,
+                           "the stream to hold the file's " .. #evs .. " events (it has " .. tostring(xlen(rd, "big"))
+                           .. ", dropped " .. dropped(gw, "redis:big") .. ")")
+        assert.equal(0, dropped(gw, "redis:big"))
+        for _, r in ipairs(gw:logs()) do
+            assert.is_not.equal("analytics sink failed", r.msg)
+        end
+    end)
+
+    it("loses only what it reports dropped while Redis is stopped or dead, and resumes", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local rd = helpers.start_redis()
+        local file = dir .. "/down.jsonl"
+        local gw = helpers.start_weir({
+            workers = 1, state = { redis = rd.url, timeout = "300ms" },
+            apis = { helpers.policy_api("Open", "/open", be, { { "analytics", { interval = "100ms",
+                trusted_proxies = { "127.0.0.1" },
+                sinks = { { type = "file", path = file }, { type = "redis", stream = "down", queue = 1 } },
+            } } }) },
+        })
+        local k = 0
+        local function some(n)
+            for _ = 1, n do
+                k = k + 1
+                one(gw, "/open", "198.51.100." .. k)
+            end
+        end
+        -- every event of the file is in the stream or counted dropped, and
+        -- none is in the stream twice (an XADD that timed out may have been
+        -- kept by Redis all the same: then it is both)
+        local function settled(base_file, base_drop)
+            local f, n = #file_events(file) - base_file, xlen(rd, "down") or 0
+            local d = dropped(gw, "redis:down") - base_drop
+            assert.is_true(n <= f, "more entries than events: " .. n .. " > " .. f)
+            return n + d >= f and f > 0
+        end
+        some(3)
+        helpers.wait_until(function() return xlen(rd, "down") == #file_events(file) end, 20, "the first events")
+        assert.equal(0, dropped(gw, "redis:down"))
+        -- stopped: XADDs get no answer (state.timeout), batches pile up
+        rd:kill("STOP")
+        some(4)
+        helpers.wait_until(function() return dropped(gw, "redis:down") > 0 end, 20, "a drop while Redis is stopped")
+        rd:kill("CONT")
+        helpers.wait_until(function() return settled(0, 0) end, 20, "the stream and the drops to cover the file")
+        -- dead: not reachable; the batches wait in the queue, the oldest dropped when it is full
+        local base_file, base_drop = #file_events(file), dropped(gw, "redis:down")
+        rd:kill("KILL")
+        some(6)
+        helpers.wait_until(function() return dropped(gw, "redis:down") > base_drop end, 20,
+                           "a drop while Redis is dead (queue full)")
+        -- back (empty): what the queue still held arrives, and what comes after
+        rd:restart()
+        some(3)
+        local last = "198.51.100." .. k
+        helpers.wait_until(function()
+            for _, e in ipairs(rd:command("XRANGE", "down", "-", "+") or {}) do
+                local ev = cjson.decode(e[2][4])
+                if ev.client == last and ev.event == "close" then return true end
+            end
+        end, 30, "the last close in the stream")
+        helpers.wait_until(function() return settled(base_file, base_drop) end, 20,
+                           "the stream and the drops to cover what the file got since Redis died")
+    end)
+end)
+
+describe("an analytics HTTP sink named by a URL with credentials", function()
+    teardown(helpers.cleanup)
+
+    it("never writes the URL's userinfo or query in the log", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local port = helpers.free_port()     -- nothing listens
+        local url = ("http://user:pass@127.0.0.1:%d/in?api_key=SECRET#frag"):format(port)
+        local gw = helpers.start_weir({
+            workers = 1,
+            apis = { helpers.policy_api("Open", "/open", be, { { "analytics", { interval = "100ms",
+                sinks = { { type = "file", path = dir .. "/e.jsonl" }, { type = "http", url = url, queue = 1 } },
+            } } }) },
+        })
+        for i = 1, 4 do one(gw, "/open", "198.51.100." .. i) end
+        local name = ("http:http://127.0.0.1:%d/in"):format(port)
+        local r = gw:wait_log(function(rec) return rec.msg == "analytics events dropped" end, 20)
+        assert.equal(name, r.sink)
+        assert.is_true(r.dropped_total > 0)
+        local text = helpers.read_file(gw.log_path) .. (gw:stderr() or "")
+        assert.is_nil(text:find("SECRET", 1, true))
+        assert.is_nil(text:find("pass@", 1, true))
+        assert.is_nil(text:find("user:pass", 1, true))
+        assert.is_nil(text:find("#frag", 1, true))
+    end)
+end)
+
+describe("analytics text", function()
+    teardown(helpers.cleanup)
+
+    it("is the UTF-8 that was sent, with invalid bytes as U+FFFD", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local key = "analytics-utf8-key-0123456789abcdef"
+        local keys = helpers.write_file(dir .. "/keys.txt",
+            "sha256:" .. helpers.sha256(key) .. "  application=Café subscriber=zoë tier=Gold\n")
+        local file = dir .. "/utf8.jsonl"
+        local gw = helpers.start_weir({
+            workers = 1,
+            apis = { helpers.policy_api("Keyed", "/keyed", be, {
+                { "analytics", { interval = "100ms", trusted_proxies = { "127.0.0.1" },
+                                 sinks = { { type = "file", path = file } } } },
+                { "key-auth", { keys_file = keys } } }) },
+        })
+        local client = "198.51.100.80"
+        one(gw, "/keyed", client, { apikey = key, ["User-Agent"] = "agent \xff\xfe/1 ünï" })
+        local evs = helpers.wait_until(function()
+            local e = where(file_events(file), "client", client)
+            if #of_type(e, "close") == 1 then return e end
+        end, 20, "the close")
+        local c = of_type(evs, "close")[1]
+        assert.equal("Café", c.application)
+        assert.equal("zoë", c.subscriber)
+        assert.equal("agent \xef\xbf\xbd\xef\xbf\xbd/1 ünï", c.user_agent)
+        -- written as UTF-8, not escaped byte by byte
+        assert.is_truthy(helpers.read_file(file):find('"application":"Café"', 1, true))
+    end)
+end)
+
+describe("analytics across many reloads", function()
+    teardown(helpers.cleanup)
+
+    it("reports to a new file after more reloads than there are sink-set ids, and to the old one for an open connection",
+       function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local function conf_with(i)
+            return { workers = 1, apis = { helpers.policy_api("Open", "/open", be, { { "analytics", {
+                interval = "100ms", trusted_proxies = { "127.0.0.1" },
+                sinks = { { type = "file", path = dir .. "/g" .. i .. ".jsonl" } } } } }) } }
+        end
+        local gw = helpers.start_weir(conf_with(0))
+        -- open across every reload: its events stay with the sinks it started with
+        local held = "198.51.100.90"
+        local ws = assert(helpers.ws_connect(gw.port, { path = "/open", headers = { ["X-Forwarded-For"] = held } }))
+        local R = 70        -- ids 1..63
+        for i = 1, R do
+            local c = conf_with(i)
+            c.listen, c.log, c.pid_file = gw.conf.listen, gw.conf.log, gw.conf.pid_file
+            helpers.write_file(gw.conf_path, helpers.serialize(c))
+            gw:reload()
+        end
+        local client = "198.51.100.91"
+        one(gw, "/open", client)
+        local last = dir .. "/g" .. R .. ".jsonl"
+        helpers.wait_until(function()
+            return #of_type(where(file_events(last), "client", client), "close") == 1
+        end, 20, "the new connection's close in the last file")
+        assert(ws:send_text("still here"))
+        assert(ws:recv_message(10))
+        assert(ws:close_handshake(1000, ""))
+        local first = dir .. "/g0.jsonl"
+        helpers.wait_until(function()
+            return #of_type(where(file_events(first), "client", held), "close") == 1
+        end, 20, "the held connection's close in the first file")
+        for _, r in ipairs(gw:logs()) do
+            assert.is_not.equal("analytics sinks not used", r.msg)
+            assert.is_not.equal("analytics not turned on", r.msg)
+        end
+    end)
+end)
