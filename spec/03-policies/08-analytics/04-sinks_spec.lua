@@ -8,28 +8,9 @@
 local helpers = require "helpers"
 local cjson = require "cjson.safe"
 
--- The events of the complete lines of TEXT (weir may be writing the last one).
-local function decode_lines(text)
-    local out = {}
-    for line in (text or ""):gmatch("([^\n]*)\n") do
-        local ev = cjson.decode(line)
-        assert(type(ev) == "table", "not a JSON object: " .. line)
-        out[#out + 1] = ev
-    end
-    return out
-end
-
-local function file_events(path) return decode_lines(helpers.read_file(path)) end
-
-local function where(events, field, value)
-    local out = {}
-    for _, e in ipairs(events) do
-        if e[field] == value then out[#out + 1] = e end
-    end
-    return out
-end
-
-local function of_type(events, t) return where(events, "event", t) end
+local ae = require "support.analytics_events"
+local decode_lines, file_events, where, of_type = ae.decode_lines, ae.file_events, ae.where, ae.of_type
+local sum = ae.sum
 
 -- One connection that says one thing and closes; CLIENT as its X-Forwarded-For.
 local function one(gw, path, client, headers)
