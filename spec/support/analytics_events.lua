@@ -1,5 +1,6 @@
 --- Reading the analytics policy's events in specs
--- (spec/03-policies/08-analytics/): JSON lines decoded, and filters.
+-- (spec/03-policies/08-analytics/): JSON lines decoded, filters, and the
+-- HTTP collector (analytics_collector.py).
 local helpers = require "helpers"
 local cjson = require "cjson.safe"
 
@@ -39,6 +40,18 @@ function _M.sum(events, field)
     local n = 0
     for _, e in ipairs(events) do n = n + (e[field] or 0) end
     return n
+end
+
+--- Start spec/support/analytics_collector.py, its output in DIR; returns
+-- { port =, pid = }.
+function _M.start_collector(dir)
+    local out = dir .. "/collector.out"
+    local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" }, { stdout = out })
+    local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
+                                    15, "the collector to listen")
+    local col = helpers.json(line)
+    col.pid = pid
+    return col
 end
 
 return _M

@@ -13,6 +13,7 @@ local COMMON = { "event", "ts", "conn", "api", "version", "application", "subscr
 
 local ae = require "support.analytics_events"
 local decode_lines, file_events, where, of_type = ae.decode_lines, ae.file_events, ae.where, ae.of_type
+local start_collector = ae.start_collector
 local sum = ae.sum
 
 -- Every event carries the common members (null when unknown: cjson.null).
@@ -48,17 +49,6 @@ local function traffic(ws, list)
         local got = assert(ws:recv_message(10))
         assert.equal(m[2], got.payload)
     end
-end
-
--- Start spec/support/analytics_collector.py; returns { port =, pid = }.
-local function start_collector(dir)
-    local out = dir .. "/collector.out"
-    local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" }, { stdout = out })
-    local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
-                                    15, "the collector to listen")
-    local col = helpers.json(line)
-    col.pid = pid
-    return col
 end
 
 describe("analytics through weir", function()

@@ -10,6 +10,7 @@ local cjson = require "cjson.safe"
 
 local ae = require "support.analytics_events"
 local decode_lines, file_events, where, of_type = ae.decode_lines, ae.file_events, ae.where, ae.of_type
+local start_collector = ae.start_collector
 local sum = ae.sum
 
 -- One connection that says one thing and closes; CLIENT as its X-Forwarded-For.
@@ -238,5 +239,69 @@ describe("analytics across many reloads", function()
             assert.is_not.equal("analytics sinks not used", r.msg)
             assert.is_not.equal("analytics not turned on", r.msg)
         end
+    end)
+end)
+
+describe("an analytics file that cannot grow", function()
+    teardown(helpers.cleanup)
+
+    it("stays whole lines when a write fails part way, and counts what it lost", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local col = start_collector(dir)
+        local file = dir .. "/full.jsonl"
+        -- weir's files may not grow past 64 KiB (RLIMIT_FSIZE, SIGXFSZ
+        -- ignored: a write past it is cut short, then fails with EFBIG)
+        local wrapper = helpers.write_file(dir .. "/limited.sh",
+            "#!/bin/bash\ntrap '' XFSZ\nulimit -f 64\nexec " .. helpers.shell_quote(helpers.bin) .. ' "$@"\n')
+        os.execute("chmod +x " .. helpers.shell_quote(wrapper))
+        local bin = helpers.bin
+        helpers.bin = wrapper
+        local ok, gw = pcall(helpers.start_weir, {
+            workers = 1, log = { level = "warn" },
+            apis = { helpers.policy_api("Open", "/open", be, { { "analytics", { interval = "100ms",
+                trusted_proxies = { "127.0.0.1" },
+                sinks = { { type = "file", path = file },
+                          { type = "http", name = "all", url = ("http://127.0.0.1:%d/events"):format(col.port) } },
+            } } }) },
+        })
+        helpers.bin = bin
+        assert(ok, gw)
+        -- about 1.5 KiB of events per connection: 80 are far past the limit
+        local n = 80
+        for i = 1, n do
+            local ws = assert(helpers.ws_connect(gw.port, { path = "/open",
+                headers = { ["X-Forwarded-For"] = "198.51.100." .. i, ["User-Agent"] = string.rep("u", 200) } }))
+            assert(ws:send_text(string.rep("m", 100)))
+            assert(ws:recv_message(10))
+            assert(ws:close_handshake(1000, ""))
+        end
+        local function collected()
+            local res = assert(helpers.http_request(col.port, { path = "/events", timeout = 5 }))
+            return decode_lines(res.body)
+        end
+        local all = helpers.wait_until(function()
+            local evs = collected()
+            if #where(of_type(evs, "close"), "client", "198.51.100." .. n) == 1 then return evs end
+        end, 30, "the collector to get every close")
+        local function file_dropped()
+            local d = 0
+            for _, r in ipairs(gw:logs()) do
+                if r.msg == "analytics events dropped" and r.sink == "file:" .. file then
+                    d = math.max(d, r.dropped_total)
+                end
+            end
+            return d
+        end
+        -- every line of the file is a whole event (decode_lines checks), the
+        -- file ends with a newline, and what is not in it was counted dropped
+        helpers.wait_until(function() return #file_events(file) + file_dropped() == #all end, 20,
+                           "the file's events and the dropped ones to add up to the collector's")
+        local text = helpers.read_file(file)
+        assert.equal("\n", text:sub(-1))
+        assert.is_true(file_dropped() > 0)
+        assert.is_true(#text <= 64 * 1024)
+        assert.is_true(#file_events(file) > 0)
+        for line in text:gmatch("[^\n]*\n") do assert.is_table(cjson.decode(line)) end
     end)
 end)
