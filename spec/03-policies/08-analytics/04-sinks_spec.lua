@@ -2,9 +2,10 @@
 -- a batch far over the policy budget still reaches Redis and the batches
 -- after it keep flowing; a Redis that stops answering, then dies, loses
 -- only what weir reports dropped, and the sink resumes; a collector URL's
--- credentials never reach the log; text is UTF-8 as it was sent (invalid
--- bytes as U+FFFD); more reloads than there are sink-set ids, each with a
--- new file, keep every connection reported.
+-- credentials never reach the log; a sink that is down keeps at most
+-- queue_bytes; text is UTF-8 as it was sent (invalid bytes as U+FFFD);
+-- more reloads than there are sink-set ids, each with a new file, keep
+-- every connection reported; a file that cannot grow stays whole lines.
 local helpers = require "helpers"
 local cjson = require "cjson.safe"
 
@@ -164,6 +165,48 @@ describe("an analytics HTTP sink named by a URL with credentials", function()
         assert.is_nil(text:find("pass@", 1, true))
         assert.is_nil(text:find("user:pass", 1, true))
         assert.is_nil(text:find("#frag", 1, true))
+    end)
+end)
+
+describe("an analytics HTTP sink that is down", function()
+    teardown(helpers.cleanup)
+
+    it("keeps at most queue_bytes of batches, dropping the oldest", function()
+        local dir = helpers.tmpdir()
+        local be = helpers.start_backend("echo")
+        local file = dir .. "/q.jsonl"
+        local gw = helpers.start_weir({
+            workers = 1,
+            apis = { helpers.policy_api("Open", "/open", be, { { "analytics", { interval = "100ms",
+                trusted_proxies = { "127.0.0.1" },
+                sinks = { { type = "file", path = file },
+                          { type = "http", name = "down", url = ("http://127.0.0.1:%d/"):format(helpers.free_port()),
+                            queue = 100000, queue_bytes = "64k" } },
+            } } }) },
+        })
+        -- about 1.5 KiB of events per connection: 80 are more than 64 KiB
+        local n = 80
+        for i = 1, n do
+            one(gw, "/open", "198.51.100." .. i, { ["User-Agent"] = string.rep("u", 200) })
+        end
+        local total = helpers.wait_until(function()
+            local evs = file_events(file)
+            if #of_type(evs, "close") == n then return #evs end
+        end, 20, "every close in the file")
+        local bytes = #helpers.read_file(file)
+        assert.is_true(bytes > 64 * 1024)
+        -- nothing is ever sent; what is dropped is what went past 64 KiB
+        local r = helpers.wait_until(function()
+            for _, rec in ipairs(gw:logs()) do
+                if rec.msg == "analytics events dropped" and rec.sink == "down" and rec.reason:find("queue full") then
+                    return rec
+                end
+            end
+        end, 20, "a drop: queue full")
+        assert.equal(0, r.sent_total)
+        -- far fewer batches than `queue` allows: the bytes were the bound
+        assert.is_true(r.queued_batches < 100)
+        assert.is_true(r.dropped_total < total)
     end)
 end)
 
