@@ -23,13 +23,15 @@
 
 #define WEIR_AN_STR_MAX    255            /* bytes of a string field written (consumer, api, ...) */
 #define WEIR_AN_UA_MAX     256            /* bytes of a user agent kept */
-#define WEIR_AN_STRINGS    15             /* string members of the largest event (policy_error, auth_failure) */
+#define WEIR_AN_STRINGS    15             /* string members of one event, at most (policy_error has 12) */
 #define WEIR_AN_NUMBERS    1024           /* its names, numbers and punctuation: generously */
 /* Room reserved per event: every string byte is written as at most 6
  * (\u00XX), plus its quotes. Every write is bounded by the buffer's
  * capacity all the same: an event that would not fit is not written and
  * is counted lost (an_end), so this reserve is a sizing, not a safety. */
 #define WEIR_AN_EVENT_MAX  (WEIR_AN_STRINGS * (6 * WEIR_AN_UA_MAX + 2) + WEIR_AN_NUMBERS)
+
+_Static_assert(WEIR_AN_EVENT_MAX < WEIR_ANALYTICS_BUF_MAX, "an event fits a set's batch");
 
 /* counters of one leg, as in weir_leg_t */
 enum { AN_FRAMES, AN_BYTES, AN_MESSAGES, AN_BINARY, AN_OVER, AN_N };
@@ -151,8 +153,9 @@ an_utf8_len(const unsigned char *s, size_t n)
 /* S (at most MAX bytes of it) as a JSON value: a quoted string, or null.
  * Valid UTF-8 goes through as it is; control characters (below 0x20, and
  * DEL) are written \u00XX; a byte that does not begin a valid UTF-8
- * character becomes U+FFFD; a character cut by MAX (or by the end of S)
- * is left out whole. So a line is always valid JSON whatever a client sent. */
+ * character (or begins one S ends inside) becomes U+FFFD; a character
+ * cut by MAX is left out whole (S was cut at MAX bytes by its copy, or is
+ * longer). So a line is always valid JSON whatever a client sent. */
 static void
 an_str(weir_an_buf_t *b, const char *s, size_t max)
 {
@@ -176,8 +179,8 @@ an_str(weir_an_buf_t *b, const char *s, size_t max)
             i++;
         } else {
             int len = an_utf8_len(u + i, n - i);
-            if (len == 0) break;                       /* cut: left out */
-            if (len < 0) {
+            if (len == 0 && n == max) break;           /* cut by MAX: left out whole */
+            if (len <= 0) {
                 an_raw(b, "\xef\xbf\xbd", 3);           /* U+FFFD for the byte */
                 i++;
             } else {

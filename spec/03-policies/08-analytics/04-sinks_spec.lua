@@ -239,6 +239,13 @@ describe("analytics text", function()
         assert.equal("agent \xef\xbf\xbd\xef\xbf\xbd/1 ünï", c.user_agent)
         -- written as UTF-8, not escaped byte by byte
         assert.is_truthy(helpers.read_file(file):find('"application":"Café"', 1, true))
+        -- a user agent cut at its 256 bytes inside "é" loses the "é" whole
+        local long = "198.51.100.81"
+        one(gw, "/keyed", long, { apikey = key, ["User-Agent"] = string.rep("a", 255) .. "éz" })
+        local e = helpers.wait_until(function()
+            return of_type(where(file_events(file), "client", long), "close")[1]
+        end, 20, "the close of the long user agent")
+        assert.equal(string.rep("a", 255), e.user_agent)
     end)
 end)
 
