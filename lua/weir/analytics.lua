@@ -20,8 +20,10 @@
 -- A sink sends in a coroutine of the worker's own (runtime.spawn), which
 -- runs under the policy budget: it resets the budget as it goes (as
 -- weir.stats does), and a sender that died anyway (its `co` is dead) is
--- noticed at the next interval: what it had in hand (`inflight` events)
--- is counted dropped and a new sender starts.
+-- noticed at the next interval: what it had in flight (`inflight` events:
+-- XADDs sent and not answered, a POST) is counted dropped, what of a
+-- Redis batch had not gone out yet is queued again (salvage), and a new
+-- sender starts.
 --
 -- @module weir.analytics
 -- @usage local c = require("weir.analytics").counters()   -- { ["file:/var/log/e.jsonl"] = { sent = 10, dropped = 0 } }
@@ -141,6 +143,7 @@ function SINK:kick()
     if self.busy then
         if not (self.co and co_status(self.co) == "dead") then return end
         self:lost_inflight("the sink's sender was stopped")
+        if self.salvage then self:salvage() end
         log(3, "analytics sink failed", nil, nil, nil, "sink", self.name, "error", "its sender was stopped")
         self.busy, self.co = false, nil
     end
@@ -149,7 +152,10 @@ function SINK:kick()
     require("weir.runtime").spawn(function()
         self.co = co_running()
         local ok, err = pcall(self.drain, self)
-        if not ok then self:lost_inflight("the sink failed") end
+        if not ok then
+            self:lost_inflight("the sink failed")
+            if self.salvage then self:salvage() end
+        end
         self.busy, self.co = false, nil
         if not ok then log(3, "analytics sink failed", nil, nil, nil, "sink", self.name, "error", tostring(err)) end
     end)
@@ -243,41 +249,61 @@ function REDIS:drain()
     local maxlen = tostring(self.maxlen)
     while #self.q > 0 do
         local item = self:q_pop()
-        local body, left = item[1], item[2]
-        local pos, size = 1, #body
-        self.inflight = left
-        while pos <= size do
+        -- the item being sent: what of it has not gone out yet starts at
+        -- pos (left events); a sender that dies leaves it to salvage()
+        local cur = { body = item[1], pos = 1, left = item[2] }
+        local body, size = cur.body, #cur.body
+        self.cur = cur
+        while cur.pos <= size do
             local tokens, n = {}, 0
-            while n < CHUNK and pos <= size do
-                local e = find(body, "\n", pos, true) or size + 1
-                local line = sub(body, pos, e - 1)
+            while n < CHUNK and cur.pos <= size do
+                local e = find(body, "\n", cur.pos, true) or size + 1
+                local line = sub(body, cur.pos, e - 1)
                 local ev = match(line, '^{"event":"([%w_]+)"') or "?"
                 local args = { "XADD", self.stream, "MAXLEN", "~", maxlen, "*", "event", ev, "json", line }
                 for i = 1, 10 do argv[i - 1] = args[i]; lens[i - 1] = #args[i] end     -- hiredis copies them
+                -- counted in flight before it goes: a sender stopped at any
+                -- instruction never leaves a sent line to be sent again
+                local pos = cur.pos
+                cur.pos, cur.left, self.inflight = e + 1, cur.left - 1, self.inflight + 1
                 local token = tonumber(C.weir_ffi_redis(10, argv, lens))
-                if token == 0 then break end
+                if token == 0 then
+                    cur.pos, cur.left, self.inflight = pos, cur.left + 1, self.inflight - 1
+                    break
+                end
                 n = n + 1
                 tokens[n] = token
-                pos = e + 1
                 if n % RESET_EVERY == 0 then C.weir_ffi_budget_reset() end
             end
-            local ok = 0
             for i = 1, n do
-                if runtime.wait(tokens[i]) ~= nil then ok = ok + 1 end
+                local v = runtime.wait(tokens[i])
+                self.inflight = self.inflight - 1
+                if v ~= nil then
+                    self.sent = self.sent + 1
+                else
+                    self:drop(1, "XADD failed (no answer, or an error reply)")
+                end
             end
             C.weir_ffi_budget_reset()
-            self.sent = self.sent + ok
-            self:drop(n - ok, "XADD failed (no answer, or an error reply)")
-            left = left - n
-            self.inflight = left
-            if n < CHUNK and pos <= size then
+            if n < CHUNK and cur.pos <= size then
                 -- not connected (from the start, or since the middle of the
                 -- chunk): what did not go out waits for the next interval
-                self:retry({ sub(body, pos), left }, "Redis is not reachable")
+                self.cur = nil
+                self:retry({ sub(body, cur.pos), cur.left }, "Redis is not reachable")
                 return
             end
         end
-        self.inflight = 0
+        self.cur = nil
+    end
+end
+
+-- The sender died (KICK): what of the batch in hand had not gone out goes
+-- back to the head of the queue (when there is room).
+function REDIS:salvage()
+    local cur = self.cur
+    self.cur = nil
+    if cur and cur.pos <= #cur.body then
+        self:retry({ sub(cur.body, cur.pos), cur.left }, "the sink's sender was stopped")
     end
 end
 

