@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,9 +21,17 @@
 #include "analytics.h"
 #include "session_int.h"
 
-#define WEIR_AN_EVENT_MAX  16384          /* room reserved per event: every string is capped below */
 #define WEIR_AN_STR_MAX    255            /* bytes of a string field written (consumer, api, ...) */
 #define WEIR_AN_UA_MAX     256            /* bytes of a user agent kept */
+#define WEIR_AN_STRINGS    15             /* string members of one event, at most (policy_error has 12) */
+#define WEIR_AN_NUMBERS    1024           /* its names, numbers and punctuation: generously */
+/* Room reserved per event: every string byte is written as at most 6
+ * (\u00XX), plus its quotes. Every write is bounded by the buffer's
+ * capacity all the same: an event that would not fit is not written and
+ * is counted lost (an_end), so this reserve is a sizing, not a safety. */
+#define WEIR_AN_EVENT_MAX  (WEIR_AN_STRINGS * (6 * WEIR_AN_UA_MAX + 2) + WEIR_AN_NUMBERS)
+
+_Static_assert(WEIR_AN_EVENT_MAX < WEIR_ANALYTICS_BUF_MAX, "an event fits a set's batch");
 
 /* counters of one leg, as in weir_leg_t */
 enum { AN_FRAMES, AN_BYTES, AN_MESSAGES, AN_BINARY, AN_OVER, AN_N };
@@ -42,6 +51,8 @@ typedef struct {
     size_t    len, cap;
     uint64_t  count;                     /* events in p */
     uint64_t  lost;                      /* events not written: the buffer was full (cumulative) */
+    size_t    start;                     /* where the event being written starts */
+    int       over;                      /* the event being written did not fit: an_end discards it */
 } weir_an_buf_t;
 
 static uv_loop_t             *an_loop;
@@ -60,6 +71,8 @@ static int                    an_delivering;
 static int
 an_reserve(weir_an_buf_t *b)
 {
+    b->start = b->len;
+    b->over = 0;
     if (b->len + WEIR_AN_EVENT_MAX <= b->cap) return WEIR_OK;
     if (b->len + WEIR_AN_EVENT_MAX > WEIR_ANALYTICS_BUF_MAX) {
         b->lost++;
@@ -77,9 +90,15 @@ an_reserve(weir_an_buf_t *b)
     return WEIR_OK;
 }
 
+/* Every write below stops at the buffer's capacity (keeping one byte for
+ * a NUL): what does not fit sets b->over, and the event is discarded. */
 static void
 an_raw(weir_an_buf_t *b, const char *s, size_t n)
 {
+    if (b->over || n >= b->cap - b->len) {
+        b->over = 1;
+        return;
+    }
     memcpy(b->p + b->len, s, n);
     b->len += n;
 }
@@ -92,16 +111,51 @@ an_fmt(weir_an_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 
 static void
 an_fmt(weir_an_buf_t *b, const char *fmt, ...)
 {
+    if (b->over) return;
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
-    if (n > 0) b->len += WEIR_MIN((size_t) n, b->cap - b->len - 1);
+    if (n < 0 || (size_t) n >= b->cap - b->len) b->over = 1;
+    else b->len += (size_t) n;
+}
+
+/* The length of the UTF-8 character at S[0..N) (N >= 1): 1 to 4, 0 when
+ * it is cut short by N, or -1 when S[0] does not begin a valid one
+ * (an overlong form, a surrogate, beyond U+10FFFF, a bad continuation). */
+static int
+an_utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    int len;
+    unsigned char lo = 0x80, hi = 0xbf;          /* the second byte's range */
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else {
+        return -1;
+    }
+    for (int i = 1; i < len; i++) {
+        if ((size_t) i >= n) return 0;
+        unsigned char lo_i = i == 1 ? lo : 0x80, hi_i = i == 1 ? hi : 0xbf;
+        if (s[i] < lo_i || s[i] > hi_i) return -1;
+    }
+    return len;
 }
 
 /* S (at most MAX bytes of it) as a JSON value: a quoted string, or null.
- * Bytes outside printable ASCII are written \u00XX, so a line is always
- * valid JSON whatever a client sent. */
+ * Valid UTF-8 goes through as it is; control characters (below 0x20, and
+ * DEL) are written \u00XX; a byte that does not begin a valid UTF-8
+ * character (or begins one S ends inside) becomes U+FFFD; a character
+ * cut by MAX is left out whole (S was cut at MAX bytes by its copy, or is
+ * longer). So a line is always valid JSON whatever a client sent. */
 static void
 an_str(weir_an_buf_t *b, const char *s, size_t max)
 {
@@ -110,24 +164,32 @@ an_str(weir_an_buf_t *b, const char *s, size_t max)
         an_lit(b, "null");
         return;
     }
-    char *o = b->p + b->len;
-    *o++ = '"';
-    for (size_t i = 0; s[i] != '\0' && i < max; i++) {
-        unsigned char c = (unsigned char) s[i];
+    const unsigned char *u = (const unsigned char *) s;
+    size_t n = strnlen(s, max);
+    an_lit(b, "\"");
+    for (size_t i = 0; i < n && !b->over;) {
+        unsigned char c = u[i];
         if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char) c;
-        } else if (c < 0x20 || c >= 0x7f) {
-            memcpy(o, "\\u00", 4);
-            o[4] = hex[c >> 4];
-            o[5] = hex[c & 15];
-            o += 6;
+            char e[2] = { '\\', (char) c };
+            an_raw(b, e, 2);
+            i++;
+        } else if (c < 0x20 || c == 0x7f) {
+            char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            an_raw(b, e, 6);
+            i++;
         } else {
-            *o++ = (char) c;
+            int len = an_utf8_len(u + i, n - i);
+            if (len == 0 && n == max) break;           /* cut by MAX: left out whole */
+            if (len <= 0) {
+                an_raw(b, "\xef\xbf\xbd", 3);           /* U+FFFD for the byte */
+                i++;
+            } else {
+                an_raw(b, s + i, (size_t) len);
+                i += (size_t) len;
+            }
         }
     }
-    *o++ = '"';
-    b->len = (size_t) (o - b->p);
+    an_lit(b, "\"");
 }
 
 /* ,"NAME":VALUE with VALUE a string (at most MAX bytes) or null; MEMBER
@@ -156,10 +218,18 @@ an_head(weir_an_buf_t *b, const char *event, weir_session_t *s, const weir_analy
     an_member(b, ",\"user_agent\":", a->ua, WEIR_AN_UA_MAX);
 }
 
+/* The event begun at an_reserve ends: counted, or, when it did not fit
+ * (b->over), taken back and counted lost. */
 static void
 an_end(weir_an_buf_t *b)
 {
     an_lit(b, "}\n");
+    if (b->over) {
+        b->len = b->start;
+        b->over = 0;
+        b->lost++;
+        return;
+    }
     b->count++;
 }
 
@@ -437,6 +507,18 @@ weir_ffi_analytics_batch(int set, size_t *len, uint64_t *count, uint64_t *lost)
     return an_sets[set].p;
 }
 
+/* USED[0..WEIR_ANALYTICS_SETS): 1 for a set an open connection reports to,
+ * or whose batch holds events not handed over yet (a reload keeps those
+ * ids), else 0. */
+void
+weir_ffi_analytics_sets_used(unsigned char *used)
+{
+    memset(used, 0, WEIR_ANALYTICS_SETS);
+    for (weir_analytics_conn_t *a = an_conns; a != NULL; a = a->next) used[a->set] = 1;
+    for (int i = 0; i < WEIR_ANALYTICS_SETS; i++)
+        if (an_sets[i].count > 0) used[i] = 1;
+}
+
 /* Open PATH for appending: a descriptor, or -1 with ERR filled. */
 int
 weir_ffi_analytics_open(const char *path, char *err, size_t errlen)
@@ -447,7 +529,10 @@ weir_ffi_analytics_open(const char *path, char *err, size_t errlen)
 }
 
 /* Append P[0..N) to FD in one write (what a regular file takes whole):
- * the bytes written, or -1 with ERR filled. */
+ * N, or with ERR filled -1 (nothing of it is in the file: a partial write
+ * was cut off again with ftruncate) or -2 (a partial line stays at the
+ * end of the file: it grew since, or could not be cut; the next batch
+ * must begin with a newline). */
 long
 weir_ffi_analytics_write(int fd, const char *p, size_t n, char *err, size_t errlen)
 {
@@ -457,11 +542,19 @@ weir_ffi_analytics_write(int fd, const char *p, size_t n, char *err, size_t errl
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
             snprintf(err, errlen, "%s", w < 0 ? strerror(errno) : "short write");
-            return done > 0 ? (long) done : -1;
+            break;
         }
         done += (size_t) w;
     }
-    return (long) done;
+    if (done == n) return (long) n;
+    if (done == 0) return -1;
+    /* O_APPEND: our bytes end at the offset; cut them off unless another
+     * writer appended after them */
+    struct stat st;
+    off_t end = lseek(fd, 0, SEEK_CUR);
+    if (end >= (off_t) done && fstat(fd, &st) == 0 && st.st_size == end && ftruncate(fd, end - (off_t) done) == 0)
+        return -1;
+    return -2;
 }
 
 void

@@ -22,10 +22,19 @@ local SINK_TYPES = { "file", "redis", "http" }
 local ONLY = { path = "file", stream = "redis", maxlen = "redis", url = "http", format = "http",
                timeout = "http", headers = "http" }
 local NEEDS = { file = "path", redis = "stream", http = "url" }
-local OPTIONS = { "type", "path", "stream", "maxlen", "url", "format", "timeout", "queue" }
+local OPTIONS = { "type", "path", "stream", "maxlen", "url", "format", "timeout", "queue", "queue_bytes" }
 
+-- "TYPE:TARGET", an http URL without its userinfo, query and fragment
+-- (they may hold a token: the name is in every log line of the sink);
+-- as weir.analytics.default_name, which the policy may not require
 local function default_name(s)
-    return s.type .. ":" .. tostring(s.path or s.stream or s.url)
+    if s.type ~= "http" then return s.type .. ":" .. tostring(s.path or s.stream or s.url) end
+    local url = tostring(s.url)
+    local scheme, rest = match(url, "^(%a[%w+.-]*://)(.*)$")
+    if not scheme then scheme, rest = "", url end
+    rest = match(rest, "^[^?#]*")
+    local auth, path = match(rest, "^([^/]*)(.*)$")
+    return "http:" .. scheme .. (match(auth, "^.*@(.*)$") or auth) .. path
 end
 
 -- What makes a sink what it is, as one string (two entries of one name must agree).
@@ -87,8 +96,8 @@ local _M = {
             { name = "type", type = "enum", one_of = SINK_TYPES, required = true,
               description = 'the kind of sink: "file", "redis" or "http"' },
             { name = "name", type = "string",
-              description = 'the sink\'s name in logs and counters (default "TYPE:TARGET"); chains naming '
-                            .. "one sink share it" },
+              description = 'the sink\'s name in logs and counters (default "TYPE:TARGET", an http URL '
+                            .. "without its userinfo, query and fragment); chains naming one sink share it" },
             { name = "path", type = "path",
               description = "file: the JSON-lines file the events are appended to (reopened on SIGUSR1)" },
             { name = "stream", type = "string",
@@ -105,6 +114,8 @@ local _M = {
               description = "http: headers sent with each POST (e.g. Authorization)" },
             { name = "queue", type = "integer", default = 60, min = 1, max = 100000,
               description = "redis, http: batches kept while the sink is down or slow; the oldest go first" },
+            { name = "queue_bytes", type = "size", default = "64m", min = 65536, max = 4294967296,
+              description = "redis, http: bytes of batches kept while the sink is down or slow; the oldest go first" },
           } } },
         { name = "interval", type = "duration", default = 1, min = 100, max = 3600000,
           description = "how often the core hands the events over (and counts each connection's messages)" },

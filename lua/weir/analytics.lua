@@ -7,14 +7,23 @@
 --           workers' batches never interleave inside a line); reopened on
 --           SIGUSR1, for logrotate
 --   redis   one `XADD <stream> MAXLEN ~ <maxlen> * event <type> json <line>`
---           per event, pipelined per batch, on the worker's state.redis
---           connection
+--           per event, pipelined by at most 500 (CHUNK), on the worker's
+--           state.redis connection
 --   http    the batch POSTed to a URL (NDJSON, or a JSON array)
 --
--- A redis or http sink keeps a bounded queue of batches (`queue`); while
--- it is down or slow, the oldest batches are dropped and their events
--- counted. Traffic never waits on a sink. Sinks are named (`name`, by
--- default "TYPE:TARGET"); every chain naming the same sink shares it.
+-- A redis or http sink keeps a bounded queue of batches (`queue` batches,
+-- `queue_bytes` bytes); while it is down or slow, the oldest batches are
+-- dropped and their events counted. Traffic never waits on a sink. Sinks
+-- are named (`name`, by default "TYPE:TARGET", without a URL's userinfo,
+-- query and fragment); every chain naming the same sink shares it.
+--
+-- A sink sends in a coroutine of the worker's own (runtime.spawn), which
+-- runs under the policy budget: it resets the budget as it goes (as
+-- weir.stats does), and a sender that died anyway (its `co` is dead) is
+-- noticed at the next interval: what it had in flight (`inflight` events:
+-- XADDs sent and not answered, a POST) is counted dropped, what of a
+-- Redis batch had not gone out yet is queued again (salvage), and a new
+-- sender starts.
 --
 -- @module weir.analytics
 -- @usage local c = require("weir.analytics").counters()   -- { ["file:/var/log/e.jsonl"] = { sent = 10, dropped = 0 } }
@@ -24,8 +33,9 @@ local ctxmod = require "weir.ctx"
 
 local pairs, ipairs, type, tostring, tonumber, pcall, setmetatable =
     pairs, ipairs, type, tostring, tonumber, pcall, setmetatable
-local sub, match, gsub = string.sub, string.match, string.gsub
-local concat, remove = table.concat, table.remove
+local sub, match, gsub, find = string.sub, string.match, string.gsub, string.find
+local concat, remove, insert = table.concat, table.remove, table.insert
+local co_running, co_status = coroutine.running, coroutine.status
 
 ffi.cdef [[
     void        weir_ffi_analytics_interval(double ms);
@@ -34,14 +44,19 @@ ffi.cdef [[
     long        weir_ffi_analytics_write(int fd, const char *p, size_t n, char *err, size_t errlen);
     void        weir_ffi_analytics_close(int fd);
     uint64_t    weir_ffi_redis(int argc, const char **argv, const size_t *lens);
+    void        weir_ffi_budget_reset(void);
+    void        weir_ffi_analytics_sets_used(unsigned char *used);
 ]]
 local C = ffi.C
 
 local _M = {}
 
 local MAX_SETS = 63                                       -- core/analytics.h WEIR_ANALYTICS_SETS - 1
-local sinks = {}                                          -- name → sink, for the life of the worker
-local sets, nsets = {}, 0                                 -- id → { sink, ... }
+local CHUNK = 500                                         -- XADDs of one pipeline: a big batch goes in several
+local RESET_EVERY = 128                                   -- lines between two budget resets in a sender
+local QUEUE_BYTES = 64 * 1024 * 1024                      -- queue_bytes' default
+local sinks = {}                                          -- name → sink, while a set (or its queue) holds it
+local sets = {}                                           -- id → { sink, ... } (ids 1..MAX_SETS)
 local set_of_key = {}                                     -- "name\0name..." → id
 local set_of_table = setmetatable({}, { __mode = "k" })   -- a policy entry's conf.sinks → id
 local lost_seen = {}                                      -- id → events lost by the core, as last seen
@@ -52,8 +67,22 @@ local errbuf = ffi.new("char[256]")
 
 local log = ctxmod.log      -- (level, msg, conn, policy, fields, name, value, ...)
 
---- The name a sink entry has when it gives none: "file:PATH", "redis:STREAM", "http:URL".
+--- URL without what may be secret: its userinfo (`user:pass@`), query
+-- and fragment. "https://u:p@h:8443/x?k=v#f" → "https://h:8443/x".
+function _M.public_url(url)
+    url = tostring(url)
+    local scheme, rest = match(url, "^(%a[%w+.-]*://)(.*)$")
+    if not scheme then scheme, rest = "", url end
+    rest = match(rest, "^[^?#]*")
+    local auth, path = match(rest, "^([^/]*)(.*)$")
+    auth = match(auth, "^.*@(.*)$") or auth
+    return scheme .. auth .. path
+end
+
+--- The name a sink entry has when it gives none: "file:PATH",
+-- "redis:STREAM", "http:URL" (the URL as `public_url` gives it).
 function _M.default_name(s)
+    if s.type == "http" then return "http:" .. _M.public_url(s.url) end
     return s.type .. ":" .. tostring(s.path or s.stream or s.url)
 end
 
@@ -73,13 +102,23 @@ function SINK:drop(n, why)
     self.why = why or self.why
 end
 
+-- The queue of a sink that sends in the background: items { batch, events },
+-- self.qbytes the bytes of their batches.
+function SINK:q_pop()
+    local item = remove(self.q, 1)
+    self.qbytes = self.qbytes - #item[1]
+    return item
+end
+
 -- Queue BATCH (N events) for a sink that sends in the background; the
--- oldest batches go when the queue is full.
+-- oldest batches go while the queue holds more than `queue` batches or
+-- `queue_bytes` bytes (a batch bigger than queue_bytes goes itself).
 function SINK:enqueue(batch, n)
     local q = self.q
     q[#q + 1] = { batch, n }
-    while #q > self.queue do
-        local old = remove(q, 1)
+    self.qbytes = self.qbytes + #batch
+    while #q > 0 and (#q > self.queue or self.qbytes > self.queue_bytes) do
+        local old = self:q_pop()
         self:drop(old[2], "queue full (the sink is down or slow)")
     end
     self:kick()
@@ -91,23 +130,46 @@ function SINK:push(p, len, n)
     self:enqueue(ffi.string(p, len), n)
 end
 
--- Send what is queued, in a coroutine of the worker's own, unless one is at it.
+-- The events the sender had in hand are lost (it failed, or died).
+function SINK:lost_inflight(why)
+    self:drop(self.inflight, why)
+    self.inflight = 0
+end
+
+-- Send what is queued, in a coroutine of the worker's own, unless one is
+-- at it. A sender that died without saying so (stopped by the policy
+-- budget, say) is replaced, and what it had in hand counted dropped.
 function SINK:kick()
-    if self.busy or #self.q == 0 then return end
-    self.busy = true
+    if self.busy then
+        if not (self.co and co_status(self.co) == "dead") then return end
+        self:lost_inflight("the sink's sender was stopped")
+        if self.salvage then self:salvage() end
+        log(3, "analytics sink failed", nil, nil, nil, "sink", self.name, "error", "its sender was stopped")
+        self.busy, self.co = false, nil
+    end
+    if #self.q == 0 then return end
+    self.busy, self.co = true, nil
     require("weir.runtime").spawn(function()
+        self.co = co_running()
         local ok, err = pcall(self.drain, self)
-        self.busy = false
+        if not ok then
+            self:lost_inflight("the sink failed")
+            if self.salvage then self:salvage() end
+        end
+        self.busy, self.co = false, nil
         if not ok then log(3, "analytics sink failed", nil, nil, nil, "sink", self.name, "error", tostring(err)) end
     end)
 end
 
 -- A failed send of ITEM: back at the head of the queue when there is room
--- (tried again at the next interval), else its events are lost.
+-- (`queue` and `queue_bytes`; tried again at the next interval), else its
+-- events are lost.
 function SINK:retry(item, why)
     self.why = why
-    if #self.q < self.queue then
-        table.insert(self.q, 1, item)
+    self.inflight = 0
+    if #self.q < self.queue and self.qbytes + #item[1] <= self.queue_bytes then
+        insert(self.q, 1, item)
+        self.qbytes = self.qbytes + #item[1]
     else
         self:drop(item[2], why)
     end
@@ -126,16 +188,35 @@ function FILE:open()
     return true
 end
 
+-- A batch is written whole or not at all; a write that fails part way is
+-- cut off again (core: weir_ffi_analytics_write), and when it cannot be,
+-- the partial line is ended with a newline before the next batch (`torn`),
+-- so the lines after it stay lines. Either way the batch's events are
+-- counted dropped.
 function FILE:push(p, len, n)
     local ok, err = self:open()
     if not ok then return self:drop(n, err) end
+    if self.torn then
+        if tonumber(C.weir_ffi_analytics_write(self.fd, "\n", 1, errbuf, 256)) == 1 then
+            self.torn = false
+        else
+            return self:fail(n)
+        end
+    end
     local w = tonumber(C.weir_ffi_analytics_write(self.fd, p, len, errbuf, 256))
     if w == len then
         self.sent = self.sent + n
         return
     end
+    if w == -2 then self.torn = true end
+    self:fail(n)
+end
+
+-- A write failed: the batch's N events are dropped, and the file is opened
+-- again at the next batch.
+function FILE:fail(n)
     self:drop(n, "cannot write " .. self.path .. ": " .. ffi.string(errbuf))
-    C.weir_ffi_analytics_close(self.fd)          -- opened again at the next batch
+    C.weir_ffi_analytics_close(self.fd)
     self.fd = -1
 end
 
@@ -159,48 +240,70 @@ REDIS.__index = REDIS
 local argv = ffi.new("const char *[10]")
 local lens = ffi.new("size_t[10]")
 
--- Send the queued batches, each one XADD per event, pipelined: every
--- command goes out before the first answer is awaited.
+-- Send the queued batches, each one XADD per event, pipelined by CHUNK:
+-- the commands of a chunk go out before the first answer is awaited, so a
+-- big batch never sits for long ahead of the other users of state.redis
+-- (limit syncs, key lookups).
 function REDIS:drain()
     local runtime = require("weir.runtime")
     local maxlen = tostring(self.maxlen)
     while #self.q > 0 do
-        local item = remove(self.q, 1)
-        local tokens, n = {}, 0
-        for line in item[1]:gmatch("[^\n]+") do
-            local ev = match(line, '^{"event":"([%w_]+)"') or "?"
-            local args = { "XADD", self.stream, "MAXLEN", "~", maxlen, "*", "event", ev, "json", line }
-            for i = 1, 10 do argv[i - 1] = args[i]; lens[i - 1] = #args[i] end     -- hiredis copies them
-            local token = tonumber(C.weir_ffi_redis(10, argv, lens))
-            if token == 0 then break end
-            n = n + 1
-            tokens[n] = token
-        end
-        if n == 0 then
-            -- not connected: nothing went out; the batch waits for the next interval
-            self:retry(item, "Redis is not reachable")
-            return
-        end
-        local ok = 0
-        for i = 1, n do
-            local v = runtime.wait(tokens[i])
-            if v ~= nil then ok = ok + 1 end
-        end
-        self.sent = self.sent + ok
-        if ok < item[2] then
-            if n < item[2] then
-                -- the connection went in the middle: what did not go out is requeued
-                local rest, k = {}, 0
-                for line in item[1]:gmatch("[^\n]+") do
-                    k = k + 1
-                    if k > n then rest[#rest + 1] = line end
+        local item = self:q_pop()
+        -- the item being sent: what of it has not gone out yet starts at
+        -- pos (left events); a sender that dies leaves it to salvage()
+        local cur = { body = item[1], pos = 1, left = item[2] }
+        local body, size = cur.body, #cur.body
+        self.cur = cur
+        while cur.pos <= size do
+            local tokens, n = {}, 0
+            while n < CHUNK and cur.pos <= size do
+                local e = find(body, "\n", cur.pos, true) or size + 1
+                local line = sub(body, cur.pos, e - 1)
+                local ev = match(line, '^{"event":"([%w_]+)"') or "?"
+                local args = { "XADD", self.stream, "MAXLEN", "~", maxlen, "*", "event", ev, "json", line }
+                for i = 1, 10 do argv[i - 1] = args[i]; lens[i - 1] = #args[i] end     -- hiredis copies them
+                -- counted in flight before it goes: a sender stopped at any
+                -- instruction never leaves a sent line to be sent again
+                local pos = cur.pos
+                cur.pos, cur.left, self.inflight = e + 1, cur.left - 1, self.inflight + 1
+                local token = tonumber(C.weir_ffi_redis(10, argv, lens))
+                if token == 0 then
+                    cur.pos, cur.left, self.inflight = pos, cur.left + 1, self.inflight - 1
+                    break
                 end
-                self:drop(n - ok, "XADD failed (no answer, or an error reply)")
-                self:retry({ concat(rest, "\n") .. "\n", item[2] - n }, "Redis is not reachable")
+                n = n + 1
+                tokens[n] = token
+                if n % RESET_EVERY == 0 then C.weir_ffi_budget_reset() end
+            end
+            for i = 1, n do
+                local v = runtime.wait(tokens[i])
+                self.inflight = self.inflight - 1
+                if v ~= nil then
+                    self.sent = self.sent + 1
+                else
+                    self:drop(1, "XADD failed (no answer, or an error reply)")
+                end
+            end
+            C.weir_ffi_budget_reset()
+            if n < CHUNK and cur.pos <= size then
+                -- not connected (from the start, or since the middle of the
+                -- chunk): what did not go out waits for the next interval
+                self.cur = nil
+                self:retry({ sub(body, cur.pos), cur.left }, "Redis is not reachable")
                 return
             end
-            self:drop(item[2] - ok, "XADD failed (no answer, or an error reply)")
         end
+        self.cur = nil
+    end
+end
+
+-- The sender died (KICK): what of the batch in hand had not gone out goes
+-- back to the head of the queue (when there is room).
+function REDIS:salvage()
+    local cur = self.cur
+    self.cur = nil
+    if cur and cur.pos <= #cur.body then
+        self:retry({ sub(cur.body, cur.pos), cur.left }, "the sink's sender was stopped")
     end
 end
 
@@ -216,13 +319,18 @@ function HTTP:drain()
     local headers = { ["Content-Type"] = self.format == "json" and "application/json" or "application/x-ndjson" }
     for k, v in pairs(self.headers or {}) do headers[k] = v end
     while #self.q > 0 do
-        local item = remove(self.q, 1)
+        local item = self:q_pop()
         local body = item[1]
+        self.inflight = item[2]
         if self.format == "json" then body = "[" .. gsub(sub(body, 1, -2), "\n", ",") .. "]" end
+        C.weir_ffi_budget_reset()           -- the copies of a big batch took their time
         local res, err = http.request({ url = self.url, method = "POST", headers = headers, body = body,
                                         timeout = self.timeout / 1000 })
+        body = nil
+        C.weir_ffi_budget_reset()
         if res and res.status >= 200 and res.status < 300 then
             self.sent = self.sent + item[2]
+            self.inflight = 0
         else
             self:retry(item, res and ("answered " .. res.status) or tostring(err))
             return
@@ -241,8 +349,8 @@ local function sink_for(s)
         k = nil
     end
     if not k then
-        k = setmetatable({ name = name, type = s.type, sent = 0, dropped = 0, dropped_now = 0, q = {}, fd = -1 },
-                         KINDS[s.type])
+        k = setmetatable({ name = name, type = s.type, sent = 0, dropped = 0, dropped_now = 0, q = {}, qbytes = 0,
+                           inflight = 0, fd = -1 }, KINDS[s.type])
         sinks[name] = k
     end
     if k.type == "file" and k.path ~= s.path then
@@ -251,6 +359,7 @@ local function sink_for(s)
     end
     k.stream, k.maxlen, k.url, k.format = s.stream, s.maxlen, s.url, s.format
     k.timeout, k.headers, k.queue = s.timeout, s.headers, s.queue or 60
+    k.queue_bytes = s.queue_bytes or QUEUE_BYTES
     return k
 end
 
@@ -258,23 +367,34 @@ end
 -- Sets, the interval, the batches
 ------------------------------------------------------------------------------
 
+-- The lowest set id free in SETS, or nil.
+local function free_id(in_use)
+    for id = 1, MAX_SETS do
+        if not sets[id] and not (in_use and in_use[id]) then return id end
+    end
+end
+
+-- The members and key of the sinks list LIST.
+local function members_of(list)
+    local names, members = {}, {}
+    for i, s in ipairs(list) do
+        members[i] = sink_for(s)
+        names[i] = members[i].name
+    end
+    return members, concat(names, "\0")
+end
+
 --- The set id of a policy entry's SINKS list (its conf.sinks): the same
 -- sinks in the same order share one set. Returns the id (1..63), or nil
 -- and what is wrong.
 function _M.set_of(list)
     local id = set_of_table[list]
     if id then return id end
-    local names, members = {}, {}
-    for i, s in ipairs(list) do
-        members[i] = sink_for(s)
-        names[i] = members[i].name
-    end
-    local key = concat(names, "\0")
+    local members, key = members_of(list)
     id = set_of_key[key]
     if not id then
-        if nsets >= MAX_SETS then return nil, "too many different lists of analytics sinks (63 at most)" end
-        nsets = nsets + 1
-        id = nsets
+        id = free_id()
+        if not id then return nil, "too many different lists of analytics sinks (63 at most)" end
         set_of_key[key] = id
     end
     sets[id] = members
@@ -300,12 +420,58 @@ end
 --- A configuration was loaded (at start and at every reload): its sinks
 -- are made or brought up to date, and the batches are handed over every
 -- `interval` (the shortest the configuration gives).
+--
+-- The sets are made again: a list of the new configuration keeps its id
+-- when an open connection still reports to it, or it had one; the ids of
+-- lists only open connections still use stay theirs (and deliver to the
+-- same sinks) until a later reload finds them unused; every other id is
+-- free again. Sinks no set names any more are closed once their queue is
+-- empty.
 function _M.loaded(conf)
+    local used = ffi.new("unsigned char[64]")
+    C.weir_ffi_analytics_sets_used(used)
+    local in_use = {}
+    for id = 1, MAX_SETS do in_use[id] = used[id] ~= 0 or nil end
+    local old_sets, old_key = sets, set_of_key
+    sets, set_of_key = {}, {}
+    set_of_table = setmetatable({}, { __mode = "k" })
+    -- first the lists open connections use, under their ids
+    for key, id in pairs(old_key) do
+        if in_use[id] then
+            sets[id] = old_sets[id]
+            set_of_key[key] = id
+        end
+    end
     local shortest
-    for _, pc in ipairs(entries(conf)) do
-        local id, err = _M.set_of(pc.sinks)
-        if not id then log(3, "analytics sinks not used", nil, nil, nil, "error", err) end
-        if not shortest or pc.interval < shortest then shortest = pc.interval end
+    local list = entries(conf)
+    -- then the new configuration's lists: their old id when free, else the lowest free one
+    for pass = 1, 2 do
+        for _, pc in ipairs(list) do
+            local members, key = members_of(pc.sinks)
+            local id = set_of_key[key]
+            if not id and pass == 1 and old_key[key] and not sets[old_key[key]] then id = old_key[key] end
+            if not id and pass == 2 then id = free_id() end
+            if id then
+                sets[id] = members
+                set_of_key[key] = id
+                set_of_table[pc.sinks] = id
+            elseif pass == 2 then
+                log(3, "analytics sinks not used", nil, nil, nil, "error",
+                    "too many different lists of analytics sinks (63 at most)")
+            end
+            if pass == 2 and (not shortest or pc.interval < shortest) then shortest = pc.interval end
+        end
+    end
+    -- the sinks no set names: closed and forgotten once idle
+    local named = {}
+    for _, members in pairs(sets) do
+        for _, k in ipairs(members) do named[k] = true end
+    end
+    for name, k in pairs(sinks) do
+        if not named[k] and #k.q == 0 and not k.busy then
+            if k.close then k:close() end
+            sinks[name] = nil
+        end
     end
     if shortest and shortest ~= interval_ms then
         interval_ms = shortest
@@ -327,8 +493,7 @@ end
 -- The batches of the interval, to every sink of their set. FINAL: the
 -- worker is stopping: only what can be written now (files) is.
 local function deliver(final)
-    for id = 1, nsets do
-        local members = sets[id]
+    for id, members in pairs(sets) do
         local p = C.weir_ffi_analytics_batch(id, len_box, count_box, lost_box)
         local lost = tonumber(lost_box[0])
         local n, len = tonumber(count_box[0]), tonumber(len_box[0])
@@ -350,7 +515,7 @@ local function deliver(final)
         if not final and k.kick then k:kick() end
         if final and k.q then
             for _, item in ipairs(k.q) do k:drop(item[2], "the worker stopped") end
-            k.q = {}
+            k.q, k.qbytes = {}, 0
         end
     end
     report_drops()

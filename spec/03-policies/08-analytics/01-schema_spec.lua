@@ -36,6 +36,20 @@ describe("analytics schema", function()
         assert.equal(5000, h.timeout)
     end)
 
+    it("names an http sink by its URL without userinfo, query or fragment, and bounds queues in bytes", function()
+        local conf = assert(fakes.check(policy, { sinks = {
+            { type = "http", url = "https://user:pa%40ss@collector.example:8443/in/x?api_key=SECRET&a=b#frag" },
+            { type = "http", url = "http://collector.example?token=SECRET" },
+            { type = "redis", stream = "s", queue_bytes = "1m" },
+        } }))
+        assert.equal("http:https://collector.example:8443/in/x", conf.sinks[1].name)
+        assert.equal("http:http://collector.example", conf.sinks[2].name)
+        assert.equal(64 * 1024 * 1024, conf.sinks[1].queue_bytes)
+        assert.equal(1024 * 1024, conf.sinks[3].queue_bytes)
+        assert.matches("sinks[1].queue_bytes",
+                       errors({ sinks = { { type = "http", url = "http://c/", queue_bytes = 1000 } } }), 1, true)
+    end)
+
     it("takes an interval and trusted proxies", function()
         local conf = assert(fakes.check(policy, { interval = "250ms", trusted_proxies = { "10.0.0.1", "::1" },
                                                   sinks = { { type = "file", path = "/tmp/e" } } }))

@@ -11,37 +11,10 @@ local KEY = "analytics-key-0123456789abcdef"
 local COMMON = { "event", "ts", "conn", "api", "version", "application", "subscriber", "tier", "key_type",
                  "client", "user_agent" }
 
--- The events of a JSON-lines text, decoded (every line must be JSON).
-local function decode_lines(text)
-    local out = {}
-    for line in (text or ""):gmatch("[^\n]+") do
-        local ev = cjson.decode(line)
-        assert(type(ev) == "table", "not a JSON object: " .. line)
-        out[#out + 1] = ev
-    end
-    return out
-end
-
-local function file_events(path)
-    return decode_lines(helpers.read_file(path))
-end
-
--- The events of EVENTS whose FIELD is VALUE.
-local function where(events, field, value)
-    local out = {}
-    for _, e in ipairs(events) do
-        if e[field] == value then out[#out + 1] = e end
-    end
-    return out
-end
-
-local function of_type(events, t) return where(events, "event", t) end
-
-local function sum(events, field)
-    local n = 0
-    for _, e in ipairs(events) do n = n + (e[field] or 0) end
-    return n
-end
+local ae = require "support.analytics_events"
+local decode_lines, file_events, where, of_type = ae.decode_lines, ae.file_events, ae.where, ae.of_type
+local start_collector = ae.start_collector
+local sum = ae.sum
 
 -- Every event carries the common members (null when unknown: cjson.null).
 local function check_common(e)
@@ -76,17 +49,6 @@ local function traffic(ws, list)
         local got = assert(ws:recv_message(10))
         assert.equal(m[2], got.payload)
     end
-end
-
--- Start spec/support/analytics_collector.py; returns { port =, pid = }.
-local function start_collector(dir)
-    local out = dir .. "/collector.out"
-    local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/analytics_collector.py" }, { stdout = out })
-    local line = helpers.wait_until(function() return (helpers.read_file(out) or ""):match("[^\n]*\n") end,
-                                    15, "the collector to listen")
-    local col = helpers.json(line)
-    col.pid = pid
-    return col
 end
 
 describe("analytics through weir", function()
