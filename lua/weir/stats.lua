@@ -1,4 +1,4 @@
---- The host's metrics and usage (docs/metrics.md), read from the store every
+--- The host's metrics and usage (docs/analytics.md, "Metrics and usage"), read from the store every
 -- worker writes in shared memory (core/stats.h) and summed over workers:
 -- `GET /metrics` (Prometheus text format 0.0.4), `GET /usage` and
 -- `GET /usage/top` on the admin API, and `snapshot()` for the dashboard.
@@ -286,7 +286,7 @@ end
 -- The snapshot (the dashboard's feed)
 ------------------------------------------------------------------------------
 
---- The host's totals now (docs/metrics.md, "weir.stats.snapshot").
+--- The host's totals now (docs/analytics.md, "weir.stats.snapshot").
 function _M.snapshot()
     local all = series()
     local open, total = open_connections()

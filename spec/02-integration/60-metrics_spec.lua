@@ -1,4 +1,4 @@
--- Prometheus metrics and usage queries (docs/metrics.md) against a real weir
+-- Prometheus metrics and usage queries (docs/analytics.md, "Metrics and usage") against a real weir
 -- with 2 workers, real clients and a real echo backend: /metrics read
 -- before and after known traffic gives the exact deltas (messages and bytes
 -- each way, throttled messages, auth failures by reason, refusals by

@@ -1,4 +1,4 @@
--- Usage across a cluster (docs/metrics.md, "Usage across hosts"): two real
+-- Usage across a cluster (docs/analytics.md, "Usage across hosts"): two real
 -- weir instances share one real redis-server (started by the spec on a free
 -- loopback port) and write their analytics events to one Redis stream;
 -- known traffic through both (messages of known sizes per application, some
