@@ -1195,7 +1195,7 @@ _M.schema = record({
                         .. "with jitter), so that clients do not all reconnect at once (0: all at once)" },
       } },
     { name = "metrics", type = "record", default = {},
-      description = "bounds of the Prometheus metrics and the usage store (docs/analytics.md, "Metrics and usage"); "
+      description = "bounds of the Prometheus metrics and the usage store (docs/analytics.md, Metrics and usage); "
                     .. "the sizes are read at start: a reload does not change them",
       fields = {
         { name = "max_applications", type = "integer", default = 50, min = 0, max = 10000,
