@@ -65,16 +65,19 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@WEIR_BIN=$(CURDIR)/$(BIN) WEIR_SAN=$(SAN) spec/run
 
-# The binary, the Lua runtime, the stock policies, the documentation and the
-# man page, an example configuration (never over an existing one) and the
-# state directory.
+# The binary, the Lua runtime, the stock policies, the dashboard's page, the
+# documentation and the man page, an example configuration (never over an
+# existing one) and the state directory.
 install: $(BIN)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DATADIR)/lua/weir $(DESTDIR)$(DATADIR)/policies \
+	    $(DESTDIR)$(DATADIR)/dashboard \
 	    $(DESTDIR)$(DOCDIR)/policies $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/weir \
 	    $(DESTDIR)$(STATEDIR)
 	install -m 755 $(BIN) $(DESTDIR)$(SBINDIR)/weir
 	install -m 644 lua/weir/*.lua $(DESTDIR)$(DATADIR)/lua/weir/
 	cp -R policies/. $(DESTDIR)$(DATADIR)/policies/
+	install -m 644 clients/dashboard/index.html clients/dashboard/dashboard.js clients/dashboard/dashboard.css \
+	    $(DESTDIR)$(DATADIR)/dashboard/
 	install -m 644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
 	install -m 644 docs/policies/*.md $(DESTDIR)$(DOCDIR)/policies/
 	install -m 644 packaging/weir.8 $(DESTDIR)$(MANDIR)/man8/weir.8

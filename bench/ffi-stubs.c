@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ABI 5   /* WEIR_FFI_ABI in core/lua_bridge.h */
+#define ABI 7   /* WEIR_FFI_ABI in core/lua_bridge.h */
 
 int weir_ffi_abi(void) { return ABI; }
 
@@ -55,6 +55,7 @@ weir_ffi_consumer(uint64_t id, const char *application, const char *subscriber, 
 void weir_ffi_timer(double ms) { (void) ms; }
 void weir_ffi_policy_failed(void) { fprintf(stderr, "policy failed\n"); }
 void weir_ffi_budget_reset(void) {}
+void weir_ffi_budget_service(void) {}
 
 uint64_t
 weir_ffi_http(const char *method, const char *url, const char *headers, const char *body, size_t blen,

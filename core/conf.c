@@ -604,6 +604,16 @@ static const struct {
     { "policy_budget",     offsetof(weir_limits_t, policy_budget_ms) },
 };
 
+/* metrics.*: field -> member */
+static const struct {
+    const char  *name;
+    size_t       offset;
+} weir_conf_metrics[] = {
+    { "max_applications", offsetof(weir_metrics_conf_t, max_applications) },
+    { "max_series",       offsetof(weir_metrics_conf_t, max_series) },
+    { "max_usage_keys",   offsetof(weir_metrics_conf_t, max_usage_keys) },
+};
+
 static const struct {
     const char  *name;
     int          level;
@@ -829,6 +839,22 @@ weir_conf_copy(weir_conf_ctx_t *ctx, int idx, weir_conf_t *conf)
     for (i = 0; i < sizeof(weir_conf_limits) / sizeof(weir_conf_limits[0]); i++) {
         if (weir_conf_number(ctx, t, weir_conf_limits[i].name, 0, 9007199254740992.0,
                              (uint64_t *) ((char *) &conf->limits + weir_conf_limits[i].offset))
+            != WEIR_OK)
+        {
+            goto done;
+        }
+    }
+    lua_pop(L, 1);
+
+    if ((t = weir_conf_table(ctx, idx, "metrics")) <= 0) {
+        if (t == 0) {
+            weir_conf_internal(ctx, "metrics", "is missing");
+        }
+        goto done;
+    }
+    for (i = 0; i < sizeof(weir_conf_metrics) / sizeof(weir_conf_metrics[0]); i++) {
+        if (weir_conf_number(ctx, t, weir_conf_metrics[i].name, 0, 1048576.0,
+                             (uint64_t *) ((char *) &conf->metrics + weir_conf_metrics[i].offset))
             != WEIR_OK)
         {
             goto done;

@@ -73,6 +73,13 @@ typedef struct {
     uint64_t         max_body;             /* bytes of a request body */
 } weir_admin_conf_t;
 
+/* metrics and usage (metrics.*), sized at start (docs/metrics.md) */
+typedef struct {
+    uint64_t         max_applications;     /* application labels of the host; later ones are "other" */
+    uint64_t         max_series;           /* series per worker */
+    uint64_t         max_usage_keys;       /* usage keys per worker; later ones fold into "other" */
+} weir_metrics_conf_t;
+
 typedef struct {
     uint64_t         max_connections;      /* per weir instance */
     uint64_t         max_message_size;     /* bytes, across fragments */
@@ -112,6 +119,7 @@ typedef struct {
     weir_listen_t   *listen;
     size_t           nlisten;
     weir_limits_t    limits;
+    weir_metrics_conf_t metrics;
     weir_state_conf_t state;
     weir_admin_conf_t admin;
     int              key_manager;          /* key_manager.*: the token endpoint and JWKS are served */

@@ -178,6 +178,14 @@ enum { WEIR_CONSUMER_APPLICATION, WEIR_CONSUMER_SUBSCRIBER, WEIR_CONSUMER_KEY_TY
  * WEIR_ERROR when out of memory (then nothing is known). */
 int  weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIELDS]);
 
+/* Turn on the analytics events of S (docs/analytics.md), their lines
+ * going to sink set SET (1..63, numbered by lua/weir/analytics.lua);
+ * CLIENT: the client's address as the policy resolved it (X-Forwarded-For
+ * of a trusted proxy), NULL: the peer's. The User-Agent is read from the
+ * request head (call it before the 101). Called again, it changes the set
+ * and the client. WEIR_ERROR: bad set, or out of memory. */
+int  weir_conn_analytics(weir_session_t *s, int set, const char *client);
+
 /* The verdict V of HOOK (WEIR_HOOK_*), which had waited, for S. */
 void weir_conn_resolved(weir_session_t *s, int hook, const weir_verdict_t *v);
 

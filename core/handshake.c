@@ -22,10 +22,12 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "log.h"
 #include "registry.h"
 #include "session_int.h"
+#include "stats_session.h"
 #include "tls.h"
 
 static void weir_handshake_proceed(weir_session_t *s);
@@ -207,6 +209,7 @@ weir_bad_gateway(weir_session_t *s, const char *why)
     weir_log(WEIR_LOG_WARN, "backend unavailable", "\"conn\":\"%s\",\"url\":\"%s\",\"why\":\"%s\"", s->name,
              s->ep ? weir_log_str(u, sizeof(u), s->ep->url) : "", weir_log_str(y, sizeof(y), why));
     weir_leg_t *c = &s->client;
+    weir_stats_backend_failed(s);
     if (weir_upgrade_alone(s) != WEIR_OK) return;
     weir_leg_send_close(c, 1014, "backend unavailable", "/problems/bad-gateway");
 }
@@ -534,6 +537,11 @@ weir_handshake_verdict(weir_session_t *s, const weir_verdict_t *v)
                      : v->code >= 400 && v->code <= 599 ? v->code : 403;
         /* a refusal for too many connections says when to try again */
         const char *extra = s->ticket_req ? cors : status == 429 ? "Retry-After: 1\r\n" : NULL;
+        if (v->kind == WEIR_V_ERROR) {
+            /* the status the client gets decides, for metrics and analytics alike */
+            weir_stats_refused(s, status, v->payload, v->len);
+            if (s->an) weir_analytics_refused(s, status, v->payload, v->len, v->reason);
+        }
         size_t n = weir_http_json(buf, sizeof(buf), status, v->payload, v->len, extra);
         s->http_status = status;
         s->state = WEIR_S_CLOSED;
@@ -716,7 +724,9 @@ weir_backend_read_response(weir_session_t *s)
 
     weir_client_101(s, pr ? pr->value : NULL, pr ? pr->value_len : 0);
     s->state = WEIR_S_OPEN;
+    if (s->an) weir_analytics_connect(s);
     weir_session_listed(s);
+    weir_stats_opened(s);
     weir_leg_flush_inject(c);
     s->last_data = weir_now(s);
     b->last_rx = c->last_rx = s->last_data;

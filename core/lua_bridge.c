@@ -30,6 +30,7 @@
 #include "redis.h"
 
 #define WEIR_HOOK_COUNT_IDLE (1 << 30)
+#define WEIR_SERVICE_BUDGET_MS 2000   /* a service request's budget, at least (weir_ffi_budget_service) */
 
 typedef struct weir_lua_io_s weir_lua_io_t;
 struct weir_lua_io_s {
@@ -140,6 +141,10 @@ weir_budget_hook(lua_State *L, lua_Debug *ar)
     lua_error(L);
 }
 
+/* The budget of the call running now, in ns: limits.policy_budget, or a
+ * service's (weir_ffi_budget_service). */
+static uint64_t weir_call_limit_ns;
+
 static void
 weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
 {
@@ -147,7 +152,7 @@ weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
     WEIR_UNUSED(samples);
     WEIR_UNUSED(vmstate);
     if (!weir_in_call || weir_over) return;
-    if (weir_clock_ns() - weir_call_start_ns < weir_lua_conf->limits.policy_budget_ms * 1000000ULL) return;
+    if (weir_clock_ns() - weir_call_start_ns < weir_call_limit_ns) return;
     weir_over = 1;
     lua_sethook(L, weir_budget_hook, LUA_MASKCOUNT, 1);
 }
@@ -158,6 +163,7 @@ static int
 weir_lua_call(int nargs)
 {
     weir_call_start_ns = weir_clock_ns();
+    weir_call_limit_ns = weir_lua_conf->limits.policy_budget_ms * 1000000ULL;
     weir_in_call = 1;
     int rc = lua_pcall(weir_L, nargs, LUA_MULTRET, 0);
     weir_in_call = 0;
@@ -577,6 +583,14 @@ weir_ffi_limit(uint64_t id, const char *key, size_t len, uint64_t count, uint64_
 }
 
 int
+weir_ffi_analytics(uint64_t id, int set, const char *client)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    return weir_conn_analytics(s, set, client);
+}
+
+int
 weir_ffi_intercept(uint64_t id, const char *needle)
 {
     weir_session_t *s = weir_map_get(id);
@@ -632,6 +646,17 @@ weir_ffi_budget_reset(void)
     weir_over = 0;
     weir_call_start_ns = weir_clock_ns();
     lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+}
+
+/* The call running now is one of weir's own services (an admin or key
+ * manager request, run or resumed): weir's code, which walks every
+ * connection or series of the host, not an operator's policy. It gets
+ * WEIR_SERVICE_BUDGET_MS, or ten policy budgets when that is more. */
+void
+weir_ffi_budget_service(void)
+{
+    uint64_t ms = WEIR_MAX((uint64_t) WEIR_SERVICE_BUDGET_MS, weir_lua_conf->limits.policy_budget_ms * 10);
+    weir_call_limit_ns = ms * 1000000ULL;
 }
 
 uint64_t

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "master.h"
 #include "registry.h"
+#include "stats.h"
 #include "shm.h"
 #include "weir.h"
 
@@ -460,7 +461,10 @@ main(int argc, char **argv)
     uint64_t share = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
     if (started && (weir_shm_init() != WEIR_OK || weir_limits_init(0, 0, conf->workers) != WEIR_OK
                     || weir_registry_init(conf->workers, (uint32_t) WEIR_MIN(share + 1, (uint64_t) UINT32_MAX))
-                       != WEIR_OK)) {
+                       != WEIR_OK
+                    || weir_stats_init(conf->workers, (uint32_t) conf->metrics.max_series,
+                                       (uint32_t) conf->metrics.max_applications,
+                                       (uint32_t) conf->metrics.max_usage_keys) != WEIR_OK)) {
         if (weir_log_file() != NULL) fprintf(stderr, "weir: cannot map shared memory (the log says why)\n");
         started = 0;
     }

@@ -26,6 +26,7 @@
 #include "log.h"
 #include "master.h"
 #include "registry.h"
+#include "stats.h"
 #include "weir.h"
 #include "worker.h"
 
@@ -250,6 +251,11 @@ weir_reload_restart_needs(const weir_conf_t *old, const weir_conf_t *nc, weir_re
                         os->redis_name ? os->redis_name : "(no redis)", ns->redis_name ? ns->redis_name : "(no redis)");
         needs++;
     }
+    if (memcmp(&old->metrics, &nc->metrics, sizeof(nc->metrics)) != 0) {
+        weir_log(WEIR_LOG_WARN, "reload: metrics sizes need a restart", NULL);
+        weir_report_add(r, "  needs a restart (not applied): metrics: the store is sized at start\n");
+        needs++;
+    }
     if (!weir_str_same(old->pid_file, nc->pid_file)) {
         weir_log(WEIR_LOG_WARN, "reload: a new pid_file needs a restart", NULL);
         weir_report_add(r, "  needs a restart (not applied): pid_file: %s -> %s\n",
@@ -398,6 +404,7 @@ weir_master_reload(weir_master_t *m, pid_t requester)
         weir_log_open(nc->log_file, nc->log_level);     /* the level; the same file */
     }
     nc->workers = conf->workers;
+    nc->metrics = conf->metrics;                /* the store keeps its size */
     weir_conf_swap_listen(nc, conf);
     weir_state_conf_t st = nc->state;           /* a worker started later keeps the running state too */
     nc->state = conf->state;
@@ -435,6 +442,7 @@ done:
         char result[16];
         size_t rl = nl ? (size_t) (nl - rep->out.buf) : rep->out.len;
         snprintf(result, sizeof(result), "%.*s", (int) WEIR_MIN(rl, sizeof(result) - 1), rep->out.buf);
+        if (nl != NULL) weir_stats_reload(result);
         if (nl != NULL) weir_registry_reloaded(result, nl + 1, rep->out.len - (size_t) (nl + 1 - rep->out.buf));
     }
     sd_notifyf(0, "READY=1\nSTATUS=serving with %d worker%s", m->running, m->running == 1 ? "" : "s");

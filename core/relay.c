@@ -19,17 +19,23 @@
  * it (delay). Its continuation frames always pass and their bytes are
  * charged as they come (what a bucket cannot take is owed and charged with
  * that direction's next message), so a message is never cut.
+ *
+ * A session weir serves itself (s->local: the dashboard's feed) has no
+ * backend leg: every message of its client goes to the frame hook, and
+ * its client's pings are answered here.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/ssl.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "limit.h"
 #include "limit_sync.h"
 #include "log.h"
 #include "session_int.h"
+#include "stats_session.h"
 
 static int  weir_relay_message(weir_leg_t *l);
 static void weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v);
@@ -55,6 +61,22 @@ weir_forwarding(weir_leg_t *l)
 {
     weir_leg_t *o = weir_other(l);
     return !l->discard && !l->close_rcvd && !o->done && !o->close_sent;
+}
+
+/* Is L the client of a session weir serves itself (no backend leg), and
+ * not closing? Out of line: proxied sessions never get here open. */
+static __attribute__((noinline, cold)) int
+weir_local_open(const weir_leg_t *l)
+{
+    return l->s->local && !l->discard && !l->close_rcvd && !l->close_sent;
+}
+
+/* May L's messages go to a frame hook? When forwarding, or in a session
+ * weir serves itself. */
+static inline int
+weir_hooked(weir_leg_t *l)
+{
+    return __builtin_expect(weir_forwarding(l), 1) || weir_local_open(l);
 }
 
 /*
@@ -372,6 +394,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                        && weir_ping_matches(l, pl)) {
                 l->ping_sent = 0;           /* the answer to weir's keep-alive */
                 fwd = 0;
+            } else if (h.opcode == WEIR_WS_PING && s->local) {
+                weir_leg_send_control(l, WEIR_WS_PONG, pl, n);     /* no backend to answer it */
             }
             if (fwd && !l->is_backend) {
                 uint8_t *mk = p + hl - 4;
@@ -425,7 +449,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
              * hook reads it where it is, and a pass forwards it in place */
@@ -442,7 +466,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             continue;
         }
         l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->throttled;
-        l->collect = (l->assemble || l->sniff) && weir_forwarding(l) && !l->throttled;
+        l->collect = (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled;
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;
@@ -501,6 +525,7 @@ frame_end:
     size_t left = (size_t) (end - p);
     if (left > 0) {
         /* an incomplete header or control frame: at most WEIR_STASH_SIZE by construction */
+        if (l->stash == NULL && (l->stash = malloc(WEIR_STASH_SIZE)) == NULL) abort();
         memmove(l->stash, p, left);
         l->nstash = (uint8_t) left;
     }
@@ -550,7 +575,7 @@ weir_relay_read(weir_leg_t *l)
         }
         uint8_t *buf = w->rbuf;
         size_t stashed = l->nstash;
-        memcpy(buf, l->stash, stashed);
+        if (stashed > 0) memcpy(buf, l->stash, stashed);
         ssize_t n = weir_leg_recv(l, buf + stashed, room);
         if (n == WEIR_AGAIN) return;
         if (n <= 0) {
@@ -558,7 +583,12 @@ weir_relay_read(weir_leg_t *l)
             return;
         }
         l->last_rx = uv_now(w->loop);
-        l->nstash = 0;
+        if (stashed > 0) {
+            /* idle connections hold no stash: it is made again at the next split */
+            free(l->stash);
+            l->stash = NULL;
+            l->nstash = 0;
+        }
         weir_relay_process(l, buf, stashed + (size_t) n);
         if (l->done) return;
         if (!o->done && o->out_len + 1024 > ceiling && weir_forwarding(l)) {
@@ -818,9 +848,11 @@ void
 weir_log_policy_failure(weir_session_t *s, const weir_verdict_t *v)
 {
     char e[512], pn[128], h[64];
+    weir_stats_policy_error(s, v->reason);
     weir_log(WEIR_LOG_ERROR, "policy failed", "\"conn\":\"%s\",\"policy\":\"%s\",\"hook\":%s,\"error\":\"%s\"",
              s->name, weir_log_str(pn, sizeof(pn), v->reason ? v->reason : "?"), weir_log_opt(h, sizeof(h), v->hook),
              weir_log_str(e, sizeof(e), v->payload ? v->payload : ""));
+    if (s->an) weir_analytics_policy_error(s, v);
 }
 
 /* Apply a frame hook's verdict on L's assembled message. */

@@ -24,10 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "analytics.h"
 #include "http.h"
 #include "log.h"
 #include "registry.h"
 #include "session_int.h"
+#include "stats_session.h"
 
 /* ---- a session's life --------------------------------------------------- */
 
@@ -155,7 +157,9 @@ weir_session_free(weir_session_t *s)
         if (w->listed != NULL) w->listed[s->reg] = NULL;
     }
 
+    weir_stats_end(s);
     if (weir_log_enabled(WEIR_LOG_INFO)) weir_session_log_access(s, &end);
+    if (s->an) weir_analytics_close(s, &end);
     if (s->has_ctx) {
         s->has_ctx = 0;
         w->policy->close(s, &end);
@@ -163,6 +167,7 @@ weir_session_free(weir_session_t *s)
     weir_leg_t *legs[2] = { &s->client, &s->backend };
     for (int i = 0; i < 2; i++) {
         free(legs[i]->msg);
+        free(legs[i]->stash);
         free(legs[i]->held);
         free(legs[i]->inject);
     }
@@ -326,6 +331,7 @@ weir_proxy_tick(weir_worker_t *w)
     for (weir_session_t *s = w->sessions, *next; s != NULL; s = next) {
         next = s->next;
         if (s->reg >= 0) weir_tick_listed(s, now, wall);
+        weir_stats_flush(s, wall);
         /* an admin request being answered (a reload: up to the master's 15 s) has a deadline of its own */
         uint64_t limit = s->service && s->state == WEIR_S_POLICY ? WEIR_SERVICE_TIMEOUT_MS : lim->handshake_timeout_ms;
         if (s->state < WEIR_S_OPEN && now - s->started >= limit) {
@@ -516,6 +522,7 @@ weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIE
             return WEIR_ERROR;
         }
     }
+    weir_stats_consumer(s);
     if (s->reg >= 0)
         weir_registry_consumer(s->w->id, s->reg, s->consumer[WEIR_CONSUMER_APPLICATION],
                                s->consumer[WEIR_CONSUMER_SUBSCRIBER], s->consumer[WEIR_CONSUMER_KEY_TYPE],

@@ -7,10 +7,12 @@
  *
  * A session is one allocation holding both legs. Each leg owns a socket (and
  * an SSL when it is TLS), a poll handle, a small stash for a frame header or
- * a control frame split across reads, and an output queue that exists only
- * while the peer is not keeping up. Reads go into the worker's one shared
+ * a control frame split across reads, and an output queue: the last two
+ * exist only while they hold bytes. Reads go into the worker's one shared
  * buffer, frames are validated and re-masked there in place, and the bytes
  * are written to the other leg with one write per read in the common case.
+ *
+ * stats_session.c reads a session's counters for the metrics (stats.h).
  *
  * The rooms call one way: leg.c calls no other room, relay.c calls leg.c,
  * service.c both, handshake.c those three, session.c all four; their
@@ -34,6 +36,15 @@
 #define WEIR_SERVICE_TIMEOUT_MS 60000    /* an admin or key-manager request's answer, at most */
 
 typedef struct weir_upstream_s weir_upstream_t;
+typedef struct weir_analytics_conn_s weir_analytics_conn_t;   /* analytics.c */
+
+/* A session's counters as last flushed into the metrics store, and its
+ * series (stats_session.c). */
+typedef struct {
+    uint64_t  messages[2], bytes[2], frames[2], over[2];   /* [0]: the client's ("in"), [1]: the backend's ("out") */
+    uint32_t  traffic;                 /* its traffic series (stats.h), 0: not resolved yet */
+    uint32_t  usage;                   /* its usage key, 0: not resolved yet */
+} weir_stats_snap_t;
 
 /* why a leg is not being read: bits, cleared independently */
 enum {
@@ -94,7 +105,7 @@ struct weir_leg_s {
     uint8_t         nstash;
     uint16_t        rcvd_code;          /* code of the close this peer sent, 0: none */
     uint32_t        utf8;               /* validator state of the current text message */
-    uint8_t         stash[WEIR_STASH_SIZE];
+    uint8_t        *stash;              /* WEIR_STASH_SIZE bytes while NSTASH > 0, else NULL */
 
     /* messages assembled for frame hooks, and input held while a hook waits */
     uint8_t        *msg;                /* the message's payload, unmasked */
@@ -157,11 +168,13 @@ struct weir_session_s {
     unsigned         ticket_req:1;      /* a POST <path>/ticket, answered without an upgrade */
     unsigned         admin:1;           /* accepted on the admin listener */
     unsigned         service:1;         /* a request to one of weir's services (service.c) */
+    unsigned         local:1;           /* a WebSocket weir serves itself (the dashboard's): no backend leg */
     int32_t          reg;               /* its slot in the host's registry, -1: none */
     char            *body;              /* a service request's body, BODY_WANT bytes when complete */
     size_t           body_len, body_want;
     weir_upstream_t *up;                /* policies' changes to the backend's request, until the 101 */
     weir_throttle_t *thr;               /* rate limits, NULL: none */
+    weir_analytics_conn_t *an;          /* analytics events (ctx:analytics), NULL: off */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
     char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;
@@ -180,6 +193,7 @@ struct weir_session_s {
     char             close_side;        /* 'c'lient, 'b'ackend, 'w'eir */
     char             peer[64];          /* client address "ip:port" */
     char             peer_ip[48];
+    weir_stats_snap_t st;               /* what the metrics got of its counters (stats_session.c) */
 };
 
 /* The other leg of L's session. */
@@ -380,7 +394,10 @@ void weir_service_request(weir_session_t *s, const weir_http_msg_t *m);
 /* More of the body of a service request can be read. */
 void weir_service_read_body(weir_session_t *s);
 
-/* Answer a service request with the engine's verdict V. */
+/* Answer a service request with the engine's verdict V: for a WebSocket
+ * weir serves itself (s->local), a pass completes the upgrade and opens a
+ * session with no backend leg, whose client messages go to the engine's
+ * frame call and which the engine writes to with weir_conn_send. */
 void weir_service_answer(weir_session_t *s, const weir_verdict_t *v);
 
 /* ---- handshake.c ----------------------------------------------------------- */

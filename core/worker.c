@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "analytics.h"
 #include "bus.h"
 #include "ctl.h"
 #include "limit.h"
@@ -21,6 +22,7 @@
 #include "lua_bridge.h"
 #include "proxy.h"
 #include "registry.h"
+#include "stats.h"
 #include "tls.h"
 #include "worker.h"
 #include "ws.h"
@@ -222,7 +224,8 @@ weir_worker_hup_cb(uv_signal_t *sig, int signum)
     if (!w->draining) weir_worker_reload(w);
 }
 
-/* SIGUSR1 (sent by the master): open the log file again (logrotate). */
+/* SIGUSR1 (sent by the master): open the log file and the analytics files
+ * again (logrotate). */
 static uv_signal_t weir_sig_usr1;
 
 /* SIGUSR2 (sent by the master, for weir -s drain): drain as on SIGTERM, the
@@ -235,6 +238,7 @@ weir_worker_usr1_cb(uv_signal_t *sig, int signum)
     WEIR_UNUSED(sig);
     WEIR_UNUSED(signum);
     weir_log_reopen();
+    weir_lua_event("reopen");            /* the analytics file sinks */
 }
 
 static void
@@ -257,6 +261,7 @@ weir_worker_cleanup(weir_worker_t *w)
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     uv_loop_close(w->loop);
+    weir_analytics_cleanup();
     weir_lua_cleanup();
     weir_bus_cleanup();
     free(w->listed);
@@ -320,9 +325,11 @@ weir_worker_run(weir_conf_t *conf, int id)
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 
     weir_registry_attach(id);
+    weir_stats_attach(id);
     weir_bus_init(w);                   /* before the runtime starts: it asks which worker this is */
     if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
     weir_proxy_init(w, &weir_lua_policy);
+    weir_analytics_init(&loop, weir_lua_event);
     if (weir_sync_init(&loop, conf) != WEIR_OK) return 1;
 
     uv_timer_init(&loop, &weir_accept_retry);

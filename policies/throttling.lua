@@ -37,7 +37,7 @@ local weir = require "weir"
 local limits = require "weir.limits"
 
 local type, ipairs, tostring = type, ipairs, tostring
-local gmatch, match, format = string.gmatch, string.match, string.format
+local format = string.format
 local weir_error = weir.error
 
 local LEVELS = { "subscription", "application", "api", "connection" }
@@ -64,14 +64,7 @@ local _M = {
         { name = "anonymous_tier", type = "string",
           description = "the tier of a connection without a consumer, keyed by its address (default: no limit)" },
         { name = "trusted_proxies", type = "list", default = {}, elements = { type = "string" },
-          check = function(v)
-              for _, a in ipairs(v) do
-                  if not (match(a, "^%d+%.%d+%.%d+%.%d+$") or match(a, "^[%x:.]*:[%x:.]*$")) then
-                      return format("expected IPv4 or IPv6 addresses (no names, no ranges), got %q", a)
-                  end
-              end
-              return true
-          end,
+          check = weir.check_addresses,
           description = "addresses of proxies whose X-Forwarded-For names the client (exact addresses)" },
         { name = "max_connections", type = "record", default = {},
           description = "connections open at once per scope (each optional)",
@@ -103,21 +96,6 @@ function _M.init(conf)
     conf.trusted = {}
     for _, a in ipairs(conf.trusted_proxies) do conf.trusted[a] = true end
     return conf
-end
-
--- The client's address: the peer's, or, from a trusted proxy, the last
--- X-Forwarded-For entry that is not a trusted proxy itself.
-local function client_address(ctx, conf)
-    local ip = ctx.request.client_ip
-    if not conf.trusted[ip] then return ip end
-    local xff = ctx.request.headers["x-forwarded-for"]
-    if not xff then return ip end
-    local list = {}
-    for a in gmatch(xff, "[^,%s]+") do list[#list + 1] = a end
-    for i = #list, 1, -1 do
-        if not conf.trusted[list[i]] then return list[i] end
-    end
-    return ip
 end
 
 local function tier_of(name)
@@ -179,7 +157,7 @@ end
 
 function _M.on_handshake(ctx, conf)
     local c = ctx.consumer
-    local addr = client_address(ctx, conf)
+    local addr = ctx:client_address(conf.trusted)
     local ok, verdict = count_connection(ctx, conf, c, addr)
     if not ok then return verdict end
 

@@ -130,6 +130,20 @@ function methods:hide_subprotocol(p)
     self.backend.hidden_protocols[p] = true
 end
 
+--- The client's address, resolved as the gateway does (`weir.ctx.client_address`).
+function methods:client_address(trusted)
+    return ctxmod.client_address(self.request, trusted)
+end
+
+--- Record that analytics was turned on: `ctx.analytics_on = { sinks =, client = }`.
+function methods:analytics(opts)
+    if type(opts) ~= "table" or type(opts.sinks) ~= "table" then
+        error("ctx:analytics{ sinks = ..., client = ... }: sinks is required", 2)
+    end
+    self.analytics_on = { sinks = opts.sinks, client = opts.client }
+    return true
+end
+
 --- Record an interceptor: `ctx.intercepts[msg_type] = fn` (call it yourself:
 -- fn(ctx, payload)).
 function methods:intercept(msg_type, fn)

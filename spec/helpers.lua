@@ -1567,6 +1567,21 @@ math.randomseed(os.time() + unistd.getpid())
 
 --- The next data message on WS (a helpers.ws_connect client), within 10 s:
 -- returns its payload and the message; fails the spec naming what came instead.
+--- Send each text of MSGS on the raw client WS and return the echoes, in
+-- order; messages dropped over a rate limit get no echo (their
+-- /problems/throttled notices are left out): a ping sent after them tells
+-- when every echo that will come has come.
+function helpers.exchange(ws, msgs)
+    local got = {}
+    for _, m in ipairs(msgs) do assert(ws:send_text(m)) end
+    assert(ws:ping("done"))
+    while true do
+        local f = assert(ws:recv_frame(10))
+        if f.opcode == 10 and f.payload == "done" then return got end
+        if f.opcode == 1 and not f.payload:find("/problems/throttled", 1, true) then got[#got + 1] = f.payload end
+    end
+end
+
 function helpers.recv_payload(ws)
     local m, err, close = ws:recv_message(10)
     assert(m, "no message (" .. tostring(err) .. (close and (" " .. tostring(close.code)) or "") .. ")")

@@ -149,7 +149,7 @@ local function fail(status, problem, message, extra)
     return status, weir.error_json(problem, status, message), JSON_HEADERS .. (extra or "")
 end
 
-_M.array, _M.obj, _M.json, _M.answer, _M.fail = array, obj, json, answer, fail
+_M.array, _M.obj, _M.json, _M.answer, _M.fail, _M.raw = array, obj, json, answer, fail, raw
 
 ------------------------------------------------------------------------------
 -- Requests: the query, the JSON body
@@ -232,6 +232,8 @@ local function each_conn(fn)
     end
 end
 
+_M.each_conn = each_conn
+
 local cluster = require "weir.cluster"
 
 -- A connection's id: "w0-17", and "w0-17@HOST" when hosts share a Redis.
@@ -254,6 +256,9 @@ local function describe(c)
                "frames_in", tonumber(c.frames_in), "bytes_in", tonumber(c.bytes_in),
                "frames_out", tonumber(c.frames_out), "bytes_out", tonumber(c.bytes_out))
 end
+
+-- what the dashboard's feed reads (weir.dashboard)
+_M.describe, _M.str, _M.iso = describe, str, iso
 
 local FILTERS = { api = "api", version = "version", application = "application", subscriber = "subscriber",
                   client = "peer_ip", key_type = "key_type", tier = "tier" }
@@ -726,6 +731,20 @@ end
 function _M.extend(add) add(route) end
 
 local dispatch
+local extended
+
+--- Add the other modules' routes (the key manager's, the metrics' and
+-- usage's, the dashboard's). The
+-- runtime calls it when it loads a configuration with an admin listener,
+-- outside any policy budget: a first request that paid for loading them
+-- could run out of budget, and a module whose load failed stays failed.
+function _M.extend_all()
+    if extended then return end
+    extended = true
+    require "weir.keymanager"         -- adds its routes
+    require("weir.stats").routes(route, _M)    -- /metrics, /usage
+    require("weir.dashboard").routes(route)
+end
 
 --- Answer the admin request REQ (core/service.c checked its token): its
 -- status, body and header lines, which name the worker that answered
@@ -735,13 +754,8 @@ function _M.handle(req)
     return status, body, (headers or JSON_HEADERS) .. "Weir-Worker: " .. C.weir_ffi_worker() .. "\r\n"
 end
 
-local extended
-
 dispatch = function(req)
-    if not extended then
-        extended = true
-        require "weir.keymanager"         -- adds its routes
-    end
+    _M.extend_all()
     local path, args = _M.split_target(req.target)
     if #path > 1 and path:sub(-1) == "/" then path = path:sub(1, -2) end
     local allowed = {}

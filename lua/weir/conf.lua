@@ -1194,6 +1194,28 @@ _M.schema = record({
           description = "while draining, close this many connections a second (shared among the workers, "
                         .. "with jitter), so that clients do not all reconnect at once (0: all at once)" },
       } },
+    { name = "metrics", type = "record", default = {},
+      description = "bounds of the Prometheus metrics and the usage store (docs/analytics.md, Metrics and usage); "
+                    .. "the sizes are read at start: a reload does not change them",
+      fields = {
+        { name = "max_applications", type = "integer", default = 50, min = 0, max = 10000,
+          description = "applications with a label of their own in the metrics, the first ones the host "
+                        .. "sees; later ones are counted as application=\"other\"" },
+        { name = "max_series", type = "integer", default = 4096, min = 64, max = 1048576,
+          description = "metric series each worker keeps (labels combined); counts past them are dropped "
+                        .. "and counted in weir_metrics_dropped_total" },
+        { name = "max_usage_keys", type = "integer", default = 1000, min = 1, max = 100000,
+          description = "(api, version, application, subscriber) keys of the usage store each worker "
+                        .. "keeps (about 8 KiB each); later ones are counted under one \"other\" key" },
+        { name = "usage_stream", type = "string",
+          check = function(v)
+              if #v > 1024 then return "expected a stream key of at most 1024 bytes, got " .. #v end
+              return true
+          end,
+          description = "the Redis stream (state.redis) an analytics policy's redis sink writes, which "
+                        .. "GET /usage?scope=cluster reads; needs state.redis (default: none: usage is "
+                        .. "per host only)" },
+      } },
     { name = "tiers", type = "map", default = {},
       description = "throttling tiers by name, for the throttling policy: "
                     .. '{ Gold = { limits = { { frames = 1000, per = "minute" } }, action = "drop" } }',
@@ -1431,6 +1453,11 @@ function _M.parse(src, file, opts)
     local conf = validate(_M.schema, value, { path = "" }, ctx)
     if #ctx.errors > 0 then return nil, format_errors(file, ctx.errors) end
     check_priority_ties(conf, ctx)
+    if conf.metrics and conf.metrics.usage_stream and not (conf.state and conf.state.redis) then
+        report(ctx, child(child({ path = "" }, "metrics"), "usage_stream"),
+               "needs state.redis (the Redis the stream is in)")
+        return nil, format_errors(file, ctx.errors)
+    end
     if conf.key_manager then
         local root = { path = "" }
         if not conf.state_dir and not (conf.state and conf.state.redis) then

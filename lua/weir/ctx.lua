@@ -458,6 +458,59 @@ function CTX:limit(key, spec, action, action_out, on_redis_down)
     return true
 end
 
+--- The client's address in REQ (a ctx.request): the peer's, or, when the
+-- peer is one of the proxies in TRUSTED (a set: address → true), the last
+-- `X-Forwarded-For` entry that is not a trusted proxy itself (what the
+-- throttling and analytics policies key and report by).
+-- @usage local addr = ctxmod.client_address(ctx.request, { ["10.0.0.2"] = true })
+function _M.client_address(req, trusted)
+    local ip = req.client_ip
+    if not trusted or not trusted[ip] then return ip end
+    local xff = req.headers["x-forwarded-for"]
+    if not xff then return ip end
+    local list = {}
+    for a in gmatch(xff, "[^,%s]+") do list[#list + 1] = a end
+    for i = #list, 1, -1 do
+        if not trusted[list[i]] then return list[i] end
+    end
+    return ip
+end
+
+--- The client's address: the peer's, or, from one of the proxies TRUSTED
+-- (a set: address → true), what its `X-Forwarded-For` says (see
+-- `weir.ctx.client_address`).
+-- @usage local addr = ctx:client_address(conf.trusted)
+function CTX:client_address(trusted)
+    return _M.client_address(self.request, trusted)
+end
+
+ffi.cdef [[
+    int weir_ffi_analytics(uint64_t id, int set, const char *client);
+]]
+
+--- Turn on the analytics events of this connection (docs/analytics.md):
+-- from now on the core reports its connect, messages, throttling, auth
+-- failure, policy errors and close to the sinks SINKS (an `analytics`
+-- policy's `sinks`), in batches, with no Lua call per message. CLIENT is
+-- the client's address to report (nil: the peer's).
+-- @tparam table opts `{ sinks = conf.sinks, client = addr }`
+-- @treturn boolean true, or nil and what is wrong
+-- @usage ctx:analytics{ sinks = conf.sinks, client = ctx:client_address(conf._trusted) }
+function CTX:analytics(opts)
+    if type(opts) ~= "table" or type(opts.sinks) ~= "table" then
+        error("ctx:analytics{ sinks = ..., client = ... }: sinks is required", 2)
+    end
+    if opts.client ~= nil and type(opts.client) ~= "string" then
+        error("ctx:analytics: client must be a string", 2)
+    end
+    if rawget(self, "_closed") then return nil, "closed" end
+    if not C then return nil, "no core" end
+    local set, err = require("weir.analytics").set_of(opts.sinks)
+    if not set then return nil, err end
+    if C.weir_ffi_analytics(self._h, set, opts.client) ~= 0 then return nil, "the connection is gone" end
+    return true
+end
+
 --- A new ctx (called by the runtime when a connection reaches a chain):
 -- H is the core's handle for it, ID its name.
 function _M.new(h, id, api, version, context, head, client_ip, client_port, tls)

@@ -124,6 +124,19 @@ function _M.random_bytes(n)
     return ffi.string(buf, n)
 end
 
+--- A schema `check` for a list of exact IP addresses (a policy's
+-- `trusted_proxies`): true, or what is wrong.
+-- @usage { name = "trusted_proxies", type = "list", elements = { type = "string" }, check = weir.check_addresses }
+function _M.check_addresses(v)
+    for i = 1, #v do
+        local a = v[i]
+        if not (a:match("^%d+%.%d+%.%d+%.%d+$") or a:match("^[%x:.]*:[%x:.]*$")) then
+            return format("expected IPv4 or IPv6 addresses (no names, no ranges), got %q", a)
+        end
+    end
+    return true
+end
+
 --- Read a whole file, for a policy's `init` (a keys file, a word list),
 -- which runs when the configuration is loaded or reloaded. Hooks may not
 -- call it: it would block the worker.

@@ -27,7 +27,7 @@ local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 6   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 7   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
@@ -40,7 +40,9 @@ ffi.cdef [[
                           const char *tier);
     void weir_ffi_timer(double ms);
     void weir_ffi_policy_failed(void);
+    void weir_stats_policy_failed(const char *policy);
     void weir_ffi_budget_reset(void);
+    void weir_ffi_budget_service(void);
     uint64_t weir_ffi_http(const char *method, const char *url, const char *headers,
                            const char *body, size_t blen, double timeout_ms, int verify,
                            const char *ca, char *err, size_t errlen);
@@ -76,6 +78,7 @@ local function req_owner(ctx) return ctx.service == "admin" and "admin-api" or "
 local function on_fail_open(entry, err, hook, ctx)
     ctx = ctx or current
     C.weir_ffi_policy_failed()
+    C.weir_stats_policy_failed(entry.name)
     log(2, "policy failed (fail_open: passing)", ctx and ctx.id, entry.name, nil, "hook", hook, "error", err)
 end
 
@@ -299,8 +302,10 @@ function _M.load(file, cpus)
     chains = build(conf)
     _M.conf = conf                -- the admin API describes it
     require("weir.cluster").start()
+    if conf.admin then require("weir.admin").extend_all() end     -- loaded now: not in a request's budget
     if conf.key_manager then require("weir.keymanager").start() end
     require("weir.limits").tiers = conf.tiers     -- the throttling policy reads them by name
+    require("weir.analytics").loaded(conf)
     local masks = {}
     for k, c in pairs(chains) do masks[k] = c.mask end
     -- open connections use the new chains from their next event, and are
@@ -327,6 +332,7 @@ function _M.recheck(ctx)
             ctx.policy = nil
             current = nil
             if not ok then
+                C.weir_stats_policy_failed(e.name)
                 log(3, "policy failed", ctx.id, e.name, nil, "hook", "recheck", "error", tostring(v))
             elseif weir.is_error(v) then
                 -- closed from a timer: never from inside the core's reload
@@ -370,9 +376,11 @@ function _M.recheck_local()
     end)
 end
 
---- An event from the core: "recheck" (another worker asks).
+--- An event from the core: "recheck" (another worker asks); "analytics",
+-- "analytics-final", "reopen" (SIGUSR1): for weir.analytics.
 function _M.event(name)
-    if name == "recheck" then _M.recheck_local() end
+    if name == "recheck" then _M.recheck_local()
+    elseif name == "analytics" or name == "analytics-final" or name == "reopen" then require("weir.analytics").event(name) end
 end
 
 ------------------------------------------------------------------------------
@@ -461,6 +469,7 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
         elseif ok then log(2, "on_close may not wait: its wait was abandoned", ctx.id, ctx.policy or "?")
         else
             C.weir_ffi_policy_failed()
+            C.weir_stats_policy_failed(ctx.policy)
             log(3, "policy failed", ctx.id, ctx.policy or "?", nil, "hook", "on_close", "error", tostring(tag))
         end
     end
@@ -477,6 +486,7 @@ local function request_body(ctx, req)
     else handler = require("weir.keymanager").handle end
     local ok, status, body, headers = pcall(handler, req)
     if not ok then return DONE, "fail", tostring(status) end
+    if status == "upgrade" then body(ctx) end     -- a WebSocket weir serves: BODY takes its ctx
     return DONE, status, body, headers
 end
 
@@ -495,6 +505,7 @@ function _M.settle_request(co, ctx, ok, tag, status, body, headers)
         C.weir_ffi_policy_failed()
         return OK, FAIL, req_owner(ctx), body, "request"
     end
+    if status == "upgrade" then return OK, PASS, 0 end
     return OK, RESPOND, body or "", status or 500, headers
 end
 
@@ -509,6 +520,7 @@ function _M.request(id, name, service, method, target, head, body, ip, port, tls
                   ip = ip, port = port, tls = tls ~= 0, id = name }
     local co = create(request_body)
     current = ctx
+    C.weir_ffi_budget_service()
     return _M.settle_request(co, ctx, resume(co, ctx, req))
 end
 
@@ -538,6 +550,7 @@ function _M.io_done(token, ...)
     waiting[co], timer_of[co] = nil, nil
     if w.ctx._io then w.ctx._io[token] = nil end
     current = w.ctx
+    if w.hook == "on_request" then C.weir_ffi_budget_service() end
     local ok, tag, kind, a, b = resume(co, ...)
     current = nil
     if w.fn then return timer_settled(co, w, ok, tag) end
@@ -635,6 +648,7 @@ timer_settled = function(co, t, ok, tag)
         timer_of[co] = t
     elseif not ok then
         C.weir_ffi_policy_failed()
+        C.weir_stats_policy_failed(t.policy)
         log(3, "timer failed", t.ctx.id, t.policy or "?", nil, "error", tostring(tag))
     end
     return 0

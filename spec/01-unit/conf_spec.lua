@@ -253,6 +253,20 @@ return {
             assert_error(errs, file, 6, "apis[1].versions[1].version: expected a string, got 1 (a number: write it in quotes)")
         end)
 
+        it("metrics.usage_stream that is not a string, empty, or without state.redis", function()
+            local errs, file = errors_of(edit("return {\n", "return {\n  metrics = { usage_stream = 5 },\n"))
+            assert.same({ file .. ":2: metrics.usage_stream: expected a string, got 5 (a number: write it in quotes)" }, errs)
+            errs, file = errors_of(edit("return {\n", 'return {\n  metrics = { usage_stream = "" },\n'))
+            assert.equal(1, #errs)
+            assert.truthy(errs[1]:find(file .. ":2: metrics.usage_stream: ", 1, true), errs[1])
+            errs, file = errors_of(edit("return {\n", 'return {\n  metrics = {\n    usage_stream = "weir:events" },\n'))
+            assert.same({ file .. ":3: metrics.usage_stream: needs state.redis (the Redis the stream is in)" }, errs)
+            local c = assert(load(edit("return {\n", 'return {\n  metrics = { usage_stream = "weir:events" },\n'
+                                                    .. '  state = { redis = "redis://127.0.0.1:6379" },\n')))
+            assert.equal("weir:events", c.metrics.usage_stream)
+            assert.is_nil(assert(load(MINIMAL)).metrics.usage_stream)
+        end)
+
         it("a URL that is not ws:// or wss://", function()
             local errs, file = errors_of(edit("ws://127.0.0.1:9000", "http://x"))
             assert.same({ file .. ':5: apis[1].versions[1].endpoints.production: expected a ws:// or wss:// URL, got "http://x"' }, errs)

@@ -359,3 +359,43 @@ print(r.read().decode())
         assert.is_true(res == nil or res.status ~= 200)
     end)
 end)
+
+describe("the admin API under a tight policy budget", function()
+    teardown(helpers.cleanup)
+
+    -- weir's own services walk the whole host: they get a budget of their own
+    -- (2 s, or ten policy budgets), not limits.policy_budget
+    it("lists 1,000 connections with limits.policy_budget = 1ms", function()
+        local be = helpers.start_backend("echo")
+        local dir = helpers.tmpdir()
+        helpers.write_file(dir .. "/admin.token", TOKEN .. "\n")
+        local admin_port = helpers.free_port()
+        local keys = helpers.write_file(dir .. "/keys.txt", "sha256:" .. helpers.sha256(KEY_A) .. "  application=AppA subscriber=alice\n")
+        local gw = helpers.start_weir({
+            workers = 1,
+            limits = { policy_budget = "1ms" },
+            admin = { port = admin_port, token_file = dir .. "/admin.token" },
+            apis = {
+                helpers.api("Echo", "/echo", be),
+                -- a chain with hooks: the budget is enforced from then on
+                helpers.policy_api("Keyed", "/keyed", be, { { "key-auth", { keys_file = keys, header = "X-API-Key" } } }),
+            },
+        })
+        helpers.wait_port(admin_port)
+        local many = helpers.start_many_ws({ mode = "hold", url = gw:url("/echo"), count = 1000 })
+        local ev = many:wait_event("open", 1, 60)
+        assert.equal(1000, ev.open)
+        local res
+        helpers.wait_until(function()
+            res = assert(helpers.http_request(admin_port, { path = "/connections?limit=1000",
+                headers = { { "Authorization", "Bearer " .. TOKEN } }, timeout = 20 }))
+            local j = res.status == 200 and cjson.decode(res.body)
+            return j and j.total == 1000 or res.status ~= 200
+        end, 20, "every connection listed")
+        -- a walk and 1,000 described connections: many times a 1 ms budget
+        assert.equal(200, res.status, res.body)
+        assert.equal(1000, #cjson.decode(res.body).connections)
+        many:signal("USR2")
+        many:wait_exit(20)
+    end)
+end)

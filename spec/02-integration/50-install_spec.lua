@@ -44,12 +44,13 @@ return { name = "spec-installed", priority = 11, on_handshake = function() end }
     end)
     teardown(helpers.cleanup)
 
-    it("installs the binary, the Lua runtime, the stock policies, the docs, the man page and the state directory", function()
+    it("installs the binary, the Lua runtime, the stock policies, the dashboard, the docs, the man page and the state directory", function()
         for _, f in ipairs({ "/sbin/weir", "/share/weir/lua/weir/conf.lua", "/share/weir/lua/weir/runtime.lua",
                              "/share/weir/policies/key-auth.lua", "/share/weir/policies/jwt.lua",
                              "/share/doc/weir/configuration.md", "/share/doc/weir/operating.md",
                              "/share/doc/weir/policies/key-auth.md", "/share/man/man8/weir.8",
-                             "/share/weir/weir.conf.lua" }) do
+                             "/share/weir/weir.conf.lua", "/share/weir/dashboard/index.html",
+                             "/share/weir/dashboard/dashboard.js", "/share/weir/dashboard/dashboard.css" }) do
             assert.is_true(exists(prefix .. f), f .. " was not installed")
         end
         assert.is_true(is_dir(stage .. "/var/lib/weir"), "no state directory")
