@@ -1114,6 +1114,7 @@ weir_conf_free(weir_conf_t *conf)
         free(conf->listen[i].address);
         free(conf->listen[i].tls_cert);
         free(conf->listen[i].tls_key);
+        free(conf->listen[i].fds);
     }
     free(conf->listen);
     for (i = 0; conf->warnings != NULL && i < conf->nwarnings; i++) {

@@ -57,7 +57,12 @@ typedef struct {
     uint16_t         port;
     char            *tls_cert;             /* PEM chain; NULL for ws:// */
     char            *tls_key;
-    int              fd;                   /* opened by the master, -1 before */
+    int              fd;                   /* the socket this process accepts on: a worker's own
+                                              (fds[worker]), the master's first; -1 before */
+    int             *fds;                  /* one socket per worker, bound to the same address with
+                                              SO_REUSEPORT by the master (the kernel spreads the
+                                              connections over them); NULL before */
+    int              nfds;
     int              admin;                /* the admin API's listener (admin.*), always the last */
 } weir_listen_t;
 

@@ -128,10 +128,10 @@ weir_writable(const char *path, char *why, size_t len)
     return why;
 }
 
-/* Open listener L: a non-blocking socket bound and listening. Returns the
- * fd, or -1 with ERR saying why. */
+/* Open listener L: a non-blocking socket bound and listening, with
+ * SO_REUSEPORT when REUSEPORT. Returns the fd, or -1 with ERR saying why. */
 static int
-weir_listen_open(const weir_listen_t *l, char *err, size_t len)
+weir_listen_open(const weir_listen_t *l, int reuseport, char *err, size_t len)
 {
     struct sockaddr_storage ss;
     socklen_t slen;
@@ -154,6 +154,12 @@ weir_listen_open(const weir_listen_t *l, char *err, size_t len)
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) goto failed;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        goto failed;
+    }
     if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *) &ss, slen) < 0 || listen(fd, 4096) < 0) {
         int e = errno;
@@ -192,7 +198,7 @@ weir_check_start(const weir_conf_t *conf, int strict)
         errors += strict;
     }
     for (size_t i = 0; strict && i < conf->nlisten; i++) {
-        int fd = weir_listen_open(&conf->listen[i], why, sizeof(why));
+        int fd = weir_listen_open(&conf->listen[i], 0, why, sizeof(why));
         if (fd >= 0) {
             close(fd);
             continue;
@@ -206,6 +212,35 @@ weir_check_start(const weir_conf_t *conf, int strict)
 
 /* ---- starting ---------------------------------------------------------- */
 
+/*
+ * Listener L's sockets, one per worker, all bound with SO_REUSEPORT: the
+ * kernel spreads new connections evenly over them, where workers sharing
+ * one socket would race for each (the one whose loop wakes first takes
+ * most). A socket outlives a worker that dies (the master holds it): what
+ * arrives meanwhile waits for its successor. The address is first bound
+ * alone, without SO_REUSEPORT, so that a port already taken (by another
+ * weir too, which would otherwise share it silently) fails the start.
+ * Returns WEIR_OK, or WEIR_ERROR with ERR.
+ */
+static int
+weir_listen_open_all(weir_listen_t *l, int workers, char *err, size_t len)
+{
+    int probe = weir_listen_open(l, 0, err, len);
+    if (probe < 0) return WEIR_ERROR;
+    close(probe);
+    l->fds = malloc((size_t) workers * sizeof(int));
+    if (l->fds == NULL) {
+        snprintf(err, len, "out of memory");
+        return WEIR_ERROR;
+    }
+    for (l->nfds = 0; l->nfds < workers; l->nfds++) {
+        l->fds[l->nfds] = weir_listen_open(l, 1, err, len);
+        if (l->fds[l->nfds] < 0) return WEIR_ERROR;
+    }
+    l->fd = l->fds[0];
+    return WEIR_OK;
+}
+
 /* Open every listener; on failure log it, say it on stderr and return WEIR_ERROR. */
 static int
 weir_open_listeners(weir_conf_t *conf)
@@ -214,8 +249,7 @@ weir_open_listeners(weir_conf_t *conf)
 
     for (size_t i = 0; i < conf->nlisten; i++) {
         weir_listen_t *l = &conf->listen[i];
-        l->fd = weir_listen_open(l, err, sizeof(err));
-        if (l->fd < 0) {
+        if (weir_listen_open_all(l, conf->workers, err, sizeof(err)) != WEIR_OK) {
             char a[128], e[512];
             weir_log(WEIR_LOG_ERROR, "cannot listen", "\"address\":\"%s\",\"port\":%u,\"error\":\"%s\"",
                      weir_log_str(a, sizeof(a), l->address), l->port, weir_log_str(e, sizeof(e), err));

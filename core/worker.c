@@ -309,6 +309,14 @@ weir_worker_run(weir_conf_t *conf, int id)
 
     for (size_t i = 0; i < conf->nlisten; i++) {
         weir_listen_t *ls = &conf->listen[i];
+        /* this worker's own socket; the others' are closed here (the master
+         * holds them for their workers) */
+        if (ls->nfds > 0) {
+            for (int k = 0; k < ls->nfds; k++)
+                if (k != id % ls->nfds) close(ls->fds[k]);
+            ls->fd = ls->fds[id % ls->nfds];
+            ls->nfds = 0;
+        }
         if (ls->tls_cert && (w->listen_tls[i] = weir_tls_server_ctx(ls->tls_cert, ls->tls_key)) == NULL)
             return 1;
         uv_poll_init(&loop, &w->listeners[i], ls->fd);
