@@ -1,7 +1,7 @@
 -- Workers and their listeners: every worker accepts on a socket of its own
 -- (SO_REUSEPORT), so the kernel spreads connections over them; a port that
--- is taken, by another weir too, still fails the start (docs/operating.md,
--- "Workers").
+-- is taken, by another weir too, still fails the start (docs/architecture.md,
+-- "Processes").
 local helpers = require "helpers"
 
 -- The workers of GW's access records: { ["w0"] = count, ["w1"] = count }.
