@@ -55,7 +55,7 @@ weir_ffi_consumer(uint64_t id, const char *application, const char *subscriber, 
 void weir_ffi_timer(double ms) { (void) ms; }
 void weir_ffi_policy_failed(void) { fprintf(stderr, "policy failed\n"); }
 void weir_ffi_budget_reset(void) {}
-void weir_ffi_budget_service(void) {}
+void weir_ffi_budget_service(int on) { (void) on; }
 
 uint64_t
 weir_ffi_http(const char *method, const char *url, const char *headers, const char *body, size_t blen,

@@ -198,6 +198,9 @@ weir_leg_flush(weir_leg_t *l)
     weir_leg_t *o = weir_other(l);
     if ((o->paused & WEIR_PAUSE_PEER_FULL) && l->out_len <= weir_limits(l->s)->buffer_size / 2)
         weir_leg_resume(o, WEIR_PAUSE_PEER_FULL);
+    /* a page of weir's own feed (no other leg) waits on its own queue */
+    if (l->s->local && (l->paused & WEIR_PAUSE_PEER_FULL) && l->out_len <= weir_limits(l->s)->buffer_size / 2)
+        weir_leg_resume(l, WEIR_PAUSE_PEER_FULL);
     if (l->finish && l->out_len == 0) weir_leg_shutdown(l);
     weir_leg_update(l);
 }

@@ -648,14 +648,17 @@ weir_ffi_budget_reset(void)
     lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
 }
 
-/* The call running now is one of weir's own services (an admin or key
- * manager request, run or resumed): weir's code, which walks every
- * connection or series of the host, not an operator's policy. It gets
- * WEIR_SERVICE_BUDGET_MS, or ten policy budgets when that is more. */
+/* ON 1: what runs now in this call is one of weir's own services (an admin
+ * or key manager request, run or resumed; a dashboard snapshot): weir's
+ * code, which walks every connection or series of the host, not an
+ * operator's policy. It gets WEIR_SERVICE_BUDGET_MS, or ten policy budgets
+ * when that is more. ON 0: back to limits.policy_budget (for the timers
+ * that follow a snapshot in the same call). */
 void
-weir_ffi_budget_service(void)
+weir_ffi_budget_service(int on)
 {
-    uint64_t ms = WEIR_MAX((uint64_t) WEIR_SERVICE_BUDGET_MS, weir_lua_conf->limits.policy_budget_ms * 10);
+    uint64_t ms = on ? WEIR_MAX((uint64_t) WEIR_SERVICE_BUDGET_MS, weir_lua_conf->limits.policy_budget_ms * 10)
+                     : weir_lua_conf->limits.policy_budget_ms;
     weir_call_limit_ns = ms * 1000000ULL;
 }
 

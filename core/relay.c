@@ -394,7 +394,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                        && weir_ping_matches(l, pl)) {
                 l->ping_sent = 0;           /* the answer to weir's keep-alive */
                 fwd = 0;
-            } else if (h.opcode == WEIR_WS_PING && s->local) {
+            } else if (h.opcode == WEIR_WS_PING && s->local && !l->close_sent) {
                 weir_leg_send_control(l, WEIR_WS_PONG, pl, n);     /* no backend to answer it */
             }
             if (fwd && !l->is_backend) {
@@ -572,6 +572,11 @@ weir_relay_read(weir_leg_t *l)
                 return;
             }
             room = WEIR_MIN(room, ceiling - o->out_len);
+        } else if (s->local && l->out_len + l->inject_len + 1024 > ceiling) {
+            /* weir's own answers to a page that does not read them: no more
+             * requests are read until its queue drains (weir_leg_flush) */
+            weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
+            return;
         }
         uint8_t *buf = w->rbuf;
         size_t stashed = l->nstash;

@@ -352,7 +352,8 @@ weir_proxy_tick(weir_worker_t *w)
         }
         weir_tick_leg(&s->client, now);
         weir_tick_leg(&s->backend, now);
-        if (s->state == WEIR_S_OPEN && lim->idle_timeout_ms && now - s->last_data >= lim->idle_timeout_ms
+        /* a dashboard feed is idle by nature (the page only watches): keep-alive finds a dead one */
+        if (s->state == WEIR_S_OPEN && lim->idle_timeout_ms && !s->local && now - s->last_data >= lim->idle_timeout_ms
             && !s->client.close_sent && !s->client.close_rcvd && !s->client.fail_code && !s->client.done) {
             weir_note_close(s, 1001, 'w');
             weir_leg_send_close(&s->client, 1001, "idle timeout", "/problems/idle-timeout");
@@ -411,6 +412,13 @@ void
 weir_proxy_reloaded(weir_worker_t *w, weir_conf_t *conf)
 {
     for (weir_session_t *s = w->sessions; s != NULL; s = s->next) {
+        if (s->local && s->state == WEIR_S_OPEN && !s->client.close_sent && !s->client.close_rcvd
+            && (!conf->admin.on || memcmp(s->conf->admin.token_hash, conf->admin.token_hash, 32) != 0)) {
+            /* a dashboard feed authorised by an admin token the reload replaced */
+            weir_note_close(s, 1008, 'w');
+            weir_leg_send_close(&s->client, 1008, "admin token changed", "/problems/unauthorized");
+            continue;
+        }
         if (s->route.version == NULL || s->state == WEIR_S_CLOSED) continue;
         weir_version_t *v = weir_find_version(conf, s->route.api->name, s->route.version->version);
         if (v == NULL) {

@@ -282,9 +282,9 @@
       if (ws !== sock) return;
       ws = null;
       if (!loggedIn) return;
-      if (ev.code === 1001 && ev.reason === 'idle timeout') {
-        feedState('closed', 'closed: idle');
-        notice('The feed was closed after the idle timeout: reload the page to watch again.');
+      if (ev.code === 1008) {
+        // the admin token changed: check it again (a 401 shows the login)
+        login(sessionStorage.getItem(KEY) || '');
         return;
       }
       feedState('closed', 'reconnecting…');

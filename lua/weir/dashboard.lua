@@ -270,7 +270,14 @@ end
 local function tick(ctx)
     if not feeds[ctx] then return end
     require("weir.runtime").timer(ctx, _M.INTERVAL, tick)      -- first: a snapshot that fails stops nothing
-    send(ctx, _M.snapshot())    -- a page that does not read loses snapshots, never more than buffer_size waits
+    -- a snapshot walks the host, as an admin request does: the service's
+    -- budget, then a fresh policy budget for the timers due with it
+    C.weir_ffi_budget_reset()
+    C.weir_ffi_budget_service(1)
+    local text = _M.snapshot()
+    C.weir_ffi_budget_service(0)
+    C.weir_ffi_budget_reset()
+    send(ctx, text)             -- a page that does not read loses snapshots, never more than buffer_size waits
 end
 
 local CHAIN = { entries = { { name = "dashboard", mod = _M, conf = {}, seq = 1 } }, mask = 2 + 8 }
@@ -291,6 +298,7 @@ end
 
 --- A message from the page: a command (see the module's description).
 function _M.on_frame_in(ctx, _, frame)
+    C.weir_ffi_budget_service(1)        -- the page's commands are admin requests
     local m = frame.opcode == 1 and cjson.decode(frame.payload)
     if type(m) ~= "table" or type(m.op) ~= "string" then
         return refuse(400, "/problems/bad-request", 'Send a JSON object with "op": "snapshot" or "close"')

@@ -42,7 +42,7 @@ ffi.cdef [[
     void weir_ffi_policy_failed(void);
     void weir_stats_policy_failed(const char *policy);
     void weir_ffi_budget_reset(void);
-    void weir_ffi_budget_service(void);
+    void weir_ffi_budget_service(int on);
     uint64_t weir_ffi_http(const char *method, const char *url, const char *headers,
                            const char *body, size_t blen, double timeout_ms, int verify,
                            const char *ca, char *err, size_t errlen);
@@ -520,7 +520,7 @@ function _M.request(id, name, service, method, target, head, body, ip, port, tls
                   ip = ip, port = port, tls = tls ~= 0, id = name }
     local co = create(request_body)
     current = ctx
-    C.weir_ffi_budget_service()
+    C.weir_ffi_budget_service(1)
     return _M.settle_request(co, ctx, resume(co, ctx, req))
 end
 
@@ -550,7 +550,7 @@ function _M.io_done(token, ...)
     waiting[co], timer_of[co] = nil, nil
     if w.ctx._io then w.ctx._io[token] = nil end
     current = w.ctx
-    if w.hook == "on_request" then C.weir_ffi_budget_service() end
+    if w.hook == "on_request" then C.weir_ffi_budget_service(1) end
     local ok, tag, kind, a, b = resume(co, ...)
     current = nil
     if w.fn then return timer_settled(co, w, ok, tag) end

@@ -295,11 +295,97 @@ describe("the dashboard's feed, as any client connection", function()
         gw = nil
     end)
 
-    it("is closed 1001 with the idle-timeout JSON when the page sends nothing for idle_timeout", function()
+    it("is not closed by idle_timeout: a page only watches (keep-alive finds a dead one)", function()
         gw = helpers.start_weir_admin({ apis = { API }, limits = { idle_timeout = "1s", ping_interval = 0 } },
                                       helpers.tmpdir(), TOKEN)
         local ws = live(gw.admin_port)
-        local cl = error_close(ws, "/problems/idle-timeout", 1001)
-        assert.equal("idle timeout", cl.reason)
+        -- the page sends nothing for three idle timeouts: snapshots keep coming
+        local t0, n = helpers.now(), 0
+        while helpers.now() - t0 < 3.5 do
+            local f = assert(ws:recv_frame(5))
+            assert.equal(1, f.opcode, "no close: " .. tostring(f.payload))
+            if f.payload:find('"type":"snapshot"', 1, true) then n = n + 1 end
+        end
+        assert.is_true(n >= 3, n .. " snapshots")
+    end)
+
+    it("is closed 1008 with the unauthorized JSON when a reload replaces the admin token", function()
+        local dir = helpers.tmpdir()
+        gw = helpers.start_weir_admin({ workers = 1, apis = { API } }, dir, TOKEN)
+        local ws = live(gw.admin_port)
+        local kept = assert(helpers.ws_connect(gw.admin_port, { path = "/dashboard/live",
+                                                                 protocols = { "weir-dashboard", PROTO } }))
+        open[#open + 1] = kept
+        -- a reload with the same token keeps the feeds
+        assert.equal(0, (helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 30 })))
+        assert.truthy(assert(ws:recv_message(10)).payload:find('"type":"snapshot"', 1, true))
+        -- a new token: every feed of the old one is closed
+        helpers.write_file(dir .. "/admin.token", TOKEN .. "-rotated\n")
+        assert.equal(0, (helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 30 })))
+        local cl = error_close(ws, "/problems/unauthorized", 1008)
+        assert.equal("admin token changed", cl.reason)
+        error_close(kept, "/problems/unauthorized", 1008)
+        -- the new token opens a feed, the old one no more
+        assert.is_nil((helpers.ws_connect(gw.admin_port, { path = "/dashboard/live",
+                                                            protocols = { "weir-dashboard", PROTO } })))
+        local proto2 = "weir-admin." .. b64url(TOKEN .. "-rotated")
+        local ws2 = assert(helpers.ws_connect(gw.admin_port, { path = "/dashboard/live",
+                                                                protocols = { "weir-dashboard", proto2 } }))
+        open[#open + 1] = ws2
+        gw:stop()
+        gw = nil
+    end)
+
+    it("sends snapshots of 1,000 connections under limits.policy_budget = 1ms (a snapshot has the admin API's budget)", function()
+        local be = helpers.start_backend("echo")
+        local dir = helpers.tmpdir()
+        local key = "key-of-the-feed-spec-0123"
+        local keys = helpers.write_file(dir .. "/keys.txt", "sha256:" .. helpers.sha256(key) .. "  application=A subscriber=a\n")
+        gw = helpers.start_weir_admin({ workers = 1, limits = { policy_budget = "1ms" }, apis = {
+            helpers.api("Echo", "/echo", be),
+            -- a chain with hooks: the budget is enforced from then on
+            helpers.policy_api("Keyed", "/keyed", be, { { "key-auth", { keys_file = keys, header = "X-API-Key" } } }),
+        } }, dir, TOKEN)
+        local many = helpers.start_many_ws({ mode = "hold", url = gw:url("/echo"), count = 1000 })
+        assert.equal(1000, many:wait_event("open", 1, 60).open)
+        local ws = live(gw.admin_port)
+        local n = 0
+        helpers.wait_until(function()
+            local f = assert(ws:recv_frame(10))
+            assert.equal(1, f.opcode, "no close: " .. tostring(f.payload))
+            local v = cjson.decode(f.payload)
+            if v and v.type == "snapshot" and v.connections.total == 1000 then n = n + 1 end
+            return n >= 2
+        end, 20, "two snapshots of the 1,000 connections")
+        many:signal("USR2")
+        many:wait_exit(20)
+        gw:stop()
+        gw = nil
+    end)
+
+    it("stops reading a page that does not read its answers: the worker's memory stays bounded", function()
+        gw = helpers.start_weir_admin({ workers = 1, apis = { API }, limits = { buffer_size = "64k" } },
+                                      helpers.tmpdir(), TOKEN)
+        local ws = live(gw.admin_port)
+        local worker = assert(gw:worker_pids()[1])
+        local before = helpers.rss_kb(worker)
+        -- requests of a snapshot each, never reading one: weir stops reading
+        -- them once 64 KiB of answers wait, so the sends end by blocking
+        local frame = helpers.encode_frame({ opcode = 1, payload = '{"op":"snapshot"}', mask = true })
+        local burst = string.rep(frame, 1000)
+        local sent, t0 = 0, helpers.now()
+        ws.sock:settimeout(2)
+        while sent < 2000 and helpers.now() - t0 < 20 do
+            local ok = ws.sock:send(burst)
+            if not ok then break end
+            sent = sent + 1
+        end
+        -- without the bound, 200,000 requests made 84 MB of answers in the worker
+        assert.is_true(sent < 2000, "weir read every request: " .. sent * 1000)
+        local grown = helpers.rss_kb(worker) - before
+        assert.is_true(grown < 16 * 1024, "the worker grew by " .. grown .. " KiB")
+        assert.is_true(helpers.alive(worker))
+        gw:stop()
+        gw = nil
     end)
 end)
