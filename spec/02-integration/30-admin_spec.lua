@@ -190,6 +190,17 @@ describe("the admin API", function()
                 assert.equal("pushed to " .. id, helpers.recv_payload(ws))
                 if r.headers["weir-worker"] ~= id:match("^w(%d+)") then seen_other = true end
             end
+            -- each admin request goes to the worker the kernel picks for its
+            -- connection (a socket per worker): push until one crosses workers
+            local cid, cws = next(by_id)
+            for i = 1, 40 do
+                if seen_other then break end
+                local r = admin("POST", "/connections/" .. cid .. "/messages", { json = '{"text":"again ' .. i .. '"}' })
+                assert.equal(200, r.status, r.body)
+                assert.equal(1, r.json.delivered)
+                assert.equal("again " .. i, helpers.recv_payload(cws))
+                if r.headers["weir-worker"] ~= cid:match("^w(%d+)") then seen_other = true end
+            end
             assert.is_true(seen_other, "no push crossed workers")
             -- to the backend: the echo backend sends it back to the client
             local id, ws = next(by_id)
