@@ -40,10 +40,16 @@ endif
 SRCS     := $(wildcard core/*.c)
 OBJS     := $(SRCS:core/%.c=$(BUILD)/%.o)
 BIN      := $(BUILD)/weir
+# core/inspect.c alone, for unit specs in a plain LuaJIT (lua/weir/inspect.lua
+# loads it there; never sanitized: LuaJIT itself is not)
+INSPECT_SO := $(BUILD)/libweir-inspect.so
 
 .PHONY: all deps run test bench soak fuzz clean install deb
 
-all: $(BIN)
+all: $(BIN) $(INSPECT_SO)
+
+$(INSPECT_SO): core/inspect.c core/inspect.h core/weir.h Makefile | $(BUILD)
+	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -Werror -fPIC -shared -o $@ core/inspect.c
 
 $(BUILD)/%.o: core/%.c $(wildcard core/*.h) Makefile | $(BUILD)
 	$(CC) $(CFLAGS) $$(pkg-config --cflags $(PKGS)) -c -o $@ $<

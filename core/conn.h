@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "inspect.h"
 #include "limit.h"
 #include "weir.h"
 
@@ -147,6 +148,10 @@ int  weir_conn_upstream(weir_session_t *s, const char *query, size_t qlen, const
  * NEEDLE to the engine's intercept call (ctx:intercept); NULL stops it.
  * Copied. */
 int  weir_conn_intercept(weir_session_t *s, const char *needle);
+
+/* Run IN (a reference is taken) on each of the client's messages from the
+ * next one on, before the frame hooks; NULL stops it (core/inspect.h). */
+void weir_conn_inspect(weir_session_t *s, weir_inspector_t *in);
 
 /* What happens to a message over a rate limit (weir_conn_limit). */
 enum {

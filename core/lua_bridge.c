@@ -591,6 +591,15 @@ weir_ffi_analytics(uint64_t id, int set, const char *client)
 }
 
 int
+weir_ffi_inspect(uint64_t id, weir_inspector_t *in)
+{
+    weir_session_t *s = weir_map_get(id);
+    if (s == NULL) return WEIR_ERROR;
+    weir_conn_inspect(s, in);
+    return WEIR_OK;
+}
+
+int
 weir_ffi_intercept(uint64_t id, const char *needle)
 {
     weir_session_t *s = weir_map_get(id);

@@ -230,11 +230,36 @@ weir_msg_copy(weir_leg_t *l, const uint8_t *p, size_t n)
 }
 
 /*
+ * Run the session's inspector on the client's message P[0..N): 1 when it
+ * passes, otherwise 0 and V is the refusal (the inspector's error JSON,
+ * the message dropped or the connection closed).
+ */
+static int
+weir_relay_inspect(weir_leg_t *l, const uint8_t *p, size_t n, weir_verdict_t *v)
+{
+    static char json[1024];             /* the verdict's: valid until the next one */
+    const weir_inspector_t *in = l->s->inspect;
+    int field = -1;
+    int rule = weir_inspector_check(in, l->msg_op, p, n, &field);
+    if (rule == WEIR_INSPECT_PASS) return 1;
+    int code = weir_inspector_close_code(in);
+    const char *msg = weir_inspector_text(in, rule, field);
+    memset(v, 0, sizeof(*v));
+    v->kind = WEIR_V_ERROR;
+    v->len = weir_error_json(json, sizeof(json), weir_inspector_problem(in), code ? code : 1008, msg);
+    v->payload = json;
+    v->code = code;
+    v->reason = msg;
+    return 0;
+}
+
+/*
  * Run what wants L's whole message (in l->view or l->msg): the interceptor
  * first when the client's text holds the session's needle (what it takes,
- * frame hooks never see), then the frame hooks when they assemble this
- * direction; a message read only for the interceptor and without the
- * needle passes with no call into the engine.
+ * nothing else sees), then the session's inspector (what it refuses, frame
+ * hooks never see), then the frame hooks when they assemble this
+ * direction; a message read only for the interceptor or the inspector
+ * that they pass goes on with no call into the engine.
  */
 static int
 weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
@@ -245,8 +270,9 @@ weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
     if (!l->is_backend && s->needle != NULL && l->msg_op == WEIR_WS_TEXT && n > 0 && n <= WEIR_SNIFF_MAX
         && memmem(p, n, s->needle, strlen(s->needle)) != NULL) {
         int rc = s->w->policy->intercept(s, n, v);
-        if (rc == WEIR_AGAIN || v->kind != WEIR_V_PASS || !l->assemble) return rc;
+        if (rc == WEIR_AGAIN || v->kind != WEIR_V_PASS) return rc;
     }
+    if (l->inspect && s->inspect != NULL && !weir_relay_inspect(l, p, n, v)) return WEIR_OK;
     if (l->assemble) return s->w->policy->frame(s, l->is_backend ? 1 : 0, l->msg_op, n, v);
     memset(v, 0, sizeof(*v));
     v->kind = WEIR_V_PASS;
@@ -438,6 +464,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             l->assemble = l->assemble_next;     /* a reload changes it between messages only */
             l->sniff = !l->is_backend && !l->assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
                        && h.fin && h.len <= WEIR_SNIFF_MAX;
+            l->inspect = !l->is_backend && s->inspect != NULL
+                         && weir_inspector_wants(s->inspect, h.opcode, h.fin, h.len);
             l->msg_opcode = (uint8_t) h.opcode;
             l->messages++;
             l->binary += h.opcode == WEIR_WS_BINARY;
@@ -449,7 +477,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled
+        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff || l->inspect) && weir_hooked(l)
+            && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
              * hook reads it where it is, and a pass forwards it in place */
@@ -465,8 +494,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             frame = NULL;
             continue;
         }
-        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->throttled;
-        l->collect = (l->assemble || l->sniff) && weir_hooked(l) && !l->throttled;
+        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->inspect && !l->throttled;
+        l->collect = (l->assemble || l->sniff || l->inspect) && weir_hooked(l) && !l->throttled;
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;

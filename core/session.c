@@ -177,6 +177,7 @@ weir_session_free(weir_session_t *s)
     weir_upstream_free(s);
     weir_relay_throttle_free(s);
     free(s->needle);
+    weir_inspector_unref(s->inspect);
     weir_consumer_free(s);
     weir_conf_release(w, s->conf);
     free(s);
@@ -536,6 +537,14 @@ weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIE
                                s->consumer[WEIR_CONSUMER_SUBSCRIBER], s->consumer[WEIR_CONSUMER_KEY_TYPE],
                                s->consumer[WEIR_CONSUMER_TIER]);
     return WEIR_OK;
+}
+
+void
+weir_conn_inspect(weir_session_t *s, weir_inspector_t *in)
+{
+    if (in != NULL) weir_inspector_ref(in);
+    weir_inspector_unref(s->inspect);
+    s->inspect = in;
 }
 
 int

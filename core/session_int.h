@@ -84,6 +84,7 @@ struct weir_leg_s {
     unsigned        assemble:1;         /* a frame hook wants this direction's whole messages */
     unsigned        assemble_next:1;    /* assemble from the next message on (set by reloads) */
     unsigned        sniff:1;            /* the current message is read whole for ctx:intercept */
+    unsigned        inspect:1;          /* the current message is read whole for the session's inspector */
     unsigned        collect:1;          /* the current message is being assembled in msg */
     unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
     unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
@@ -176,6 +177,7 @@ struct weir_session_s {
     weir_throttle_t *thr;               /* rate limits, NULL: none */
     weir_analytics_conn_t *an;          /* analytics events (ctx:analytics), NULL: off */
     char            *needle;            /* weir_conn_intercept: client text messages holding it go to the engine */
+    weir_inspector_t *inspect;          /* weir_conn_inspect: checks of the client's messages, NULL: none */
     char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;
     weir_route_t     route;

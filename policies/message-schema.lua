@@ -1,26 +1,26 @@
 --- message-schema: what the client may send, checked message by message.
 --
 -- Text messages must be JSON objects with a non-empty string `type` field
--- (the field's name is `type_field`), optionally one of `types`, and every
--- message at most `max_size` bytes. Binary messages are refused unless
--- `allow_binary` is set. A message that breaks a rule is not forwarded:
--- the client gets the error JSON (`/problems/invalid-message`) and, with
--- `on_violation = "close"`, the connection is closed with `close_code`.
+-- (the field's name is `type_field`), optionally one of `types`, with the
+-- `required` fields (and the `optional` ones, when present) of the JSON
+-- types named; every message at most `max_size` bytes. Binary messages are
+-- refused unless `allow_binary` is set. A message that breaks a rule is not
+-- forwarded: the client gets the error JSON (`/problems/invalid-message`)
+-- and, with `on_violation = "close"`, the connection is closed with
+-- `close_code`.
 --
--- Only client-to-backend messages are checked (`on_frame_in`). The size is
--- checked first, from `frame.length`, so an oversized message is refused
--- without its payload being read.
+-- The policy decides once, at the handshake: it attaches an inspector
+-- (weir.inspect) built from its configuration when it loads, and the core
+-- checks every client message on the payload where it lies, with no Lua
+-- call per message. Only client-to-backend messages are checked.
 --
 -- @module message-schema
 -- @usage policies = { { "message-schema", { types = { "chat", "ping" }, max_size = "16k" } } }
 
-local weir  = require "weir"
-local cjson = require "cjson.safe"
+local inspect = require "weir.inspect"
 
-local type, ipairs = type, ipairs
-local find, format, concat = string.find, string.format, table.concat
-local decode = cjson.decode
-local TEXT = weir.TEXT
+local ipairs, pairs, sort = ipairs, pairs, table.sort
+local format, concat = string.format, table.concat
 
 local PROBLEM = "/problems/invalid-message"
 local MAX_LISTED = 100      -- bytes of the allowed types quoted in a message
@@ -33,6 +33,21 @@ local function check_close_code(c)
     return "expected a close code an endpoint may send (1000-1003, 1007-1014, 3000-4999), got " .. c
 end
 
+local JSON_TYPES = { "string", "number", "integer", "boolean", "object", "array", "null", "any" }
+
+local function check_fields(map)
+    for name, types in pairs(map) do
+        for _, t in ipairs(types) do
+            if not inspect.JSON_TYPES[t] then
+                return format("%s: expected one of %s, got %q", name, concat(JSON_TYPES, ", "), t)
+            end
+        end
+    end
+    return true
+end
+
+local FIELDS_HELP = "field name = a JSON type (" .. concat(JSON_TYPES, ", ") .. ") or a list of them"
+
 local _M = {
     name     = "message-schema",
     priority = 900,
@@ -41,6 +56,10 @@ local _M = {
           description = "the field of every text message that names its type (a non-empty string)" },
         { name = "types", type = "list", non_empty = true, elements = { type = "string" },
           description = "the message types accepted (default: any)" },
+        { name = "required", type = "map", values = { type = "strings", non_empty = true }, check = check_fields,
+          description = "top-level fields every text message must have: " .. FIELDS_HELP },
+        { name = "optional", type = "map", values = { type = "strings", non_empty = true }, check = check_fields,
+          description = "top-level fields a text message may have, checked when present: " .. FIELDS_HELP },
         { name = "max_size", type = "size", min = 1,
           description = "largest message accepted, text or binary, in bytes (default: no limit "
                         .. "beyond limits.max_message_size)" },
@@ -54,48 +73,78 @@ local _M = {
     },
 }
 
---- Build the lookup set and the verdicts, once per configuration: the
--- per-message path then only compares and returns ready-made values.
+-- "an integer", "a string or null"
+local function kinds(types)
+    local out = {}
+    for i, t in ipairs(types) do
+        out[i] = (t == "integer" or t == "object" or t == "array" or t == "any") and "an " .. t
+                 or t == "null" and "null" or "a " .. t
+    end
+    return concat(out, " or ")
+end
+
+-- The fields of MAP, sorted by name (the order they are checked and told in).
+local function field_specs(out, map, required)
+    local names = {}
+    for name in pairs(map or {}) do names[#names + 1] = name end
+    sort(names)
+    for _, name in ipairs(names) do
+        local types = map[name]
+        out[#out + 1] = {
+            name = name, types = types, required = required,
+            message = required and format('message needs a "%s" field: %s', name, kinds(types))
+                      or format('"%s" must be %s', name, kinds(types)),
+        }
+    end
+end
+
+--- Compile the configuration into an inspector, once per load.
 function _M.init(conf)
     if conf.close_code and conf.on_violation ~= "close" then
         return nil, 'close_code applies only with on_violation = "close"'
     end
-    local code = conf.on_violation == "close" and (conf.close_code or 1008) or nil
-    local function verdict(message) return weir.error(PROBLEM, message, code) end
-
     local field = conf.type_field
-    conf._too_big = conf.max_size and verdict(format("message is larger than %d bytes", conf.max_size))
-    conf._binary = verdict("binary messages are not accepted")
-    conf._not_json = verdict("message is not valid JSON")
-    conf._not_object = verdict("message is not a JSON object")
-    conf._no_type = verdict(format('message has no "%s" field (a non-empty string)', field))
+    for name in pairs(conf.optional or {}) do
+        if conf.required and conf.required[name] then
+            return nil, format('"%s" is both required and optional', name)
+        end
+    end
+    if (conf.required and conf.required[field]) or (conf.optional and conf.optional[field]) then
+        return nil, format('"%s" is the type_field: it is always required, a non-empty string', field)
+    end
+    local fields = {}
+    field_specs(fields, conf.required, true)
+    field_specs(fields, conf.optional, false)
+    local messages = {
+        binary = "binary messages are not accepted",
+        not_json = "message is not valid JSON",
+        not_object = "message is not a JSON object",
+        no_type = format('message has no "%s" field (a non-empty string)', field),
+    }
+    if conf.max_size then messages.too_big = format("message is larger than %d bytes", conf.max_size) end
     if conf.types then
-        conf._types = {}
-        for _, t in ipairs(conf.types) do conf._types[t] = true end
         local listed = concat(conf.types, ", ")
         if #listed > MAX_LISTED then listed = listed:sub(1, MAX_LISTED) .. "..." end
-        conf._not_allowed = verdict(format('"%s" must be one of: %s', field, listed))
+        messages.not_allowed = format('"%s" must be one of: %s', field, listed)
     end
+    local insp, err = inspect.new {
+        max_size = conf.max_size, allow_binary = conf.allow_binary, type_field = field, types = conf.types,
+        fields = fields, problem = PROBLEM, messages = messages,
+        close_code = conf.on_violation == "close" and (conf.close_code or 1008) or nil,
+    }
+    if not insp then return nil, err end
+    conf._inspector = insp
     return true
 end
 
---- Check one client message.
-function _M.on_frame_in(ctx, conf, frame)
-    local max = conf.max_size
-    if max and frame.length > max then return conf._too_big end
-    if frame.opcode ~= TEXT then
-        if conf.allow_binary then return nil end
-        return conf._binary
-    end
-    local payload = frame.payload
-    local msg = decode(payload)
-    if msg == nil then return conf._not_json end
-    if type(msg) ~= "table" or not find(payload, "^[ \t\r\n]*{") then return conf._not_object end
-    local t = msg[conf.type_field]
-    if type(t) ~= "string" or t == "" then return conf._no_type end
-    local allowed = conf._types
-    if allowed and not allowed[t] then return conf._not_allowed end
-    return nil
+--- Attach the inspector: the core checks every client message from now on.
+function _M.on_handshake(ctx, conf)
+    ctx:inspect(conf._inspector)
+end
+
+--- After a reload, open connections are checked by the new configuration.
+function _M.recheck(ctx, conf)
+    ctx:inspect(conf._inspector)
 end
 
 return _M

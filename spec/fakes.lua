@@ -153,6 +153,15 @@ function methods:intercept(msg_type, fn)
     self.intercepts[msg_type] = fn
 end
 
+--- Record the inspector attached (`ctx.inspector`; check messages yourself
+-- with its `check(opcode, payload)`).
+function methods:inspect(insp)
+    if insp ~= nil and not require("weir.inspect").is(insp) then
+        error("ctx:inspect(insp): an inspector from weir.inspect.new, or nil", 2)
+    end
+    self.inspector = insp
+end
+
 --- Record a message sent to the client: `ctx.sent[i] = { payload =, opcode = }`.
 function methods:send(payload, opcode)
     if type(payload) ~= "string" then error("ctx:send(payload [, opcode]): payload must be a string", 2) end

@@ -407,6 +407,21 @@ function CTX:intercept(msg_type, fn)
     end
 end
 
+--- Have the core check each of the client's messages from the next one on
+-- with INSP (built by `weir.inspect.new`), before the chain's frame hooks
+-- and with no Lua call: a message that breaks one of its rules is refused
+-- with the inspector's error JSON (and the connection closed when it says
+-- so). nil stops the checks. One inspector per connection: the last call wins.
+-- @usage ctx:inspect(conf._inspector)
+function CTX:inspect(insp)
+    -- weir.inspect declares the core's call (and the inspector type) to the FFI
+    if insp ~= nil and not require("weir.inspect").is(insp) then
+        error("ctx:inspect(insp): an inspector from weir.inspect.new, or nil", 2)
+    end
+    if C then C.weir_ffi_inspect(self._h, insp and insp.c or nil) end
+    rawset(self, "_insp_by", insp and (rawget(self, "policy") or "?") or nil)   -- a reload without it stops it
+end
+
 ffi.cdef [[
     int weir_ffi_limit(uint64_t id, const char *key, size_t len, uint64_t count, uint64_t period_us,
                        uint64_t burst, int unit, int dirs, int action_in, int action_out, int share,

@@ -63,7 +63,7 @@ function _M.registry(paths)
 
     local allowed = { weir = true, cjson = true, ["cjson.safe"] = true,
                       ["weir.jose"] = true, ["weir.oauth"] = true, ["weir.limits"] = true,
-                      ["weir.km"] = true }
+                      ["weir.km"] = true, ["weir.inspect"] = true }
 
     -- A read-only view of a shared module. Each file gets its own views, so
     -- even rawset on one changes nothing another policy sees.
@@ -93,7 +93,7 @@ function _M.registry(paths)
                 end
             end
         end
-        error(format("module '%s' not found (policies may require weir, weir.jose, weir.oauth, weir.limits, weir.km, cjson, "
+        error(format("module '%s' not found (policies may require weir, weir.jose, weir.oauth, weir.limits, weir.km, weir.inspect, cjson, "
                      .. "cjson.safe and modules of the policy paths)", name), 3)
     end
 

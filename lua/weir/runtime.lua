@@ -284,7 +284,7 @@ local function build(conf)
                 end
             end
             chain.sort(entries)
-            out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries) }
+            out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries), names = by_name }
         end
     end
     return out
@@ -314,6 +314,8 @@ function _M.load(file, cpus)
         local c = not ctx.service and chains[ctx.api.name .. "\0" .. ctx.api.version]
         if c then
             ctx._chain = c
+            local by = rawget(ctx, "_insp_by")
+            if by and not c.names[by] then ctx:inspect(nil) end    -- its policy left the chain
             if rawget(ctx, "_upgraded") then _M.recheck(ctx) end
         end
     end

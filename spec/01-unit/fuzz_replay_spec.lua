@@ -11,7 +11,7 @@ local helpers = require "helpers"
 local fmt = string.format
 
 local ROOT      = helpers.root
-local HARNESSES = { "request", "response", "frames", "frames_diff", "close", "conf" }
+local HARNESSES = { "request", "response", "frames", "frames_diff", "close", "conf", "json" }
 local SAN_ENV   = {
     ASAN_OPTIONS  = "detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1",
     UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1",

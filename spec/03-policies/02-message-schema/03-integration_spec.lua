@@ -22,6 +22,8 @@ describe("message-schema through weir", function()
                     { "message-schema", { on_violation = "close", close_code = 4400 } } }),
                 helpers.policy_api("Sized", "/sized", be, {
                     { "message-schema", { max_size = 32, allow_binary = true } } }),
+                helpers.policy_api("Fields", "/fields", be, {
+                    { "message-schema", { required = { text = "string" }, optional = { seq = "integer" } } } }),
             },
         })
     end)
@@ -135,6 +137,75 @@ describe("message-schema through weir", function()
         refusal(recv(ws), "message is larger than 32 bytes")
         assert.equal('{"type":"t"}', ask(ws, '{"type":"t"}'))
         assert.equal(2, #at_backend(id, 2))
+        ws:close()
+    end)
+
+    it("checks required and optional fields, naming the one that is wrong", function()
+        local ws, id = connect("/fields")
+        refusal(ask(ws, '{"type":"chat"}'), 'message needs a "text" field: a string')
+        refusal(ask(ws, '{"type":"chat","text":"a","seq":1.5}'), '"seq" must be an integer')
+        local ok = '{"type":"chat","text":"a","seq":2}'
+        assert.equal(ok, ask(ws, ok))
+        assert.same({ ok }, at_backend(id, 1))
+        ws:close()
+    end)
+
+    it("checks a fragmented message whole: refused when its fragments make no JSON", function()
+        local ws, id = connect("/drop")
+        assert(ws:send_text('{"type":"chat",', false))
+        assert(ws:send_cont('"text":', false))
+        assert(ws:send_cont('}', true))
+        refusal(recv(ws), "message is not valid JSON")
+        local ok = '{"type":"chat"}'
+        assert.equal(ok, ask(ws, ok))
+        assert.same({ ok }, at_backend(id, 1))
+        ws:close()
+    end)
+
+    it("checks messages larger than a read: 300 KB passes whole, 300 KB broken at its end is refused", function()
+        local ws, id = connect("/drop")
+        local big = '{"type":"chat","pad":"' .. ("x"):rep(300000) .. '"}'
+        assert.equal(big, ask(ws, big))
+        refusal(ask(ws, big:sub(1, -2)), "message is not valid JSON")
+        local _, rec = at_backend(id, 1)
+        assert.equal(1, rec.messages)
+        assert.equal(#big, rec.bytes)
+        ws:close()
+    end)
+end)
+
+describe("message-schema across a reload", function()
+    local be, gw
+
+    local function api(chain)
+        return helpers.policy_api("R", "/r", be, chain)
+    end
+
+    setup(function()
+        be = helpers.start_backend("echo")
+        gw = helpers.start_weir({ workers = 1, apis = { api({ { "message-schema", { types = { "chat" } } } }) } })
+    end)
+    teardown(helpers.cleanup)
+
+    local function reload(chain)
+        gw.conf.apis = { api(chain) }
+        helpers.write_file(gw.conf_path, helpers.serialize(gw.conf))
+        gw:reload()
+    end
+
+    it("checks an open connection by the new configuration, and not at all once the policy is gone", function()
+        local ws = assert(helpers.ws_connect(gw.port, { path = "/r/1.0/x" }))
+        local j = helpers.check_error(helpers.ask(ws, '{"type":"admin"}'), PROBLEM, 1008)
+        assert.equal('"type" must be one of: chat', j.error.message)
+
+        reload({ { "message-schema", { types = { "chat", "admin" }, required = { text = "string" } } } })
+        local ok = '{"type":"admin","text":"t"}'
+        assert.equal(ok, helpers.ask(ws, ok))
+        j = helpers.check_error(helpers.ask(ws, '{"type":"admin"}'), PROBLEM, 1008)
+        assert.equal('message needs a "text" field: a string', j.error.message)
+
+        reload({})
+        assert.equal("not json at all", helpers.ask(ws, "not json at all"))
         ws:close()
     end)
 end)
