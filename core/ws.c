@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -76,7 +80,20 @@ weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
     memcpy(&k32, k, 4);
     uint64_t k64 = (uint64_t) k32 | ((uint64_t) k32 << 32);
     size_t i = 0;
-    /* Eight bytes at a time keeps the key phase: 8 is a multiple of 4. */
+    /* 32, 16 and eight bytes at a time keep the key phase: multiples of 4 */
+#ifdef __SSE2__
+    __m128i k128 = _mm_set1_epi64x((long long) k64);
+    for (; i + 32 <= n; i += 32) {
+        __m128i a = _mm_loadu_si128((const __m128i *) (const void *) (p + i));
+        __m128i b = _mm_loadu_si128((const __m128i *) (const void *) (p + i + 16));
+        _mm_storeu_si128((__m128i *) (void *) (p + i), _mm_xor_si128(a, k128));
+        _mm_storeu_si128((__m128i *) (void *) (p + i + 16), _mm_xor_si128(b, k128));
+    }
+    for (; i + 16 <= n; i += 16) {
+        __m128i a = _mm_loadu_si128((const __m128i *) (const void *) (p + i));
+        _mm_storeu_si128((__m128i *) (void *) (p + i), _mm_xor_si128(a, k128));
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         uint64_t v;
         memcpy(&v, p + i, 8);
@@ -109,7 +126,13 @@ weir_utf8_step(uint32_t state, const uint8_t *p, size_t n)
     size_t i = 0;
     while (i < n) {
         if (state == U_ACCEPT) {
-            /* ASCII fast path, eight bytes at a time */
+            /* ASCII fast path, 32 then eight bytes at a time */
+            while (i + 32 <= n) {
+                uint64_t v[4];
+                memcpy(v, p + i, 32);
+                if ((v[0] | v[1] | v[2] | v[3]) & 0x8080808080808080ULL) break;
+                i += 32;
+            }
             while (i + 8 <= n) {
                 uint64_t v;
                 memcpy(&v, p + i, 8);
