@@ -180,13 +180,17 @@ void
 weir_ws_accept(const char *key, size_t key_len, char *out)
 {
     static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    /* fetched once, context reused: OpenSSL 3 would otherwise look the
+     * digest up and allocate a context on every handshake (one thread) */
+    static EVP_MD *sha1;
+    static EVP_MD_CTX *c;
     unsigned char md[SHA_DIGEST_LENGTH];
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(c, EVP_sha1(), NULL);
+    if (sha1 == NULL && (sha1 = EVP_MD_fetch(NULL, "SHA1", NULL)) == NULL) abort();
+    if (c == NULL && (c = EVP_MD_CTX_new()) == NULL) abort();
+    EVP_DigestInit_ex2(c, sha1, NULL);
     EVP_DigestUpdate(c, key, key_len);
     EVP_DigestUpdate(c, guid, sizeof(guid) - 1);
     EVP_DigestFinal_ex(c, md, NULL);
-    EVP_MD_CTX_free(c);
     EVP_EncodeBlock((unsigned char *) out, md, SHA_DIGEST_LENGTH);
     out[WEIR_WS_ACCEPT_LEN] = '\0';
 }
