@@ -6,6 +6,7 @@
  * limits.drain_rate.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,9 @@
 #include "tls.h"
 #include "worker.h"
 #include "ws.h"
+
+#define WEIR_WORKER_TRIM     (16 * 1024 * 1024)   /* bytes free at the heap's top kept, not trimmed */
+#define WEIR_WORKER_TOP_PAD  (1024 * 1024)        /* bytes the heap grows by at least */
 
 static weir_worker_t weir_worker;
 
@@ -293,6 +297,11 @@ weir_worker_run(weir_conf_t *conf, int id)
     uv_loop_t loop;
 
     signal(SIGPIPE, SIG_IGN);
+    /* sessions come and go by the thousand: keep freed memory at the top
+     * of the heap rather than give it back (brk) and fault it in again on
+     * the next handshakes; glibc's default trims above 128 KiB */
+    mallopt(M_TRIM_THRESHOLD, WEIR_WORKER_TRIM);
+    mallopt(M_TOP_PAD, WEIR_WORKER_TOP_PAD);
     weir_ws_random_reset();
     memset(w, 0, sizeof(*w));
     if (uv_loop_init(&loop) != 0) return 1;
