@@ -65,8 +65,7 @@ weir_leg_update(weir_leg_t *l)
     int ev = weir_leg_want(l) | (l->events & UV_READABLE);
     if (ev == l->events) return;
     l->events = ev;
-    if (ev == 0) uv_poll_stop(&l->poll);
-    else uv_poll_start(&l->poll, ev, weir_owner->poll);
+    weir_io_start(&l->io, ev, weir_owner->poll);
 }
 
 void
@@ -78,8 +77,7 @@ weir_leg_open(weir_leg_t *l, int fd)
     l->opened = 1;
     l->events = 0;
     l->last_rx = weir_now(l->s);
-    uv_poll_init(l->s->w->loop, &l->poll, fd);
-    l->poll.data = l;
+    weir_io_init(&l->io, fd, l);
 }
 
 ssize_t
@@ -283,9 +281,9 @@ weir_ping_matches(const weir_leg_t *l, const uint8_t *payload)
 /* ---- closing ------------------------------------------------------------ */
 
 static void
-weir_leg_closed_cb(uv_handle_t *h)
+weir_leg_closed_cb(weir_io_t *io)
 {
-    weir_leg_t *l = h->data;
+    weir_leg_t *l = io->data;
     weir_session_t *s = l->s;
     l->freed = 1;
     if (s->client.freed && s->backend.freed) weir_owner->freed(s);
@@ -304,7 +302,7 @@ weir_leg_close_fd(weir_leg_t *l)
     l->out = NULL;
     l->out_len = l->out_off = l->out_cap = 0;
     if (l->opened) {
-        uv_close((uv_handle_t *) &l->poll, weir_leg_closed_cb);     /* stops polling too */
+        weir_io_close(&l->io, weir_leg_closed_cb);     /* stops polling too */
     } else {
         l->freed = 1;
     }

@@ -181,7 +181,7 @@ weir_session_free(weir_session_t *s)
     weir_consumer_free(s);
     weir_conf_release(w, s->conf);
     free(s);
-    if (w->draining && w->nsessions == 0) uv_stop(w->loop);
+    if (w->draining && w->nsessions == 0) weir_io_stop(w->loop);
 }
 
 /* ---- events ------------------------------------------------------------- */
@@ -233,21 +233,15 @@ weir_session_writable(weir_leg_t *l)
 
 /* The poll callback of every leg. */
 static void
-weir_session_poll_cb(uv_poll_t *h, int status, int events)
+weir_session_poll_cb(weir_io_t *io, int events)
 {
-    weir_leg_t *l = h->data;
+    weir_leg_t *l = io->data;
     if (l->done) return;
-    if (status < 0) {
-        if (l->s->state == WEIR_S_CONNECT && l->is_backend) weir_backend_connected(l->s);
-        else weir_leg_gone(l, uv_strerror(status));
-        return;
-    }
     int want = weir_leg_want(l);
     if (events & ~want & (UV_READABLE | UV_WRITABLE)) {
         /* an event nobody waits for any more: stop polling for it now */
         l->events = want;
-        if (want == 0) uv_poll_stop(&l->poll);
-        else uv_poll_start(&l->poll, want, weir_session_poll_cb);
+        weir_io_start(&l->io, want, weir_session_poll_cb);
         events &= want;
     }
     if (events & UV_WRITABLE) weir_session_writable(l);

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "http.h"
+#include "io.h"
 #include "proxy.h"
 #include "route.h"
 #include "ws.h"
@@ -62,12 +63,12 @@ struct weir_leg_s {
     weir_session_t *s;
     int             fd;                 /* -1 when never opened */
     SSL            *ssl;                /* NULL for plain TCP */
-    uv_poll_t       poll;
+    weir_io_t       io;                 /* its socket in the worker's epoll set (io.h) */
     int             events;             /* poll mask currently armed */
     unsigned        is_backend:1;
-    unsigned        opened:1;           /* poll initialised: must be uv_close'd */
+    unsigned        opened:1;           /* io initialised: must be weir_io_close'd */
     unsigned        done:1;             /* fd closed (or never opened) */
-    unsigned        freed:1;            /* poll handle closed */
+    unsigned        freed:1;            /* io closed: no event can name the leg any more */
     unsigned        close_sent:1;       /* a close frame is queued to this peer */
     unsigned        close_rcvd:1;       /* this peer sent a close frame */
     unsigned        discard:1;          /* weir closed it: read only for its close */
@@ -230,7 +231,7 @@ weir_limits(weir_session_t *s)
  * legs' owner: session.c, which registers itself once per worker.
  */
 typedef struct {
-    uv_poll_cb   poll;                      /* every leg's poll callback */
+    weir_io_cb   poll;                      /* every leg's poll callback */
     void       (*readable)(weir_leg_t *l);  /* a leg of the ready list can be read */
     void       (*freed)(weir_session_t *s); /* both legs' handles are closed: free S */
     void       (*backend_lost)(weir_session_t *s, const char *why);  /* the backend went before the 101 */

@@ -16,6 +16,7 @@
 #include "admin.h"
 #include "analytics.h"
 #include "bus.h"
+#include "io.h"
 #include "ctl.h"
 #include "limit.h"
 #include "limit_sync.h"
@@ -91,7 +92,7 @@ weir_worker_drain_cb(uv_timer_t *t)
     weir_worker_t *w = t->data;
     weir_log(WEIR_LOG_WARN, "drain timeout: closing remaining connections",
              "\"connections\":%llu", (unsigned long long) w->nsessions);
-    uv_stop(w->loop);
+    weir_io_stop(w->loop);
 }
 
 /*
@@ -154,7 +155,7 @@ weir_worker_signal_cb(uv_signal_t *sig, int signum)
         weir_worker_pace_cb(&weir_drain.timer);
     }
     if (w->nsessions == 0) {
-        uv_stop(w->loop);
+        weir_io_stop(w->loop);
         return;
     }
     uv_timer_start(&w->drain, weir_worker_drain_cb, lim->drain_timeout_ms, 0);
@@ -262,9 +263,12 @@ weir_worker_cleanup(weir_worker_t *w)
     weir_admin_cleanup();
     weir_sync_cleanup();
     w->draining = 0;
+    weir_io_flush_closed();
     uv_walk(w->loop, weir_worker_close_handle, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
+    weir_io_flush_closed();
     uv_loop_close(w->loop);
+    weir_io_loop_close();
     weir_analytics_cleanup();
     weir_lua_cleanup();
     weir_bus_cleanup();
@@ -305,6 +309,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     weir_ws_random_reset();
     memset(w, 0, sizeof(*w));
     if (uv_loop_init(&loop) != 0) return 1;
+    if (weir_io_loop_init(&loop) != WEIR_OK) return 1;
     w->loop = &loop;
     w->conf = conf;
     w->id = id;
@@ -378,7 +383,7 @@ weir_worker_run(weir_conf_t *conf, int id)
 
     weir_worker_listen(w, 1);
     weir_log(WEIR_LOG_INFO, "worker started", "\"worker\":%d", id);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    weir_io_run(&loop);
     weir_log(WEIR_LOG_INFO, "worker stopped", "\"worker\":%d,\"connections\":%llu", id,
              (unsigned long long) w->nsessions);
     weir_worker_cleanup(w);
