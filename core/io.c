@@ -43,8 +43,11 @@ weir_io_loop_close(void)
 void
 weir_io_stop(uv_loop_t *loop)
 {
+    /* not uv_stop: a stop flag left set would make the cleanup's uv_run
+     * return before the handles it closes are closed (uv_loop_close then
+     * fails and the loop leaks); a uv_run of ours returns after its one turn */
+    WEIR_UNUSED(loop);
     weir_io_stopping = 1;
-    uv_stop(loop);
 }
 
 void

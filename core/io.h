@@ -41,7 +41,7 @@ int  weir_io_loop_init(uv_loop_t *loop);
 /* Run LOOP until weir_io_stop. */
 void weir_io_run(uv_loop_t *loop);
 
-/* Make weir_io_run return after the current turn (and uv_stop LOOP). */
+/* Make weir_io_run return after the current turn. */
 void weir_io_stop(uv_loop_t *loop);
 
 /* Release the set (after weir_io_run returned and every io was closed). */
