@@ -485,16 +485,6 @@ function _M.frame_failed(id, dir, icpt, err)
     return settle(nil, ctx, hook, fs and fs[dir], false, err)
 end
 
---- Run on_frame_in (DIR 0) or on_frame_out (DIR 1) for a complete message;
--- with ICPT 1, the ctx's interceptor (ctx:intercept) instead. The core
--- resumes frame_loop coroutines instead; this is the same in a Lua call.
-function _M.frame(id, dir, opcode, len, icpt)
-    local ctx = ctxs[id]
-    local f = frame_of(ctx, id, dir, opcode, len)
-    if icpt == 1 then return run(ctx, "on_intercept", f) end
-    return run(ctx, dir == 0 and "on_frame_in" or "on_frame_out", f)
-end
-
 --- The connection is gone: run on_close, forget it.
 function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, bytes_out)
     local ctx = ctxs[id]
