@@ -42,10 +42,21 @@ struct weir_lua_io_s {
 static lua_State      *weir_L;
 static uv_loop_t      *weir_lua_loop;
 static weir_conf_t    *weir_lua_conf;     /* the current configuration: its limits apply */
-static int             weir_ref[9];
-enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME, R_CLOSE, R_IO_DONE, R_TIMERS, R_REQUEST, R_EVENT };
-static const char *weir_ref_names[] = { "load", "open", "handshake", "frame", "close", "io_done", "timers",
-                                        "request", "event" };
+static int             weir_ref[10];
+enum { R_LOAD, R_OPEN, R_HANDSHAKE, R_FRAME_CO, R_CLOSE, R_IO_DONE, R_TIMERS, R_REQUEST, R_EVENT, R_FRAME_FAILED };
+static const char *weir_ref_names[] = { "load", "open", "handshake", "frame_co", "close", "io_done", "timers",
+                                        "request", "event", "frame_failed" };
+#define R_LAST R_FRAME_FAILED
+
+/* Idle frame hook coroutines (runtime.frame_loop), each anchored in the
+ * registry by REF: weir_lua_resume_frame resumes one per message. */
+typedef struct {
+    lua_State *co;
+    int        ref;
+} weir_lua_co_t;
+
+static weir_lua_co_t  *weir_cos;
+static size_t          weir_cos_n, weir_cos_cap;
 
 static uint64_t        weir_call_start_ns;
 static int             weir_in_call;
@@ -306,7 +317,7 @@ weir_lua_init(uv_loop_t *loop, weir_conf_t *conf)
                  weir_log_str(e, sizeof(e), lua_tostring(weir_L, -1)));
         return WEIR_ERROR;
     }
-    for (int i = 0; i <= R_EVENT; i++) {
+    for (int i = 0; i <= R_LAST; i++) {
         lua_getfield(weir_L, -1, weir_ref_names[i]);
         weir_ref[i] = luaL_ref(weir_L, LUA_REGISTRYINDEX);
     }
@@ -355,6 +366,9 @@ weir_lua_cleanup(void)
     free(weir_map);
     weir_map = NULL;
     weir_map_cap = weir_map_n = 0;
+    free(weir_cos);
+    weir_cos = NULL;
+    weir_cos_n = weir_cos_cap = 0;
 }
 
 uint64_t
@@ -396,35 +410,92 @@ weir_lua_handshake(weir_session_t *s, weir_verdict_t *v)
     return weir_lua_verdict(1, v);
 }
 
+/* Run message DIR of S (ICPT 1: the interceptor) in a frame_loop coroutine
+ * resumed from here: the chain runs with no Lua call around it. The
+ * coroutine yields the runtime's return values (status first, a number)
+ * and goes back to the pool; a hook that waits yields something else, and
+ * the runtime keeps its coroutine until io_done. A coroutine that died (the
+ * budget, or the runtime's own error) is settled by runtime.frame_failed. */
 static int
-weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v)
+weir_lua_resume_frame(weir_session_t *s, int dir, int opcode, size_t len, int icpt, weir_verdict_t *v,
+                      const char *hook)
 {
-    weir_lua_push(R_FRAME);
-    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
+    uint64_t id = weir_conn_id(s);
+    weir_lua_co_t c;
+    if (weir_cos_n > 0) {
+        c = weir_cos[--weir_cos_n];
+    } else {
+        weir_lua_push(R_FRAME_CO);
+        if (weir_lua_call(0) != WEIR_OK || !lua_isthread(weir_L, 1)) {
+            lua_settop(weir_L, 0);
+            weir_lua_fail_verdict(v, hook, "runtime error");
+            return WEIR_OK;
+        }
+        c.co = lua_tothread(weir_L, 1);
+        c.ref = luaL_ref(weir_L, LUA_REGISTRYINDEX);
+    }
+    lua_settop(weir_L, 0);              /* the verdict of the call before is no longer read */
+    lua_State *co = c.co;
+    lua_pushnumber(co, (lua_Number) id);
+    lua_pushinteger(co, dir);
+    lua_pushinteger(co, opcode);
+    lua_pushnumber(co, (lua_Number) len);
+    lua_pushinteger(co, icpt);
+
+    weir_call_start_ns = weir_clock_ns();
+    weir_call_limit_ns = weir_lua_conf->limits.policy_budget_ms * 1000000ULL;
+    weir_in_call = 1;
+    int rc = lua_resume(co, 5);
+    weir_in_call = 0;
+    if (weir_over) {
+        weir_over = 0;
+        lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+    }
+
+    if (rc == LUA_YIELD && lua_type(co, 1) == LUA_TNUMBER) {
+        lua_xmove(co, weir_L, lua_gettop(co));
+        if (weir_cos_n == weir_cos_cap) {
+            size_t cap = weir_cos_cap ? weir_cos_cap * 2 : 16;
+            weir_lua_co_t *n = realloc(weir_cos, cap * sizeof(*n));
+            if (n == NULL) abort();
+            weir_cos = n;
+            weir_cos_cap = cap;
+        }
+        weir_cos[weir_cos_n++] = c;
+        return weir_lua_verdict(1, v);
+    }
+    if (rc == LUA_YIELD) {              /* the hook waits: the runtime holds its coroutine */
+        lua_settop(co, 0);
+        luaL_unref(weir_L, LUA_REGISTRYINDEX, c.ref);
+        return WEIR_AGAIN;
+    }
+    /* dead: its error message is on top of its stack */
+    lua_xmove(co, weir_L, 1);
+    luaL_unref(weir_L, LUA_REGISTRYINDEX, c.ref);
+    lua_rawgeti(weir_L, LUA_REGISTRYINDEX, weir_ref[R_FRAME_FAILED]);
+    lua_insert(weir_L, 1);
+    lua_pushnumber(weir_L, (lua_Number) id);
     lua_pushinteger(weir_L, dir);
-    lua_pushinteger(weir_L, opcode);
-    lua_pushnumber(weir_L, (lua_Number) len);
+    lua_pushinteger(weir_L, icpt);
+    lua_pushvalue(weir_L, 2);
+    lua_remove(weir_L, 2);
     if (weir_lua_call(4) != WEIR_OK) {
-        weir_lua_fail_verdict(v, dir ? "on_frame_out" : "on_frame_in", "runtime error");
+        weir_lua_fail_verdict(v, hook, "runtime error");
         return WEIR_OK;
     }
     return weir_lua_verdict(1, v);
 }
 
 static int
+weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v)
+{
+    return weir_lua_resume_frame(s, dir, opcode, len, 0, v, dir ? "on_frame_out" : "on_frame_in");
+}
+
+static int
 weir_lua_intercept(weir_session_t *s, size_t len, weir_verdict_t *v)
 {
-    weir_lua_push(R_FRAME);
-    lua_pushnumber(weir_L, (lua_Number) weir_conn_id(s));
-    lua_pushinteger(weir_L, 0);
-    lua_pushinteger(weir_L, 1);              /* text */
-    lua_pushnumber(weir_L, (lua_Number) len);
-    lua_pushinteger(weir_L, 1);              /* the interceptor, not the frame hooks */
-    if (weir_lua_call(5) != WEIR_OK) {
-        weir_lua_fail_verdict(v, "on_intercept", "runtime error");
-        return WEIR_OK;
-    }
-    return weir_lua_verdict(1, v);
+    return weir_lua_resume_frame(s, 0, 1, len, 1, v, "on_intercept");      /* a text message */
 }
 
 static int

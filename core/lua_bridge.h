@@ -19,7 +19,7 @@
 #include "conf.h"
 #include "conn.h"
 
-#define WEIR_FFI_ABI 7            /* lua/weir/runtime.lua checks it */
+#define WEIR_FFI_ABI 8            /* lua/weir/runtime.lua checks it (8: runtime.frame_co, frame_failed) */
 
 /* The bridge as the sessions' policy engine (conn.h). */
 extern const weir_policy_ops_t weir_lua_policy;

@@ -325,9 +325,11 @@ end
 -- @tparam string payload
 -- @tparam[opt] number opcode `weir.TEXT` (default) or `weir.BINARY`
 -- @usage fakes.frame('{"type":"ping"}')
+local FRAME_MT = { __index = { json = chain.frame_json } }    -- frame:json(), as the runtime's frames
+
 function fakes.frame(payload, opcode)
     if type(payload) ~= "string" then error("fakes.frame(payload [, opcode]): payload must be a string", 2) end
-    return { opcode = opcode or weir.TEXT, fin = true, length = #payload, payload = payload }
+    return setmetatable({ opcode = opcode or weir.TEXT, fin = true, length = #payload, payload = payload }, FRAME_MT)
 end
 
 ------------------------------------------------------------------------------

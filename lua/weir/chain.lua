@@ -7,7 +7,8 @@
 
 local weir = require "weir"
 
-local pcall, type, tostring, rawset = pcall, type, tostring, rawset
+local pcall, type, tostring, rawset, rawget = pcall, type, tostring, rawset, rawget
+local decode = require("cjson.safe").decode
 local is_error, is_reply, DROP = weir.is_error, weir.is_reply, weir.DROP
 
 local _M = {
@@ -19,6 +20,36 @@ local _M = {
     FAIL = 5,       -- a = policy name, b = error message: the policy broke
 }
 local PASS, REPLACE, KDROP, REPLY, ERROR, FAIL = 0, 1, 2, 3, 4, 5
+
+local NOT_JSON = {}     -- frame._json of a payload that did not decode (frame._json_err says why)
+
+--- `frame:json()`: FRAME's payload decoded as JSON (cjson.safe), once per
+-- message: every policy of the chain that asks gets the same value (do not
+-- change it: the next policies see the change, the backend does not).
+-- Returns what the JSON text is: a table for an object or an array, a
+-- string, number or boolean, `cjson.null` for `null`; or nil and the
+-- decoder's message when the payload is not JSON. The opcode is not
+-- looked at: a binary message that holds JSON text decodes too.
+-- A payload a policy replaced is decoded again.
+-- @tparam table frame the message
+-- @return the decoded value, or nil and an error message
+function _M.frame_json(frame)
+    local v = rawget(frame, "_json")
+    if v == nil then
+        local err
+        v, err = decode(frame.payload)
+        if v == nil then
+            rawset(frame, "_json", NOT_JSON)
+            rawset(frame, "_json_err", err)
+            return nil, err
+        end
+        rawset(frame, "_json", v)
+        return v
+    elseif v == NOT_JSON then
+        return nil, rawget(frame, "_json_err")
+    end
+    return v
+end
 
 --- Sort ENTRIES for running: higher priority first, then configuration order.
 function _M.sort(entries)
@@ -59,6 +90,7 @@ function _M.run(entries, hook, ctx, frame, on_fail, start, replaced)
                     return KDROP
                 elseif type(res) == "string" and frame and hook ~= "on_handshake" then
                     rawset(frame, "payload", res)
+                    rawset(frame, "_json", nil)       -- frame:json() decodes the new payload
                     frame.length = #res
                     replaced = true
                 elseif is_error(res) then

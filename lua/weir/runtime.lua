@@ -27,7 +27,7 @@ local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 7   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 8   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
@@ -127,14 +127,41 @@ end
 local run      -- forward: run(ctx, hook, frame, start, replaced)
 local timer_settled   -- forward: timer_settled(co, t, ok, tag)
 
+-- The core's return values for a chain that ended with KIND, A, B (not
+-- waiting, not failed outside chain.run): shared by settle and frame_loop.
+local function finish(ctx, hook, frame, kind, a, b)
+    sync_consumer(ctx)
+    if kind == PASS then
+        if hook ~= "on_handshake" then return OK, PASS end
+        ctx._upgraded = true
+        if ctx.request.ticket_request then return _M.issue_ticket(ctx) end
+        local up = rawget(ctx, "_up")
+        if up then _M.push_upstream(ctx, up) end
+        local c = ctx.consumer
+        return OK, PASS, c and c.key_type == "SANDBOX" and 1 or 0
+    elseif kind == chain.ERROR then
+        local code = a.code
+        if hook == "on_handshake" then code = code or 403 end
+        return OK, kind, weir.error_json(a.problem, code or 1008, a.message), code or 0, a.message
+    elseif kind == REPLACE then
+        return OK, kind, frame.payload
+    elseif kind == FAIL then
+        C.weir_ffi_policy_failed()
+        return OK, kind, a, b, hook
+    end
+    return OK, kind, a, b
+end
+
 -- Turn what a hook coroutine gave back into the core's return values.
+-- CO is nil for a coroutine the core resumed itself (frame_loop) that died.
 local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
     current = nil
     if not ok then
         -- only an error outside chain.run's pcall gets here: the budget; the
         -- coroutine is dead, so a fail_open entry's chain goes on in a new one
         local name = ctx and ctx.policy or "?"
-        local entry = ctx and ctx._chain.entries[ctx._at or 0]
+        local entries = ctx and (hook == "on_intercept" and ctx._icpt or ctx._chain.entries)
+        local entry = entries and entries[ctx._at or 0]
         if ctx then ctx.policy = nil end
         if entry and entry.name == name and entry.fail_open then
             on_fail_open(entry, tostring(tag), hook, ctx)
@@ -149,25 +176,7 @@ local function settle(co, ctx, hook, frame, ok, tag, kind, a, b)
         return AGAIN
     end
     pool[#pool + 1] = co
-    sync_consumer(ctx)
-    if kind == chain.ERROR then
-        local code = a.code
-        if hook == "on_handshake" then code = code or 403 end
-        return OK, kind, weir.error_json(a.problem, code or 1008, a.message), code or 0, a.message
-    elseif kind == REPLACE then
-        return OK, kind, frame.payload
-    elseif kind == FAIL then
-        C.weir_ffi_policy_failed()
-        return OK, kind, a, b, hook
-    elseif kind == PASS and hook == "on_handshake" then
-        ctx._upgraded = true
-        if ctx.request.ticket_request then return _M.issue_ticket(ctx) end
-        local up = rawget(ctx, "_up")
-        if up then _M.push_upstream(ctx, up) end
-        local c = ctx.consumer
-        return OK, PASS, c and c.key_type == "SANDBOX" and 1 or 0
-    end
-    return OK, kind, a, b
+    return finish(ctx, hook, frame, kind, a, b)
 end
 
 run = function(ctx, hook, frame, start, replaced)
@@ -404,6 +413,7 @@ function _M.handshake(id)
 end
 
 local len_box = ffi.new("size_t[1]")
+local frame_json = chain.frame_json
 local FRAME_MT = {
     __index = function(f, k)
         if k == "payload" then
@@ -411,18 +421,19 @@ local FRAME_MT = {
             local s = p ~= nil and ffi.string(p, len_box[0]) or ""
             rawset(f, "payload", s)
             return s
+        elseif k == "json" then
+            return frame_json
         end
     end,
 }
 
---- Run on_frame_in (DIR 0) or on_frame_out (DIR 1) for a complete message;
--- with ICPT 1, the ctx's interceptor (ctx:intercept) instead.
-function _M.frame(id, dir, opcode, len, icpt)
-    local ctx = ctxs[id]
+-- CTX's frame object for direction DIR, reused for each of its messages
+-- (the core gives the next one only when this one's verdict is known).
+local function frame_of(ctx, id, dir, opcode, len)
     local fs = rawget(ctx, "_frames")
     if not fs then
         fs = {}
-        ctx._frames = fs
+        rawset(ctx, "_frames", fs)
     end
     local f = fs[dir]
     if not f then
@@ -431,8 +442,49 @@ function _M.frame(id, dir, opcode, len, icpt)
     end
     f.opcode, f.length = opcode, len
     rawset(f, "payload", nil)
-    if icpt == 1 then return run(ctx, "on_intercept", f) end
-    return run(ctx, dir == 0 and "on_frame_in" or "on_frame_out", f)
+    rawset(f, "_json", nil)
+    return f
+end
+
+local cframe = setmetatable({}, { __mode = "k" })   -- the frame_loop coroutines
+local cur_hook, cur_frame     -- what the frame_loop coroutine running now runs, for wait()
+
+-- The body of the coroutines the core resumes itself for every message
+-- (core/lua_bridge.c weir_lua_resume_frame): no Lua run/settle around it.
+-- Each resume runs one message's chain and yields the core's return
+-- values (status first, a number); a policy that waits yields WAIT from
+-- inside (wait()), and the coroutine is the waiting hook's from then on.
+local function frame_loop(id, dir, opcode, len, icpt)
+    while true do
+        local ctx = ctxs[id]
+        local f = frame_of(ctx, id, dir, opcode, len)
+        local hook, entries
+        if icpt == 1 then
+            hook, entries = "on_intercept", ctx._icpt
+        else
+            hook, entries = dir == 0 and "on_frame_in" or "on_frame_out", ctx._chain.entries
+        end
+        current, cur_hook, cur_frame = ctx, hook, f
+        local kind, a, b = chain.run(entries, hook, ctx, f, on_fail_open)
+        current = nil
+        id, dir, opcode, len, icpt = yield(finish(ctx, hook, f, kind, a, b))
+    end
+end
+
+--- A new coroutine for the core's pool of frame hook coroutines.
+function _M.frame_co()
+    local co = create(frame_loop)
+    cframe[co] = true
+    return co
+end
+
+--- A frame_loop coroutine died with ERR (the budget, or the runtime's own
+-- error) while running message DIR (ICPT 1: the interceptor) of ID.
+function _M.frame_failed(id, dir, icpt, err)
+    local ctx = ctxs[id]
+    local hook = icpt == 1 and "on_intercept" or dir == 0 and "on_frame_in" or "on_frame_out"
+    local fs = ctx and rawget(ctx, "_frames")
+    return settle(nil, ctx, hook, fs and fs[dir], false, err)
 end
 
 --- The connection is gone: run on_close, forget it.
@@ -540,6 +592,7 @@ function _M.wait(token)
         current._io = current._io or {}
         current._io[token] = true
     end
+    if cframe[co] then waiting[co] = { ctx = current, hook = cur_hook, frame = cur_frame, cframe = true } end
     return yield(WAIT)
 end
 
@@ -553,10 +606,17 @@ function _M.io_done(token, ...)
     if w.ctx._io then w.ctx._io[token] = nil end
     current = w.ctx
     if w.hook == "on_request" then C.weir_ffi_budget_service(1) end
-    local ok, tag, kind, a, b = resume(co, ...)
+    if w.cframe then cur_hook, cur_frame = w.hook, w.frame end
+    local ok, tag, kind, a, b, c = resume(co, ...)
     current = nil
     if w.fn then return timer_settled(co, w, ok, tag) end
     if w.hook == "on_request" then return w.ctx._h, 1, _M.settle_request(co, w.ctx, ok, tag, kind, a, b) end
+    if w.cframe and ok then
+        -- frame_loop settled the hook itself (TAG is its status), or it
+        -- waits again (wait() put it back in `waiting`); it is not pooled
+        if tag == WAIT then return w.ctx._h, HOOK_NO[w.hook], AGAIN end
+        return w.ctx._h, HOOK_NO[w.hook], tag, kind, a, b, c
+    end
     return w.ctx._h, HOOK_NO[w.hook], settle(co, w.ctx, w.hook, w.frame, ok, tag, kind, a, b)
 end
 
