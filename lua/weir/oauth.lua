@@ -10,13 +10,12 @@
 local weir = require "weir"
 local cjson = require "cjson.safe"
 local bit = require "bit"
-local ffi = require "ffi"
 local ctxmod = require "weir.ctx"
 
 local type, pairs, ipairs, tostring, tonumber, next, floor, format =
     type, pairs, ipairs, tostring, tonumber, next, math.floor, string.format
 local find, match, lower, sub, byte = string.find, string.match, string.lower, string.sub, string.byte
-local bor, band, rshift = bit.bor, bit.band, bit.rshift
+local bor = bit.bor
 local header_span = ctxmod.header_span
 
 local _M = {}
@@ -227,11 +226,10 @@ local function find_credential(ctx, conf)
             -- the value) unless the headers were parsed already or the
             -- header is repeated (its values joined: never one token)
             local s, i, j
-            local head, vs, ve
-            if rawget(req, "headers") == nil then head, vs, ve = header_span(req, "authorization") end
+            local head, vs, ve = header_span(req, "authorization")
             if vs then
                 s, i, j = bearer(head, vs, ve)
-            elseif head == false or rawget(req, "headers") ~= nil then
+            elseif head == false then
                 local h = req.headers["authorization"]
                 if h then s, i, j = bearer(h, 1, #h) end
             end
@@ -519,27 +517,8 @@ function _M.recheck(ctx, conf)
     return nil
 end
 
--- every byte's two hex digits, as the uint16_t whose bytes in memory they are
-local HEX_PAIRS = ffi.new("uint16_t[256]")
-do
-    local digits = "0123456789abcdef"
-    local probe = ffi.new("uint16_t[1]", 0x0100)
-    local little = ffi.cast("uint8_t *", probe)[0] == 0
-    for i = 0, 255 do
-        local hi, lo = byte(digits, rshift(i, 4) + 1), byte(digits, band(i, 15) + 1)
-        HEX_PAIRS[i] = little and hi + lo * 256 or hi * 256 + lo
-    end
-end
-local hex_out = ffi.new("uint16_t[32]")
-local U8P = ffi.typeof("const uint8_t *")
-
 --- A 32-byte hash (weir.sha256) as 64 hex digits.
-function _M.hex32(h)
-    if #h ~= 32 then error("oauth.hex32(h): h must be 32 bytes", 2) end
-    local p = ffi.cast(U8P, h)
-    for i = 0, 31 do hex_out[i] = HEX_PAIRS[p[i]] end
-    return ffi.string(hex_out, 64)
-end
+_M.hex32 = weir.hex32
 
 ------------------------------------------------------------------------------
 -- A cache of validated tokens, per worker

@@ -90,17 +90,33 @@ local function consumer_field(v)
     return nil
 end
 
+-- What was told, { app, sub, key_type, tier }: one read-only tuple shared
+-- by the connections of the same consumer (at most TOLD_MAX remembered).
+local told_tuples, n_told, TOLD_MAX = {}, 0, 1024
+local TOLD = ctxmod.TOLD       -- where a ctx keeps its tuple (an array slot)
+
+local function told_tuple(app, sub, kt, tier)
+    local key = concat({ app or "", sub or "", kt or "", tier or "" }, "\0")
+    local t = told_tuples[key]
+    if t and t[1] == app and t[2] == sub and t[3] == kt and t[4] == tier then return t end
+    t = { app, sub, kt, tier }
+    if n_told >= TOLD_MAX then told_tuples, n_told = {}, 0 end
+    n_told = n_told + 1
+    told_tuples[key] = t
+    return t
+end
+
 local function sync_consumer(ctx)
     local c = rawget(ctx, "consumer")
-    if c == nil and rawget(ctx, "_told") == nil then return end
+    if c == nil and rawget(ctx, TOLD) == nil then return end
     local app, sub, kt, tier
     if type(c) == "table" then
         app, sub = consumer_field(c.application), consumer_field(c.subscriber)
         kt, tier = consumer_field(c.key_type), consumer_field(c.tier)
     end
-    local told = rawget(ctx, "_told")
+    local told = rawget(ctx, TOLD)
     if told and told[1] == app and told[2] == sub and told[3] == kt and told[4] == tier then return end
-    rawset(ctx, "_told", { app, sub, kt, tier })
+    rawset(ctx, TOLD, told_tuple(app, sub, kt, tier))
     C.weir_ffi_consumer(ctx._h, app, sub, kt, tier)
 end
 
@@ -284,7 +300,11 @@ local function build(conf)
                 end
             end
             chain.sort(entries)
-            out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries) }
+            local rechecks = false
+            for _, e in ipairs(entries) do rechecks = rechecks or e.mod.recheck ~= nil end
+            out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries),
+                                                   rechecks = rechecks,
+                                                   api = ctxmod.api(api.name, v.version, api.context) }
         end
     end
     return out
@@ -390,15 +410,20 @@ end
 --- A connection reached a version with a chain: ID is the core's handle
 -- for it, NAME its name (ctx.id).
 function _M.open(id, name, api, version, context, head, ip, port, tls, ticket)
-    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0)
+    local c = chains[api .. "\0" .. version] or NO_CHAIN
+    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0, c.api)
     if ticket == 1 then ctx.request.ticket_request = true end
-    ctx._chain = chains[api .. "\0" .. version] or { entries = {}, mask = 0 }
+    ctx._chain = c
     ctxs[id] = ctx
 end
 
---- Run on_handshake.
+--- Run on_handshake. Once it has decided, what only the handshake needed
+-- goes (the backend request's changes, pushed to the core by now).
 function _M.handshake(id)
-    return run(ctxs[id], "on_handshake", nil)
+    local ctx = ctxs[id]
+    local st, kind, a, b, c = run(ctx, "on_handshake", nil)
+    if st ~= AGAIN then ctxmod.handshake_done(ctx) end
+    return st, kind, a, b, c
 end
 
 local len_box = ffi.new("size_t[1]")
