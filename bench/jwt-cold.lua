@@ -18,7 +18,7 @@
 --     -M N        also the Lua memory an open connection keeps: N handshakes
 --                 per mode left open (open and handshake, no close), bytes
 --                 per connection after a full collection
---     -p [MODE]   profile the cold mode with jit.p (MODE: jit.p's, default "Fl")
+--     -p [MODE]   profile the last mode of -m with jit.p (MODE: jit.p's, default "Fl")
 --     -v FILE     jit.v (traces, aborts) from the start to FILE ("-": stdout)
 --     -b          bare VM: without the budget's count hook and profiler
 --     -c BYTES    write BYTES of memory between handshakes (e.g. 4000000), so
@@ -328,7 +328,7 @@ print(string.format("%-7s %10.2f %10.2f %10.2f %s", "verify", vt[1], median(vt),
 if PROFILE then
     local p = require "jit.p"
     p.start(PROFILE, "-")
-    run("cold", N * ROUNDS)
+    run(MODES[#MODES], N * ROUNDS)
     p.stop()
 end
 

@@ -12,8 +12,8 @@
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 
-local setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
-    setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
+local setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select, next =
+    setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select, next
 local find, sub, lower, gsub, gmatch, match, char, byte =
     string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char, string.byte
 local concat, sort = table.concat, table.sort
@@ -604,14 +604,28 @@ function _M.api(api, version, context)
     return setmetatable({ name = api, version = version, context = context }, API_MT)
 end
 
+--- How many hash slots a ctx like CTX needs (at least AT_LEAST): a power
+-- of two that holds the fields it has (the runtime learns it from a chain's
+-- first connections, so that their tables are made big enough at once).
+function _M.slots(ctx, at_least)
+    local n = 0
+    for k in next, ctx do
+        if type(k) ~= "number" then n = n + 1 end
+    end
+    local s = at_least or 8
+    while s < n do s = s * 2 end
+    return s
+end
+
 --- A new ctx (called by the runtime when a connection reaches a chain):
 -- H is the core's handle for it, ID its name; API_T, when given, the
--- version's shared `ctx.api` (`weir.ctx.api`), else one is made.
-function _M.new(h, id, api, version, context, head, client_ip, client_port, tls, api_t)
-    -- the array part (ID, TOLD, API) and room for 8 fields: the runtime's
-    -- (_h, request, _chain, policy, _at, _replaced, _upgraded, _up until the
-    -- handshake is done) and a consumer; more make it grow
-    local ctx = tnew(3, 8)
+-- version's shared `ctx.api` (`weir.ctx.api`), else one is made; SLOTS,
+-- the hash slots to make it with (default 8: `_M.slots`).
+function _M.new(h, id, api, version, context, head, client_ip, client_port, tls, api_t, slots)
+    -- the array part (ID, TOLD, API) and room for the runtime's fields (_h,
+    -- request, _chain, policy, _at, _replaced, _upgraded, _up until the
+    -- handshake is done) and the policies': 8 for a key-auth chain
+    local ctx = tnew(3, slots or 8)
     ctx[ID] = id
     ctx[API] = api_t or _M.api(api, version, context)
     ctx._h = h

@@ -95,11 +95,19 @@ end
 local told_tuples, n_told, TOLD_MAX = {}, 0, 1024
 local TOLD = ctxmod.TOLD       -- where a ctx keeps its tuple (an array slot)
 
+local last_told = {}
+
 local function told_tuple(app, sub, kt, tier)
-    local key = concat({ app or "", sub or "", kt or "", tier or "" }, "\0")
-    local t = told_tuples[key]
-    if t and t[1] == app and t[2] == sub and t[3] == kt and t[4] == tier then return t end
+    local t = last_told
+    if t[1] == app and t[2] == sub and t[3] == kt and t[4] == tier then return t end
+    local key = (app or "") .. "\0" .. (sub or "") .. "\0" .. (kt or "") .. "\0" .. (tier or "")
+    t = told_tuples[key]
+    if t and t[1] == app and t[2] == sub and t[3] == kt and t[4] == tier then
+        last_told = t
+        return t
+    end
     t = { app, sub, kt, tier }
+    last_told = t
     if n_told >= TOLD_MAX then told_tuples, n_told = {}, 0 end
     n_told = n_told + 1
     told_tuples[key] = t
@@ -215,10 +223,20 @@ function _M.push_upstream(ctx, up)
     else
         q = nil
     end
-    local del, add = {}, {}
-    for name in pairs(up.del) do del[#del + 1] = name end
-    for _, nv in pairs(up.set) do add[#add + 1] = nv[1] .. ": " .. nv[2] .. "\r\n" end
-    del, add = concat(del, "\n"), concat(add)
+    -- a shared record (one removed header: ctx:clear_backend_header) keeps
+    -- its list, made once
+    local del, add = up.del_list, ""
+    if not del then
+        local d = {}
+        for name in pairs(up.del) do d[#d + 1] = name end
+        del = concat(d, "\n")
+        if up.shared then up.del_list = del end
+    end
+    if next(up.set) then
+        local a = {}
+        for _, nv in pairs(up.set) do a[#a + 1] = nv[1] .. ": " .. nv[2] .. "\r\n" end
+        add = concat(a)
+    end
     local proto, pset = nil, 0
     if next(up.proto) then
         local keep = {}
@@ -303,7 +321,7 @@ local function build(conf)
             local rechecks = false
             for _, e in ipairs(entries) do rechecks = rechecks or e.mod.recheck ~= nil end
             out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries),
-                                                   rechecks = rechecks,
+                                                   rechecks = rechecks, sized = 0, ctx_slots = 8,
                                                    api = ctxmod.api(api.name, v.version, api.context) }
         end
     end
@@ -363,7 +381,7 @@ function _M.recheck(ctx)
     end
 end
 
-local NO_CHAIN = { entries = {}, mask = 0 }     -- what has no chain: service requests, the worker's tasks
+local NO_CHAIN = { entries = {}, mask = 0, sized = 16, ctx_slots = 8 }     -- what has no chain: service requests, the worker's tasks
 
 -- The worker's own tasks (not a connection's): their timers and waits.
 local WORKER = { id = "worker", _chain = NO_CHAIN, service = "worker" }
@@ -411,7 +429,7 @@ end
 -- for it, NAME its name (ctx.id).
 function _M.open(id, name, api, version, context, head, ip, port, tls, ticket)
     local c = chains[api .. "\0" .. version] or NO_CHAIN
-    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0, c.api)
+    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0, c.api, c.ctx_slots)
     if ticket == 1 then ctx.request.ticket_request = true end
     ctx._chain = c
     ctxs[id] = ctx
@@ -422,7 +440,11 @@ end
 function _M.handshake(id)
     local ctx = ctxs[id]
     local st, kind, a, b, c = run(ctx, "on_handshake", nil)
-    if st ~= AGAIN then ctxmod.handshake_done(ctx) end
+    if st ~= AGAIN then
+        local ch = ctx._chain
+        if ch.sized < 16 then ch.sized, ch.ctx_slots = ch.sized + 1, ctxmod.slots(ctx, ch.ctx_slots) end
+        ctxmod.handshake_done(ctx)
+    end
     return st, kind, a, b, c
 end
 
