@@ -89,7 +89,7 @@ end
 -- no hash part): the head, the request line's parts, the client's address,
 -- then the views parsed from the head on first use. Its metatable maps the
 -- names to the slots, for reading and writing; other names are plain fields.
-local R_HEAD, R_HEADERS, R_QUERY, R_PROTOS = 1, 9, 10, 11
+local R_HEAD, R_HEADERS, R_QUERY, R_PROTOS, R_LINE = 1, 9, 10, 11, 12
 local R_FIELD = { method = 2, path = 3, query_string = 4, client_ip = 5, client_port = 6, scheme = 7,
                   ticket_request = 8 }
 local R_VIEW = { headers = R_HEADERS, query = R_QUERY, subprotocols = R_PROTOS }
@@ -134,17 +134,23 @@ function _M.header_span(req, name)
     return head, fs, fe
 end
 
--- request fields from their slots; the views parsed on first use
+local parse_line     -- forward: parse_line(r)
+
+-- request fields from their slots (the request line parsed on first use);
+-- the views parsed on first use
 local REQUEST_MT = {
     __index = function(r, k)
         local i = R_FIELD[k]
-        if i then return rawget(r, i) end
+        if i then
+            if i <= 4 and not rawget(r, R_LINE) then parse_line(r) end
+            return rawget(r, i)
+        end
         i = R_VIEW[k]
         if not i then return nil end
         local v = rawget(r, i)
         if v ~= nil then return v end
         if i == R_QUERY then
-            v = _M.parse_query(rawget(r, 4))
+            v = _M.parse_query(r.query_string)
         else
             local head = rawget(r, R_HEAD)
             if head == false then head_gone(k) end
@@ -161,6 +167,7 @@ local REQUEST_MT = {
     end,
     __newindex = function(r, k, v)
         local i = R_FIELD[k] or R_VIEW[k]
+        if i and i <= 4 and not rawget(r, R_LINE) then parse_line(r) end
         if i then rawset(r, i, v) else rawset(r, k, v) end
     end,
 }
@@ -178,16 +185,25 @@ local function request_line(head)
     return match(head, "^(%S+) (%S+)")
 end
 
---- A request table for HEAD (the client's request line and headers).
-function _M.request(head, client_ip, client_port, tls)
-    local method, target = request_line(head or "")
+-- Fill R's method, path and query string from its head's request line.
+parse_line = function(r)
+    local head = rawget(r, R_HEAD)
+    local method, target = request_line(type(head) == "string" and head or "")
     -- the path, up to the first "?", and the query string after it
     local path, qs = target or "/", ""
     local q = find(path, "?", 1, true)
     if q then path, qs = sub(path, 1, q - 1), sub(path, q + 1) end
-    local r = tnew(11, 0)
+    rawset(r, R_LINE, true)
+    rawset(r, 2, method)
+    rawset(r, 3, path)
+    rawset(r, 4, qs ~= "" and qs or nil)
+end
+
+--- A request table for HEAD (the client's request line and headers).
+function _M.request(head, client_ip, client_port, tls)
+    local r = tnew(12, 0)
     r[R_HEAD] = head or ""
-    r[2], r[3], r[4] = method, path, qs ~= "" and qs or nil
+    r[R_LINE] = false   -- the line's fields (2, 3, 4) are parsed when first read
     r[5], r[6], r[7] = client_ip, client_port, tls and "wss" or "ws"
     r[8] = false        -- ticket_request: the runtime sets it for POST <path>/ticket (read on every handshake)
     return setmetatable(r, REQUEST_MT)
@@ -211,6 +227,7 @@ function _M.handshake_done(ctx)
     -- headers or subprotocols is an error: head_gone)
     local c = rawget(ctx, "_chain")
     if c and c.mask == 1 and not c.rechecks and rawget(ctx, "_timers") == nil and rawget(ctx, "_icpt") == nil then
+        if not rawget(req, R_LINE) then parse_line(req) end     -- kept: the line's fields are small
         rawset(req, R_HEAD, false)
     end
 end
@@ -453,6 +470,15 @@ end
 local icpt_chains = setmetatable({}, { __mode = "k" })   -- fn → its interceptor chain
 local needles, n_needles = {}, 0                          -- msg_type → '"msg_type"'
 
+-- The interceptor chain of FN for policy NAME (made here, apart from
+-- CTX:intercept: a closure there would keep the JIT from compiling it)
+local function icpt_chain(fn, name)
+    local chain = { { name = name, priority = 0,
+                      mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } }
+    icpt_chains[fn] = chain
+    return chain
+end
+
 --- Have client text messages that contain the JSON string MSG_TYPE (quoted:
 -- `"auth"` for "auth") handed to FN(ctx, payload) before anything else sees
 -- them. FN returns nil to let the message go on, or a verdict (weir.DROP,
@@ -470,11 +496,7 @@ function CTX:intercept(msg_type, fn)
     if type(fn) ~= "function" then error("ctx:intercept(msg_type, fn): fn must be a function", 2) end
     local name = rawget(self, "policy") or "intercept"
     local chain = icpt_chains[fn]        -- one chain per function, shared by its connections
-    if not chain or chain[1].name ~= name then
-        chain = { { name = name, priority = 0,
-                    mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } }
-        icpt_chains[fn] = chain
-    end
+    if not chain or chain[1].name ~= name then chain = icpt_chain(fn, name) end
     rawset(self, "_icpt", chain)
     if C then
         if not needle then

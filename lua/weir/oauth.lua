@@ -301,15 +301,37 @@ local function words(s, out)
     return out
 end
 
-local function scopes_of(claims)
+-- Scope strings already split (an issuer's tokens mostly carry a few
+-- distinct ones): string → its words, never handed out (copied). At most
+-- SPLIT_MAX strings of at most SPLIT_MAX_LEN bytes are kept.
+local split, n_split, SPLIT_MAX, SPLIT_MAX_LEN = {}, 0, 256, 512
+
+-- A new list of S's words.
+local function words_of(s)
+    local w = split[s]
+    if not w then
+        w = words(s, {})
+        if #s <= SPLIT_MAX_LEN then
+            if n_split >= SPLIT_MAX then split, n_split = {}, 0 end
+            n_split = n_split + 1
+            split[s] = w
+        else
+            return w
+        end
+    end
     local out = {}
+    for i = 1, #w do out[i] = w[i] end
+    return out
+end
+
+local function scopes_of(claims)
     local s = claims.scope
-    if type(s) == "string" then
-        words(s, out)
-    elseif type(claims.scp) == "table" then
+    if type(s) == "string" then return words_of(s) end
+    local out = {}
+    if type(claims.scp) == "table" then
         for _, w in ipairs(claims.scp) do if type(w) == "string" then out[#out + 1] = w end end
     elseif type(claims.scp) == "string" then
-        words(claims.scp, out)
+        return words_of(claims.scp)
     end
     return out
 end
@@ -442,6 +464,14 @@ arm = function(ctx, conf)
     end
 end
 
+-- CONF's in-band refresh interceptor (made here, apart from _M.accept: a
+-- closure there would keep the JIT from compiling it)
+local function refresh_fn(conf, validate)
+    local fn = function(c2, payload) return _M.refresh(c2, conf, payload, validate) end
+    conf._refresh_fn, conf._refresh_validate = fn, validate
+    return fn
+end
+
 --- Accept a verified token on CTX: ctx.consumer, ctx.token, identity
 -- headers, expiry timers, the in-band refresh. TOKEN = { exp=, jti=, hash=,
 -- claims=, consumer= }.
@@ -460,10 +490,7 @@ function _M.accept(ctx, conf, token, validate)
         arm(ctx, conf)
         if conf.refresh and validate then
             local fn = conf._refresh_fn     -- one closure per configuration, not per connection
-            if not fn or conf._refresh_validate ~= validate then
-                fn = function(c2, payload) return _M.refresh(c2, conf, payload, validate) end
-                conf._refresh_fn, conf._refresh_validate = fn, validate
-            end
+            if not fn or conf._refresh_validate ~= validate then fn = refresh_fn(conf, validate) end
             ctx:intercept(conf.refresh_type, fn)
         end
     end

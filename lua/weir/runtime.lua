@@ -59,7 +59,8 @@ local C = ffi.C
 
 local _M = {}
 
-local chains = {}        -- "api\0version" → { entries, mask }
+local chains = {}        -- "api\0version" → { entries, mask, api, ... }
+local chains_by = {}     -- the same chains by API name, then version
 local ctxs = {}          -- conn id → ctx
 local waiting = {}       -- coroutine → { ctx =, hook =, frame = } for hooks that wait
 local timer_of = {}      -- coroutine → its timer, for timers that wait
@@ -212,8 +213,8 @@ end
 --- Give the core the changes policies made to the backend's request.
 function _M.push_upstream(ctx, up)
     local req = ctx.request
-    local q = req.query_string
-    if q and next(up.query) then
+    local q = next(up.query) and req.query_string
+    if q then
         local keep = {}
         for pair in q:gmatch("[^&]+") do
             local k = pair:match("^([^=]*)")
@@ -338,6 +339,12 @@ function _M.load(file, cpus)
     local conf, errs = weir_conf.load(file, { cpus = cpus })
     if not conf then return nil, concat(errs, "\n") end
     chains = build(conf)
+    chains_by = {}
+    for _, c in pairs(chains) do
+        local by = chains_by[c.api.name] or {}
+        chains_by[c.api.name] = by
+        by[c.api.version] = c
+    end
     _M.conf = conf                -- the admin API describes it
     require("weir.cluster").start()
     if conf.admin then require("weir.admin").extend_all() end     -- loaded now: not in a request's budget
@@ -428,7 +435,8 @@ end
 --- A connection reached a version with a chain: ID is the core's handle
 -- for it, NAME its name (ctx.id).
 function _M.open(id, name, api, version, context, head, ip, port, tls, ticket)
-    local c = chains[api .. "\0" .. version] or NO_CHAIN
+    local v = chains_by[api]
+    local c = v and v[version] or NO_CHAIN
     local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0, c.api, c.ctx_slots)
     if ticket == 1 then ctx.request.ticket_request = true end
     ctx._chain = c
@@ -494,9 +502,12 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
         for t in pairs(ts) do n = n + 1; list[n] = t end
         for i = 1, n do list[i]:cancel() end
     end
-    for token in pairs(ctx._io or {}) do
-        C.weir_ffi_http_cancel(token)
-        io[token] = nil
+    local ios = rawget(ctx, "_io")
+    if ios then
+        for token in pairs(ios) do
+            C.weir_ffi_http_cancel(token)
+            io[token] = nil
+        end
     end
     for co, w in pairs(waiting) do
         if w.ctx == ctx then waiting[co] = nil end
@@ -669,8 +680,15 @@ function _M.timer(ctx, delay, fn, ...)
     if type(fn) ~= "function" then error("ctx:timer(delay, fn): fn must be a function", 3) end
     if rawget(ctx, "_closed") then return setmetatable({ cancelled = true, ctx = ctx }, TIMER) end
     local now = weir.now()
-    local t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...),
-                             policy = ctx.policy }, TIMER)
+    local n = select("#", ...)
+    -- up to two arguments kept in the timer itself (no table for them)
+    local t
+    if n <= 2 then
+        local a1, a2 = ...
+        t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, a1 = a1, a2 = a2, n = n, policy = ctx.policy }, TIMER)
+    else
+        t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, args = { ... }, n = n, policy = ctx.policy }, TIMER)
+    end
     heap[#heap + 1] = t
     t.i = #heap
     up(t.i)
@@ -685,7 +703,11 @@ function _M.timer(ctx, delay, fn, ...)
 end
 
 local function timer_body(t)
-    t.fn(t.ctx, unpack(t.args, 1, t.n))
+    local n = t.n
+    if n == 0 then t.fn(t.ctx)
+    elseif n == 1 then t.fn(t.ctx, t.a1)
+    elseif n == 2 then t.fn(t.ctx, t.a1, t.a2)
+    else t.fn(t.ctx, unpack(t.args, 1, n)) end
 end
 
 -- Timer T's coroutine CO returned OK, TAG (resume's results): it waits,
