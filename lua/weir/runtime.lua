@@ -681,11 +681,11 @@ function _M.timer(ctx, delay, fn, ...)
     if rawget(ctx, "_closed") then return setmetatable({ cancelled = true, ctx = ctx }, TIMER) end
     local now = weir.now()
     local n = select("#", ...)
-    -- up to two arguments kept in the timer itself (no table for them)
+    -- up to two arguments kept in the timer's array part (no table for them)
     local t
     if n <= 2 then
         local a1, a2 = ...
-        t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, a1 = a1, a2 = a2, n = n, policy = ctx.policy }, TIMER)
+        t = setmetatable({ a1, a2, at = now + delay, ctx = ctx, fn = fn, n = n, policy = ctx.policy }, TIMER)
     else
         t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, args = { ... }, n = n, policy = ctx.policy }, TIMER)
     end
@@ -705,8 +705,8 @@ end
 local function timer_body(t)
     local n = t.n
     if n == 0 then t.fn(t.ctx)
-    elseif n == 1 then t.fn(t.ctx, t.a1)
-    elseif n == 2 then t.fn(t.ctx, t.a1, t.a2)
+    elseif n == 1 then t.fn(t.ctx, t[1])
+    elseif n == 2 then t.fn(t.ctx, t[1], t[2])
     else t.fn(t.ctx, unpack(t.args, 1, n)) end
 end
 
