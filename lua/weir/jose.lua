@@ -150,13 +150,14 @@ end
 
 -- Decode S[I..J] (1-based, inclusive, as string.sub counts) strictly: see
 -- b64url_decode. Four characters a step, and no substring of S is made.
-local function b64_range(s, i, j)
+-- SRC, when given, is S as a `const uint8_t *` (one cast for several parts).
+local function b64_range(s, i, j, src)
     local n = j - i + 1
     if n < 0 then n = 0 end
     local rest = n % 4
     if rest == 1 then return nil, "bad base64url length" end
     local out = scratch(rshift(n * 3, 2) + 3)
-    local src = ffi.cast(U8P, s)
+    src = src or ffi.cast(U8P, s)
     local base = i - 1                     -- an index offset, not a new pointer
     local full, o = base + n - rest, 0
     for k = base, full - 1, 4 do
@@ -320,16 +321,17 @@ function _M.decode(token, max_len, i, j)
     -- signature's, then the header's JSON and members, then the payload's
     local text = d1 - i <= HEADER_MAX_LEN and sub(token, i, d1 - 1) or nil
     local h = text and headers[text]
+    local src = ffi.cast(U8P, token)
     local raw, err
     if not h then
-        raw, err = b64_range(token, i, d1 - 1)
+        raw, err = b64_range(token, i, d1 - 1, src)
         if not raw then return nil, "header: " .. err end
     end
     local p_raw
-    p_raw, err = b64_range(token, d1 + 1, d2 - 1)
+    p_raw, err = b64_range(token, d1 + 1, d2 - 1, src)
     if not p_raw then return nil, "payload: " .. err end
     local sig
-    sig, err = b64_range(token, d2 + 1, j)
+    sig, err = b64_range(token, d2 + 1, j, src)
     if not sig then return nil, "signature: " .. err end
     if not h then
         h, err = jws_header(text, raw)
@@ -1084,33 +1086,13 @@ function _M.random_bytes(n)
     return ffi_string(rand_buf, n)
 end
 
-local sha_out = ffi_new("unsigned char[32]")
-local SHA256_MD = MD["256"]
-local sha_ctx = C.EVP_MD_CTX_new()  -- one per Lua state, initialised again for each use
-assert(sha_ctx ~= nil, "EVP_MD_CTX_new failed")
-sha_ctx = ffi_gc(sha_ctx, C.EVP_MD_CTX_free)
-
---- SHA-256 of S (or of S[I..J]), as 32 raw bytes (e.g. a token cache key).
+--- SHA-256 of S (or of S[I..J]), as 32 raw bytes (e.g. a token cache key):
+-- `weir.sha256` (a digest fetched once and a context kept per Lua state).
 -- @tparam string s
 -- @tparam[opt=1] number i
 -- @tparam[opt=#s] number j
 -- @treturn string
 -- @usage local id = jose.sha256(token)
-function _M.sha256(s, i, j)
-    local p, n = s, #s
-    if i then
-        j = j or n
-        if i < 1 or j > n or j < i - 1 then error("jose.sha256(s, i, j): the range is outside s", 2) end
-        p, n = i == 1 and s or ffi.cast(U8P, s) + (i - 1), j - i + 1
-    end
-    -- the digest fetched once and one context kept: OpenSSL 3's SHA256()
-    -- fetches the digest and makes a context on every call
-    if C.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1 or C.EVP_DigestUpdate(sha_ctx, p, n) ~= 1
-       or C.EVP_DigestFinal_ex(sha_ctx, sha_out, nil) ~= 1 then
-        C.ERR_clear_error()
-        C.SHA256(p, n, sha_out)
-    end
-    return ffi_string(sha_out, 32)
-end
+_M.sha256 = require("weir").sha256
 
 return _M
