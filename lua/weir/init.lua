@@ -17,27 +17,11 @@ local _M = {
     TEXT = 1, BINARY = 2,
 }
 
--- Only opaque types beside weir's own: weir.jose declares the same
--- functions (LuaJIT accepts identical redeclarations; a struct body
--- declared twice would fail).
 ffi.cdef [[
     typedef struct { long tv_sec; long tv_usec; } weir_timeval_t;
     int gettimeofday(weir_timeval_t *tv, void *tz);
     unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
     int RAND_bytes(unsigned char *buf, int num);
-
-    typedef struct evp_md_st EVP_MD;
-    typedef struct evp_md_ctx_st EVP_MD_CTX;
-    typedef struct engine_st ENGINE;
-    typedef struct ossl_lib_ctx_st OSSL_LIB_CTX;
-    EVP_MD *EVP_MD_fetch(OSSL_LIB_CTX *ctx, const char *algorithm, const char *properties);
-    void EVP_MD_free(EVP_MD *md);
-    EVP_MD_CTX *EVP_MD_CTX_new(void);
-    void EVP_MD_CTX_free(EVP_MD_CTX *ctx);
-    int EVP_DigestInit_ex(EVP_MD_CTX *ctx, const EVP_MD *type, ENGINE *impl);
-    int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt);
-    int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s);
-    void ERR_clear_error(void);
 ]]
 
 -- libcrypto: already in a worker's process; loaded by name in a plain LuaJIT
@@ -115,33 +99,14 @@ function _M.error_json(problem, code, message)
            .. os.date("!%Y-%m-%dT%H:%M:%SZ") .. '"}'
 end
 
-local md = ffi.new("unsigned char[32]")
 local U8P = ffi.typeof("const uint8_t *")
 
--- the digest fetched once and one context kept per Lua state: OpenSSL 3's
--- SHA256() fetches the digest and makes a context on every call
-local SHA256_MD = crypto.EVP_MD_fetch(nil, "SHA256", nil)
-local sha_ctx = SHA256_MD ~= nil and crypto.EVP_MD_CTX_new() or nil
-if sha_ctx ~= nil then
-    SHA256_MD = ffi.gc(SHA256_MD, crypto.EVP_MD_free)
-    sha_ctx = ffi.gc(sha_ctx, crypto.EVP_MD_CTX_free)
-end
-
--- SHA-256 of S[I..J] (all of S without I) into md
-local function digest(s, i, j, fn)
-    local p, n = s, #s
-    if i then
-        j = j or n
-        if type(i) ~= "number" or type(j) ~= "number" or i < 1 or j > n or j < i - 1 then
-            error("weir." .. fn .. "(s, i, j): the range is outside s", 3)
-        end
-        p, n = i == 1 and s or ffi.cast(U8P, s) + (i - 1), j - i + 1
-    end
-    if sha_ctx == nil or crypto.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1
-       or crypto.EVP_DigestUpdate(sha_ctx, p, n) ~= 1 or crypto.EVP_DigestFinal_ex(sha_ctx, md, nil) ~= 1 then
-        if sha_ctx ~= nil then crypto.ERR_clear_error() end
-        crypto.SHA256(p, n, md)
-    end
+-- SHA-256 over a range with a kept context: weir.jose's (loaded when first
+-- used: most callers of weir never hash)
+local jose_sha256
+local function sha256(s, i, j)
+    if not jose_sha256 then jose_sha256 = require("weir.jose").sha256 end
+    return jose_sha256(s, i, j)
 end
 
 -- every byte's two hex digits, as the uint16_t whose bytes in memory they are
@@ -165,17 +130,14 @@ local hex_out = ffi.new("uint16_t[32]")
 -- @usage local h = weir.sha256_hex(key)
 function _M.sha256_hex(s, i, j)
     if type(s) ~= "string" then error("weir.sha256_hex(s [, i, j]): s must be a string", 2) end
-    digest(s, i, j, "sha256_hex")
-    for k = 0, 31 do hex_out[k] = HEX_PAIRS[md[k]] end
-    return ffi.string(hex_out, 64)
+    return _M.hex32(sha256(s, i, j))
 end
 
 --- SHA-256 of S (or of S[I..J]), as 32 raw bytes.
 -- @usage local h = weir.sha256(token)
 function _M.sha256(s, i, j)
     if type(s) ~= "string" then error("weir.sha256(s [, i, j]): s must be a string", 2) end
-    digest(s, i, j, "sha256")
-    return ffi.string(md, 32)
+    return sha256(s, i, j)
 end
 
 --- 32 raw bytes (a SHA-256) as 64 lower-case hex digits.

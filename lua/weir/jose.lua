@@ -1086,13 +1086,33 @@ function _M.random_bytes(n)
     return ffi_string(rand_buf, n)
 end
 
---- SHA-256 of S (or of S[I..J]), as 32 raw bytes (e.g. a token cache key):
--- `weir.sha256` (a digest fetched once and a context kept per Lua state).
+local sha_out = ffi_new("unsigned char[32]")
+local SHA256_MD = MD["256"]
+local sha_ctx = C.EVP_MD_CTX_new()  -- one per Lua state, initialised again for each use
+assert(sha_ctx ~= nil, "EVP_MD_CTX_new failed")
+sha_ctx = ffi_gc(sha_ctx, C.EVP_MD_CTX_free)
+
+--- SHA-256 of S (or of S[I..J]), as 32 raw bytes (e.g. a token cache key).
 -- @tparam string s
 -- @tparam[opt=1] number i
 -- @tparam[opt=#s] number j
 -- @treturn string
 -- @usage local id = jose.sha256(token)
-_M.sha256 = require("weir").sha256
+function _M.sha256(s, i, j)
+    local p, n = s, #s
+    if i then
+        j = j or n
+        if i < 1 or j > n or j < i - 1 then error("jose.sha256(s, i, j): the range is outside s", 2) end
+        p, n = i == 1 and s or ffi.cast(U8P, s) + (i - 1), j - i + 1
+    end
+    -- the digest fetched once and one context kept: OpenSSL 3's SHA256()
+    -- fetches the digest and makes a context on every call
+    if C.EVP_DigestInit_ex(sha_ctx, SHA256_MD, nil) ~= 1 or C.EVP_DigestUpdate(sha_ctx, p, n) ~= 1
+       or C.EVP_DigestFinal_ex(sha_ctx, sha_out, nil) ~= 1 then
+        C.ERR_clear_error()
+        C.SHA256(p, n, sha_out)
+    end
+    return ffi_string(sha_out, 32)
+end
 
 return _M
