@@ -79,6 +79,8 @@ weir_ffi_upstream(uint64_t id, const char *query, size_t qlen, const char *del, 
 }
 
 int weir_ffi_intercept(uint64_t id, const char *needle) { (void) id; (void) needle; return 0; }
+int weir_ffi_inspect(uint64_t id, void *in, int owner) { (void) id; (void) in; (void) owner; return 0; }
+int weir_ffi_inspect_owner(uint64_t id) { (void) id; return 0; }
 
 int
 weir_ffi_ticket_put(const unsigned char *hash, const unsigned char *scope, const char *data, size_t len,
@@ -103,3 +105,8 @@ weir_ffi_limit(uint64_t id, const char *key, size_t len, uint64_t count, uint64_
     (void) action_in; (void) action_out; (void) share; (void) err; (void) errlen;
     return 0;
 }
+
+/* analytics: no sinks in the harness's configuration (weir.analytics.loaded
+ * asks which sets are in use) */
+void weir_ffi_analytics_sets_used(unsigned char *used) { (void) used; }
+void weir_ffi_analytics_interval(double ms) { (void) ms; }

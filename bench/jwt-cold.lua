@@ -12,8 +12,13 @@
 --                 some of them run undisturbed on a shared machine)
 --     -r R        rounds per mode, modes taking turns (default 9): the least,
 --                 median and most wall-clock µs per handshake are shown
---     -m LIST     modes, comma-separated: noop, warm, cold (default all three)
---     -p [MODE]   profile the cold mode with jit.p (MODE: jit.p's, default "Fl")
+--     -m LIST     modes, comma-separated: noop, warm, cold, keyauth (default
+--                 noop, warm, cold; keyauth: bench/run's "weir + policies"
+--                 chain, key-auth then message-schema, the key in a header)
+--     -M N        also the Lua memory an open connection keeps: N handshakes
+--                 per mode left open (open and handshake, no close), bytes
+--                 per connection after a full collection
+--     -p [MODE]   profile the last mode of -m with jit.p (MODE: jit.p's, default "Fl")
 --     -v FILE     jit.v (traces, aborts) from the start to FILE ("-": stdout)
 --     -b          bare VM: without the budget's count hook and profiler
 --     -c BYTES    write BYTES of memory between handshakes (e.g. 4000000), so
@@ -46,7 +51,8 @@ if not pcall(function() return ffi.C.weir_ffi_abi end) then
     local so = os.tmpname()
     os.remove(so)
     so = so .. "-weir-ffi-stubs.so"
-    local cc = string.format("cc -O2 -shared -fPIC -o %q %q", so, HERE .. "/ffi-stubs.c")
+    -- the inspector is the core's own (core/inspect.c): message-schema builds one
+    local cc = string.format("cc -O2 -shared -fPIC -o %q %q %q", so, HERE .. "/ffi-stubs.c", ROOT .. "/core/inspect.c")
     local okc = os.execute(cc)
     if okc ~= true and okc ~= 0 then error("cannot build the stubs: " .. cc) end
     local args = {}
@@ -64,7 +70,7 @@ package.path = LUA_DIR .. "/?.lua;" .. LUA_DIR .. "/?/init.lua;" .. package.path
 local cjson = require "cjson"
 
 local N, ROUNDS, MODES, PROFILE, VERBOSE, KEYDIR = 5000, 9, { "noop", "warm", "cold" }, nil, nil, nil
-local BARE, POLLUTE = false, 0
+local BARE, POLLUTE, HELD = false, 0, 0
 do
     local i = 1
     while i <= #arg do
@@ -82,6 +88,7 @@ do
         elseif a == "-b" then BARE = true
         elseif a == "-c" then POLLUTE = tonumber(arg[i + 1]); i = i + 1
         elseif a == "-k" then KEYDIR = arg[i + 1]; i = i + 1
+        elseif a == "-M" then HELD = tonumber(arg[i + 1]); i = i + 1
         else error("unknown option " .. a) end
         i = i + 1
     end
@@ -136,6 +143,12 @@ local chain = function(extra)
     return string.format([[{ { "jwt", { jwks_file = %q, issuer = %q, audience = %q%s } } }]],
                          dir .. "/jwks.json", ISSUER, AUDIENCE, extra)
 end
+-- the key of the keyauth mode: its keys file holds its SHA-256 (bench/run's)
+local API_KEY = "0123456789abcdef0123456789abcdef0123456789abcdef"
+do
+    local hash = require("weir").sha256_hex(API_KEY)
+    write(dir .. "/keys.txt", "sha256:" .. hash .. "  application=Bench subscriber=bench tier=Gold\n")
+end
 local conf_file = dir .. "/weir.conf.lua"
 write(conf_file, string.format([[
 return {
@@ -148,9 +161,12 @@ return {
           policies = { { "bench-handshake-noop", {} } } },
         { version = "warm", endpoints = { production = "ws://127.0.0.1:2" }, policies = %s },
         { version = "cold", endpoints = { production = "ws://127.0.0.1:2" }, policies = %s },
+        { version = "keyauth", endpoints = { production = "ws://127.0.0.1:2" }, policies = {
+            { "key-auth", { keys_file = %q, key_in = { "header" } } },
+            { "message-schema", { types = { "bench" }, max_size = "1m", allow_binary = true } } } },
     } } },
 }
-]], HERE .. "/policies", chain(""), chain(", cache_size = 32")))
+]], HERE .. "/policies", chain(""), chain(", cache_size = 32"), dir .. "/keys.txt"))
 
 -- the worker's VM as core/lua_bridge.c sets it up: a count hook that
 -- never fires (the budget's) and LuaJIT's profiler at 10 ms in line mode
@@ -166,12 +182,13 @@ local runtime = require "weir.runtime"
 local masks, err = runtime.load(conf_file, 2)
 if not masks then error(err) end
 
-local function head(tok)
+local function head(tok, key)
     return "GET /bench HTTP/1.1\r\nHost: 127.0.0.1:19108\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            .. "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-           .. (tok and "Authorization: Bearer " .. tok .. "\r\n" or "") .. "\r\n"
+           .. (tok and "Authorization: Bearer " .. tok .. "\r\n" or "")
+           .. (key and "apikey: " .. key .. "\r\n" or "") .. "\r\n"
 end
-local heads = { noop = { head(nil) }, warm = { head(tokens[1]) }, cold = {} }
+local heads = { noop = { head(nil) }, warm = { head(tokens[1]) }, cold = {}, keyauth = { head(nil, API_KEY) } }
 for i = 2, COLD_TOKENS + 1 do heads.cold[#heads.cold + 1] = head(tokens[i]) end
 
 -- for the signature check alone, below
@@ -272,20 +289,47 @@ do
     end
 end
 
-print(string.format("%-6s %10s %10s %10s %10s", "mode", "µs/hs min", "median", "max", "bytes/hs"))
+-- the Lua memory HELD open connections of MODE keep, per connection: each
+-- gets a request head of its own (in weir every head is a new string)
+local function held_per(mode)
+    local hs = heads[mode]
+    collectgarbage("collect")
+    collectgarbage("collect")
+    local before = collectgarbage("count")
+    local first = id + 1
+    for i = 1, HELD do
+        id = id + 1
+        -- a head of its own (a string made now), and a name of its own, as in weir
+        local h = hs[i % #hs + 1]
+        h = h:sub(1, -3) .. "X-Seq: " .. i .. "\r\n\r\n"
+        open(id, "w0-" .. i, "Bench", mode, "/bench", h, "127.0.0.1", 40000, 0, 0)
+        local st, kind = handshake(id)
+        if st ~= 0 or kind ~= 0 then error(mode .. ": held handshake refused") end
+    end
+    collectgarbage("collect")
+    collectgarbage("collect")
+    local after = collectgarbage("count")
+    for i = first, id do close(i, 1000, "client", 10, 0, 0, 0, 0) end
+    collectgarbage("collect")
+    return (after - before) * 1024 / HELD
+end
+
+print(string.format("%-7s %10s %10s %10s %10s%s", "mode", "µs/hs min", "median", "max", "bytes/hs",
+                    HELD > 0 and "  bytes/open conn" or ""))
 for _, m in ipairs(MODES) do
     local t = times[m]
     table.sort(t)
-    print(string.format("%-6s %10.2f %10.2f %10.2f %10.0f", m, t[1], median(t), t[#t], alloc_per(m)))
+    print(string.format("%-7s %10.2f %10.2f %10.2f %10.0f%s", m, t[1], median(t), t[#t], alloc_per(m),
+                        HELD > 0 and string.format("  %10.0f", held_per(m)) or ""))
 end
 table.sort(vt)
-print(string.format("%-6s %10.2f %10.2f %10.2f %s", "verify", vt[1], median(vt), vt[#vt], "  (jose.verify alone)"))
+print(string.format("%-7s %10.2f %10.2f %10.2f %s", "verify", vt[1], median(vt), vt[#vt], "  (jose.verify alone)"))
 
 
 if PROFILE then
     local p = require "jit.p"
     p.start(PROFILE, "-")
-    run("cold", N * ROUNDS)
+    run(MODES[#MODES], N * ROUNDS)
     p.stop()
 end
 

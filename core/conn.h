@@ -150,8 +150,12 @@ int  weir_conn_upstream(weir_session_t *s, const char *query, size_t qlen, const
 int  weir_conn_intercept(weir_session_t *s, const char *needle);
 
 /* Run IN (a reference is taken) on each of the client's messages from the
- * next one on, before the frame hooks; NULL stops it (core/inspect.h). */
-void weir_conn_inspect(weir_session_t *s, weir_inspector_t *in);
+ * next one on, before the frame hooks; NULL stops it (core/inspect.h).
+ * OWNER is the engine's number for whoever attached it (kept, not read). */
+void weir_conn_inspect(weir_session_t *s, weir_inspector_t *in, unsigned owner);
+
+/* The OWNER S's inspector was attached with, 0 when it has none. */
+unsigned weir_conn_inspect_owner(const weir_session_t *s);
 
 /* What happens to a message over a rate limit (weir_conn_limit). */
 enum {

@@ -662,12 +662,19 @@ weir_ffi_analytics(uint64_t id, int set, const char *client)
 }
 
 int
-weir_ffi_inspect(uint64_t id, weir_inspector_t *in)
+weir_ffi_inspect(uint64_t id, weir_inspector_t *in, int owner)
 {
     weir_session_t *s = weir_map_get(id);
     if (s == NULL) return WEIR_ERROR;
-    weir_conn_inspect(s, in);
+    weir_conn_inspect(s, in, owner > 0 ? (unsigned) owner : 0);
     return WEIR_OK;
+}
+
+int
+weir_ffi_inspect_owner(uint64_t id)
+{
+    weir_session_t *s = weir_map_get(id);
+    return s != NULL ? (int) weir_conn_inspect_owner(s) : 0;
 }
 
 int

@@ -534,11 +534,18 @@ weir_conn_consumer(weir_session_t *s, const char *const fields[WEIR_CONSUMER_FIE
 }
 
 void
-weir_conn_inspect(weir_session_t *s, weir_inspector_t *in)
+weir_conn_inspect(weir_session_t *s, weir_inspector_t *in, unsigned owner)
 {
     if (in != NULL) weir_inspector_ref(in);
     weir_inspector_unref(s->inspect);
     s->inspect = in;
+    s->inspect_owner = in != NULL ? (uint16_t) owner : 0;
+}
+
+unsigned
+weir_conn_inspect_owner(const weir_session_t *s)
+{
+    return s->inspect_owner;
 }
 
 int

@@ -181,6 +181,7 @@ struct weir_session_s {
     weir_inspector_t *inspect;          /* weir_conn_inspect: checks of the client's messages, NULL: none */
     char            *consumer[WEIR_CONSUMER_FIELDS];  /* weir_conn_consumer, for the access record; NULL: unknown */
     uint16_t         peer_port;
+    uint16_t         inspect_owner;     /* who attached inspect: the engine's number for it, 0: none */
     weir_route_t     route;
     weir_endpoint_t *ep;
     char            *hs;                /* client request head, until the 101 */

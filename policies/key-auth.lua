@@ -45,6 +45,7 @@ local byte, find, match, lower, upper, sub, format =
     string.byte, string.find, string.match, string.lower, string.upper, string.sub,
     string.format
 local sha256_hex, weir_error = weir.sha256_hex, weir.error
+local header_span = weir.header_span
 
 local HASH_CHAR = 35     -- "#"
 local QUOTE     = 34     -- '"'
@@ -198,20 +199,27 @@ end
 -- @usage -- a client: ws://host/echo?apikey=KEY, or the header "apikey: KEY"
 function _M.on_handshake(ctx, conf)
     local req = ctx.request
-    local key, rec
+    local rec
     local from = conf.key_in
     for i = 1, #from do
+        local s, ki, kj
         if from[i] == "header" then
-            key = req.headers[conf._header]
+            -- read where it lies in the request head: no headers table, no
+            -- copy of the key (a repeated header: its values joined, as
+            -- req.headers has them)
+            local head, vs, ve = header_span(req, conf._header)
+            if vs then
+                s, ki, kj = head, vs, ve
+            elseif head == false then
+                s = req.headers[conf._header]
+            end
         else
-            key = req.query[conf.query_param]
+            s = req.query[conf.query_param]
         end
-        if type(key) == "string" and key ~= "" then break end
-        key = nil
-    end
-    if key then
-        rec = conf._keys[sha256_hex(key)]
-        key = nil
+        if type(s) == "string" and (ki or #s > 0) and (not ki or kj >= ki) then
+            rec = conf._keys[sha256_hex(s, ki, kj)]
+            break
+        end
     end
     if rec and conf.hide_credentials then
         ctx:clear_backend_header(conf._header)

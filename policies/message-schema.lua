@@ -146,5 +146,6 @@ end
 function _M.recheck(ctx, conf)
     ctx:inspect(conf._inspector)
 end
+_M.recheck_reads_request = false     -- so weir may drop the request head after the handshake
 
 return _M

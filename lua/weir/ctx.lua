@@ -12,8 +12,8 @@
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 
-local setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select =
-    setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select
+local setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select, next =
+    setmetatable, getmetatable, rawget, rawset, type, tostring, tonumber, pairs, select, next
 local find, sub, lower, gsub, gmatch, match, char, byte =
     string.find, string.sub, string.lower, string.gsub, string.gmatch, string.match, string.char, string.byte
 local concat, sort = table.concat, table.sort
@@ -77,15 +77,38 @@ function _M.parse_headers(head)
     return h
 end
 
+-- What reading the head's fields says once the head is gone (handshake_done).
+local function head_gone(what)
+    error("ctx.request." .. what .. " is not kept after the handshake: when the connection opened, its chain "
+          .. "had no hook after on_handshake (no frame or close hook, no recheck, no timer or interceptor "
+          .. "set), so the request head was dropped; read it in on_handshake and keep what you need in "
+          .. "ctx.vars", 3)
+end
+
+-- A request keeps its fields in its array part (a table of one allocation,
+-- no hash part): the head, the request line's parts, the client's address,
+-- then the views parsed from the head on first use. Its metatable maps the
+-- names to the slots, for reading and writing; other names are plain fields.
+local R_HEAD, R_HEADERS, R_QUERY, R_PROTOS, R_LINE = 1, 9, 10, 11, 12
+local R_FIELD = { method = 2, path = 3, query_string = 4, client_ip = 5, client_port = 6, scheme = 7,
+                  ticket_request = 8 }
+local R_VIEW = { headers = R_HEADERS, query = R_QUERY, subprotocols = R_PROTOS }
+
 --- Where header NAME (lower-cased) is in REQ's request head, without
 -- parsing the other headers or copying anything: the head and the first
 -- and last positions of its value (spaces and tabs around it left out, as
--- parse_headers does). Nil when the head has no such header, false when it
--- has it more than once (req.headers joins the values then).
+-- parse_headers does). Nil when the head has no such header; false when
+-- the caller must read `req.headers[name]` instead: the header is repeated
+-- (req.headers joins the values), the headers were parsed already (a policy
+-- may have changed them), or REQ has no head (a spec's fake request).
 -- @usage local head, i, j = ctxmod.header_span(ctx.request, "authorization")
 function _M.header_span(req, name)
-    local head = rawget(req, "_head")
-    if not head then return nil end
+    local head = rawget(req, R_HEAD)
+    if type(head) ~= "string" then
+        if head == false then head_gone("headers") end
+        return false
+    end
+    if rawget(req, R_HEADERS) ~= nil then return false end
     local n = #name
     local pos = find(head, "\r\n", 1, true)
     if not pos then return nil end
@@ -111,25 +134,41 @@ function _M.header_span(req, name)
     return head, fs, fe
 end
 
--- request fields parsed on first use
+local parse_line     -- forward: parse_line(r)
+
+-- request fields from their slots (the request line parsed on first use);
+-- the views parsed on first use
 local REQUEST_MT = {
     __index = function(r, k)
-        local head = rawget(r, "_head")
-        if k == "headers" then
-            local h = _M.parse_headers(head or "")
-            rawset(r, "headers", h)
-            return h
-        elseif k == "query" then
-            local q = _M.parse_query(rawget(r, "query_string"))
-            rawset(r, "query", q)
-            return q
-        elseif k == "subprotocols" then
-            local list, v = {}, r.headers["sec-websocket-protocol"]
-            if v then for p in gmatch(v, "[^,%s]+") do list[#list + 1] = p end end
-            rawset(r, "subprotocols", list)
-            return list
+        local i = R_FIELD[k]
+        if i then
+            if i <= 4 and not rawget(r, R_LINE) then parse_line(r) end
+            return rawget(r, i)
         end
-        return nil
+        i = R_VIEW[k]
+        if not i then return nil end
+        local v = rawget(r, i)
+        if v ~= nil then return v end
+        if i == R_QUERY then
+            v = _M.parse_query(r.query_string)
+        else
+            local head = rawget(r, R_HEAD)
+            if head == false then head_gone(k) end
+            if i == R_HEADERS then
+                v = _M.parse_headers(head or "")
+            else
+                v = {}
+                local p = r.headers["sec-websocket-protocol"]
+                if p then for w in gmatch(p, "[^,%s]+") do v[#v + 1] = w end end
+            end
+        end
+        rawset(r, i, v)
+        return v
+    end,
+    __newindex = function(r, k, v)
+        local i = R_FIELD[k] or R_VIEW[k]
+        if i and i <= 4 and not rawget(r, R_LINE) then parse_line(r) end
+        if i then rawset(r, i, v) else rawset(r, k, v) end
     end,
 }
 
@@ -146,18 +185,51 @@ local function request_line(head)
     return match(head, "^(%S+) (%S+)")
 end
 
---- A request table for HEAD (the client's request line and headers).
-function _M.request(head, client_ip, client_port, tls)
-    local method, target = request_line(head or "")
+-- Fill R's method, path and query string from its head's request line.
+parse_line = function(r)
+    local head = rawget(r, R_HEAD)
+    local method, target = request_line(type(head) == "string" and head or "")
     -- the path, up to the first "?", and the query string after it
     local path, qs = target or "/", ""
     local q = find(path, "?", 1, true)
     if q then path, qs = sub(path, 1, q - 1), sub(path, q + 1) end
-    return setmetatable({
-        _head = head, method = method, path = path, query_string = qs ~= "" and qs or nil,
-        client_ip = client_ip, client_port = client_port, scheme = tls and "wss" or "ws",
-        ticket_request = false,     -- the runtime sets it for POST <path>/ticket (read on every handshake)
-    }, REQUEST_MT)
+    rawset(r, R_LINE, true)
+    rawset(r, 2, method)
+    rawset(r, 3, path)
+    rawset(r, 4, qs ~= "" and qs or nil)
+end
+
+--- A request table for HEAD (the client's request line and headers).
+function _M.request(head, client_ip, client_port, tls)
+    local r = tnew(12, 0)
+    r[R_HEAD] = head or ""
+    r[R_LINE] = false   -- the line's fields (2, 3, 4) are parsed when first read
+    r[5], r[6], r[7] = client_ip, client_port, tls and "wss" or "ws"
+    r[8] = false        -- ticket_request: the runtime sets it for POST <path>/ticket (read on every handshake)
+    return setmetatable(r, REQUEST_MT)
+end
+
+--- The handshake of CTX was decided (the runtime calls it): what only the
+-- handshake needed goes, for the connection's life. The changes to the
+-- backend's request were given to the core; the request's parsed views
+-- (`headers`, `query`, `subprotocols`) are made again from the request
+-- head on their next use, as on their first.
+function _M.handshake_done(ctx)
+    rawset(ctx, "_up", nil)
+    local req = rawget(ctx, "request")
+    if not req or getmetatable(req) ~= REQUEST_MT then return end
+    rawset(req, R_HEADERS, nil)
+    rawset(req, R_QUERY, nil)
+    rawset(req, R_PROTOS, nil)
+    -- the head itself, when nothing of this connection can run after the
+    -- handshake: a chain of on_handshake hooks alone, no recheck, no timer,
+    -- no interceptor (after a reload that adds later hooks, reading the
+    -- headers or subprotocols is an error: head_gone)
+    local c = rawget(ctx, "_chain")
+    if c and c.mask == 1 and not c.rechecks and rawget(ctx, "_timers") == nil and rawget(ctx, "_icpt") == nil then
+        if not rawget(req, R_LINE) then parse_line(req) end     -- kept: the line's fields are small
+        rawset(req, R_HEAD, false)
+    end
 end
 
 ------------------------------------------------------------------------------
@@ -207,7 +279,28 @@ function _M.log(level, msg, conn, policy, fields, ...)
 end
 
 local CTX = {}
-CTX.__index = CTX
+
+-- A ctx keeps a few things in its array part, where each costs 8 bytes and
+-- leaves the hash part (the runtime's fields and the policies') at 8 slots
+-- for a chain such as key-auth's: its name (ctx.id), its version's shared
+-- ctx.api, and the consumer last told to the core (the runtime's).
+local ID, TOLD, API = 1, 2, 3
+_M.TOLD = TOLD
+
+-- methods; `id` and `api` from the array part; `vars`, made on first use
+-- (most connections never need it)
+CTX.__index = function(ctx, k)
+    local m = CTX[k]
+    if m ~= nil then return m end
+    if k == "id" then return rawget(ctx, ID) end
+    if k == "api" then return rawget(ctx, API) end
+    if k == "vars" then
+        local v = {}
+        rawset(ctx, "vars", v)
+        return v
+    end
+    return nil
+end
 
 local LEVELS = _M.LEVELS
 
@@ -358,6 +451,11 @@ end
 -- @usage ctx:hide_query_arg("apikey")
 function CTX:hide_query_arg(name)
     if type(name) ~= "string" or name == "" then error("ctx:hide_query_arg(name): name must be a string", 2) end
+    if self.request.query_string == nil then
+        -- no query: nothing to hide (and nothing to record, on every handshake)
+        if rawget(self, "_upgraded") then upstream(self, "hide_query_arg") end
+        return
+    end
     set_of(upstream(self, "hide_query_arg"), "query")[name] = true
 end
 
@@ -371,6 +469,15 @@ end
 
 local icpt_chains = setmetatable({}, { __mode = "k" })   -- fn → its interceptor chain
 local needles, n_needles = {}, 0                          -- msg_type → '"msg_type"'
+
+-- The interceptor chain of FN for policy NAME (made here, apart from
+-- CTX:intercept: a closure there would keep the JIT from compiling it)
+local function icpt_chain(fn, name)
+    local chain = { { name = name, priority = 0,
+                      mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } }
+    icpt_chains[fn] = chain
+    return chain
+end
 
 --- Have client text messages that contain the JSON string MSG_TYPE (quoted:
 -- `"auth"` for "auth") handed to FN(ctx, payload) before anything else sees
@@ -389,11 +496,7 @@ function CTX:intercept(msg_type, fn)
     if type(fn) ~= "function" then error("ctx:intercept(msg_type, fn): fn must be a function", 2) end
     local name = rawget(self, "policy") or "intercept"
     local chain = icpt_chains[fn]        -- one chain per function, shared by its connections
-    if not chain or chain[1].name ~= name then
-        chain = { { name = name, priority = 0,
-                    mod = { on_intercept = function(c, _, frame) return fn(c, frame.payload) end } } }
-        icpt_chains[fn] = chain
-    end
+    if not chain or chain[1].name ~= name then chain = icpt_chain(fn, name) end
     rawset(self, "_icpt", chain)
     if C then
         if not needle then
@@ -407,6 +510,19 @@ function CTX:intercept(msg_type, fn)
     end
 end
 
+local owner_nos, owner_names = {}, {}      -- policy name ↔ the core's number for it (1..)
+
+local function owner_no(name)
+    name = name or "?"
+    local n = owner_nos[name]
+    if not n then
+        n = #owner_names + 1
+        if n > 65535 then return 0 end
+        owner_nos[name], owner_names[n] = n, name
+    end
+    return n
+end
+
 --- Have the core check each of the client's messages from the next one on
 -- with INSP (built by `weir.inspect.new`), before the chain's frame hooks
 -- and with no Lua call: a message that breaks one of its rules is refused
@@ -418,8 +534,15 @@ function CTX:inspect(insp)
     if insp ~= nil and not require("weir.inspect").is(insp) then
         error("ctx:inspect(insp): an inspector from weir.inspect.new, or nil", 2)
     end
-    if C then C.weir_ffi_inspect(self._h, insp and insp.c or nil) end
-    rawset(self, "_insp_by", insp and (rawget(self, "policy") or "?") or nil)   -- a reload without it stops it
+    -- the core keeps who attached it (a reload whose chain lacks that policy
+    -- stops it: runtime.load); nothing more is kept in the ctx
+    if C then C.weir_ffi_inspect(self._h, insp and insp.c or nil, insp and owner_no(rawget(self, "policy")) or 0) end
+end
+
+--- The name of the policy that attached CTX's inspector, or nil.
+function _M.inspected_by(ctx)
+    if not C or #owner_names == 0 then return nil end    -- no inspector was ever attached
+    return owner_names[C.weir_ffi_inspect_owner(ctx._h)]
 end
 
 ffi.cdef [[
@@ -526,17 +649,44 @@ function CTX:analytics(opts)
     return true
 end
 
+-- What writing to a version's shared ctx.api says.
+local API_MT = { __newindex = function(_, k)
+    error("ctx.api is shared by the connections of the version and read-only (writing " .. tostring(k)
+          .. "): keep a connection's own state in ctx.vars", 2)
+end }
+
+--- The `ctx.api` of a version: one table shared by its connections, which
+-- they must not change (a new field is refused with an error).
+function _M.api(api, version, context)
+    return setmetatable({ name = api, version = version, context = context }, API_MT)
+end
+
+--- How many hash slots a ctx like CTX needs (at least AT_LEAST): a power
+-- of two that holds the fields it has (the runtime learns it from a chain's
+-- first connections, so that their tables are made big enough at once).
+function _M.slots(ctx, at_least)
+    local n = 0
+    for k in next, ctx do
+        if type(k) ~= "number" then n = n + 1 end
+    end
+    local s = at_least or 8
+    while s < n do s = s * 2 end
+    return s
+end
+
 --- A new ctx (called by the runtime when a connection reaches a chain):
--- H is the core's handle for it, ID its name.
-function _M.new(h, id, api, version, context, head, client_ip, client_port, tls)
-    -- room for the fields the runtime and an authentication policy add
-    -- (about 16): no rehash on the way
-    local ctx = tnew(0, 16)
+-- H is the core's handle for it, ID its name; API_T, when given, the
+-- version's shared `ctx.api` (`weir.ctx.api`), else one is made; SLOTS,
+-- the hash slots to make it with (default 8: `_M.slots`).
+function _M.new(h, id, api, version, context, head, client_ip, client_port, tls, api_t, slots)
+    -- the array part (ID, TOLD, API) and room for the runtime's fields (_h,
+    -- request, _chain, policy, _at, _replaced, _upgraded, _up until the
+    -- handshake is done) and the policies': 8 for a key-auth chain
+    local ctx = tnew(3, slots or 8)
+    ctx[ID] = id
+    ctx[API] = api_t or _M.api(api, version, context)
     ctx._h = h
-    ctx.id = id
-    ctx.api = { name = api, version = version, context = context }
     ctx.request = _M.request(head, client_ip, client_port, tls)
-    ctx.vars = {}
     return setmetatable(ctx, CTX)
 end
 

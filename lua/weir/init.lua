@@ -99,22 +99,54 @@ function _M.error_json(problem, code, message)
            .. os.date("!%Y-%m-%dT%H:%M:%SZ") .. '"}'
 end
 
-local md = ffi.new("unsigned char[32]")
+local U8P = ffi.typeof("const uint8_t *")
 
---- SHA-256 of S, as 64 lower-case hex digits.
--- @usage local h = weir.sha256_hex(key)
-function _M.sha256_hex(s)
-    crypto.SHA256(s, #s, md)
-    local out = {}
-    for i = 0, 31 do out[i + 1] = format("%02x", md[i]) end
-    return table.concat(out)
+-- SHA-256 over a range with a kept context: weir.jose's (loaded when first
+-- used: most callers of weir never hash)
+local jose_sha256
+local function sha256(s, i, j)
+    if not jose_sha256 then jose_sha256 = require("weir.jose").sha256 end
+    return jose_sha256(s, i, j)
 end
 
---- SHA-256 of S, as 32 raw bytes.
+-- every byte's two hex digits, as the uint16_t whose bytes in memory they are
+local HEX_PAIRS = ffi.new("uint16_t[256]")
+do
+    local digits = "0123456789abcdef"
+    local probe = ffi.new("uint16_t[1]", 0x0100)
+    local little = ffi.cast("uint8_t *", probe)[0] == 0
+    for i = 0, 255 do
+        local hi, lo = digits:byte(math.floor(i / 16) + 1), digits:byte(i % 16 + 1)
+        HEX_PAIRS[i] = little and hi + lo * 256 or hi * 256 + lo
+    end
+end
+local hex_out = ffi.new("uint16_t[32]")
+
+--- SHA-256 of S (or of S[I..J]: a part of a string hashed where it lies),
+-- as 64 lower-case hex digits.
+-- @tparam string s
+-- @tparam[opt=1] number i
+-- @tparam[opt=#s] number j
+-- @usage local h = weir.sha256_hex(key)
+function _M.sha256_hex(s, i, j)
+    if type(s) ~= "string" then error("weir.sha256_hex(s [, i, j]): s must be a string", 2) end
+    return _M.hex32(sha256(s, i, j))
+end
+
+--- SHA-256 of S (or of S[I..J]), as 32 raw bytes.
 -- @usage local h = weir.sha256(token)
-function _M.sha256(s)
-    crypto.SHA256(s, #s, md)
-    return ffi.string(md, 32)
+function _M.sha256(s, i, j)
+    if type(s) ~= "string" then error("weir.sha256(s [, i, j]): s must be a string", 2) end
+    return sha256(s, i, j)
+end
+
+--- 32 raw bytes (a SHA-256) as 64 lower-case hex digits.
+-- @usage weir.hex32(weir.sha256(token))
+function _M.hex32(h)
+    if type(h) ~= "string" or #h ~= 32 then error("weir.hex32(h): h must be 32 bytes", 2) end
+    local p = ffi.cast(U8P, h)
+    for k = 0, 31 do hex_out[k] = HEX_PAIRS[p[k]] end
+    return ffi.string(hex_out, 64)
 end
 
 --- N random bytes from OpenSSL's generator, as a string.
@@ -157,6 +189,14 @@ function _M.read_file(path)
     if not s then return nil, path .. ": " .. tostring(rerr) end
     return s
 end
+
+--- Where header NAME (lower-cased) is in REQ's (a ctx.request) request
+-- head, without parsing the other headers or copying anything: the head and
+-- the first and last positions of its value; nil when there is no such
+-- header, false when it is repeated (read `req.headers` then, which joins
+-- the values). See `weir.ctx.header_span`.
+-- @usage local head, i, j = weir.header_span(ctx.request, "apikey")
+_M.header_span = require("weir.ctx").header_span
 
 -- `weir.http` (the HTTP client, which needs a worker) is attached by the
 -- runtime when it starts; outside a worker it is absent.

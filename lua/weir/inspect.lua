@@ -35,7 +35,8 @@ ffi.cdef [[
     int weir_inspector_message(weir_inspector_t *in, int rule, int field, const char *msg);
     void weir_inspector_unref(weir_inspector_t *in);
     int weir_inspector_check(const weir_inspector_t *in, int opcode, const char *p, size_t n, int *field);
-    int weir_ffi_inspect(uint64_t id, weir_inspector_t *in);
+    int weir_ffi_inspect(uint64_t id, weir_inspector_t *in, int owner);
+    int weir_ffi_inspect_owner(uint64_t id);
 ]]
 
 -- In the worker the core's own symbols; in a plain LuaJIT (unit specs) the

@@ -150,13 +150,14 @@ end
 
 -- Decode S[I..J] (1-based, inclusive, as string.sub counts) strictly: see
 -- b64url_decode. Four characters a step, and no substring of S is made.
-local function b64_range(s, i, j)
+-- SRC, when given, is S as a `const uint8_t *` (one cast for several parts).
+local function b64_range(s, i, j, src)
     local n = j - i + 1
     if n < 0 then n = 0 end
     local rest = n % 4
     if rest == 1 then return nil, "bad base64url length" end
     local out = scratch(rshift(n * 3, 2) + 3)
-    local src = ffi.cast(U8P, s)
+    src = src or ffi.cast(U8P, s)
     local base = i - 1                     -- an index offset, not a new pointer
     local full, o = base + n - rest, 0
     for k = base, full - 1, 4 do
@@ -320,16 +321,17 @@ function _M.decode(token, max_len, i, j)
     -- signature's, then the header's JSON and members, then the payload's
     local text = d1 - i <= HEADER_MAX_LEN and sub(token, i, d1 - 1) or nil
     local h = text and headers[text]
+    local src = ffi.cast(U8P, token)
     local raw, err
     if not h then
-        raw, err = b64_range(token, i, d1 - 1)
+        raw, err = b64_range(token, i, d1 - 1, src)
         if not raw then return nil, "header: " .. err end
     end
     local p_raw
-    p_raw, err = b64_range(token, d1 + 1, d2 - 1)
+    p_raw, err = b64_range(token, d1 + 1, d2 - 1, src)
     if not p_raw then return nil, "payload: " .. err end
     local sig
-    sig, err = b64_range(token, d2 + 1, j)
+    sig, err = b64_range(token, d2 + 1, j, src)
     if not sig then return nil, "signature: " .. err end
     if not h then
         h, err = jws_header(text, raw)

@@ -10,13 +10,12 @@
 local weir = require "weir"
 local cjson = require "cjson.safe"
 local bit = require "bit"
-local ffi = require "ffi"
 local ctxmod = require "weir.ctx"
 
 local type, pairs, ipairs, tostring, tonumber, next, floor, format =
     type, pairs, ipairs, tostring, tonumber, next, math.floor, string.format
 local find, match, lower, sub, byte = string.find, string.match, string.lower, string.sub, string.byte
-local bor, band, rshift = bit.bor, bit.band, bit.rshift
+local bor = bit.bor
 local header_span = ctxmod.header_span
 
 local _M = {}
@@ -227,11 +226,10 @@ local function find_credential(ctx, conf)
             -- the value) unless the headers were parsed already or the
             -- header is repeated (its values joined: never one token)
             local s, i, j
-            local head, vs, ve
-            if rawget(req, "headers") == nil then head, vs, ve = header_span(req, "authorization") end
+            local head, vs, ve = header_span(req, "authorization")
             if vs then
                 s, i, j = bearer(head, vs, ve)
-            elseif head == false or rawget(req, "headers") ~= nil then
+            elseif head == false then
                 local h = req.headers["authorization"]
                 if h then s, i, j = bearer(h, 1, #h) end
             end
@@ -303,15 +301,37 @@ local function words(s, out)
     return out
 end
 
-local function scopes_of(claims)
+-- Scope strings already split (an issuer's tokens mostly carry a few
+-- distinct ones): string → its words, never handed out (copied). At most
+-- SPLIT_MAX strings of at most SPLIT_MAX_LEN bytes are kept.
+local split, n_split, SPLIT_MAX, SPLIT_MAX_LEN = {}, 0, 256, 512
+
+-- A new list of S's words.
+local function words_of(s)
+    local w = split[s]
+    if not w then
+        w = words(s, {})
+        if #s <= SPLIT_MAX_LEN then
+            if n_split >= SPLIT_MAX then split, n_split = {}, 0 end
+            n_split = n_split + 1
+            split[s] = w
+        else
+            return w
+        end
+    end
     local out = {}
+    for i = 1, #w do out[i] = w[i] end
+    return out
+end
+
+local function scopes_of(claims)
     local s = claims.scope
-    if type(s) == "string" then
-        words(s, out)
-    elseif type(claims.scp) == "table" then
+    if type(s) == "string" then return words_of(s) end
+    local out = {}
+    if type(claims.scp) == "table" then
         for _, w in ipairs(claims.scp) do if type(w) == "string" then out[#out + 1] = w end end
     elseif type(claims.scp) == "string" then
-        words(claims.scp, out)
+        return words_of(claims.scp)
     end
     return out
 end
@@ -444,6 +464,14 @@ arm = function(ctx, conf)
     end
 end
 
+-- CONF's in-band refresh interceptor (made here, apart from _M.accept: a
+-- closure there would keep the JIT from compiling it)
+local function refresh_fn(conf, validate)
+    local fn = function(c2, payload) return _M.refresh(c2, conf, payload, validate) end
+    conf._refresh_fn, conf._refresh_validate = fn, validate
+    return fn
+end
+
 --- Accept a verified token on CTX: ctx.consumer, ctx.token, identity
 -- headers, expiry timers, the in-band refresh. TOKEN = { exp=, jti=, hash=,
 -- claims=, consumer= }.
@@ -462,10 +490,7 @@ function _M.accept(ctx, conf, token, validate)
         arm(ctx, conf)
         if conf.refresh and validate then
             local fn = conf._refresh_fn     -- one closure per configuration, not per connection
-            if not fn or conf._refresh_validate ~= validate then
-                fn = function(c2, payload) return _M.refresh(c2, conf, payload, validate) end
-                conf._refresh_fn, conf._refresh_validate = fn, validate
-            end
+            if not fn or conf._refresh_validate ~= validate then fn = refresh_fn(conf, validate) end
             ctx:intercept(conf.refresh_type, fn)
         end
     end
@@ -519,27 +544,8 @@ function _M.recheck(ctx, conf)
     return nil
 end
 
--- every byte's two hex digits, as the uint16_t whose bytes in memory they are
-local HEX_PAIRS = ffi.new("uint16_t[256]")
-do
-    local digits = "0123456789abcdef"
-    local probe = ffi.new("uint16_t[1]", 0x0100)
-    local little = ffi.cast("uint8_t *", probe)[0] == 0
-    for i = 0, 255 do
-        local hi, lo = byte(digits, rshift(i, 4) + 1), byte(digits, band(i, 15) + 1)
-        HEX_PAIRS[i] = little and hi + lo * 256 or hi * 256 + lo
-    end
-end
-local hex_out = ffi.new("uint16_t[32]")
-local U8P = ffi.typeof("const uint8_t *")
-
 --- A 32-byte hash (weir.sha256) as 64 hex digits.
-function _M.hex32(h)
-    if #h ~= 32 then error("oauth.hex32(h): h must be 32 bytes", 2) end
-    local p = ffi.cast(U8P, h)
-    for i = 0, 31 do hex_out[i] = HEX_PAIRS[p[i]] end
-    return ffi.string(hex_out, 64)
-end
+_M.hex32 = weir.hex32
 
 ------------------------------------------------------------------------------
 -- A cache of validated tokens, per worker

@@ -59,7 +59,8 @@ local C = ffi.C
 
 local _M = {}
 
-local chains = {}        -- "api\0version" → { entries, mask }
+local chains = {}        -- "api\0version" → { entries, mask, api, ... }
+local chains_by = {}     -- the same chains by API name, then version
 local ctxs = {}          -- conn id → ctx
 local waiting = {}       -- coroutine → { ctx =, hook =, frame = } for hooks that wait
 local timer_of = {}      -- coroutine → its timer, for timers that wait
@@ -90,17 +91,41 @@ local function consumer_field(v)
     return nil
 end
 
+-- What was told, { app, sub, key_type, tier }: one read-only tuple shared
+-- by the connections of the same consumer (at most TOLD_MAX remembered).
+local told_tuples, n_told, TOLD_MAX = {}, 0, 1024
+local TOLD = ctxmod.TOLD       -- where a ctx keeps its tuple (an array slot)
+
+local last_told = {}
+
+local function told_tuple(app, sub, kt, tier)
+    local t = last_told
+    if t[1] == app and t[2] == sub and t[3] == kt and t[4] == tier then return t end
+    local key = (app or "") .. "\0" .. (sub or "") .. "\0" .. (kt or "") .. "\0" .. (tier or "")
+    t = told_tuples[key]
+    if t and t[1] == app and t[2] == sub and t[3] == kt and t[4] == tier then
+        last_told = t
+        return t
+    end
+    t = { app, sub, kt, tier }
+    last_told = t
+    if n_told >= TOLD_MAX then told_tuples, n_told = {}, 0 end
+    n_told = n_told + 1
+    told_tuples[key] = t
+    return t
+end
+
 local function sync_consumer(ctx)
     local c = rawget(ctx, "consumer")
-    if c == nil and rawget(ctx, "_told") == nil then return end
+    if c == nil and rawget(ctx, TOLD) == nil then return end
     local app, sub, kt, tier
     if type(c) == "table" then
         app, sub = consumer_field(c.application), consumer_field(c.subscriber)
         kt, tier = consumer_field(c.key_type), consumer_field(c.tier)
     end
-    local told = rawget(ctx, "_told")
+    local told = rawget(ctx, TOLD)
     if told and told[1] == app and told[2] == sub and told[3] == kt and told[4] == tier then return end
-    rawset(ctx, "_told", { app, sub, kt, tier })
+    rawset(ctx, TOLD, told_tuple(app, sub, kt, tier))
     C.weir_ffi_consumer(ctx._h, app, sub, kt, tier)
 end
 
@@ -197,8 +222,8 @@ end
 --- Give the core the changes policies made to the backend's request.
 function _M.push_upstream(ctx, up)
     local req = ctx.request
-    local q = req.query_string
-    if q and next(up.query) then
+    local q = next(up.query) and req.query_string
+    if q then
         local keep = {}
         for pair in q:gmatch("[^&]+") do
             local k = pair:match("^([^=]*)")
@@ -208,10 +233,20 @@ function _M.push_upstream(ctx, up)
     else
         q = nil
     end
-    local del, add = {}, {}
-    for name in pairs(up.del) do del[#del + 1] = name end
-    for _, nv in pairs(up.set) do add[#add + 1] = nv[1] .. ": " .. nv[2] .. "\r\n" end
-    del, add = concat(del, "\n"), concat(add)
+    -- a shared record (one removed header: ctx:clear_backend_header) keeps
+    -- its list, made once
+    local del, add = up.del_list, ""
+    if not del then
+        local d = {}
+        for name in pairs(up.del) do d[#d + 1] = name end
+        del = concat(d, "\n")
+        if up.shared then up.del_list = del end
+    end
+    if next(up.set) then
+        local a = {}
+        for _, nv in pairs(up.set) do a[#a + 1] = nv[1] .. ": " .. nv[2] .. "\r\n" end
+        add = concat(a)
+    end
     local proto, pset = nil, 0
     if next(up.proto) then
         local keep = {}
@@ -293,7 +328,14 @@ local function build(conf)
                 end
             end
             chain.sort(entries)
-            out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries), names = by_name }
+            -- a recheck that may read ctx.request keeps the request head after the handshake
+            local rechecks = false
+            for _, e in ipairs(entries) do
+                rechecks = rechecks or (e.mod.recheck ~= nil and e.mod.recheck_reads_request ~= false)
+            end
+            out[api.name .. "\0" .. v.version] = { entries = entries, mask = policy.mask(entries),
+                                                   rechecks = rechecks, sized = 0, ctx_slots = 8, names = by_name,
+                                                   api = ctxmod.api(api.name, v.version, api.context) }
         end
     end
     return out
@@ -309,6 +351,12 @@ function _M.load(file, cpus)
     local conf, errs = weir_conf.load(file, { cpus = cpus })
     if not conf then return nil, concat(errs, "\n") end
     chains = build(conf)
+    chains_by = {}
+    for _, c in pairs(chains) do
+        local by = chains_by[c.api.name] or {}
+        chains_by[c.api.name] = by
+        by[c.api.version] = c
+    end
     _M.conf = conf                -- the admin API describes it
     require("weir.cluster").start()
     if conf.admin then require("weir.admin").extend_all() end     -- loaded now: not in a request's budget
@@ -323,7 +371,7 @@ function _M.load(file, cpus)
         local c = not ctx.service and chains[ctx.api.name .. "\0" .. ctx.api.version]
         if c then
             ctx._chain = c
-            local by = rawget(ctx, "_insp_by")
+            local by = ctxmod.inspected_by(ctx)
             if by and not c.names[by] then ctx:inspect(nil) end    -- its policy left the chain
             if rawget(ctx, "_upgraded") then _M.recheck(ctx) end
         end
@@ -354,7 +402,7 @@ function _M.recheck(ctx)
     end
 end
 
-local NO_CHAIN = { entries = {}, mask = 0 }     -- what has no chain: service requests, the worker's tasks
+local NO_CHAIN = { entries = {}, mask = 0, sized = 16, ctx_slots = 8 }     -- what has no chain: service requests, the worker's tasks
 
 -- The worker's own tasks (not a connection's): their timers and waits.
 local WORKER = { id = "worker", _chain = NO_CHAIN, service = "worker" }
@@ -401,15 +449,25 @@ end
 --- A connection reached a version with a chain: ID is the core's handle
 -- for it, NAME its name (ctx.id).
 function _M.open(id, name, api, version, context, head, ip, port, tls, ticket)
-    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0)
+    local v = chains_by[api]
+    local c = v and v[version] or NO_CHAIN
+    local ctx = ctxmod.new(id, name, api, version, context, head, ip, port, tls ~= 0, c.api, c.ctx_slots)
     if ticket == 1 then ctx.request.ticket_request = true end
-    ctx._chain = chains[api .. "\0" .. version] or { entries = {}, mask = 0 }
+    ctx._chain = c
     ctxs[id] = ctx
 end
 
---- Run on_handshake.
+--- Run on_handshake. Once it has decided, what only the handshake needed
+-- goes (the backend request's changes, pushed to the core by now).
 function _M.handshake(id)
-    return run(ctxs[id], "on_handshake", nil)
+    local ctx = ctxs[id]
+    local st, kind, a, b, c = run(ctx, "on_handshake", nil)
+    if st ~= AGAIN then
+        local ch = ctx._chain
+        if ch.sized < 16 then ch.sized, ch.ctx_slots = ch.sized + 1, ctxmod.slots(ctx, ch.ctx_slots) end
+        ctxmod.handshake_done(ctx)
+    end
+    return st, kind, a, b, c
 end
 
 local len_box = ffi.new("size_t[1]")
@@ -501,9 +559,12 @@ function _M.close(id, code, side, duration_ms, frames_in, bytes_in, frames_out, 
         for t in pairs(ts) do n = n + 1; list[n] = t end
         for i = 1, n do list[i]:cancel() end
     end
-    for token in pairs(ctx._io or {}) do
-        C.weir_ffi_http_cancel(token)
-        io[token] = nil
+    local ios = rawget(ctx, "_io")
+    if ios then
+        for token in pairs(ios) do
+            C.weir_ffi_http_cancel(token)
+            io[token] = nil
+        end
     end
     for co, w in pairs(waiting) do
         if w.ctx == ctx then waiting[co] = nil end
@@ -684,8 +745,15 @@ function _M.timer(ctx, delay, fn, ...)
     if type(fn) ~= "function" then error("ctx:timer(delay, fn): fn must be a function", 3) end
     if rawget(ctx, "_closed") then return setmetatable({ cancelled = true, ctx = ctx }, TIMER) end
     local now = weir.now()
-    local t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, args = { ... }, n = select("#", ...),
-                             policy = ctx.policy }, TIMER)
+    local n = select("#", ...)
+    -- up to two arguments kept in the timer's array part (no table for them)
+    local t
+    if n <= 2 then
+        local a1, a2 = ...
+        t = setmetatable({ a1, a2, at = now + delay, ctx = ctx, fn = fn, n = n, policy = ctx.policy }, TIMER)
+    else
+        t = setmetatable({ at = now + delay, ctx = ctx, fn = fn, args = { ... }, n = n, policy = ctx.policy }, TIMER)
+    end
     heap[#heap + 1] = t
     t.i = #heap
     up(t.i)
@@ -700,7 +768,11 @@ function _M.timer(ctx, delay, fn, ...)
 end
 
 local function timer_body(t)
-    t.fn(t.ctx, unpack(t.args, 1, t.n))
+    local n = t.n
+    if n == 0 then t.fn(t.ctx)
+    elseif n == 1 then t.fn(t.ctx, t[1])
+    elseif n == 2 then t.fn(t.ctx, t[1], t[2])
+    else t.fn(t.ctx, unpack(t.args, 1, n)) end
 end
 
 -- Timer T's coroutine CO returned OK, TAG (resume's results): it waits,

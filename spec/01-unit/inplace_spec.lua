@@ -29,7 +29,7 @@ describe("ctx.header_span", function()
     it("finds one header's value, trimmed, exactly as parse_headers reads it", function()
         for _, h in ipairs(heads) do
             local want = ctxmod.parse_headers(h).authorization
-            local s, i, j = ctxmod.header_span({ _head = h }, "authorization")
+            local s, i, j = ctxmod.header_span(ctxmod.request(h, "127.0.0.1", 1, false), "authorization")
             if s then
                 assert.equal(want, s:sub(i, j))
                 assert.equal(h, s)
@@ -41,10 +41,18 @@ describe("ctx.header_span", function()
         end
     end)
 
-    it("says false for a repeated header, in any case, and nil without a head", function()
-        assert.is_false(ctxmod.header_span({ _head = heads[3] }, "authorization"))
-        assert.is_nil(ctxmod.header_span({}, "authorization"))
-        assert.is_nil(ctxmod.header_span({ _head = heads[5] }, "authorization"))
+    local function req(h) return ctxmod.request(h, "127.0.0.1", 1, false) end
+
+    it("says false for a repeated header, in any case, and nil without one", function()
+        assert.is_false(ctxmod.header_span(req(heads[3]), "authorization"))
+        assert.is_nil(ctxmod.header_span(req(heads[5]), "authorization"))
+    end)
+
+    it("says false (read req.headers) once the headers are parsed, and for a request without a head", function()
+        local r = req(heads[1])
+        assert.equal("Bearer abc", r.headers.authorization)
+        assert.is_false(ctxmod.header_span(r, "authorization"))
+        assert.is_false(ctxmod.header_span({ headers = {} }, "authorization"))
     end)
 end)
 
