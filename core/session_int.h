@@ -6,7 +6,7 @@
  * proxy.h, the policy engine conn.h.
  *
  * A session is one allocation holding both legs. Each leg owns a socket (and
- * an SSL when it is TLS), a poll handle, a small stash for a frame header or
+ * an SSL when it is TLS), its entry in the worker's epoll set (io.h), a small stash for a frame header or
  * a control frame split across reads, and an output queue: the last two
  * exist only while they hold bytes. Reads go into the worker's one shared
  * buffer, frames are validated and re-masked there in place, and the bytes
@@ -245,11 +245,11 @@ void weir_leg_init(const weir_leg_owner_t *owner);
  * session's state, its pauses, its TLS layer and its output queue. */
 int weir_leg_want(const weir_leg_t *l);
 
-/* Arm L's poll handle for what it waits for now (weir_leg_want). No-op on
+/* Arm L's entry in the epoll set for what it waits for now (weir_leg_want). No-op on
  * a leg never opened or already done. */
 void weir_leg_update(weir_leg_t *l);
 
-/* L takes the socket FD: its poll handle is initialised (armed by the next
+/* L takes the socket FD: its io is initialised (armed by the next
  * weir_leg_update). From then on only weir_leg_close_fd closes FD. */
 void weir_leg_open(weir_leg_t *l, int fd);
 
