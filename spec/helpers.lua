@@ -1104,6 +1104,15 @@ function Gw:wait_log(pred, timeout)
     end, timeout or 10, "a matching log record in " .. tostring(self.log_path))
 end
 
+--- Rewrite its configuration file: a copy of the configuration it runs,
+-- changed by EDIT(conf) (then reload it to apply it).
+function Gw:rewrite(edit)
+    local c = helpers.deepcopy(self.conf)
+    edit(c)
+    helpers.write_file(self.conf_path, helpers.serialize(c))
+    self.conf = c
+end
+
 --- SIGHUP the master and wait until WORKERS workers (default: the
 -- configuration's count, else 1) logged "worker reloaded" once more.
 function Gw:reload(workers)

@@ -7,15 +7,6 @@
 -- is spec/support/many_ws.js.
 local helpers = require "helpers"
 
--- Rewrite GW's configuration file: a copy of the configuration it runs,
--- changed by EDIT(conf).
-local function rewrite(gw, edit)
-    local c = helpers.deepcopy(gw.conf)
-    edit(c)
-    helpers.write_file(gw.conf_path, helpers.serialize(c))
-    gw.conf = c
-end
-
 local REFUSED = "reload refused: the configuration has errors, nothing changed"
 
 local function count_logs(gw, msg)
@@ -84,7 +75,7 @@ describe("reload", function()
         for i = 1, N do assert.equal("gen1:m" .. i, r1.replies[i]) end
 
         local workers = gw:worker_pids()
-        rewrite(gw, function(c) c.apis[1].versions[1].policies[1][2].tag = "gen2" end)
+        gw:rewrite(function(c) c.apis[1].versions[1].policies[1][2].tag = "gen2" end)
         local recs = reload(gw, 2)
         assert.equal(N, recs[1].connections + recs[2].connections)
         assert.same(workers, gw:worker_pids())       -- the same processes: nothing restarted
@@ -154,7 +145,7 @@ describe("reload", function()
             local ws = connect(gw, "/tagged")
             assert.equal("a:1", ask(ws, "1"))
             helpers.write_file(file, BROKEN)
-            rewrite(gw, function(c) c.apis[1].versions[1].policies[1][2].tag = "b" end)
+            gw:rewrite(function(c) c.apis[1].versions[1].policies[1][2].tag = "b" end)
             local reloaded = count_logs(gw, "worker reloaded")
             local refused = count_logs(gw, REFUSED)
             local errors_before = count_logs(gw, "configuration error")
@@ -171,7 +162,7 @@ describe("reload", function()
             helpers.write_file(file, GOOD)
             reload(gw, 1)
             assert.equal("b:4", ask(ws, "4"))
-            rewrite(gw, function(c) c.apis[1].versions[1].policies[1][2].tag = "a" end)
+            gw:rewrite(function(c) c.apis[1].versions[1].policies[1][2].tag = "a" end)
             reload(gw, 1)
             ws:close()
             fresh:close()
@@ -204,7 +195,7 @@ describe("reload", function()
         it("a chain that gains a frame hook applies it to open connections from their next message", function()
             local ws = connect(gw, "/grows")
             assert.equal("plain", ask(ws, "plain"))
-            rewrite(gw, function(c)
+            gw:rewrite(function(c)
                 c.apis[3].versions[1].policies = { { "spec-handshake-only", {} }, { "spec-tag", { tag = "grown" } } }
             end)
             reload(gw, 1)
@@ -225,7 +216,7 @@ describe("reload", function()
         local many = helpers.start_many_ws({ mode = "stream", url = gw:url("/stream"), window = window })
         many:wait_event("streaming", 1, 30)
         for i = 1, RELOADS do
-            rewrite(gw, function(c) c.apis[1].versions[1].policies[1][2].tag = "r" .. i end)
+            gw:rewrite(function(c) c.apis[1].versions[1].policies[1][2].tag = "r" .. i end)
             reload(gw, 1)
         end
         many:signal("USR1")
@@ -266,7 +257,7 @@ describe("reload", function()
         assert.equal("k", ask(keep, "k"))
         assert.equal("g:x", ask(gone[1], "x"))
         assert.equal("y", ask(gone[2], "y"))
-        rewrite(gw, function(c) c.apis = { c.apis[1] } end)
+        gw:rewrite(function(c) c.apis = { c.apis[1] } end)
         reload(gw, 1)
         for _, ws in ipairs(gone) do
             local j, close = helpers.expect_error_close(ws, "/problems/api-removed", 1012)

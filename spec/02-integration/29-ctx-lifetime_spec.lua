@@ -9,24 +9,6 @@
 -- spec/fixtures/policies.
 local helpers = require "helpers"
 
-local function rewrite(gw, edit)
-    local c = helpers.deepcopy(gw.conf)
-    edit(c)
-    helpers.write_file(gw.conf_path, helpers.serialize(c))
-    gw.conf = c
-end
-
-local function count_logs(gw, msg)
-    local n = 0
-    for _, r in ipairs(gw:logs()) do if r.msg == msg then n = n + 1 end end
-    return n
-end
-
-local function reload(gw)
-    local before = count_logs(gw, "worker reloaded")
-    helpers.kill(gw.pid, "HUP")
-    helpers.wait_until(function() return count_logs(gw, "worker reloaded") > before end, 20, "the reload")
-end
 
 local function connect(gw, path, probe)
     local ws, res = helpers.ws_connect(gw.port, { path = path, headers = { ["X-Probe"] = probe },
@@ -88,11 +70,11 @@ describe("the ctx after the handshake", function()
 
     it("a chain with nothing after the handshake drops the head: a hook added by a reload says so", function()
         local old = connect(gw, "/early?a=7", "p2")
-        rewrite(gw, function(c)
+        gw:rewrite(function(c)
             local v = c.apis[2].versions[1]
             v.policies[#v.policies + 1] = { "spec-request-later", {} }
         end)
-        reload(gw)
+        gw:reload()
         -- the connection opened before: the request line and query stay, the headers are gone
         local r = probe(old)
         assert.equal("GET", r.method)

@@ -188,8 +188,7 @@ describe("message-schema across a reload", function()
     teardown(helpers.cleanup)
 
     local function reload(chain)
-        gw.conf.apis = { api(chain) }
-        helpers.write_file(gw.conf_path, helpers.serialize(gw.conf))
+        gw:rewrite(function(c) c.apis = { api(chain) } end)
         gw:reload()
     end
 
