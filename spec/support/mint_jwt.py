@@ -162,7 +162,14 @@ def public_jwk(key):
     if isinstance(key, rsa.RSAPrivateKey):
         text = jwt.algorithms.RSAAlgorithm.to_jwk(pub)
     elif isinstance(key, ec.EllipticCurvePrivateKey):
-        text = jwt.algorithms.ECAlgorithm.to_jwk(pub)
+        # RFC 7518 6.2.1.2: x and y are the full coordinate length. PyJWT < 2.8
+        # (Debian 12 has 2.6) drops their leading zero bytes, one key in 128.
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(pub))
+        size = (key.curve.key_size + 7) // 8
+        numbers = pub.public_numbers()
+        jwk["x"] = b64url(numbers.x.to_bytes(size, "big"))
+        jwk["y"] = b64url(numbers.y.to_bytes(size, "big"))
+        return jwk
     else:
         text = jwt.algorithms.OKPAlgorithm.to_jwk(pub)
     return json.loads(text) if isinstance(text, str) else dict(text)
