@@ -19,7 +19,7 @@
 --
 -- A sink sends in a coroutine of the worker's own (runtime.spawn), which
 -- runs under the policy budget: it resets the budget as it goes (as
--- weir.stats does), and a sender that died anyway (its `co` is dead) is
+-- weir.stats does), and a sender that died anyway (its coroutine is dead) is
 -- noticed at the next interval: what it had in flight (`inflight` events:
 -- XADDs sent and not answered, a POST) is counted dropped, what of a
 -- Redis batch had not gone out yet is queued again (salvage), and a new
@@ -35,7 +35,7 @@ local pairs, ipairs, type, tostring, tonumber, pcall, setmetatable =
     pairs, ipairs, type, tostring, tonumber, pcall, setmetatable
 local sub, match, gsub, find = string.sub, string.match, string.gsub, string.find
 local concat, remove, insert = table.concat, table.remove, table.insert
-local co_running, co_status = coroutine.running, coroutine.status
+local co_status = coroutine.status
 
 ffi.cdef [[
     void        weir_ffi_analytics_interval(double ms);
@@ -141,22 +141,24 @@ end
 -- budget, say) is replaced, and what it had in hand counted dropped.
 function SINK:kick()
     if self.busy then
-        if not (self.co and co_status(self.co) == "dead") then return end
+        -- the sender's coroutine, once the runtime started it (task.co):
+        -- one that died, even before its first instruction, is replaced
+        local co = self.task and self.task.co
+        if not (co and co_status(co) == "dead") then return end
         self:lost_inflight("the sink's sender was stopped")
         if self.salvage then self:salvage() end
         log(3, "analytics sink failed", nil, nil, nil, "sink", self.name, "error", "its sender was stopped")
-        self.busy, self.co = false, nil
+        self.busy, self.task = false, nil
     end
     if #self.q == 0 then return end
-    self.busy, self.co = true, nil
-    require("weir.runtime").spawn(function()
-        self.co = co_running()
+    self.busy = true
+    self.task = require("weir.runtime").spawn(function()
         local ok, err = pcall(self.drain, self)
         if not ok then
             self:lost_inflight("the sink failed")
             if self.salvage then self:salvage() end
         end
-        self.busy, self.co = false, nil
+        self.busy, self.task = false, nil
         if not ok then log(3, "analytics sink failed", nil, nil, nil, "sink", self.name, "error", tostring(err)) end
     end)
 end

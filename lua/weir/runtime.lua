@@ -796,7 +796,11 @@ function _M.timers()
         remove(t)
         if not t.cancelled and not t.ctx._closed then
             local co = create(timer_body)
+            t.co = co                       -- for whoever holds the timer (a sink's sender)
             current = t.ctx
+            -- each timer is a call into the policies of its own: one that
+            -- ran over the budget does not stop the ones due with it
+            C.weir_ffi_budget_reset()
             local ok, tag = resume(co, t)
             current = nil
             timer_settled(co, t, ok, tag)
