@@ -747,6 +747,13 @@ weir_ffi_budget_service(int on)
     uint64_t ms = on ? WEIR_MAX((uint64_t) WEIR_SERVICE_BUDGET_MS, weir_lua_conf->limits.policy_budget_ms * 10)
                      : weir_lua_conf->limits.policy_budget_ms;
     weir_call_limit_ns = ms * 1000000ULL;
+    /* the profiler may have found the call over the policy budget before it
+     * got here (the worker descheduled at its start): under the service's
+     * budget it is not, and the request must not be stopped for it */
+    if (weir_over && weir_clock_ns() - weir_call_start_ns < weir_call_limit_ns) {
+        weir_over = 0;
+        lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
+    }
 }
 
 uint64_t
