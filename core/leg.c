@@ -117,8 +117,12 @@ weir_leg_send(weir_leg_t *l, const uint8_t *buf, size_t n)
         default:                   return WEIR_ERROR;
         }
     }
+    /* once the leg is finishing, what is written is the last of it: held
+     * back (MSG_MORE) so that the FIN of the shutdown or close goes in the
+     * same segment, not in one of its own */
+    int flags = MSG_NOSIGNAL | (l->finish ? MSG_MORE : 0);
     for (;;) {
-        ssize_t r = send(l->fd, buf, n, MSG_NOSIGNAL);
+        ssize_t r = send(l->fd, buf, n, flags);
         if (r >= 0) return r;
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
@@ -310,8 +314,12 @@ weir_leg_close_fd(weir_leg_t *l)
     l->fd = -1;
 }
 
-/* Stop writing (FIN after what is queued) and read until the peer's EOF, so
- * the last frames are not destroyed by a reset. */
+/* Everything queued is written: stop writing (FIN). When the leg's close
+ * handshake is complete (its peer's close frame read, weir's sent), the
+ * peer has nothing more to send (RFC 6455 5.5.1), so the socket is closed
+ * at once, its FIN after the last frame. Otherwise weir reads until the
+ * peer's EOF (or close_timeout), so the last frames are not destroyed by a
+ * reset answering what the peer still sends. */
 static void
 weir_leg_shutdown(weir_leg_t *l)
 {
@@ -320,6 +328,10 @@ weir_leg_shutdown(weir_leg_t *l)
     if (l->ssl) {
         ERR_clear_error();
         (void) SSL_shutdown(l->ssl);
+    }
+    if (l->close_rcvd && l->close_sent) {
+        weir_leg_close_fd(l);
+        return;
     }
     shutdown(l->fd, SHUT_WR);
     l->deadline = weir_now(l->s) + weir_limits(l->s)->close_timeout_ms;

@@ -434,7 +434,9 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                 from = p;
             }
             if (h.opcode == WEIR_WS_CLOSE) {
-                /* nothing after a close frame counts */
+                /* nothing after a close frame counts; a close that answers
+                 * O's is the last O gets: its FIN may go with it */
+                if (fwd && o->close_rcvd && !o->done) o->finish = 1;
                 weir_emit(l, from, p);
                 from = p = end;
                 weir_leg_fail(o);               /* when it broke the protocol and waited for this close */
