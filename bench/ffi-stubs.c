@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ABI 8   /* WEIR_FFI_ABI in core/lua_bridge.h */
+#define ABI 9   /* WEIR_FFI_ABI in core/lua_bridge.h */
 
 int weir_ffi_abi(void) { return ABI; }
 

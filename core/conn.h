@@ -93,10 +93,24 @@ typedef struct {
  * the hook waits. CLOSE runs on_close and forgets S: the engine must not
  * name S after it. Only a connection the engine opened is closed.
  */
+/* One whole single-frame message of a read, unmasked where it lies. */
+typedef struct {
+    const uint8_t *p;
+    size_t         len;
+    int            opcode;
+} weir_msg_ref_t;
+
 typedef struct {
     int  (*open)(weir_session_t *s, const weir_conn_info_t *info);
     int  (*handshake)(weir_session_t *s, weir_verdict_t *v);
     int  (*frame)(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v);
+    /* FRAME for the messages M[0..N) of one read, in order, in one call,
+     * until one's verdict is not a plain pass: *K is the number that
+     * passed. WEIR_OK: all passed (*K == N); or V is message *K's verdict
+     * (a pass: messages *K and after were not run); WEIR_AGAIN: message *K
+     * waits (as FRAME's AGAIN; those after it were not run). The engine
+     * shows message i to weir_conn_payload with weir_conn_view. */
+    int  (*frames)(weir_session_t *s, int dir, const weir_msg_ref_t *m, int n, int *k, weir_verdict_t *v);
     /* the ctx's interceptor (weir_conn_intercept) on the client's text message of LEN bytes */
     int  (*intercept)(weir_session_t *s, size_t len, weir_verdict_t *v);
     void (*close)(weir_session_t *s, const weir_conn_end_t *end);
@@ -119,6 +133,10 @@ const char *weir_conn_name(const weir_session_t *s);
 /* The message of direction DIR (0: from the client) that a frame hook is
  * deciding on: borrowed until the hook returns. */
 const uint8_t *weir_conn_payload(weir_session_t *s, int dir, size_t *len);
+
+/* The message weir_conn_payload gives for DIR from now on: P[0..LEN) (one
+ * of a batch, frames), or P NULL: the leg's own copy again. */
+void weir_conn_view(weir_session_t *s, int dir, const uint8_t *p, size_t len);
 
 /* Send a message of weir's own (OPCODE: text, or binary) to the client as
  * soon as its stream is between messages (and the 101 is out). WEIR_ERROR

@@ -486,6 +486,44 @@ weir_lua_resume_frame(weir_session_t *s, int dir, int opcode, size_t len, int ic
     return weir_lua_verdict(1, v);
 }
 
+/* The row of messages weir_lua_frames runs (NULL between calls), and the
+ * one its hooks run now (weir_ffi_batch_at). */
+static const weir_msg_ref_t *weir_batch;
+static weir_session_t       *weir_batch_s;
+static int                   weir_batch_dir, weir_batch_n, weir_batch_i;
+
+static int
+weir_lua_frames(weir_session_t *s, int dir, const weir_msg_ref_t *m, int n, int *k, weir_verdict_t *v)
+{
+    weir_batch = m;
+    weir_batch_s = s;
+    weir_batch_dir = dir;
+    weir_batch_n = n;
+    weir_batch_i = 0;
+    int rc = weir_lua_resume_frame(s, dir, 0, (size_t) n, 2, v, dir ? "on_frame_out" : "on_frame_in");
+    /* a pass is message weir_batch_i's: the last of the row, or the one a
+     * fail_open entry let through when the budget stopped its coroutine */
+    *k = rc == WEIR_OK && v->kind == WEIR_V_PASS ? weir_batch_i + 1 : weir_batch_i;
+    weir_batch = NULL;
+    weir_batch_s = NULL;
+    return rc;
+}
+
+/* Message I of the row being run: shown to weir_conn_payload, its opcode
+ * returned and its length in *LEN; each message is a call of its own for
+ * the budget. -1 when there is no such message. */
+int
+weir_ffi_batch_at(int i, size_t *len)
+{
+    *len = 0;
+    if (weir_batch == NULL || i < 0 || i >= weir_batch_n) return -1;
+    weir_batch_i = i;
+    weir_conn_view(weir_batch_s, weir_batch_dir, weir_batch[i].p, weir_batch[i].len);
+    *len = weir_batch[i].len;
+    weir_call_start_ns = weir_clock_ns();
+    return weir_batch[i].opcode;
+}
+
 static int
 weir_lua_frame(weir_session_t *s, int dir, int opcode, size_t len, weir_verdict_t *v)
 {
@@ -542,6 +580,7 @@ const weir_policy_ops_t weir_lua_policy = {
     .open      = weir_lua_open,
     .handshake = weir_lua_handshake,
     .frame     = weir_lua_frame,
+    .frames    = weir_lua_frames,
     .intercept = weir_lua_intercept,
     .close     = weir_lua_close,
     .request   = weir_lua_request,

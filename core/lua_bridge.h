@@ -19,7 +19,7 @@
 #include "conf.h"
 #include "conn.h"
 
-#define WEIR_FFI_ABI 8            /* lua/weir/runtime.lua checks it (8: runtime.frame_co, frame_failed) */
+#define WEIR_FFI_ABI 9            /* lua/weir/runtime.lua checks it (9: weir_ffi_batch_at) */
 
 /* The bridge as the sessions' policy engine (conn.h). */
 extern const weir_policy_ops_t weir_lua_policy;

@@ -331,6 +331,117 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     return WEIR_OK;
 }
 
+#define WEIR_BATCH_MAX 64       /* messages of one read run by one call into the engine */
+
+/*
+ * Frame hooks on a row of L's messages in one call into the engine: the
+ * message at FRAME (header H, HL bytes; whole in the buffer) and the whole
+ * single-frame data messages after it up to END, at most WEIR_BATCH_MAX,
+ * each unmasked and checked in place. Those that pass stay in the range
+ * being forwarded (re-masked for the backend); the first that does not is
+ * cut out of it (*FROM) and its verdict applied; the messages after it
+ * are masked back as they came, for the caller's loop to read again.
+ * Returns the end of the last message run; *RC is WEIR_OK, WEIR_AGAIN
+ * (its hook waits: the message was copied out, the caller holds the rest)
+ * or WEIR_ERROR (L failed and was closed).
+ */
+static uint8_t *
+weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t hl, uint8_t *end,
+                 uint8_t **from, int *rc)
+{
+    weir_session_t *s = l->s;
+    uint64_t max_msg = weir_limits(s)->max_message_size;
+    weir_msg_ref_t m[WEIR_BATCH_MAX];
+    uint8_t *hdr[WEIR_BATCH_MAX];           /* each message's frame; its mask key ends the header */
+    uint8_t hls[WEIR_BATCH_MAX];
+    weir_ws_hdr_t hh = *h;
+    uint8_t *q = frame;
+    int n = 0;
+
+    for (;;) {
+        uint8_t *pl = q + hl;
+        size_t len = (size_t) hh.len;
+        if (!l->is_backend) weir_ws_mask(pl, len, hh.mask, 0);
+        if (hh.opcode == WEIR_WS_TEXT && weir_utf8_step(WEIR_UTF8_ACCEPT, pl, len) != WEIR_UTF8_ACCEPT) {
+            if (n == 0) {
+                l->frames++;
+                l->bytes += len;
+                weir_emit(l, *from, frame);
+                weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
+                *rc = WEIR_ERROR;
+                return pl + len;
+            }
+            if (!l->is_backend) weir_ws_mask(pl, len, hh.mask, 0);     /* read again, and failed, by the loop */
+            break;
+        }
+        m[n].p = pl;
+        m[n].len = len;
+        m[n].opcode = hh.opcode;
+        hdr[n] = q;
+        hls[n] = (uint8_t) hl;
+        n++;
+        q = pl + len;
+        if (n == WEIR_BATCH_MAX || q >= end) break;
+        int r = weir_ws_parse_hdr(q, (size_t) (end - q), &hh);
+        if (r <= 0 || hh.rsv || hh.masked == l->is_backend || !hh.fin
+            || (hh.opcode != WEIR_WS_TEXT && hh.opcode != WEIR_WS_BINARY) || hh.len > max_msg
+            || (uint64_t) (end - q) < (uint64_t) r + hh.len)
+            break;
+        hl = (size_t) r;
+    }
+
+    int k = 0;
+    weir_verdict_t v;
+    *rc = s->w->policy->frames(s, l->is_backend ? 1 : 0, m, n, &k, &v);
+    l->view = NULL;
+    int stopped = *rc == WEIR_OK && k < n && v.kind == WEIR_V_PASS;     /* k and after not run */
+    int ran = k < n && !stopped ? k + 1 : k;  /* the messages whose hooks ran */
+    for (int i = 0; i < ran; i++) {
+        if (i > 0) {                        /* the first was counted as its header was read */
+            l->messages++;
+            l->binary += m[i].opcode == WEIR_WS_BINARY;
+        }
+        l->frames++;
+        l->bytes += m[i].len;
+    }
+    s->last_data = uv_now(s->w->loop);
+    for (int i = ran; i < n; i++)
+        if (!l->is_backend) weir_ws_mask((uint8_t *) m[i].p, m[i].len, hdr[i] + hls[i] - 4, 0);
+    uint8_t *last = (uint8_t *) m[ran - 1].p + m[ran - 1].len;
+
+    if (!weir_forwarding(l)) {
+        /* a hook closed the connection: nothing of the row goes on */
+        weir_emit(l, *from, frame);
+        *from = last;
+        if (*rc == WEIR_AGAIN) {
+            weir_msg_copy(l, m[k].p, m[k].len);
+            l->msg_op = (uint8_t) m[k].opcode;
+            l->waiting = 1;
+        } else if (k < n && !stopped) {
+            l->msg_op = (uint8_t) m[k].opcode;
+            weir_apply_frame_verdict(l, &v);
+        }
+        return last;
+    }
+    for (int i = 0; i < k; i++) {
+        if (l->is_backend) continue;
+        uint8_t *mk = hdr[i] + hls[i] - 4;
+        weir_ws_random(mk, 4);
+        weir_ws_mask((uint8_t *) m[i].p, m[i].len, mk, 0);
+    }
+    if (k == n || stopped) return last;
+    weir_emit(l, *from, hdr[k]);
+    *from = last;
+    l->msg_op = (uint8_t) m[k].opcode;
+    if (*rc == WEIR_AGAIN) {
+        weir_msg_copy(l, m[k].p, m[k].len);
+        l->waiting = 1;
+        return last;
+    }
+    weir_apply_frame_verdict(l, &v);
+    return last;
+}
+
 /*
  * Relay the bytes BUF[0..LEN) read from L (writable: validated and
  * re-masked in place). Whole frames and the streamed part of the current
@@ -483,9 +594,17 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
-             * hook reads it where it is, and a pass forwards it in place */
-            int rc = weir_relay_inline(l, &h, frame, (size_t) hl, &from);
-            p += (size_t) hl + (size_t) h.len;
+             * hook reads it where it is, and a pass forwards it in place;
+             * with the messages after it in the buffer when only the frame
+             * hooks want them */
+            int rc;
+            if (l->assemble && s->thr == NULL && (l->is_backend || (s->needle == NULL && s->inspect == NULL))
+                && weir_forwarding(l) && s->w->policy->frames != NULL) {
+                p = weir_relay_batch(l, &h, frame, (size_t) hl, end, &from, &rc);
+            } else {
+                rc = weir_relay_inline(l, &h, frame, (size_t) hl, &from);
+                p += (size_t) hl + (size_t) h.len;
+            }
             l->msg_opcode = 0;
             l->msg_len = 0;
             if (rc == WEIR_ERROR || l->done) return;

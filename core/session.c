@@ -477,6 +477,14 @@ weir_conn_payload(weir_session_t *s, int dir, size_t *len)
     return l->msg;
 }
 
+void
+weir_conn_view(weir_session_t *s, int dir, const uint8_t *p, size_t len)
+{
+    weir_leg_t *l = dir ? &s->backend : &s->client;
+    l->view = p;
+    l->view_len = len;
+}
+
 int
 weir_conn_send_to(weir_session_t *s, int to_backend, int opcode, const uint8_t *p, size_t n)
 {

@@ -27,11 +27,12 @@ local OK, AGAIN = weir.OK, weir.AGAIN
 local PASS, REPLACE, FAIL = chain.PASS, chain.REPLACE, chain.FAIL
 local RESPOND = 6       -- an HTTP answer instead of an upgrade (core: WEIR_V_RESPOND)
 
-local ABI = 8   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
+local ABI = 9   -- must equal WEIR_FFI_ABI in core/lua_bridge.h
 
 ffi.cdef [[
     int weir_ffi_abi(void);
     const char *weir_ffi_payload(uint64_t id, int dir, size_t *len);
+    int weir_ffi_batch_at(int i, size_t *len);
     int weir_ffi_send(uint64_t id, int opcode, const char *p, size_t n);
     int weir_ffi_close(uint64_t id, int code, const char *reason, const char *problem, const char *message);
     void weir_ffi_log(int level, const char *msg, const char *fields);
@@ -505,26 +506,43 @@ local function frame_of(ctx, id, dir, opcode, len)
 end
 
 local cframe = setmetatable({}, { __mode = "k" })   -- the frame_loop coroutines
+local waited = setmetatable({}, { __mode = "k" })   -- those whose hook waited in the message they run
 local cur_hook, cur_frame     -- what the frame_loop coroutine running now runs, for wait()
+local batch_len = ffi.new("size_t[1]")
 
 -- The body of the coroutines the core resumes itself for every message
 -- (core/lua_bridge.c weir_lua_resume_frame): no Lua run/settle around it.
--- Each resume runs one message's chain and yields the core's return
--- values (status first, a number); a policy that waits yields WAIT from
--- inside (wait()), and the coroutine is the waiting hook's from then on.
+-- Each resume runs one message's chain (ICPT 2: the chains of LEN
+-- messages of one read, weir_ffi_batch_at showing each, until one does
+-- not pass or its hook waited) and yields the core's return values
+-- (status first, a number); a policy that waits yields WAIT from inside
+-- (wait()), and the coroutine is the waiting hook's from then on.
 local function frame_loop(id, dir, opcode, len, icpt)
+    local self = running()
     while true do
         local ctx = ctxs[id]
-        local f = frame_of(ctx, id, dir, opcode, len)
         local hook, entries
         if icpt == 1 then
             hook, entries = "on_intercept", ctx._icpt
         else
             hook, entries = dir == 0 and "on_frame_in" or "on_frame_out", ctx._chain.entries
         end
-        current, cur_hook, cur_frame = ctx, hook, f
-        local kind, a, b = chain.run(entries, hook, ctx, f, on_fail_open)
+        local f, kind, a, b
+        if icpt == 2 then
+            for i = 0, len - 1 do
+                local op = C.weir_ffi_batch_at(i, batch_len)
+                f = frame_of(ctx, id, dir, op, tonumber(batch_len[0]))
+                current, cur_hook, cur_frame = ctx, hook, f
+                kind, a, b = chain.run(entries, hook, ctx, f, on_fail_open)
+                if kind ~= PASS or waited[self] then break end
+            end
+        else
+            f = frame_of(ctx, id, dir, opcode, len)
+            current, cur_hook, cur_frame = ctx, hook, f
+            kind, a, b = chain.run(entries, hook, ctx, f, on_fail_open)
+        end
         current = nil
+        waited[self] = nil
         id, dir, opcode, len, icpt = yield(finish(ctx, hook, f, kind, a, b))
     end
 end
@@ -653,7 +671,10 @@ function _M.wait(token)
         current._io = current._io or {}
         current._io[token] = true
     end
-    if cframe[co] then waiting[co] = { ctx = current, hook = cur_hook, frame = cur_frame, cframe = true } end
+    if cframe[co] then
+        waiting[co] = { ctx = current, hook = cur_hook, frame = cur_frame, cframe = true }
+        waited[co] = true
+    end
     return yield(WAIT)
 end
 

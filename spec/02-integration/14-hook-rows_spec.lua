@@ -1,0 +1,179 @@
+-- Frame hooks on many messages of one read (core/relay.c weir_relay_batch):
+-- a client that sends a row of messages in one write gets each message's
+-- hooks run in order, every verdict applied to its own message, and the
+-- rest of the row treated as if the messages had come one by one: after a
+-- verdict, a close, a hook that waits, a budget overrun, invalid UTF-8.
+-- The client is spec/support/rawws.lua, so a row really is one write; the
+-- test policies are spec/fixtures/policies (spec-verdicts.lua,
+-- spec-http.lua, spec-budget.lua).
+local helpers = require "helpers"
+local rawws = require "support.rawws"
+
+describe("frame hooks on a row of messages sent in one write", function()
+    local be, srv, gw
+    local seq = 0
+
+    setup(function()
+        be = helpers.start_backend("echo")
+        srv = helpers.start_slow_http()
+        gw = helpers.start_weir({
+            workers = 1,
+            policy_paths = { helpers.fixture_policies },
+            limits = { policy_budget = "50ms" },
+            apis = {
+                helpers.policy_api("Verdicts", "/verdicts", be, { { "spec-verdicts", {} } }),
+                helpers.policy_api("Io", "/io", be, { { "spec-http", { base = srv:url("") } } }),
+                -- spec-budget (540) runs before spec-verdicts (510)
+                helpers.policy_api("Open", "/open", be, {
+                    { "spec-budget", {}, fail_open = true }, { "spec-verdicts", {} } }),
+            },
+        })
+    end)
+    teardown(helpers.cleanup)
+
+    local function connect(path)
+        seq = seq + 1
+        local id = "r" .. seq
+        local c, err = rawws.connect("127.0.0.1", gw.port, { path = path .. "/1.0/" .. id })
+        assert(c, err)
+        return c, id
+    end
+
+    -- MSGS (strings: text; { binary = s }: binary) as one write
+    local function send_row(c, msgs)
+        local out = {}
+        for i, m in ipairs(msgs) do
+            if type(m) == "table" then
+                out[i] = rawws.build { opcode = 2, payload = m.binary, mask = true }
+            else
+                out[i] = rawws.build { opcode = 1, payload = m, mask = true }
+            end
+        end
+        assert(c:send_raw(table.concat(out)))
+    end
+
+    -- The next N data frames from weir, as { opcode, payload }
+    local function read_n(c, n)
+        local got = {}
+        while #got < n do
+            local f, err = c:read_frame(10)
+            assert(f, "after " .. #got .. " of " .. n .. " frames: " .. tostring(err))
+            assert(f.opcode == 1 or f.opcode == 2, "a frame of opcode " .. f.opcode .. " after " .. #got)
+            got[#got + 1] = { f.opcode, f.payload }
+        end
+        return got
+    end
+
+    -- The texts the echo backend received on connection ID
+    local function backend_texts(id, n)
+        local rec = be:wait_conns(function(conns)
+            for _, c in ipairs(conns) do
+                if c.url == "/" .. id then
+                    local k = 0
+                    for _, e in ipairs(c.events) do if e.type == "message" then k = k + 1 end end
+                    if k >= n then return c end
+                end
+            end
+        end, 10, "the backend record of " .. id)
+        local out = {}
+        for _, e in ipairs(rec.events) do
+            if e.type == "message" then out[#out + 1] = e.text end
+        end
+        return out
+    end
+
+    local function close_of(c)
+        while true do
+            local f, err = c:read_frame(10)
+            assert(f, "no close frame: " .. tostring(err))
+            if f.opcode == 8 then return rawws.parse_close(f.payload) end
+        end
+    end
+
+    it("runs every message's hooks in order and forwards each as it was sent", function()
+        local c = connect("/verdicts")
+        local msgs, want = {}, {}
+        for i = 1, 100 do
+            if i % 7 == 0 then
+                msgs[i] = { binary = "\0\1\2bin" .. i }
+                want[#want + 1] = { 2, msgs[i].binary }
+            elseif i == 20 or i == 50 or i == 99 then
+                msgs[i] = "count"                                 -- replied by the hook, not forwarded
+            else
+                msgs[i] = "message " .. i .. " " .. ("é"):rep(i % 5)
+                want[#want + 1] = { 1, msgs[i] }
+            end
+        end
+        send_row(c, msgs)
+        local got = read_n(c, #want + 3)
+        local echoes, counts = {}, {}
+        for _, g in ipairs(got) do
+            if g[2]:match("^count:") then counts[#counts + 1] = g[2] else echoes[#echoes + 1] = g end
+        end
+        assert.same({ "count:1", "count:2", "count:3" }, counts)
+        assert.same(want, echoes)
+        c:close()
+    end)
+
+    it("applies a verdict to its own message and runs the rest of the row", function()
+        local c, id = connect("/verdicts")
+        send_row(c, { "a", "replace:X", "b", "drop", "c", "reply:R", "d", "replace:Y", "e" })
+        local got = read_n(c, 8)
+        local echoes, replies = {}, {}
+        for _, g in ipairs(got) do
+            if g[2] == "R" then replies[#replies + 1] = g[2] else echoes[#echoes + 1] = g[2] end
+        end
+        assert.same({ "R" }, replies)
+        assert.same({ "a", "X", "b", "c", "d", "Y", "e" }, echoes)
+        assert.same({ "a", "X", "b", "c", "d", "Y", "e" }, backend_texts(id, 7))
+        c:close()
+    end)
+
+    it("sends nothing after a message whose hook closed the connection", function()
+        local c, id = connect("/verdicts")
+        send_row(c, { "a", "b", "close:4000:bye", "c", "d" })
+        local code, reason = close_of(c)
+        assert.equal(4000, code)
+        assert.equal("bye", reason)
+        local rec = be:wait_conns(function(conns)
+            for _, r in ipairs(conns) do if r.url == "/" .. id and r.closed then return r end end
+        end, 10, "the backend's closed connection " .. id)
+        for _, e in ipairs(rec.events) do
+            assert.is_not_true(e.text == "c" or e.text == "d", "the backend got " .. tostring(e.text))
+        end
+        c:close()
+    end)
+
+    it("holds the rest of the row while a hook waits, then forwards it in order", function()
+        local c, id = connect("/io")
+        local hold = "row" .. seq
+        send_row(c, { "a", "get:/hold/" .. hold, "b", "get:/delay/0", "c" })
+        helpers.wait_until(function() return srv:seen(hold) end, 10, "weir's request for /hold/" .. hold)
+        assert.same({ { 1, "a" } }, read_n(c, 1))
+        assert.same({ "a" }, backend_texts(id, 1))          -- b and c wait behind the held message
+        srv:release(hold)
+        local got = read_n(c, 4)
+        assert.equal("b", got[2][2])
+        assert.equal("c", got[4][2])
+        assert.matches("^200:", got[1][2])
+        assert.matches("^200:", got[3][2])
+        c:close()
+    end)
+
+    it("runs the rest of the row after a fail_open policy stopped by the budget", function()
+        local c, id = connect("/open")
+        send_row(c, { "a", "x#spin", "replace:R", "b" })
+        assert.same({ { 1, "a" }, { 1, "x#spin" }, { 1, "R" }, { 1, "b" } }, read_n(c, 4))
+        assert.same({ "a", "x#spin", "R", "b" }, backend_texts(id, 4))
+        c:close()
+    end)
+
+    it("forwards the messages before one with invalid UTF-8, then closes 1007", function()
+        local c, id = connect("/verdicts")
+        send_row(c, { "a", "replace:X", "bad \xff text", "c" })
+        assert.same({ { 1, "a" }, { 1, "X" } }, read_n(c, 2))
+        assert.equal(1007, (close_of(c)))
+        assert.same({ "a", "X" }, backend_texts(id, 2))
+        c:close()
+    end)
+end)
