@@ -16,6 +16,7 @@
 
 #include "conf.h"
 #include "conn.h"
+#include "io.h"
 #include "ws.h"
 
 #define WEIR_RBUF_SIZE  (64 * 1024)      /* bytes read per call */
@@ -29,7 +30,7 @@ struct weir_worker_s {
     weir_conf_t     *conf;
     int              id;
     SSL_CTX        **listen_tls;        /* per listener, NULL for ws:// */
-    uv_poll_t       *listeners;
+    weir_io_t       *listeners;         /* in the worker's epoll set (io.c), like the sessions' sockets */
     uint8_t         *rbuf;              /* WEIR_STASH_SIZE + WEIR_RBUF_SIZE */
     uint8_t         *sbuf;              /* WEIR_RBUF_SIZE: scratch for masking messages */
     weir_session_t  *sessions;          /* doubly linked */

@@ -34,15 +34,13 @@
 
 static weir_worker_t weir_worker;
 
-static void weir_worker_accept_cb(uv_poll_t *h, int status, int events);
+static void weir_worker_accept_cb(weir_io_t *io, int events);
 
 static void
 weir_worker_listen(weir_worker_t *w, int on)
 {
-    for (size_t i = 0; i < w->conf->nlisten; i++) {
-        if (on) uv_poll_start(&w->listeners[i], UV_READABLE, weir_worker_accept_cb);
-        else uv_poll_stop(&w->listeners[i]);
-    }
+    for (size_t i = 0; i < w->conf->nlisten; i++)
+        weir_io_start(&w->listeners[i], on ? UV_READABLE : 0, weir_worker_accept_cb);
 }
 
 static uv_timer_t weir_accept_retry;
@@ -55,12 +53,12 @@ weir_worker_accept_retry_cb(uv_timer_t *t)
 }
 
 static void
-weir_worker_accept_cb(uv_poll_t *h, int status, int events)
+weir_worker_accept_cb(weir_io_t *io, int events)
 {
     weir_worker_t *w = &weir_worker;
-    size_t li = (size_t) (uintptr_t) h->data;
+    size_t li = (size_t) (uintptr_t) io->data;
     WEIR_UNUSED(events);
-    if (status < 0 || w->draining) return;
+    if (w->draining) return;
 
     /* a bounded batch, so that one busy listener does not starve the loop */
     for (int i = 0; i < 64; i++) {
@@ -318,7 +316,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
     w->sbuf = malloc(WEIR_RBUF_SIZE);
     w->listen_tls = calloc(conf->nlisten, sizeof(SSL_CTX *));
-    w->listeners = calloc(conf->nlisten, sizeof(uv_poll_t));
+    w->listeners = calloc(conf->nlisten, sizeof(weir_io_t));
     if (w->rbuf == NULL || w->sbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) return 1;
 
     for (size_t i = 0; i < conf->nlisten; i++) {
@@ -333,8 +331,7 @@ weir_worker_run(weir_conf_t *conf, int id)
         }
         if (ls->tls_cert && (w->listen_tls[i] = weir_tls_server_ctx(ls->tls_cert, ls->tls_key)) == NULL)
             return 1;
-        uv_poll_init(&loop, &w->listeners[i], ls->fd);
-        w->listeners[i].data = (void *) (uintptr_t) i;
+        weir_io_init(&w->listeners[i], ls->fd, (void *) (uintptr_t) i);
     }
     if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
 

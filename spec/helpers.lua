@@ -905,7 +905,8 @@ end
 -- pid_file in tmpdir, and a listener on a free port when none is given;
 -- listeners without a port get a free one. For source, opts.port and
 -- opts.log_path tell where it listens and logs.
--- opts: timeout (startup, default 15 s), env, args (extra argv), wait = false
+-- opts: timeout (startup, default 15 s), env, args (extra argv), wrap (argv
+-- before weir's: a command that execs it, as prlimit does), wait = false
 -- to skip the readiness check.
 -- Returns gw (see Gw methods), or errors with weir's stderr.
 function helpers.start_weir(conf, opts)
@@ -949,7 +950,11 @@ function helpers.start_weir(conf, opts)
         ports[1], tls_flags[1] = opts.port, false
     end
     local out, err = next_name("weir", ".stdout"), next_name("weir", ".stderr")
-    local argv = { helpers.bin, "-c", conf_path }
+    local argv = {}
+    for _, a in ipairs(opts.wrap or {}) do argv[#argv + 1] = a end      -- a command that execs weir (prlimit)
+    argv[#argv + 1] = helpers.bin
+    argv[#argv + 1] = "-c"
+    argv[#argv + 1] = conf_path
     for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
     local pid = helpers.spawn(argv, { stdout = out, stderr = err, env = opts.env })
     local gw = setmetatable({
