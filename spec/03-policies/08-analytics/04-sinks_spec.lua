@@ -113,11 +113,18 @@ describe("an analytics Redis sink", function()
                 sinks = { { type = "file", path = file }, { type = "redis", stream = "down", queue = 1 } },
             } } }) },
         })
+        -- N connections, each in a batch of its own: the next starts once
+        -- the file has the close of the one before (batches pile up in the
+        -- queue only if there are several)
         local k = 0
         local function some(n)
             for _ = 1, n do
                 k = k + 1
-                one(gw, "/open", "198.51.100." .. k)
+                local client = "198.51.100." .. k
+                one(gw, "/open", client)
+                helpers.wait_until(function()
+                    return #where(of_type(file_events(file), "close"), "client", client) == 1
+                end, 20, "the close of " .. client .. " in the file")
             end
         end
         -- every event of the file is in the stream or counted dropped, and
@@ -173,7 +180,13 @@ describe("an analytics HTTP sink named by a URL with credentials", function()
                 sinks = { { type = "file", path = dir .. "/e.jsonl" }, { type = "http", url = url, queue = 1 } },
             } } }) },
         })
-        for i = 1, 4 do one(gw, "/open", "198.51.100." .. i) end
+        for i = 1, 4 do     -- each in a batch of its own: a second batch finds the queue full
+            local client = "198.51.100." .. i
+            one(gw, "/open", client)
+            helpers.wait_until(function()
+                return #of_type(file_events(dir .. "/e.jsonl"), "close") == i
+            end, 20, "the close of " .. client .. " in the file")
+        end
         local name = ("http:http://127.0.0.1:%d/in"):format(port)
         local r = gw:wait_log(function(rec) return rec.msg == "analytics events dropped" end, 20)
         assert.equal(name, r.sink)
