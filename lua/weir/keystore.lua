@@ -246,6 +246,9 @@ end
 local function query(self, sql, ...)
     local st, names, msg0 = prepare(self, sql)
     if not st then return nil, names, msg0 end
+    -- a call the budget stopped may have left the statement stepped (not
+    -- reset): binding it would fail
+    sqlite.sqlite3_reset(st)
     for i = 1, select("#", ...) do
         if bind(st, i, (select(i, ...))) ~= SQLITE_OK then
             local msg = errmsg(self.db)
@@ -295,6 +298,10 @@ local pack = function(...) return { n = select("#", ...), ... } end
 -- nil, code, message (then nothing it did is kept). When FN changed any
 -- row, the generation counter is bumped in the same transaction.
 local function write(self, fn, ...)
+    -- a transaction left open by a call the policy budget stopped (it
+    -- stops the coroutine again at every instruction, so the call's own
+    -- rollback never ran): nothing of it is kept
+    rollback(self)
     local ok, code, msg = query(self, "BEGIN IMMEDIATE")
     if not ok then return nil, code, msg end
     local before = sqlite.sqlite3_total_changes(self.db)
@@ -319,6 +326,7 @@ end
 
 -- Run FN(self, ...) in one read transaction (one snapshot for its queries).
 local function read(self, fn, ...)
+    rollback(self)          -- as in write: one a stopped call left open
     local ok, code, msg = query(self, "BEGIN")
     if not ok then return nil, code, msg end
     local res = pack(pcall(fn, self, ...))

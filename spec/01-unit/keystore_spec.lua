@@ -37,6 +37,11 @@ local function open(path)
 end
 
 -- The first column of the first row of SQL, read with a connection of its own.
+-- Is ST's connection inside a transaction?
+local function sqlite_in_transaction(st)
+    return sqlite.sqlite3_get_autocommit(st.db) == 0
+end
+
 local function raw(path, sql)
     local pp = ffi.new("sqlite3 *[1]")
     assert(sqlite.sqlite3_open_v2(path, pp, 0x2, nil) == 0, "raw open")
@@ -120,6 +125,35 @@ describe("weir.keystore", function()
             st:create_app{ name = "a", owner = "o" }
             -- SQLite gives the WAL the database's mode
             assert.equal(tonumber("600", 8), pstat.stat(path .. "-wal").st_mode % 512)
+            st:close()
+        end)
+
+        it("rolls back a transaction left open by a call stopped at any instruction, as the budget stops one", function()
+            local st = open()
+            local jit_on = jit.status()
+            jit.off()         -- count hooks do not run in compiled code (weir's budget has its own way in)
+            local left_open = 0
+            for n = 1, 3000, 7 do
+                -- stopped after N instructions, then at every instruction (as weir's budget does)
+                -- (LuaJIT's hooks are the VM's, not a coroutine's: they act only in CO)
+                local co
+                co = coroutine.create(function() return st:create_app{ name = "app" .. n, owner = "o" } end)
+                local function again() if coroutine.running() == co then error("stopped", 2) end end
+                debug.sethook(function()
+                    if coroutine.running() ~= co then return end
+                    debug.sethook(again, "", 1)
+                    error("stopped", 2)
+                end, "", n)
+                local ok = coroutine.resume(co)
+                debug.sethook()
+                if not ok and sqlite_in_transaction(st) then left_open = left_open + 1 end
+                -- whatever it left, the next call works and keeps only its own
+                local app, code, msg = st:create_app{ name = "next" .. n, owner = "o" }
+                assert(app, tostring(code) .. ": " .. tostring(msg) .. " (stopped at " .. n .. ")")
+                assert.equal("next" .. n, st:get_app(app.id).name)
+            end
+            if jit_on then jit.on() end
+            assert.is_true(left_open > 0, "no stop left a transaction open: nothing was tested")
             st:close()
         end)
 
