@@ -789,7 +789,9 @@ weir_backend_connected(weir_session_t *s)
     weir_leg_t *b = &s->backend;
     int err = 0;
     socklen_t len = sizeof(err);
-    if (getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    /* a connect that failed is reported with an error or hang-up: only
+     * then is there an error to fetch */
+    if (b->io.err && getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
     if (err != 0) {
         weir_bad_gateway(s, strerror(err));
         return;

@@ -60,6 +60,7 @@ weir_io_init(weir_io_t *io, int fd, void *data)
     io->close_cb = NULL;
     io->next_closed = NULL;
     io->closing = 0;
+    io->err = 0;
 }
 
 static uint32_t
@@ -143,7 +144,8 @@ weir_io_run(uv_loop_t *loop)
             if (io->closing || io->events == 0) continue;
             uint32_t e = ev[i].events;
             int events = ((e & EPOLLIN) ? UV_READABLE : 0) | ((e & EPOLLOUT) ? UV_WRITABLE : 0);
-            if (e & (EPOLLERR | EPOLLHUP)) events |= io->events;    /* what it waits for will tell */
+            io->err = (e & (EPOLLERR | EPOLLHUP)) != 0;
+            if (io->err) events |= io->events;    /* what it waits for will tell */
             events &= io->events;
             if (events != 0) io->cb(io, events);
         }

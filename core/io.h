@@ -33,6 +33,7 @@ struct weir_io_s {
     void      (*close_cb)(weir_io_t *io);
     weir_io_t  *next_closed;            /* the loop's list of closes to report */
     unsigned    closing:1;              /* weir_io_close was called: no more callbacks */
+    unsigned    err:1;                  /* the event being reported came with EPOLLERR or EPOLLHUP */
 };
 
 /* Make LOOP's epoll set (holding libuv's own descriptor). WEIR_OK or WEIR_ERROR. */

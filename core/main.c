@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,6 +162,8 @@ weir_listen_open(const weir_listen_t *l, int reuseport, char *err, size_t len)
         goto failed;
     }
     if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    /* the connections accepted from it inherit it: no setsockopt per accept */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *) &ss, slen) < 0 || listen(fd, 4096) < 0) {
         int e = errno;
         close(fd);

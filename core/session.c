@@ -78,8 +78,7 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
         snprintf(s->peer, sizeof(s->peer), "%s:%u", s->peer_ip, ntohs(a->sin_port));
         s->peer_port = ntohs(a->sin_port);
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY: inherited from the listener (weir_listen_open) */
 
     s->next = w->sessions;
     if (w->sessions) w->sessions->prev = s;
@@ -98,6 +97,10 @@ weir_session_accept(weir_worker_t *w, int fd, size_t li, const struct sockaddr *
         s->state = WEIR_S_TLS;
     } else {
         s->state = WEIR_S_REQUEST;
+        /* the request is usually there by the time the connection is
+         * accepted: read it now rather than after a turn of the loop */
+        weir_client_read_request(s);
+        if (s->client.done) return;
     }
     weir_leg_update(&s->client);
 }
