@@ -3,7 +3,8 @@
  * (through TLS when the leg has it), the output queue, the poll interest,
  * pauses and the ready list, the messages weir adds to a leg's stream
  * (control frames, its own messages, the error JSON and the close frame),
- * and the end of a leg: the lingering shutdown, the socket's close, and
+ * and the end of a leg: the close after a close handshake, the lingering
+ * shutdown otherwise, the socket's close, and
  * what the other leg is told when one goes.
  *
  * leg.c calls no other room of a session; what it cannot decide itself it

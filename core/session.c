@@ -8,8 +8,9 @@
  *
  * Life of a session: accept → (TLS) → read the request head → route →
  * connect the backend → (TLS) → send weir's request → read the backend's
- * 101 → send the client's 101 → relay → close handshakes → lingering close
- * of each socket → both legs' ios closed → the session is freed (and its
+ * 101 → send the client's 101 → relay → close handshakes → each socket
+ * closed (at once after its close handshake, else after a lingering close)
+ * → both legs' ios closed → the session is freed (and its
  * access line logged). Nothing is freed while an event already taken from
  * the epoll set may still name a leg: a leg is "done" when its socket is
  * closed and "freed" when weir_io_close reported it at the end of the
