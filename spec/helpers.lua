@@ -1231,6 +1231,25 @@ function Be:wait_closed(n, timeout)
     end, timeout or 10, "backend connection to close")
 end
 
+--- Wait for the record of the connection whose path was "/ID" and for
+-- which PRED(record) holds (default: any); returns it.
+function Be:record(id, pred, timeout, what)
+    return self:wait_conns(function(conns)
+        for _, c in ipairs(conns) do
+            if c.url == "/" .. id and (not pred or pred(c)) then return c end
+        end
+    end, timeout or 10, what or ("the backend record of " .. id))
+end
+
+--- The texts of the data messages a backend record holds, in order.
+function helpers.texts(rec)
+    local out = {}
+    for _, e in ipairs(rec.events) do
+        if e.type == "message" then out[#out + 1] = e.text end
+    end
+    return out
+end
+
 --- Clear the recorded connections.
 function Be:reset()
     helpers.http_request(self.events_port or self.port, { path = "/__reset" })

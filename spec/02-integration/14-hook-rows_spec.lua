@@ -64,22 +64,9 @@ describe("frame hooks on a row of messages sent in one write", function()
         return got
     end
 
-    -- The texts the echo backend received on connection ID
+    -- The texts the echo backend received on connection ID, once it has N
     local function backend_texts(id, n)
-        local rec = be:wait_conns(function(conns)
-            for _, c in ipairs(conns) do
-                if c.url == "/" .. id then
-                    local k = 0
-                    for _, e in ipairs(c.events) do if e.type == "message" then k = k + 1 end end
-                    if k >= n then return c end
-                end
-            end
-        end, 10, "the backend record of " .. id)
-        local out = {}
-        for _, e in ipairs(rec.events) do
-            if e.type == "message" then out[#out + 1] = e.text end
-        end
-        return out
+        return helpers.texts(be:record(id, function(c) return #helpers.texts(c) >= n end))
     end
 
     local function close_of(c)
@@ -135,9 +122,7 @@ describe("frame hooks on a row of messages sent in one write", function()
         local code, reason = close_of(c)
         assert.equal(4000, code)
         assert.equal("bye", reason)
-        local rec = be:wait_conns(function(conns)
-            for _, r in ipairs(conns) do if r.url == "/" .. id and r.closed then return r end end
-        end, 10, "the backend's closed connection " .. id)
+        local rec = be:record(id, function(r) return r.closed end, 10, "the backend's closed connection " .. id)
         for _, e in ipairs(rec.events) do
             assert.is_not_true(e.text == "c" or e.text == "d", "the backend got " .. tostring(e.text))
         end

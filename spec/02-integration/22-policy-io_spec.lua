@@ -45,19 +45,9 @@ describe("policies waiting on HTTP", function()
         helpers.wait_until(function() return srv:seen(id) end, 10, "weir's request for /hold/" .. id)
     end
 
-    local function record(id)
-        return be:wait_conns(function(conns)
-            for _, c in ipairs(conns) do if c.url == "/" .. id then return c end end
-        end, 10, "the backend record of " .. id)
-    end
+    local function record(id) return be:record(id) end
 
-    local function texts(rec)
-        local out = {}
-        for _, e in ipairs(rec.events) do
-            if e.type == "message" then out[#out + 1] = e.text end
-        end
-        return out
-    end
+    local texts = helpers.texts
 
     local function worker()
         return helpers.wait_until(function()
