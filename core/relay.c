@@ -352,8 +352,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
     weir_session_t *s = l->s;
     uint64_t max_msg = weir_limits(s)->max_message_size;
     weir_msg_ref_t m[WEIR_BATCH_MAX];
-    uint8_t *hdr[WEIR_BATCH_MAX];           /* each message's frame; its mask key ends the header */
-    uint8_t hls[WEIR_BATCH_MAX];
+    uint8_t *hdr[WEIR_BATCH_MAX];           /* each message's frame header */
     weir_ws_hdr_t hh = *h;
     uint8_t *q = frame;
     int n = 0;
@@ -378,7 +377,6 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
         m[n].len = len;
         m[n].opcode = hh.opcode;
         hdr[n] = q;
-        hls[n] = (uint8_t) hl;
         n++;
         q = pl + len;
         if (n == WEIR_BATCH_MAX || q >= end) break;
@@ -406,7 +404,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
     }
     s->last_data = uv_now(s->w->loop);
     for (int i = ran; i < n; i++)
-        if (!l->is_backend) weir_ws_mask((uint8_t *) m[i].p, m[i].len, hdr[i] + hls[i] - 4, 0);
+        if (!l->is_backend) weir_ws_mask((uint8_t *) m[i].p, m[i].len, m[i].p - 4, 0);   /* its key, before it */
     uint8_t *last = (uint8_t *) m[ran - 1].p + m[ran - 1].len;
 
     if (!weir_forwarding(l)) {
@@ -425,7 +423,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
     }
     for (int i = 0; i < k; i++) {
         if (l->is_backend) continue;
-        uint8_t *mk = hdr[i] + hls[i] - 4;
+        uint8_t *mk = (uint8_t *) m[i].p - 4;     /* the mask key ends the header */
         weir_ws_random(mk, 4);
         weir_ws_mask((uint8_t *) m[i].p, m[i].len, mk, 0);
     }
