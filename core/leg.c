@@ -159,6 +159,8 @@ int
 weir_leg_write(weir_leg_t *l, const uint8_t *buf, size_t n)
 {
     if (l->done) return WEIR_ERROR;
+    weir_pend_before(l);
+    if (l->done) return WEIR_ERROR;
     if (l->unsent) {                    /* a batch is open: weir_relay_process writes it */
         weir_leg_queue(l, buf, n);
         return WEIR_OK;
@@ -396,6 +398,7 @@ void
 weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
 {
     if (dst->done || dst->close_sent) return;
+    weir_pend_before(dst);              /* and then dst is between messages */
     if (weir_leg_between(dst) && n + WEIR_WS_MAX_HDR <= WEIR_RBUF_SIZE) {
         size_t fl = weir_frame_message(dst, dst->s->w->sbuf, opcode, p, n);
         if (dst->s->w->in_relay) dst->unsent = 1;
@@ -424,6 +427,8 @@ void
 weir_leg_close_with(weir_leg_t *l, unsigned code, const char *reason, const char *json, size_t jl)
 {
     if (l->done || l->close_sent) return;
+    weir_pend_before(l);                        /* and then l is between messages */
+    if (l->done) return;
     weir_session_t *s = l->s;
     weir_note_close(s, code, 'w');              /* unless a peer closed first */
     if (weir_other(l)->emitted_mid) {

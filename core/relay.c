@@ -279,6 +279,40 @@ weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
     return WEIR_OK;
 }
 
+weir_pend_t weir_pend;
+
+void
+weir_relay_pend_flush(void)
+{
+    weir_pend_t *pd = &weir_pend;
+    weir_leg_t *l = pd->src;
+    const uint8_t *to = pd->to;
+    pd->src = NULL;                     /* the write below does not come back here */
+    if (pd->row != NULL) {
+        /* the row's messages before the one being run passed as they were
+         * (the row stops at any other verdict): masked again for the backend */
+        int j = pd->done;
+        while (j < pd->n && pd->row[j].p != l->view) j++;
+        if (j == pd->n) j = pd->done;   /* no message of the row is being run */
+        for (int i = pd->done; i < j && !l->is_backend; i++) {
+            uint8_t *mk = (uint8_t *) pd->row[i].p - 4;
+            weir_ws_random(mk, 4);
+            weir_ws_mask((uint8_t *) pd->row[i].p, pd->row[i].len, mk, 0);
+        }
+        if (j > 0) to = pd->hdr[j];
+        pd->done = j;
+    }
+    weir_leg_t *o = weir_other(l);
+    if (to > pd->from && !o->done && !o->close_sent) {
+        weir_emit(l, pd->from, to);
+        pd->from = to;
+    }
+    /* the message being run is whole: what went before it is too */
+    l->emitted_mid = 0;
+    l->msg_out_open = 0;
+    pd->src = l;
+}
+
 /*
  * A frame hook's message that is one whole frame at FRAME (header length
  * HL) in the read buffer: unmask and check it in place, let the hook read
@@ -308,7 +342,10 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     l->msg_op = (uint8_t) h->opcode;
     l->view = pl;
     l->view_len = n;
+    weir_pend = (weir_pend_t) { .src = l, .from = *from, .to = frame };
     int rc = weir_relay_hook(l, &v);
+    *from = (uint8_t *) weir_pend.from;     /* moved on when the hook wrote to the other leg */
+    weir_pend.src = NULL;
     l->view = NULL;
     if (rc == WEIR_AGAIN) {
         weir_msg_copy(l, pl, n);
@@ -327,6 +364,8 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     }
     weir_emit(l, *from, frame);
     *from = pl + n;
+    l->emitted_mid = 0;                 /* what went before the message is whole: a close may go */
+    l->msg_out_open = 0;
     if (v.kind != WEIR_V_PASS) weir_apply_frame_verdict(l, &v);
     return WEIR_OK;
 }
@@ -390,7 +429,11 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
 
     int k = 0;
     weir_verdict_t v;
+    weir_pend = (weir_pend_t) { .src = l, .from = *from, .to = frame, .row = m, .hdr = hdr, .n = n };
     *rc = s->w->policy->frames(s, l->is_backend ? 1 : 0, m, n, &k, &v);
+    *from = (uint8_t *) weir_pend.from;     /* moved on when a hook wrote to the other leg */
+    int done = weir_pend.done;              /* the messages written then, masked again */
+    weir_pend.src = NULL;
     l->view = NULL;
     int stopped = *rc == WEIR_OK && k < n && v.kind == WEIR_V_PASS;     /* k and after not run */
     int ran = k < n && !stopped ? k + 1 : k;  /* the messages whose hooks ran */
@@ -421,7 +464,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
         }
         return last;
     }
-    for (int i = 0; i < k; i++) {
+    for (int i = done; i < k; i++) {
         if (l->is_backend) continue;
         uint8_t *mk = (uint8_t *) m[i].p - 4;     /* the mask key ends the header */
         weir_ws_random(mk, 4);

@@ -358,6 +358,38 @@ void weir_leg_gone(weir_leg_t *l, const char *why);
  * May close either leg. */
 void weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len);
 
+/*
+ * While a frame hook runs on a message of SRC: the bytes of SRC's read
+ * before that message, passed and not yet written to the other leg
+ * [FROM, TO), and, for a row of messages (weir_relay_batch), the row
+ * (ROW, HDR: each message's header; N of them) and how many of it were
+ * written (DONE). Whatever weir writes to the other leg meanwhile (a
+ * hook's close, its message, an error) writes them first
+ * (weir_relay_pend_flush, from weir_leg_write), so the peer gets them in
+ * the order they came and never after a close. SRC is NULL between hooks.
+ */
+typedef struct {
+    weir_leg_t            *src;
+    const uint8_t         *from, *to;
+    const weir_msg_ref_t  *row;
+    uint8_t *const        *hdr;
+    int                    n, done;
+} weir_pend_t;
+
+extern weir_pend_t weir_pend;
+
+/* Write what weir_pend holds to the other leg of weir_pend.src, which is
+ * then between messages of src (the hook's message is whole). */
+void weir_relay_pend_flush(void);
+
+/* Before weir writes to DST: what passed ahead of a running hook's message
+ * goes first. */
+static inline void
+weir_pend_before(weir_leg_t *dst)
+{
+    if (__builtin_expect(weir_pend.src != NULL, 0) && weir_pend.src == weir_other(dst)) weir_relay_pend_flush();
+}
+
 /* Read from L and relay it to the other leg, pausing L when the other
  * leg's queue nears buffer_size. May close either leg. */
 void weir_relay_read(weir_leg_t *l);

@@ -1268,4 +1268,21 @@ describe("RFC 6455 through weir, with frame hooks both ways", function()
     forwarded_then_failed(function() return e end, want, { VIOLATIONS[1], VIOLATIONS[#VIOLATIONS] })
 end)
 
+describe("RFC 6455 through weir, with an on_frame_out that closes", function()
+    local e
+
+    lazy_setup(function() e = start("outclose", nil, { { "spec-outclose", {} } }) end)
+    lazy_teardown(function() stop(e) end)
+
+    it("sends the client the messages before the closing one, then the close, then nothing", function()
+        -- one write of the backend: its hooks run on the messages as a row
+        local row = {}
+        for i, p in ipairs({ "a", "b", "close:4000", "c" }) do row[i] = rawws.build{ opcode = TEXT, payload = p } end
+        local got, rec = from_backend(e, { { raw = table.concat(row) } })
+        assert_frames({ { opcode = TEXT, payload = "a" }, { opcode = TEXT, payload = "b" } }, got.data, "client")
+        assert_close(got, 4000, "client")
+        assert_close(rec, 1001, "backend")
+    end)
+end)
+
 teardown(function() helpers.cleanup() end)
