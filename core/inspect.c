@@ -533,3 +533,30 @@ weir_inspector_check(const weir_inspector_t *in, int opcode, const uint8_t *p, s
     }
     return WEIR_INSPECT_PASS;
 }
+
+const uint8_t *
+weir_find(const uint8_t *p, size_t n, const uint8_t *needle, size_t k)
+{
+    if (k == 0) return p;
+    if (n < k) return NULL;
+    if (k == 1) return memchr(p, needle[0], n);
+    size_t i = 0, last = n - k;               /* the last place the needle may start */
+#ifdef __SSE2__
+    const __m128i first = _mm_set1_epi8((char) needle[0]);
+    const __m128i end = _mm_set1_epi8((char) needle[k - 1]);
+    for (; i + 15 <= last; i += 16) {
+        __m128i a = _mm_loadu_si128((const __m128i *) (p + i));
+        __m128i b = _mm_loadu_si128((const __m128i *) (p + i + k - 1));
+        unsigned m = (unsigned) _mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, first), _mm_cmpeq_epi8(b, end)));
+        while (m != 0) {
+            unsigned j = (unsigned) __builtin_ctz(m);
+            if (memcmp(p + i + j + 1, needle + 1, k - 2) == 0) return p + i + j;
+            m &= m - 1;
+        }
+    }
+#endif
+    for (; i <= last; i++)
+        if (p[i] == needle[0] && p[i + k - 1] == needle[k - 1] && memcmp(p + i + 1, needle + 1, k - 2) == 0)
+            return p + i;
+    return NULL;
+}

@@ -105,4 +105,12 @@ const char *weir_inspector_problem(const weir_inspector_t *in);
 const char *weir_inspector_text(const weir_inspector_t *in, int rule, int field);
 int         weir_inspector_close_code(const weir_inspector_t *in);
 
+/*
+ * Where NEEDLE (K bytes) first occurs in P[0..N), or NULL: memmem's
+ * answer, found by comparing the needle's first and last bytes at sixteen
+ * positions at a time (SSE2) and only those candidates whole. The
+ * interceptor's search of every client text message (relay.c).
+ */
+const uint8_t *weir_find(const uint8_t *p, size_t n, const uint8_t *needle, size_t k);
+
 #endif

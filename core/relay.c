@@ -268,7 +268,7 @@ weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
     const uint8_t *p = l->view != NULL ? l->view : l->msg;
     size_t n = l->view != NULL ? l->view_len : l->msg_fill;
     if (!l->is_backend && s->needle != NULL && l->msg_op == WEIR_WS_TEXT && n > 0 && n <= WEIR_SNIFF_MAX
-        && memmem(p, n, s->needle, strlen(s->needle)) != NULL) {
+        && weir_find(p, n, (const uint8_t *) s->needle, strlen(s->needle)) != NULL) {
         int rc = s->w->policy->intercept(s, n, v);
         if (rc == WEIR_AGAIN || v->kind != WEIR_V_PASS) return rc;
     }

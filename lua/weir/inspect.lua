@@ -37,6 +37,7 @@ ffi.cdef [[
     int weir_inspector_check(const weir_inspector_t *in, int opcode, const char *p, size_t n, int *field);
     int weir_ffi_inspect(uint64_t id, weir_inspector_t *in, int owner);
     int weir_ffi_inspect_owner(uint64_t id);
+    const char *weir_find(const char *p, size_t n, const char *needle, size_t k);
 ]]
 
 -- In the worker the core's own symbols; in a plain LuaJIT (unit specs) the
@@ -52,6 +53,15 @@ if not pcall(function() return C.weir_inspector_new end) then
 end
 
 local _M = {}
+
+--- Where `needle` first occurs in `s` (its index, from 1), as the core's
+-- search of client messages for an interceptor's needle finds it; nil when
+-- it does not occur.
+function _M.find(s, needle)
+    local p = C.weir_find(s, #s, needle, #needle)
+    if p == nil then return nil end
+    return tonumber(p - ffi.cast("const char *", s)) + 1
+end
 
 --- The rules, in the order they are checked (the core's WEIR_INSPECT_*).
 _M.RULES = { "too_big", "binary", "not_json", "not_object", "no_type", "not_allowed", "field" }

@@ -125,4 +125,26 @@ describe("weir.inspect", function()
         end
         assert.same({}, disagreements)
     end)
+
+    it("finds a needle where a plain search does (the interceptor's weir_find)", function()
+        local alphabet = { "a", "b", '"' }
+        local function word(n)
+            local t = {}
+            for i = 1, n do t[i] = alphabet[math.random(#alphabet)] end
+            return table.concat(t)
+        end
+        local wrong = {}
+        for _ = 1, 20000 do
+            local s, needle = word(math.random(0, 70)), word(math.random(0, 6))
+            if math.random(4) == 1 and #s > 0 then      -- a needle taken from the text itself
+                local at = math.random(#s)
+                needle = s:sub(at, at + math.random(0, 6))
+            end
+            local want = s:find(needle, 1, true)
+            if inspect.find(s, needle) ~= want then wrong[#wrong + 1] = { s, needle, want } end
+        end
+        assert.same({}, wrong)
+        assert.equal(1009, inspect.find(("x"):rep(1008) .. '"auth"', '"auth"'))
+        assert.is_nil(inspect.find(("x"):rep(1008) .. '"aut"', '"auth"'))
+    end)
 end)
