@@ -1285,4 +1285,29 @@ describe("RFC 6455 through weir, with an on_frame_out that closes", function()
     end)
 end)
 
+describe("RFC 6455 through weir, with message-schema closing on a violation", function()
+    local e
+
+    lazy_setup(function()
+        e = start("strict", nil, { { "message-schema", { type_field = "cmd", allow_binary = true,
+                                                         on_violation = "close" } } })
+    end)
+    lazy_teardown(function() stop(e) end)
+
+    it("closes the backend with a close frame when it refuses a message right behind a streamed frame", function()
+        -- the binary frame is streamed (nothing checks its payload); the read
+        -- that ends it holds a text message message-schema refuses
+        local p = bytes(200000)
+        local got, rec = run(e, function(c, name)
+            local frame = rawws.build{ opcode = BINARY, payload = p, mask = true }
+            c:send_raw(frame:sub(1, 100000))
+            wait_peeked(e, name)
+            c:send_raw(frame:sub(100001) .. rawws.build{ opcode = TEXT, payload = "not json", mask = true })
+        end, { steps = { { wait_bytes = 50000 } } })
+        assert_frames({ { opcode = BINARY, payload = p } }, rec.data, "backend")
+        assert_close(rec, 1001, "backend")
+        assert_close(got, 1008, "client")
+    end)
+end)
+
 teardown(function() helpers.cleanup() end)
