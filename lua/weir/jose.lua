@@ -710,6 +710,9 @@ local function check_signature(key, alg, input, from, len, signature)
         end
         ok = C.CRYPTO_memcmp(hmac_out, signature, n) == 0
     elseif family == "RS" or family == "PS" then
+        -- exactly the modulus's length (RFC 8017 8.1.2, 8.2.2): OpenSSL
+        -- takes a shorter one as the same number with its leading zeros
+        if #signature ~= math.ceil(key.bits / 8) then return nil, "bad signature length" end
         ok = prepared_verify(key, alg, MD[size], family == "PS", signature, signing_input, len)
     elseif family == "ES" then
         local n = size == "256" and 32 or 48
@@ -725,7 +728,7 @@ end
 
 --- Check a JWS signature. The key must allow the algorithm (`key_allows`).
 -- RS*: RSASSA-PKCS1-v1_5; PS*: RSASSA-PSS, MGF1 with the same hash, salt
--- the hash's length; ES*: R||S of 64 (ES256) or 96 (ES384) bytes, anything
+-- the hash's length (both: a signature as long as the modulus); ES*: R||S of 64 (ES256) or 96 (ES384) bytes, anything
 -- else (a DER signature) refused; EdDSA: Ed25519; HS*: HMAC compared in
 -- constant time.
 -- @tparam table key
