@@ -319,11 +319,12 @@ weir_sync_init(uv_loop_t *loop, const weir_conf_t *conf)
 void
 weir_sync_cleanup(void)
 {
-    if (!S.on) return;
     weir_redis_cleanup();                       /* the syncs out are answered (with nothing) first */
-    uv_close((uv_handle_t *) &S.tick, NULL);    /* the loop holds the handle until it has closed */
-    while (S.head != NULL) weir_sync_free(S.head);
-    free(S.table);
+    if (S.on) {
+        uv_close((uv_handle_t *) &S.tick, NULL); /* the loop holds the handle until it has closed */
+        while (S.head != NULL) weir_sync_free(S.head);
+    }
+    free(S.table);                              /* also what a failed start-up made */
     free(S.prefix);
     S.table = NULL;
     S.prefix = NULL;

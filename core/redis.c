@@ -377,7 +377,13 @@ weir_redis_init(uv_loop_t *loop, const weir_state_conf_t *conf)
     R.name = strdup(conf->redis_name);
     R.user = conf->redis_user ? strdup(conf->redis_user) : NULL;
     R.password = conf->redis_password ? strdup(conf->redis_password) : NULL;
-    if (R.name == NULL || (conf->redis_user && !R.user) || (conf->redis_password && !R.password)) return WEIR_ERROR;
+    if (R.name == NULL || (conf->redis_user && !R.user) || (conf->redis_password && !R.password)) {
+        free(R.name);
+        free(R.user);
+        free(R.password);
+        R.name = R.user = R.password = NULL;
+        return WEIR_ERROR;
+    }
     if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) sa;
         inet_ntop(AF_INET6, &a->sin6_addr, R.ip, sizeof(R.ip));

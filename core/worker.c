@@ -271,7 +271,7 @@ weir_worker_cleanup(weir_worker_t *w)
     weir_lua_cleanup();
     weir_bus_cleanup();
     free(w->listed);
-    for (size_t i = 0; i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
+    for (size_t i = 0; w->listen_tls != NULL && i < w->conf->nlisten; i++) SSL_CTX_free(w->listen_tls[i]);
     weir_conf_free(w->conf);
     w->conf = NULL;
     free(w->listen_tls);
@@ -307,7 +307,10 @@ weir_worker_run(weir_conf_t *conf, int id)
     weir_ws_random_reset();
     memset(w, 0, sizeof(*w));
     if (uv_loop_init(&loop) != 0) return 1;
-    if (weir_io_loop_init(&loop) != WEIR_OK) return 1;
+    if (weir_io_loop_init(&loop) != WEIR_OK) {
+        uv_loop_close(&loop);
+        return 1;
+    }
     w->loop = &loop;
     w->conf = conf;
     w->id = id;
@@ -317,7 +320,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     w->sbuf = malloc(WEIR_RBUF_SIZE);
     w->listen_tls = calloc(conf->nlisten, sizeof(SSL_CTX *));
     w->listeners = calloc(conf->nlisten, sizeof(weir_io_t));
-    if (w->rbuf == NULL || w->sbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) return 1;
+    if (w->rbuf == NULL || w->sbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) goto fail;
 
     for (size_t i = 0; i < conf->nlisten; i++) {
         weir_listen_t *ls = &conf->listen[i];
@@ -330,18 +333,18 @@ weir_worker_run(weir_conf_t *conf, int id)
             ls->nfds = 0;
         }
         if (ls->tls_cert && (w->listen_tls[i] = weir_tls_server_ctx(ls->tls_cert, ls->tls_key)) == NULL)
-            return 1;
+            goto fail;
         weir_io_init(&w->listeners[i], ls->fd, (void *) (uintptr_t) i);
     }
-    if (weir_worker_conf_tls(conf) != WEIR_OK) return 1;
+    if (weir_worker_conf_tls(conf) != WEIR_OK) goto fail;
 
     weir_registry_attach(id);
     weir_stats_attach(id);
     weir_bus_init(w);                   /* before the runtime starts: it asks which worker this is */
-    if (weir_lua_init(&loop, conf) != WEIR_OK) return 1;
+    if (weir_lua_init(&loop, conf) != WEIR_OK) goto fail;
     weir_proxy_init(w, &weir_lua_policy);
     weir_analytics_init(&loop, weir_lua_event);
-    if (weir_sync_init(&loop, conf) != WEIR_OK) return 1;
+    if (weir_sync_init(&loop, conf) != WEIR_OK) goto fail;
 
     uv_timer_init(&loop, &weir_accept_retry);
     weir_accept_retry.data = w;
@@ -385,4 +388,10 @@ weir_worker_run(weir_conf_t *conf, int id)
              (unsigned long long) w->nsessions);
     weir_worker_cleanup(w);
     return 0;
+
+fail:
+    /* what start-up made so far is released as on a stop (a sanitizer
+     * build reports only real leaks); the master logs the exit */
+    weir_worker_cleanup(w);
+    return 1;
 }

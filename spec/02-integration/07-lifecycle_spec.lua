@@ -135,4 +135,24 @@ describe("lifecycle", function()
         assert.is_not.same(before, after)
         assert.equal(0, gw:stop())
     end)
+    it("a worker whose Lua runtime cannot start logs why, exits 1 with nothing held, and is started again", function()
+        -- a copy of the runtime that fails when it loads (the master reads
+        -- only the configuration modules, so it starts)
+        local dir = helpers.tmpdir() .. "/broken-lua"
+        assert(os.execute("mkdir -p " .. helpers.shell_quote(dir) .. " && cp -r "
+                          .. helpers.shell_quote(helpers.root .. "/lua/weir") .. " " .. helpers.shell_quote(dir)) == 0)
+        helpers.write_file(dir .. "/weir/runtime.lua", 'error("spec: this runtime does not load")\n')
+        local be = helpers.start_backend("echo")
+        local gw = helpers.start_weir({ workers = 1, apis = { helpers.api("Echo", "/echo", be) } },
+                                      { env = { WEIR_LUA_DIR = dir }, wait = false })
+        local why = gw:wait_log(function(r) return r.msg == "cannot start the Lua runtime" end, 15)
+        assert.truthy(why.error:find("this runtime does not load", 1, true), why.error)
+        local exited = gw:wait_log(function(r) return r.msg == "worker exited" and r.worker_pid == why.pid end, 15)
+        assert.equal(1, exited.status)
+        -- the master starts it again (and keeps running); under the
+        -- sanitizer build, each exit must also leave no leak report
+        gw:wait_log(function(r) return r.msg == "worker restarted" and r.worker_pid ~= why.pid end, 15)
+        assert.is_true(gw:alive())
+        assert.equal(0, gw:stop())
+    end)
 end)
