@@ -96,6 +96,7 @@ static uint64_t      opt_count = 0;
 static int           opt_binary = 0;
 static int           opt_json = 0;       /* -j: payloads are JSON objects */
 static int           opt_quiet = 0;
+static int           opt_hist = 0;             /* -L */
 static int           opt_rate = 200;     /* handshakes in progress at once */
 static int           opt_reconnect = 0;  /* -R: echo: a connection the server drops is counted apart and opened again */
 static const char   *opt_label = "";
@@ -867,9 +868,25 @@ static void report(void)
            (unsigned long long)err_protocol, (unsigned long long)err_timeout);
     print_counts(stdout, "http_status", err_status);
     print_counts(stdout, "close_code", err_close);
-    printf("},\"sent\":%llu,\"echoed\":%llu,\"dropped\":%llu,\"dropped_in_flight\":%llu}\n",
+    printf("},\"sent\":%llu,\"echoed\":%llu,\"dropped\":%llu,\"dropped_in_flight\":%llu",
            (unsigned long long)n_sent, (unsigned long long)n_recv,
            (unsigned long long)n_dropped, (unsigned long long)n_dropped_lost);
+    if (opt_hist) {
+        /* the latency histogram's non-empty buckets, [index, count]: runs
+         * can be merged and their percentiles taken over the whole (bench/run) */
+        printf(",\"hist\":{\"sub_bits\":%d,\"min_ns\":%llu,\"max_ns\":%llu,\"buckets\":[",
+               WB_HIST_SUB_BITS, (unsigned long long)(hist.count ? hist.min : 0),
+               (unsigned long long)hist.max);
+        int first = 1;
+        for (size_t i = 0; i < WB_HIST_BUCKETS; i++) {
+            if (hist.b[i] == 0)
+                continue;
+            printf("%s[%zu,%llu]", first ? "" : ",", i, (unsigned long long)hist.b[i]);
+            first = 0;
+        }
+        printf("]}");
+    }
+    printf("}\n");
     fflush(stdout);
     if (!opt_quiet && errs) {
         fprintf(stderr, "  errors: connect %llu, handshake eof %llu, bad accept %llu, "
@@ -920,6 +937,7 @@ static void usage(void)
         "             (dropped, dropped_in_flight) and connected again\n"
         "  -l LABEL   label copied into the JSON line\n"
         "  -q         no human-readable text on stderr\n"
+        "  -L         add the latency histogram's buckets to the JSON line (\"hist\")\n"
         "exit status: 0 no errors, 1 errors counted, 2 usage or setup failure\n");
     exit(2);
 }
@@ -1008,7 +1026,7 @@ static int parse_url(const char *url)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:T:r:l:Rqh")) != -1) {
+    while ((opt = getopt(argc, argv, "m:c:w:s:d:W:n:bjH:T:r:l:RqLh")) != -1) {
         switch (opt) {
         case 'm':
             if (strcmp(optarg, "echo") == 0) opt_mode = M_ECHO;
@@ -1041,6 +1059,7 @@ int main(int argc, char **argv)
         case 'r': opt_rate = atoi(optarg); break;
         case 'l': opt_label = optarg; break;
         case 'q': opt_quiet = 1; break;
+        case 'L': opt_hist = 1; break;
         default: usage();
         }
     }
