@@ -139,6 +139,16 @@ weir_relay_close(weir_leg_t *l, const uint8_t *pl, size_t n)
     return fwd;
 }
 
+/* A client frame's payload PL (N bytes, unmasked) masked again for the
+ * backend with a fresh key, written over the one that ends its header. */
+static inline void
+weir_mask_anew(uint8_t *pl, size_t n)
+{
+    uint8_t *mk = pl - 4;
+    weir_ws_random(mk, 4);
+    weir_ws_mask(pl, n, mk, 0);
+}
+
 /* Unmask, validate and re-mask one chunk of the current data frame's payload.
  * Returns 0, or 1007 when the text is not UTF-8. */
 static unsigned
@@ -294,11 +304,8 @@ weir_relay_pend_flush(void)
         int j = pd->done;
         while (j < pd->n && pd->row[j].p != l->view) j++;
         if (j == pd->n) j = pd->done;   /* no message of the row is being run */
-        for (int i = pd->done; i < j && !l->is_backend; i++) {
-            uint8_t *mk = (uint8_t *) pd->row[i].p - 4;
-            weir_ws_random(mk, 4);
-            weir_ws_mask((uint8_t *) pd->row[i].p, pd->row[i].len, mk, 0);
-        }
+        for (int i = pd->done; i < j && !l->is_backend; i++)
+            weir_mask_anew((uint8_t *) pd->row[i].p, pd->row[i].len);
         if (j > 0) to = pd->hdr[j];
         pd->done = j;
     }
@@ -355,11 +362,7 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
         return WEIR_AGAIN;
     }
     if (v.kind == WEIR_V_PASS && weir_forwarding(l)) {
-        if (!l->is_backend) {
-            uint8_t *mk = frame + hl - 4;
-            weir_ws_random(mk, 4);
-            weir_ws_mask(pl, n, mk, 0);
-        }
+        if (!l->is_backend) weir_mask_anew(pl, n);
         return WEIR_OK;
     }
     weir_emit(l, *from, frame);
@@ -464,12 +467,8 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
         }
         return last;
     }
-    for (int i = done; i < k; i++) {
-        if (l->is_backend) continue;
-        uint8_t *mk = (uint8_t *) m[i].p - 4;     /* the mask key ends the header */
-        weir_ws_random(mk, 4);
-        weir_ws_mask((uint8_t *) m[i].p, m[i].len, mk, 0);
-    }
+    for (int i = done; i < k && !l->is_backend; i++)
+        weir_mask_anew((uint8_t *) m[i].p, m[i].len);
     if (k == n || stopped) return last;
     weir_emit(l, *from, hdr[k]);
     *from = last;
@@ -575,11 +574,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             } else if (h.opcode == WEIR_WS_PING && s->local && !l->close_sent) {
                 weir_leg_send_control(l, WEIR_WS_PONG, pl, n);     /* no backend to answer it */
             }
-            if (fwd && !l->is_backend) {
-                uint8_t *mk = p + hl - 4;
-                weir_ws_random(mk, 4);
-                weir_ws_mask(pl, n, mk, 0);
-            }
+            if (fwd && !l->is_backend) weir_mask_anew(pl, n);
             p += (size_t) hl + n;
             if (!fwd) {
                 weir_emit(l, from, frame);
