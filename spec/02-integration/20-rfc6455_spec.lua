@@ -217,6 +217,15 @@ local function wait_peeked(e, name)
     end, T, "the backend to receive the first part of the frame")
 end
 
+-- Send FRAME (whole, raw) from client C of case NAME in two parts: its
+-- first 100,000 bytes, then, once the backend has them (so the frame is
+-- streamed), the rest followed by AFTER.
+local function send_streamed(e, c, name, frame, after)
+    c:send_raw(frame:sub(1, 100000))
+    wait_peeked(e, name)
+    c:send_raw(frame:sub(100001) .. (after or ""))
+end
+
 local function send(fr, split) return { send = fr, split = split } end
 local function close_step(code, reason)
     return send{ opcode = CLOSE, payload = rawws.close_payload(code, reason) }
@@ -483,10 +492,7 @@ describe("RFC 6455 through weir", function()
         it("client→backend: the first half of a 200 KB frame reaches the backend before the rest is sent", function()
             local p = bytes(200000)
             local _, rec = run(e, function(c, name)
-                local frame = rawws.build{ opcode = BINARY, payload = p, mask = true }
-                c:send_raw(frame:sub(1, 100000))
-                wait_peeked(e, name)
-                c:send_raw(frame:sub(100001))
+                send_streamed(e, c, name, rawws.build{ opcode = BINARY, payload = p, mask = true })
                 c:send_close(1000)
             end, { steps = { { wait_bytes = 50000 } } })
             assert_frames({ { opcode = BINARY, payload = p } }, rec.data, "backend")
@@ -515,10 +521,7 @@ describe("RFC 6455 through weir", function()
         it("client: invalid UTF-8 in the second half of a streamed text frame → 1007; the backend never gets the frame whole", function()
             local p = ("a"):rep(150000) .. "\255" .. ("b"):rep(49999)
             local got, rec = run(e, function(c, name)
-                local frame = rawws.build{ opcode = TEXT, payload = p, mask = true }
-                c:send_raw(frame:sub(1, 100000))
-                wait_peeked(e, name)
-                c:send_raw(frame:sub(100001))
+                send_streamed(e, c, name, rawws.build{ opcode = TEXT, payload = p, mask = true })
             end, { steps = { { wait_bytes = 50000 } } })
             assert_failed(got, 1007)
             assert_frames({}, rec.data, "backend")
@@ -1299,10 +1302,8 @@ describe("RFC 6455 through weir, with message-schema closing on a violation", fu
         -- that ends it holds a text message message-schema refuses
         local p = bytes(200000)
         local got, rec = run(e, function(c, name)
-            local frame = rawws.build{ opcode = BINARY, payload = p, mask = true }
-            c:send_raw(frame:sub(1, 100000))
-            wait_peeked(e, name)
-            c:send_raw(frame:sub(100001) .. rawws.build{ opcode = TEXT, payload = "not json", mask = true })
+            send_streamed(e, c, name, rawws.build{ opcode = BINARY, payload = p, mask = true },
+                          rawws.build{ opcode = TEXT, payload = "not json", mask = true })
         end, { steps = { { wait_bytes = 50000 } } })
         assert_frames({ { opcode = BINARY, payload = p } }, rec.data, "backend")
         assert_close(rec, 1001, "backend")
