@@ -225,15 +225,20 @@ describe("an analytics HTTP sink that is down", function()
                             queue = 100000, queue_bytes = "64k" } },
             } } }) },
         })
-        -- about 1.5 KiB of events per connection: 80 are more than 64 KiB
-        local n = 80
-        for i = 1, n do
-            one(gw, "/open", "198.51.100." .. i, { ["User-Agent"] = string.rep("u", 200) })
+        -- about 1.5 KiB of events per connection: 80 are more than 64 KiB.
+        -- They go 8 at a time, each 8 in the file before the next, so that
+        -- no interval's batch is itself bigger than queue_bytes (a batch
+        -- that is would be dropped whole, and the queue left empty).
+        local n, total = 80, nil
+        for g = 0, n - 1, 8 do
+            for i = g + 1, g + 8 do
+                one(gw, "/open", "198.51.100." .. i, { ["User-Agent"] = string.rep("u", 200) })
+            end
+            total = helpers.wait_until(function()
+                local evs = file_events(file)
+                if #of_type(evs, "close") == g + 8 then return #evs end
+            end, 20, "the closes of connections " .. (g + 1) .. " to " .. (g + 8) .. " in the file")
         end
-        local total = helpers.wait_until(function()
-            local evs = file_events(file)
-            if #of_type(evs, "close") == n then return #evs end
-        end, 20, "every close in the file")
         local bytes = #helpers.read_file(file)
         assert.is_true(bytes > 64 * 1024)
         -- nothing is ever sent; what is dropped is what went past 64 KiB
