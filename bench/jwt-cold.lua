@@ -12,9 +12,11 @@
 --                 some of them run undisturbed on a shared machine)
 --     -r R        rounds per mode, modes taking turns (default 9): the least,
 --                 median and most wall-clock µs per handshake are shown
---     -m LIST     modes, comma-separated: noop, warm, cold, keyauth (default
---                 noop, warm, cold; keyauth: bench/run's "weir + policies"
---                 chain, key-auth then message-schema, the key in a header)
+--     -m LIST     modes, comma-separated: noop, warm, cold, sig, keyauth (default
+--                 noop, warm, cold; sig: bench/run's "weir + RS256 signature
+--                 only", the floor under cold, with cold's tokens; keyauth:
+--                 bench/run's "weir + policies" chain, key-auth then
+--                 message-schema, the key in a header)
 --     -M N        also the Lua memory an open connection keeps: N handshakes
 --                 per mode left open (open and handshake, no close), bytes
 --                 per connection after a full collection
@@ -149,6 +151,8 @@ do
     local hash = require("weir").sha256_hex(API_KEY)
     write(dir .. "/keys.txt", "sha256:" .. hash .. "  application=Bench subscriber=bench tier=Gold\n")
 end
+-- the sig mode's policy reads the first cold token from a wsload -T file
+write(dir .. "/sig-token.txt", "Authorization: Bearer " .. tokens[2] .. "\n")
 local conf_file = dir .. "/weir.conf.lua"
 write(conf_file, string.format([[
 return {
@@ -161,12 +165,15 @@ return {
           policies = { { "bench-handshake-noop", {} } } },
         { version = "warm", endpoints = { production = "ws://127.0.0.1:2" }, policies = %s },
         { version = "cold", endpoints = { production = "ws://127.0.0.1:2" }, policies = %s },
+        { version = "sig", endpoints = { production = "ws://127.0.0.1:2" },
+          policies = { { "bench-signature-only", { jwks_file = %q, token_file = %q } } } },
         { version = "keyauth", endpoints = { production = "ws://127.0.0.1:2" }, policies = {
             { "key-auth", { keys_file = %q, key_in = { "header" } } },
             { "message-schema", { types = { "bench" }, max_size = "1m", allow_binary = true } } } },
     } } },
 }
-]], HERE .. "/policies", chain(""), chain(", cache_size = 32"), dir .. "/keys.txt"))
+]], HERE .. "/policies", chain(""), chain(", cache_size = 32"), dir .. "/jwks.json", dir .. "/sig-token.txt",
+   dir .. "/keys.txt"))
 
 -- the worker's VM as core/lua_bridge.c sets it up: a count hook that
 -- never fires (the budget's) and LuaJIT's profiler at 10 ms in line mode
@@ -190,6 +197,7 @@ local function head(tok, key)
 end
 local heads = { noop = { head(nil) }, warm = { head(tokens[1]) }, cold = {}, keyauth = { head(nil, API_KEY) } }
 for i = 2, COLD_TOKENS + 1 do heads.cold[#heads.cold + 1] = head(tokens[i]) end
+heads.sig = heads.cold
 
 -- for the signature check alone, below
 local jose = require "weir.jose"
