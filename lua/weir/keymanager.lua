@@ -41,6 +41,7 @@ local function km_conf()
 end
 
 local polled_gen          -- with Redis: the store's generation as last polled
+local polled_recheck      -- and the count of rechecks asked for (km:recheck), nil before the first answer
 
 local function on_redis(c) return c.state and c.state.redis ~= nil end
 
@@ -150,7 +151,9 @@ end
 local polling, started
 
 --- With Redis, poll the store's generation every 250 ms (each worker), so
--- that handshakes see another host's change without a round trip each.
+-- that handshakes see another host's change without a round trip each,
+-- and the count of rechecks asked for (`recheck_all`): when it moved, this
+-- worker rechecks its connections.
 function _M.start()
     local km, c = km_conf()
     if not km then return end
@@ -166,9 +169,19 @@ function _M.start()
     polling = true
     local rt, redis = require "weir.runtime", require "weir.redis"
     rt.spawn(function()
+        local keys = { c.state.key_prefix .. "km:gen", c.state.key_prefix .. "km:recheck" }
         while polling do
-            local g = redis.call("GET", c.state.key_prefix .. "km:gen")
-            if g ~= nil then polled_gen = tonumber(g) or 0 end
+            local r = redis.call("MGET", keys[1], keys[2])
+            if type(r) == "table" then
+                polled_gen = tonumber(r[1]) or 0
+                local n = tonumber(r[2]) or 0
+                -- a revocation on any host, this one's included (its
+                -- connections were rechecked already: again does no harm);
+                -- at the first answer, whatever came before it (the
+                -- connections of a worker whose Redis was not up yet)
+                if n ~= polled_recheck then rt.recheck_local() end
+                polled_recheck = n
+            end
             if rt.sleep(0.25) == nil then polling = false end      -- the worker is stopping
         end
     end)
@@ -194,8 +207,16 @@ end
 
 --- After a revocation or a removed subscription: every worker of the host
 -- runs its connections' rechecks now (the jwt and subscription policies
--- close what is no longer allowed: 1008).
+-- close what is no longer allowed: 1008). With Redis, the count of
+-- rechecks asked for (`km:recheck`) goes up first: every worker of every
+-- host sees it at its next poll (`start`), a host this one does not know as
+-- a peer yet (started within its first heartbeat) included.
 function _M.recheck_all()
+    local km, c = km_conf()
+    if km and on_redis(c) then
+        local ok, err = require("weir.redis").call("INCR", c.state.key_prefix .. "km:recheck")
+        if not ok then weir.log("warn", "the other hosts may recheck late", { error = tostring(err) }) end
+    end
     require("weir.admin").recheck_all()
 end
 

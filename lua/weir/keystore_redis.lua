@@ -32,6 +32,8 @@
 --     K.."schema"            the data model's version (`SCHEMA_VERSION`), set
 --                            by the first change; a store holding another
 --                            version refuses every change
+--     K.."recheck"           counter: rechecks of open sockets asked for (not
+--                            the store's: weir.keymanager's recheck_all)
 --     K.."app:"<id>          hash: id name owner description tier scopes
 --                            (space-separated) created_at updated_at
 --                            [revoked_at] seq
