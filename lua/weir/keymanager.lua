@@ -215,7 +215,7 @@ function _M.recheck_all()
     local km, c = km_conf()
     if km and on_redis(c) then
         local ok, err = require("weir.redis").call("INCR", c.state.key_prefix .. "km:recheck")
-        if not ok then weir.log("warn", "the other hosts may recheck late", { error = tostring(err) }) end
+        if not ok then weir.log("warn", "recheck not counted in Redis", { error = tostring(err) }) end
     end
     require("weir.admin").recheck_all()
 end
