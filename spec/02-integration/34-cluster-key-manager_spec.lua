@@ -125,6 +125,18 @@ describe("the key manager on Redis, two instances", function()
         assert.equal(401, res.status)
     end)
 
+    it("revoking on one instance closes the sockets of an instance it does not know as a peer", function()
+        local k = setup_app("StrangerApp")
+        local tok = settled(function() return token_req(gw[1], k) end).json.access_token
+        local s1 = open_ws(gw[1], tok)
+        -- east's heartbeat made stale: west does not ask it to recheck (it
+        -- writes a new one within a second; the revocation follows at once)
+        rd:command("HSET", "weir:hosts", "east", "0")
+        local r = admin(gw[2], "POST", "/applications/StrangerApp/revoke")
+        assert.equal(200, r.status, r.body)
+        helpers.expect_error_close(s1, "/problems/token-revoked", 1008)
+    end)
+
     it("with Redis stopped: open sockets live on, tokens cannot be issued (503), and all is well once it is back", function()
         local k = setup_app("OutageApp")
         local tok = settled(function() return token_req(gw[1], k) end).json.access_token
