@@ -363,7 +363,14 @@ describe("an analytics file that cannot grow", function()
         })
         helpers.bin = bin
         assert(ok, gw)
-        -- about 1.5 KiB of events per connection: 80 are far past the limit
+        local function collected()
+            local res = assert(helpers.http_request(col.port, { path = "/events", timeout = 5 }))
+            return decode_lines(res.body)
+        end
+        -- about 1.5 KiB of events per connection: 80 are far past the limit.
+        -- They go 8 at a time, each 8 at the collector before the next, so
+        -- that the file gets batches far smaller than its limit (one batch
+        -- bigger than it would be cut off whole, leaving the file empty)
         local n = 80
         for i = 1, n do
             local ws = assert(helpers.ws_connect(gw.port, { path = "/open",
@@ -371,10 +378,11 @@ describe("an analytics file that cannot grow", function()
             assert(ws:send_text(string.rep("m", 100)))
             assert(ws:recv_message(10))
             assert(ws:close_handshake(1000, ""))
-        end
-        local function collected()
-            local res = assert(helpers.http_request(col.port, { path = "/events", timeout = 5 }))
-            return decode_lines(res.body)
+            if i % 8 == 0 then
+                helpers.wait_until(function()
+                    return #where(of_type(collected(), "close"), "client", "198.51.100." .. i) == 1
+                end, 20, "the close of connection " .. i .. " at the collector")
+            end
         end
         local all = helpers.wait_until(function()
             local evs = collected()
