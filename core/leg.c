@@ -369,8 +369,7 @@ weir_frame_message(weir_leg_t *dst, uint8_t *out, int opcode, const uint8_t *p, 
     if (dst->is_backend) {
         weir_ws_random(mask, 4);
         hl = weir_ws_build_hdr(out, 1, opcode, n, mask);
-        memcpy(out + hl, p, n);
-        weir_ws_mask(out + hl, n, mask, 0);
+        weir_ws_mask_copy(out + hl, p, n, mask, 0);
     } else {
         hl = weir_ws_build_hdr(out, 1, opcode, n, NULL);
         memcpy(out + hl, p, n);
@@ -399,9 +398,11 @@ weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
 {
     if (dst->done || dst->close_sent) return;
     weir_pend_before(dst);              /* and then dst is between messages */
-    if (weir_leg_between(dst) && n + WEIR_WS_MAX_HDR <= WEIR_RBUF_SIZE) {
+    if (weir_leg_between(dst) && n + WEIR_WS_MAX_HDR <= WEIR_SBUF_SIZE) {
         size_t fl = weir_frame_message(dst, dst->s->w->sbuf, opcode, p, n);
-        if (dst->s->w->in_relay) dst->unsent = 1;
+        /* small messages of one read go out in its one write (weir_relay_process);
+         * a big one is written now, not copied into the queue first */
+        if (dst->s->w->in_relay && n <= WEIR_BATCH_COPY) dst->unsent = 1;
         weir_leg_write(dst, dst->s->w->sbuf, fl);
         return;
     }
@@ -409,6 +410,34 @@ weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
     if (nb == NULL) abort();
     dst->inject = nb;
     dst->inject_len += weir_frame_message(dst, nb + dst->inject_len, opcode, p, n);
+}
+
+void
+weir_leg_message_own(weir_leg_t *dst, int opcode, uint8_t *p, size_t n, const uint8_t *key)
+{
+    if (dst->done || dst->close_sent) return;
+    weir_pend_before(dst);
+    if (n <= WEIR_BATCH_COPY || !weir_leg_between(dst) || (key != NULL && !dst->is_backend)) {
+        /* small ones may wait for the read's write */
+        if (key != NULL) weir_ws_mask(p, n, key, 0);
+        weir_leg_message(dst, opcode, p, n);
+        return;
+    }
+    uint8_t hdr[WEIR_WS_MAX_HDR], mask[4];
+    size_t hl;
+    if (dst->is_backend) {
+        if (key != NULL) {
+            memcpy(mask, key, 4);           /* masked already, with a key weir drew */
+        } else {
+            weir_ws_random(mask, 4);
+            weir_ws_mask(p, n, mask, 0);
+        }
+        hl = weir_ws_build_hdr(hdr, 1, opcode, n, mask);
+    } else {
+        hl = weir_ws_build_hdr(hdr, 1, opcode, n, NULL);
+    }
+    memcpy(p - hl, hdr, hl);
+    weir_leg_write(dst, p - hl, hl + n);
 }
 
 void

@@ -21,6 +21,8 @@
 
 #define WEIR_RBUF_SIZE  (64 * 1024)      /* bytes read per call */
 #define WEIR_STASH_SIZE (WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL + 1)
+#define WEIR_SBUF_SIZE  (WEIR_WS_MAX_HDR + WEIR_RBUF_SIZE)    /* a message of weir's, framed */
+#define WEIR_BATCH_COPY (16 * 1024)      /* a message of weir's up to this size waits for the read's one write */
 
 typedef struct weir_worker_s  weir_worker_t;
 typedef struct weir_leg_s     weir_leg_t;
@@ -32,7 +34,7 @@ struct weir_worker_s {
     SSL_CTX        **listen_tls;        /* per listener, NULL for ws:// */
     weir_io_t       *listeners;         /* in the worker's epoll set (io.c), like the sessions' sockets */
     uint8_t         *rbuf;              /* WEIR_STASH_SIZE + WEIR_RBUF_SIZE */
-    uint8_t         *sbuf;              /* WEIR_RBUF_SIZE: scratch for masking messages */
+    uint8_t         *sbuf;              /* WEIR_SBUF_SIZE: scratch for framing messages */
     weir_session_t  *sessions;          /* doubly linked */
     uint64_t         nsessions;
     uint64_t         max_sessions;      /* this worker's share */

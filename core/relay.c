@@ -175,23 +175,47 @@ weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
 
 /* Append a chunk of the current message to L's assembly buffer (unmasked,
  * validated). Returns 0, or 1007 when the text is not UTF-8. */
-static unsigned
-weir_relay_collect(weir_leg_t *l, uint8_t *p, size_t n)
+/* Room for NEED bytes in L's message buffer (what it holds is kept). */
+static void
+weir_msg_room(weir_leg_t *l, size_t need)
 {
-    if (!l->is_backend) weir_ws_mask(p, n, l->in_mask, l->frame_off);
+    if (need <= l->msg_cap) return;
+    size_t cap = WEIR_MAX(WEIR_MAX(l->msg_cap * 2, need), (size_t) 4096);
+    uint8_t *nb = realloc(l->msg != NULL ? l->msg - WEIR_WS_MAX_HDR : NULL, WEIR_WS_MAX_HDR + cap);
+    if (nb == NULL) abort();                 /* bounded by max_message_size */
+    l->msg = nb + WEIR_WS_MAX_HDR;
+    l->msg_cap = cap;
+}
+
+void
+weir_relay_msg_free(weir_leg_t *l)
+{
+    if (l->msg != NULL) free(l->msg - WEIR_WS_MAX_HDR);
+    l->msg = NULL;
+    l->msg_cap = 0;
+}
+
+static unsigned
+weir_relay_collect(weir_leg_t *l, const uint8_t *p, size_t n)
+{
+    weir_msg_room(l, l->msg_fill + n);
+    uint8_t *d = l->msg + l->msg_fill;
+    if (l->msg_masked) {
+        /* a client's binary message: masked anew as copied, in one pass as
+         * the plain relay does; unmasked only if something reads it */
+        uint8_t k[4];
+        for (int i = 0; i < 4; i++)
+            k[i] = l->in_mask[(l->frame_off + (uint64_t) i) & 3] ^ l->msg_key[(l->msg_fill + i) & 3];
+        weir_ws_mask_copy(d, p, n, k, 0);
+    } else if (!l->is_backend) {
+        weir_ws_mask_copy(d, p, n, l->in_mask, l->frame_off);     /* unmasked as copied */
+    } else {
+        memcpy(d, p, n);
+    }
     if (l->msg_opcode == WEIR_WS_TEXT) {
-        l->utf8 = weir_utf8_step(l->utf8, p, n);
+        l->utf8 = weir_utf8_step(l->utf8, d, n);
         if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
     }
-    if (l->msg_fill + n > l->msg_cap) {
-        size_t cap = WEIR_MAX(l->msg_cap * 2, l->msg_fill + n);
-        cap = WEIR_MAX(cap, (size_t) 4096);
-        uint8_t *nb = realloc(l->msg, cap);
-        if (nb == NULL) abort();             /* bounded by max_message_size */
-        l->msg = nb;
-        l->msg_cap = cap;
-    }
-    memcpy(l->msg + l->msg_fill, p, n);
     l->msg_fill += n;
     return 0;
 }
@@ -229,13 +253,9 @@ weir_relay_replay(weir_leg_t *l)
 static void
 weir_msg_copy(weir_leg_t *l, const uint8_t *p, size_t n)
 {
-    if (n > l->msg_cap) {
-        uint8_t *nb = realloc(l->msg, WEIR_MAX(n, (size_t) 4096));
-        if (nb == NULL) abort();
-        l->msg = nb;
-        l->msg_cap = WEIR_MAX(n, (size_t) 4096);
-    }
+    weir_msg_room(l, n);
     memcpy(l->msg, p, n);
+    l->msg_masked = 0;
     l->msg_fill = n;
 }
 
@@ -275,6 +295,9 @@ static int
 weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
 {
     weir_session_t *s = l->s;
+    /* l->msg may be masked (msg_masked), but only a binary message: the
+     * needle is looked for in text, and the inspector reads no byte of a
+     * binary message; the hooks read it through weir_conn_payload */
     const uint8_t *p = l->view != NULL ? l->view : l->msg;
     size_t n = l->view != NULL ? l->view_len : l->msg_fill;
     if (!l->is_backend && s->needle != NULL && l->msg_op == WEIR_WS_TEXT && n > 0 && n <= WEIR_SNIFF_MAX
@@ -656,6 +679,10 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;
+            /* a client's binary message is kept masked for the backend: no
+             * UTF-8 to check, and a hook may never read it (weir_msg_plain) */
+            l->msg_masked = !l->is_backend && h.opcode == WEIR_WS_BINARY;
+            if (l->msg_masked) weir_ws_random(l->msg_key, 4);
         }
         l->frame_fin = h.fin;
         l->remaining = h.len;
@@ -1056,7 +1083,8 @@ weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v)
 
     switch (v->kind) {
     case WEIR_V_PASS:
-        if (fwd) weir_leg_message(o, l->msg_op, l->msg, l->msg_fill);
+        /* not read again: framed where it lies */
+        if (fwd) weir_leg_message_own(o, l->msg_op, l->msg, l->msg_fill, l->msg_masked ? l->msg_key : NULL);
         break;
     case WEIR_V_REPLACE:
         if (fwd) weir_leg_message(o, l->msg_op, (const uint8_t *) v->payload, v->len);
@@ -1084,11 +1112,8 @@ weir_apply_frame_verdict(weir_leg_t *l, const weir_verdict_t *v)
         break;
     }
     l->msg_fill = 0;
-    if (l->msg_cap > 65536) {
-        free(l->msg);
-        l->msg = NULL;
-        l->msg_cap = 0;
-    }
+    l->msg_masked = 0;
+    if (l->msg_cap > 65536) weir_relay_msg_free(l);
 }
 
 /* L's message is complete: run the frame hook. WEIR_AGAIN when it waits. */

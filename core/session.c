@@ -171,7 +171,7 @@ weir_session_free(weir_session_t *s)
     }
     weir_leg_t *legs[2] = { &s->client, &s->backend };
     for (int i = 0; i < 2; i++) {
-        free(legs[i]->msg);
+        weir_relay_msg_free(legs[i]);
         free(legs[i]->stash);
         free(legs[i]->held);
         free(legs[i]->inject);
@@ -477,6 +477,7 @@ weir_conn_payload(weir_session_t *s, int dir, size_t *len)
         *len = l->view_len;
         return l->view;
     }
+    weir_msg_plain(l);
     *len = l->msg_fill;
     return l->msg;
 }

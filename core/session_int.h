@@ -88,6 +88,7 @@ struct weir_leg_s {
     unsigned        inspect:1;          /* the current message is read whole for the session's inspector */
     unsigned        collect:1;          /* the current message is being assembled in msg */
     unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
+    unsigned        msg_masked:1;       /* msg holds the payload masked with msg_key (weir_msg_plain) */
     unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
     unsigned        throttled:1;        /* the current message is dropped: over a rate limit */
     unsigned        delayed:1;          /* held until a rate limit allows its next message */
@@ -110,9 +111,11 @@ struct weir_leg_s {
     uint8_t        *stash;              /* WEIR_STASH_SIZE bytes while NSTASH > 0, else NULL */
 
     /* messages assembled for frame hooks, and input held while a hook waits */
-    uint8_t        *msg;                /* the message's payload, unmasked */
+    uint8_t        *msg;                /* the message's payload, unmasked; WEIR_WS_MAX_HDR
+                                           bytes of room before it (weir_leg_message_own) */
     size_t          msg_fill, msg_cap;
     uint8_t         msg_op;             /* its opcode */
+    uint8_t         msg_key[4];         /* a client's binary message: the key msg is masked with */
     const uint8_t  *view;               /* or: the message where it lies in the read buffer */
     size_t          view_len;
     uint8_t        *held;
@@ -318,6 +321,25 @@ int weir_leg_send_control(weir_leg_t *l, int opcode, const uint8_t *payload, siz
  * DST's inject queue until it is. Nothing goes to a leg done or closing. */
 void weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n);
 
+/* The same for a message P[0..N) that weir may overwrite, with
+ * WEIR_WS_MAX_HDR writable bytes before P (or P NULL and N 0), masked with
+ * KEY (NULL: not masked): a big one (over WEIR_BATCH_COPY) that can go at
+ * once is framed where it lies (the header in the room before it; masked
+ * in place for a backend, unless KEY is given and DST is the backend: sent
+ * as it is, KEY in its header) and written with no copy. */
+void weir_leg_message_own(weir_leg_t *dst, int opcode, uint8_t *p, size_t n, const uint8_t *key);
+
+/* L's message buffer unmasked, if it was masked (msg_masked): before
+ * anything reads its bytes. */
+static inline void
+weir_msg_plain(weir_leg_t *l)
+{
+    if (l->msg_masked) {
+        weir_ws_mask(l->msg, l->msg_fill, l->msg_key, 0);
+        l->msg_masked = 0;
+    }
+}
+
 /* Write L's inject queue, now that its stream is between messages. No-op
  * before the upgrade or on a leg done. */
 void weir_leg_flush_inject(weir_leg_t *l);
@@ -389,6 +411,9 @@ weir_pend_before(weir_leg_t *dst)
 {
     if (__builtin_expect(weir_pend.src != NULL, 0) && weir_pend.src == weir_other(dst)) weir_relay_pend_flush();
 }
+
+/* Free L's message buffer (l->msg and the room before it). */
+void weir_relay_msg_free(weir_leg_t *l);
 
 /* Read from L and relay it to the other leg, pausing L when the other
  * leg's queue nears buffer_size. May close either leg. */

@@ -317,7 +317,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     weir_limits_worker(id);
     w->max_sessions = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
     w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
-    w->sbuf = malloc(WEIR_RBUF_SIZE);
+    w->sbuf = malloc(WEIR_SBUF_SIZE);
     w->listen_tls = calloc(conf->nlisten, sizeof(SSL_CTX *));
     w->listeners = calloc(conf->nlisten, sizeof(weir_io_t));
     if (w->rbuf == NULL || w->sbuf == NULL || w->listen_tls == NULL || w->listeners == NULL) goto fail;

@@ -71,36 +71,49 @@ weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t
     return o;
 }
 
-void
-weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
+/* The key KEY at OFFSET as eight bytes (two whole phases of it). */
+static inline uint64_t
+weir_ws_key64(const uint8_t key[4], uint64_t offset, uint8_t k[4])
 {
-    uint8_t k[4];
     for (int i = 0; i < 4; i++) k[i] = key[(offset + (uint64_t) i) & 3];
     uint32_t k32;
     memcpy(&k32, k, 4);
-    uint64_t k64 = (uint64_t) k32 | ((uint64_t) k32 << 32);
+    return (uint64_t) k32 | ((uint64_t) k32 << 32);
+}
+
+void
+weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
+{
+    weir_ws_mask_copy(p, p, n, key, offset);
+}
+
+void
+weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4], uint64_t offset)
+{
+    uint8_t k[4];
+    uint64_t k64 = weir_ws_key64(key, offset, k);
     size_t i = 0;
     /* 32, 16 and eight bytes at a time keep the key phase: multiples of 4 */
 #ifdef __SSE2__
     __m128i k128 = _mm_set1_epi64x((long long) k64);
     for (; i + 32 <= n; i += 32) {
-        __m128i a = _mm_loadu_si128((const __m128i *) (const void *) (p + i));
-        __m128i b = _mm_loadu_si128((const __m128i *) (const void *) (p + i + 16));
-        _mm_storeu_si128((__m128i *) (void *) (p + i), _mm_xor_si128(a, k128));
-        _mm_storeu_si128((__m128i *) (void *) (p + i + 16), _mm_xor_si128(b, k128));
+        __m128i a = _mm_loadu_si128((const __m128i *) (const void *) (src + i));
+        __m128i b = _mm_loadu_si128((const __m128i *) (const void *) (src + i + 16));
+        _mm_storeu_si128((__m128i *) (void *) (dst + i), _mm_xor_si128(a, k128));
+        _mm_storeu_si128((__m128i *) (void *) (dst + i + 16), _mm_xor_si128(b, k128));
     }
     for (; i + 16 <= n; i += 16) {
-        __m128i a = _mm_loadu_si128((const __m128i *) (const void *) (p + i));
-        _mm_storeu_si128((__m128i *) (void *) (p + i), _mm_xor_si128(a, k128));
+        __m128i a = _mm_loadu_si128((const __m128i *) (const void *) (src + i));
+        _mm_storeu_si128((__m128i *) (void *) (dst + i), _mm_xor_si128(a, k128));
     }
 #endif
     for (; i + 8 <= n; i += 8) {
         uint64_t v;
-        memcpy(&v, p + i, 8);
+        memcpy(&v, src + i, 8);
         v ^= k64;
-        memcpy(p + i, &v, 8);
+        memcpy(dst + i, &v, 8);
     }
-    for (; i < n; i++) p[i] ^= k[i & 3];
+    for (; i < n; i++) dst[i] = src[i] ^ k[i & 3];
 }
 
 /*

@@ -45,6 +45,10 @@ size_t weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const 
 /* XOR P[0..N) with KEY, P[0] being byte OFFSET of the payload. */
 void weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset);
 
+/* DST[0..N) = SRC[0..N) XOR KEY, SRC[0] being byte OFFSET of the payload:
+ * a copy masked or unmasked in one pass (DST may be SRC). */
+void weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4], uint64_t offset);
+
 /* Advance the UTF-8 validator over P[0..N); returns the new state. */
 uint32_t weir_utf8_step(uint32_t state, const uint8_t *p, size_t n);
 

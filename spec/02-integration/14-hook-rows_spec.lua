@@ -175,6 +175,64 @@ describe("frame hooks on a row of messages sent in one write", function()
         c:close()
     end)
 
+    -- Messages bigger than a read and than weir's batch of small writes
+    -- (core/proxy.h WEIR_BATCH_COPY) go to the backend framed where they were
+    -- assembled: byte for byte, and in order with the small ones around them.
+    local function bytes(n, seed)
+        local t, x = {}, seed
+        for i = 1, n do
+            x = (x * 1103515245 + 12345) % 2147483648
+            t[i] = string.char(x % 256)
+        end
+        return table.concat(t)
+    end
+
+    it("forwards big messages whole and byte for byte, in order with small ones", function()
+        local c = connect("/verdicts")
+        local b1, b2, b3 = bytes(16 * 1024 + 1, 1), bytes(64 * 1024, 2), bytes(200 * 1000, 3)
+        -- spec-verdicts reads a binary message of 70,777 bytes (then it
+        -- passes) and answers one of 100,555 with what it read (both more
+        -- than a read: assembled)
+        local peeked, mirrored = bytes(70777, 4), bytes(100555, 5)
+        local t = "big " .. string.rep("0123456789", 7000)
+        send_row(c, { "a", { binary = b1 }, "b", { binary = b2 }, t, { binary = b3 }, "c",
+                      { binary = peeked }, { binary = mirrored }, { binary = b1 } })
+        local got = read_n(c, 10)
+        -- the answer comes straight from weir, ahead of echoes sent before it
+        local answer
+        for i, f in ipairs(got) do
+            if #f[2] == #mirrored then answer = table.remove(got, i); break end
+        end
+        assert.is_table(answer, "no answer of " .. #mirrored .. " bytes")
+        assert.equal(2, answer[1])
+        assert.is_true(mirrored == answer[2], "the hook read the message changed")
+        table.insert(got, 9, answer)
+        assert.same({ 1, "a" }, got[1])
+        assert.same({ 1, "b" }, got[3])
+        assert.same({ 1, "c" }, got[7])
+        for i, want in pairs({ [2] = b1, [4] = b2, [6] = b3, [8] = peeked, [10] = b1 }) do
+            assert.equal(2, got[i][1])
+            assert.equal(#want, #got[i][2], "message " .. i .. "'s length")
+            assert.is_true(want == got[i][2], "message " .. i .. " changed on the way")
+        end
+        assert.same({ 1, t }, got[5])
+        c:close()
+    end)
+
+    it("forwards a big message whole after its hook waited, then the ones behind it", function()
+        local c = connect("/io")
+        local hold = "big" .. seq
+        local big = "pass:/hold/" .. hold .. "\n" .. string.rep("abcdefghij", 20000)
+        send_row(c, { big, "after" })
+        helpers.wait_until(function() return srv:seen(hold) end, 10, "weir's request for /hold/" .. hold)
+        srv:release(hold)
+        local got = read_n(c, 2)
+        assert.equal(#big, #got[1][2])
+        assert.is_true(big == got[1][2], "the big message changed on the way")
+        assert.same({ 1, "after" }, got[2])
+        c:close()
+    end)
+
     it("forwards the messages before one with invalid UTF-8, then closes 1007", function()
         local c, id = connect("/verdicts")
         send_row(c, { "a", "replace:X", "bad \xff text", "c" })

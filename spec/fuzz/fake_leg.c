@@ -81,7 +81,7 @@ fz_session_free(void)
     if (s != NULL) {
         weir_leg_t *legs[2] = { &s->client, &s->backend };
         for (int i = 0; i < 2; i++) {
-            free(legs[i]->msg);
+            weir_relay_msg_free(legs[i]);
             free(legs[i]->stash);
             free(legs[i]->held);
             free(legs[i]->inject);
@@ -181,6 +181,14 @@ weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n)
 {
     if (dst->done || dst->close_sent) return;
     fz_frame(dst, opcode, p, n);
+}
+
+void
+weir_leg_message_own(weir_leg_t *dst, int opcode, uint8_t *p, size_t n, const uint8_t *key)
+{
+    if (p != NULL) memset(p - WEIR_WS_MAX_HDR, 0xA5, WEIR_WS_MAX_HDR);     /* the room is weir's to write */
+    if (key != NULL) weir_ws_mask(p, n, key, 0);
+    weir_leg_message(dst, opcode, p, n);
 }
 
 int
