@@ -173,8 +173,6 @@ weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
     return 0;
 }
 
-/* Append a chunk of the current message to L's assembly buffer (unmasked,
- * validated). Returns 0, or 1007 when the text is not UTF-8. */
 /* Room for NEED bytes in L's message buffer (what it holds is kept). */
 static void
 weir_msg_room(weir_leg_t *l, size_t need)
@@ -195,6 +193,9 @@ weir_relay_msg_free(weir_leg_t *l)
     l->msg_cap = 0;
 }
 
+/* Append a chunk of the current message to L's assembly buffer: unmasked
+ * (a client's binary message: masked with msg_key instead), text validated.
+ * Returns 0, or 1007 when the text is not UTF-8. */
 static unsigned
 weir_relay_collect(weir_leg_t *l, const uint8_t *p, size_t n)
 {

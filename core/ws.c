@@ -71,16 +71,6 @@ weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t
     return o;
 }
 
-/* The key KEY at OFFSET as eight bytes (two whole phases of it). */
-static inline uint64_t
-weir_ws_key64(const uint8_t key[4], uint64_t offset, uint8_t k[4])
-{
-    for (int i = 0; i < 4; i++) k[i] = key[(offset + (uint64_t) i) & 3];
-    uint32_t k32;
-    memcpy(&k32, k, 4);
-    return (uint64_t) k32 | ((uint64_t) k32 << 32);
-}
-
 void
 weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
 {
@@ -91,7 +81,10 @@ void
 weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4], uint64_t offset)
 {
     uint8_t k[4];
-    uint64_t k64 = weir_ws_key64(key, offset, k);
+    for (int i = 0; i < 4; i++) k[i] = key[(offset + (uint64_t) i) & 3];
+    uint32_t k32;
+    memcpy(&k32, k, 4);
+    uint64_t k64 = (uint64_t) k32 | ((uint64_t) k32 << 32);
     size_t i = 0;
     /* 32, 16 and eight bytes at a time keep the key phase: multiples of 4 */
 #ifdef __SSE2__
