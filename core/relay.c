@@ -157,14 +157,14 @@ weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
     int text = l->msg_opcode == WEIR_WS_TEXT;
     if (!l->is_backend) {
         if (text) {
-            weir_ws_mask(p, n, l->in_mask, l->frame_off);
-            l->utf8 = weir_utf8_step(l->utf8, p, n);
+            l->utf8 = weir_ws_remask_text(p, n, l->in_mask, l->out_mask, l->frame_off, l->utf8);
             if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
-            weir_ws_mask(p, n, l->out_mask, l->frame_off);
         } else {
-            uint8_t k[4];
-            for (int i = 0; i < 4; i++) k[i] = l->in_mask[i] ^ l->out_mask[i];
-            weir_ws_mask(p, n, k, l->frame_off);
+            uint32_t ki, ko;            /* one key for both: as words (see weir_key_at) */
+            memcpy(&ki, l->in_mask, 4);
+            memcpy(&ko, l->out_mask, 4);
+            ki ^= ko;
+            weir_ws_mask(p, n, (const uint8_t *) &ki, l->frame_off);
         }
     } else if (text) {
         l->utf8 = weir_utf8_step(l->utf8, p, n);
@@ -507,6 +507,79 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
 }
 
 /*
+ * The common case of a direction that no hook, rate limit or inspection
+ * reads, between messages: a row of whole data messages of one frame each,
+ * all in the buffer from P. Each is checked (text: UTF-8) and, from a
+ * client, masked anew where it lies; the row stays in the range being
+ * forwarded. Returns where the row ends (at the first frame it leaves to
+ * the general loop: any other frame, or one cut by the read), or NULL when
+ * a text was not UTF-8: L failed, with what came before that message
+ * written (FROM is the start of the range).
+ */
+static uint8_t *
+weir_relay_plain_row(weir_leg_t *l, uint8_t *p, uint8_t *end, const uint8_t *from, uint64_t max_msg)
+{
+    uint64_t frames = 0, bytes = 0, binary = 0, last = 0;
+    int bad = 0;
+    while (p < end) {
+        weir_ws_hdr_t h;
+        int hl = weir_ws_parse_hdr(p, (size_t) (end - p), &h);
+        if (hl <= 0 || !h.fin || h.rsv || h.masked == l->is_backend
+            || (h.opcode != WEIR_WS_TEXT && h.opcode != WEIR_WS_BINARY) || h.len > max_msg
+            || (uint64_t) (end - p) - (uint64_t) hl < h.len)
+            break;
+        uint8_t *pl = p + hl;
+        size_t n = (size_t) h.len;
+        int text = h.opcode == WEIR_WS_TEXT;
+        if (!l->is_backend) {
+            uint8_t key[4];
+            weir_ws_random(key, 4);
+            if (text) {
+                bad = weir_ws_remask_text(pl, n, h.mask, key, 0, WEIR_UTF8_ACCEPT) != WEIR_UTF8_ACCEPT;
+            } else {
+                uint32_t ki, ko;        /* one key for both, as words (see weir_relay_payload) */
+                memcpy(&ki, h.mask, 4);
+                memcpy(&ko, key, 4);
+                ki ^= ko;
+                weir_ws_mask(pl, n, (const uint8_t *) &ki, 0);
+            }
+            memcpy(pl - 4, key, 4);
+        } else if (text) {
+            bad = weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n) != WEIR_UTF8_ACCEPT;
+        }
+        frames++;
+        bytes += n;
+        binary += !text;
+        last = n;
+        if (bad) {
+            end = p;                    /* what went before it is whole */
+            break;
+        }
+        p = pl + n;
+    }
+    if (frames > 0) {
+        /* the state the general loop leaves after such a message */
+        l->frames += frames;
+        l->messages += frames;
+        l->bytes += bytes;
+        l->binary += binary;
+        l->s->last_data = weir_now(l->s);
+        l->assemble = l->sniff = l->inspect = l->throttled = l->collect = 0;
+        l->fwd_frame = l->frame_fin = 1;
+        l->msg_frames = 1;
+        l->msg_len = 0;
+        l->frame_off = last;
+        l->utf8 = WEIR_UTF8_ACCEPT;
+    }
+    if (bad) {
+        weir_emit(l, from, end);
+        weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
+        return NULL;
+    }
+    return p;
+}
+
+/*
  * Relay the bytes BUF[0..LEN) read from L (writable: validated and
  * re-masked in place). Whole frames and the streamed part of the current
  * one go to the other leg as one write; an incomplete header or control
@@ -521,9 +594,18 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
     uint8_t *p = buf, *end = buf + len, *from = buf;
     uint8_t *frame = NULL;          /* header of the current frame, when in BUF */
     weir_ws_hdr_t h;
+    uint64_t now = uv_now(s->w->loop);      /* the loop's time: the same for every frame of the read */
+
+    /* nothing reads this direction's messages: rows of them take the short way */
+    int plain = s->thr == NULL && !l->assemble_next && (l->is_backend || (s->needle == NULL && s->inspect == NULL));
 
     weir_throttle_now_us = 0;       /* the frames of one read share one time: read once, if needed */
     while (p < end) {
+        if (plain && l->remaining == 0 && l->msg_opcode == 0 && weir_forwarding(l)) {
+            p = weir_relay_plain_row(l, p, end, from, max_msg);
+            if (p == NULL) return;
+            if (p == end) break;
+        }
         if (l->remaining > 0) {
             size_t take = (size_t) WEIR_MIN(l->remaining, (uint64_t) (end - p));
             if (l->collect) {
@@ -621,6 +703,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         }
 
         /* a data frame: validate and forward its header, then stream its payload */
+        int whole;      /* the message is read whole (assemble, sniff or inspect): a local,
+                         * since a wide read of the flags just stored would stall */
         if (h.opcode != WEIR_WS_CONT) {
             l->throttled = 0;
             if (s->thr != NULL && weir_forwarding(l)) {
@@ -634,23 +718,29 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                     return;
                 }
             }
-            l->assemble = l->assemble_next;     /* a reload changes it between messages only */
-            l->sniff = !l->is_backend && !l->assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
-                       && h.fin && h.len <= WEIR_SNIFF_MAX;
-            l->inspect = !l->is_backend && s->inspect != NULL
-                         && weir_inspector_wants(s->inspect, h.opcode, h.fin, h.len);
+            uint8_t assemble = l->assemble_next;    /* a reload changes it between messages only */
+            uint8_t sniff = !l->is_backend && !assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
+                            && h.fin && h.len <= WEIR_SNIFF_MAX;
+            uint8_t inspect = !l->is_backend && s->inspect != NULL
+                              && weir_inspector_wants(s->inspect, h.opcode, h.fin, h.len);
+            l->assemble = assemble;
+            l->sniff = sniff;
+            l->inspect = inspect;
+            whole = assemble || sniff || inspect;
             l->msg_opcode = (uint8_t) h.opcode;
             l->messages++;
             l->binary += h.opcode == WEIR_WS_BINARY;
             l->msg_len = 0;
             l->msg_frames = 0;
             l->utf8 = WEIR_UTF8_ACCEPT;
-        } else if (s->thr != NULL && !l->throttled && weir_forwarding(l)) {
-            weir_throttle_more(l, h.len);      /* a passed message's continuation: charged, never cut */
+        } else {
+            if (s->thr != NULL && !l->throttled && weir_forwarding(l))
+                weir_throttle_more(l, h.len);  /* a passed message's continuation: charged, never cut */
+            whole = l->assemble || l->sniff || l->inspect;
         }
         l->msg_frames++;
         l->msg_len += h.len;
-        if (h.fin && h.opcode != WEIR_WS_CONT && (l->assemble || l->sniff || l->inspect) && weir_hooked(l)
+        if (h.fin && h.opcode != WEIR_WS_CONT && whole && weir_hooked(l)
             && !l->throttled
             && (uint64_t) (end - p) >= (uint64_t) hl + h.len) {
             /* the whole message is this one frame, all in this buffer: the
@@ -675,8 +765,8 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
             frame = NULL;
             continue;
         }
-        l->fwd_frame = (unsigned) weir_forwarding(l) && !l->assemble && !l->sniff && !l->inspect && !l->throttled;
-        l->collect = (l->assemble || l->sniff || l->inspect) && weir_hooked(l) && !l->throttled;
+        l->fwd_frame = (unsigned) weir_forwarding(l) && !whole && !l->throttled;
+        l->collect = whole && weir_hooked(l) && !l->throttled;
         if (l->collect && h.opcode != WEIR_WS_CONT) {
             l->msg_fill = 0;
             l->msg_op = (uint8_t) h.opcode;
@@ -690,7 +780,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         l->frame_off = 0;
         l->frames++;
         l->bytes += h.len;
-        s->last_data = uv_now(s->w->loop);
+        s->last_data = now;
         if (!l->is_backend) {
             memcpy(l->in_mask, h.mask, 4);
             if (l->fwd_frame) {             /* only frames forwarded as read need a key */

@@ -76,23 +76,26 @@ struct weir_leg_s {
     unsigned        ssl_hs:1;           /* TLS handshake in progress */
     unsigned        ssl_want_write:1;   /* SSL_read needs the socket writable */
     unsigned        ssl_want_read:1;    /* SSL_write needs the socket readable */
-    unsigned        fwd_frame:1;        /* the frame being streamed is forwarded */
-    unsigned        frame_fin:1;        /* FIN bit of that frame */
     unsigned        in_ready:1;         /* queued on the worker's ready list */
     unsigned        finish:1;           /* shut down once the output queue drains */
-    unsigned        emitted_mid:1;      /* the other leg's output ends inside our frame */
-    unsigned        msg_out_open:1;     /* frames of our open message went to the other leg */
-    unsigned        assemble:1;         /* a frame hook wants this direction's whole messages */
-    unsigned        assemble_next:1;    /* assemble from the next message on (set by reloads) */
-    unsigned        sniff:1;            /* the current message is read whole for ctx:intercept */
-    unsigned        inspect:1;          /* the current message is read whole for the session's inspector */
-    unsigned        collect:1;          /* the current message is being assembled in msg */
-    unsigned        waiting:1;          /* the frame hook for msg waits on I/O */
-    unsigned        msg_masked:1;       /* msg holds the payload masked with msg_key (weir_msg_plain) */
-    unsigned        unsent:1;           /* bytes queued in a relay batch, not yet written */
-    unsigned        throttled:1;        /* the current message is dropped: over a rate limit */
-    unsigned        delayed:1;          /* held until a rate limit allows its next message */
-    unsigned        held_over:1;        /* the message being decided was delayed already (counted once) */
+    /* the relay's per-frame and per-message state: whole bytes, not bit-fields
+     * (each frame writes some and reads others: a wide read of bits just
+     * written a byte at a time waits for the stores) */
+    uint8_t         fwd_frame;          /* the frame being streamed is forwarded */
+    uint8_t         frame_fin;          /* FIN bit of that frame */
+    uint8_t         emitted_mid;        /* the other leg's output ends inside our frame */
+    uint8_t         msg_out_open;       /* frames of our open message went to the other leg */
+    uint8_t         assemble;           /* a frame hook wants this direction's whole messages */
+    uint8_t         assemble_next;      /* assemble from the next message on (set by reloads) */
+    uint8_t         sniff;              /* the current message is read whole for ctx:intercept */
+    uint8_t         inspect;            /* the current message is read whole for the session's inspector */
+    uint8_t         collect;            /* the current message is being assembled in msg */
+    uint8_t         waiting;            /* the frame hook for msg waits on I/O */
+    uint8_t         msg_masked;         /* msg holds the payload masked with msg_key (weir_msg_plain) */
+    uint8_t         unsent;             /* bytes queued in a relay batch, not yet written */
+    uint8_t         throttled;          /* the current message is dropped: over a rate limit */
+    uint8_t         delayed;            /* held until a rate limit allows its next message */
+    uint8_t         held_over;          /* the message being decided was delayed already (counted once) */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
     uint16_t        fail_code;          /* this peer broke the protocol: the close it is failed with, 0: it did not */
     const char     *fail_reason;        /* that close's reason (a string literal) */

@@ -71,6 +71,24 @@ weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t
     return o;
 }
 
+/*
+ * KEY as a word whose first byte is the one for payload byte OFFSET (the
+ * key turned to its phase). Read and turned as a word: a word read of key
+ * bytes just stored one at a time would wait for the stores.
+ */
+static inline uint32_t
+weir_key_at(const uint8_t key[4], uint64_t offset)
+{
+    uint32_t k;
+    memcpy(&k, key, 4);
+    unsigned r = 8 * (unsigned) (offset & 3);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return r ? (k >> r) | (k << (32 - r)) : k;
+#else
+    return r ? (k << r) | (k >> (32 - r)) : k;
+#endif
+}
+
 void
 weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
 {
@@ -80,10 +98,7 @@ weir_ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
 void
 weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4], uint64_t offset)
 {
-    uint8_t k[4];
-    for (int i = 0; i < 4; i++) k[i] = key[(offset + (uint64_t) i) & 3];
-    uint32_t k32;
-    memcpy(&k32, k, 4);
+    uint32_t k32 = weir_key_at(key, offset);
     uint64_t k64 = (uint64_t) k32 | ((uint64_t) k32 << 32);
     size_t i = 0;
     /* 32, 16 and eight bytes at a time keep the key phase: multiples of 4 */
@@ -106,6 +121,8 @@ weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[
         v ^= k64;
         memcpy(dst + i, &v, 8);
     }
+    uint8_t k[4];
+    memcpy(k, &k32, 4);
     for (; i < n; i++) dst[i] = src[i] ^ k[i & 3];
 }
 
@@ -170,6 +187,48 @@ weir_utf8_step(uint32_t state, const uint8_t *p, size_t n)
         default:      return U_REJECT;
         }
     }
+    return state;
+}
+
+uint32_t
+weir_ws_remask_text(uint8_t *p, size_t n, const uint8_t in[4], const uint8_t out[4], uint64_t offset,
+                    uint32_t state)
+{
+    size_t i = 0;
+    if (state == WEIR_UTF8_ACCEPT) {
+        /* ASCII is valid whatever follows: unmask to look, re-mask in the
+         * same pass (one XOR with both keys), until the first word that is
+         * not; eight-byte steps keep the key phase */
+        uint32_t ki32 = weir_key_at(in, offset), kx32 = ki32 ^ weir_key_at(out, offset);
+        uint64_t ki64 = (uint64_t) ki32 | ((uint64_t) ki32 << 32);
+        uint64_t kx64 = (uint64_t) kx32 | ((uint64_t) kx32 << 32);
+#ifdef __SSE2__
+        __m128i ki128 = _mm_set1_epi64x((long long) ki64), kx128 = _mm_set1_epi64x((long long) kx64);
+        for (; i + 16 <= n; i += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *) (const void *) (p + i));
+            if (_mm_movemask_epi8(_mm_xor_si128(v, ki128)) != 0) break;
+            _mm_storeu_si128((__m128i *) (void *) (p + i), _mm_xor_si128(v, kx128));
+        }
+#endif
+        for (; i + 8 <= n; i += 8) {
+            uint64_t v;
+            memcpy(&v, p + i, 8);
+            if ((v ^ ki64) & 0x8080808080808080ULL) break;
+            v ^= kx64;
+            memcpy(p + i, &v, 8);
+        }
+        if (i + 8 > n) {
+            uint8_t ki[4], kx[4];
+            memcpy(ki, &ki32, 4);
+            memcpy(kx, &kx32, 4);
+            for (; i < n && !((p[i] ^ ki[i & 3]) & 0x80); i++) p[i] ^= kx[i & 3];
+            if (i == n) return WEIR_UTF8_ACCEPT;
+        }
+    }
+    /* the rest, from the first byte that may not be ASCII: three passes */
+    weir_ws_mask(p + i, n - i, in, offset + i);
+    state = weir_utf8_step(state, p + i, n - i);
+    if (state != WEIR_UTF8_REJECT) weir_ws_mask(p + i, n - i, out, offset + i);
     return state;
 }
 

@@ -22,11 +22,14 @@
 #define WEIR_UTF8_ACCEPT 0
 #define WEIR_UTF8_REJECT 1
 
+/* whole bytes, not bit-fields: the relay reads these right after the parse
+ * writes them, and a wide read of fields just written a byte at a time
+ * waits for the stores (a store-forwarding stall on every frame) */
 typedef struct {
-    unsigned  fin:1;
-    unsigned  masked:1;
-    unsigned  rsv:3;          /* RSV1..3 as bits 2..0 */
-    unsigned  opcode:4;
+    uint8_t   fin;
+    uint8_t   masked;
+    uint8_t   rsv;            /* RSV1..3 as bits 2..0 */
+    uint8_t   opcode;
     uint8_t   hdr_len;        /* bytes of header incl. mask key */
     uint8_t   mask[4];
     uint64_t  len;            /* payload bytes */
@@ -51,6 +54,13 @@ void weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t
 
 /* Advance the UTF-8 validator over P[0..N); returns the new state. */
 uint32_t weir_utf8_step(uint32_t state, const uint8_t *p, size_t n);
+
+/* A client's text passed on as read: unmask P[0..N) with IN, advance the
+ * UTF-8 validator from STATE over it, and mask it with OUT (P[0] being
+ * byte OFFSET of the payload). ASCII takes one pass. Returns the new
+ * state; on WEIR_UTF8_REJECT, P's bytes are unspecified. */
+uint32_t weir_ws_remask_text(uint8_t *p, size_t n, const uint8_t in[4], const uint8_t out[4], uint64_t offset,
+                             uint32_t state);
 
 /* 1 when CODE may appear in a close frame on the wire. */
 int weir_ws_close_code_valid(unsigned code);

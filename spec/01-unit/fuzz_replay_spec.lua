@@ -5,13 +5,14 @@
 -- and no sanitizer report. The harnesses check more than crashes: the
 -- frame relay against a reference decoder (frames_diff), streams read in
 -- pieces against the same read whole (frames), close frames against the
--- rules (close), and what the request and response parsers accept.
+-- rules (close), the masking primitives against byte-by-byte references
+-- (mask), and what the request and response parsers accept.
 local helpers = require "helpers"
 
 local fmt = string.format
 
 local ROOT      = helpers.root
-local HARNESSES = { "request", "response", "frames", "frames_diff", "close", "conf", "json" }
+local HARNESSES = { "request", "response", "frames", "frames_diff", "close", "conf", "json", "mask" }
 local SAN_ENV   = {
     ASAN_OPTIONS  = "detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1",
     UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1",
