@@ -149,6 +149,23 @@ weir_mask_anew(uint8_t *pl, size_t n)
     weir_ws_mask(pl, n, mk, 0);
 }
 
+/* A whole message's payload PL (N bytes, OPCODE) made readable where it
+ * lies: a client's unmasked with MASK, text checked, in one pass while it
+ * is ASCII. Returns 0, or 1007 when the text is not UTF-8 (the payload is
+ * then unmasked all the same). */
+static inline unsigned
+weir_unmask_whole(const weir_leg_t *l, uint8_t *pl, size_t n, unsigned opcode, const uint8_t mask[4])
+{
+    static const uint8_t none[4];
+    if (opcode != WEIR_WS_TEXT) {
+        if (!l->is_backend) weir_ws_mask(pl, n, mask, 0);
+        return 0;
+    }
+    uint32_t st = l->is_backend ? weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n)
+                                : weir_ws_remask_text(pl, n, mask, none, 0, WEIR_UTF8_ACCEPT);
+    return st == WEIR_UTF8_ACCEPT ? 0 : 1007;
+}
+
 /* Unmask, validate and re-mask one chunk of the current data frame's payload.
  * Returns 0, or 1007 when the text is not UTF-8. */
 static unsigned
@@ -364,8 +381,7 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     l->frames++;
     l->bytes += n;
     s->last_data = uv_now(s->w->loop);
-    if (!l->is_backend) weir_ws_mask(pl, n, h->mask, 0);
-    if (h->opcode == WEIR_WS_TEXT && weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n) != WEIR_UTF8_ACCEPT) {
+    if (weir_unmask_whole(l, pl, n, h->opcode, h->mask) != 0) {
         weir_emit(l, *from, frame);
         weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
         return WEIR_ERROR;
@@ -426,8 +442,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
     for (;;) {
         uint8_t *pl = q + hl;
         size_t len = (size_t) hh.len;
-        if (!l->is_backend) weir_ws_mask(pl, len, hh.mask, 0);
-        if (hh.opcode == WEIR_WS_TEXT && weir_utf8_step(WEIR_UTF8_ACCEPT, pl, len) != WEIR_UTF8_ACCEPT) {
+        if (weir_unmask_whole(l, pl, len, hh.opcode, hh.mask) != 0) {
             if (n == 0) {
                 l->frames++;
                 l->bytes += len;

@@ -17,37 +17,6 @@
 #include "weir.h"
 #include "ws.h"
 
-int
-weir_ws_parse_hdr(const uint8_t *p, size_t n, weir_ws_hdr_t *h)
-{
-    if (n < 2) return 0;
-    h->fin = p[0] >> 7;
-    h->rsv = (p[0] >> 4) & 7;
-    h->opcode = p[0] & 0x0f;
-    h->masked = p[1] >> 7;
-    uint64_t len = p[1] & 0x7f;
-    size_t need = 2;
-    if (len == 126) {
-        need += 2;
-        if (n < need) return 0;
-        len = ((uint64_t) p[2] << 8) | p[3];
-    } else if (len == 127) {
-        need += 8;
-        if (n < need) return 0;
-        if (p[2] & 0x80) return WEIR_ERROR;
-        len = 0;
-        for (int i = 2; i < 10; i++) len = (len << 8) | p[i];
-    }
-    if (h->masked) {
-        if (n < need + 4) return 0;
-        memcpy(h->mask, p + need, 4);
-        need += 4;
-    }
-    h->len = len;
-    h->hdr_len = (uint8_t) need;
-    return (int) need;
-}
-
 size_t
 weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t *mask)
 {

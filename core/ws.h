@@ -7,6 +7,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "weir.h"
 
 #define WEIR_WS_CONT   0x0
 #define WEIR_WS_TEXT   0x1
@@ -38,9 +41,39 @@ typedef struct {
 /*
  * Parse a frame header from P[0..N). Returns the header length when complete
  * (and fills H), 0 when more bytes are needed, WEIR_ERROR when the 64-bit
- * length has its most significant bit set (a protocol error).
+ * length has its most significant bit set (a protocol error). Inline: the
+ * relay calls it on every frame, and inlined, H stays in registers.
  */
-int weir_ws_parse_hdr(const uint8_t *p, size_t n, weir_ws_hdr_t *h);
+static inline int
+weir_ws_parse_hdr(const uint8_t *p, size_t n, weir_ws_hdr_t *h)
+{
+    if (n < 2) return 0;
+    h->fin = p[0] >> 7;
+    h->rsv = (p[0] >> 4) & 7;
+    h->opcode = p[0] & 0x0f;
+    h->masked = p[1] >> 7;
+    uint64_t len = p[1] & 0x7f;
+    size_t need = 2;
+    if (len == 126) {
+        need += 2;
+        if (n < need) return 0;
+        len = ((uint64_t) p[2] << 8) | p[3];
+    } else if (len == 127) {
+        need += 8;
+        if (n < need) return 0;
+        if (p[2] & 0x80) return WEIR_ERROR;
+        len = 0;
+        for (int i = 2; i < 10; i++) len = (len << 8) | p[i];
+    }
+    if (h->masked) {
+        if (n < need + 4) return 0;
+        memcpy(h->mask, p + need, 4);
+        need += 4;
+    }
+    h->len = len;
+    h->hdr_len = (uint8_t) need;
+    return (int) need;
+}
 
 /* Write a header with minimal length encoding; MASK NULL for unmasked. */
 size_t weir_ws_build_hdr(uint8_t *out, int fin, int opcode, uint64_t len, const uint8_t *mask);
@@ -58,7 +91,9 @@ uint32_t weir_utf8_step(uint32_t state, const uint8_t *p, size_t n);
 /* A client's text passed on as read: unmask P[0..N) with IN, advance the
  * UTF-8 validator from STATE over it, and mask it with OUT (P[0] being
  * byte OFFSET of the payload). ASCII takes one pass. Returns the new
- * state; on WEIR_UTF8_REJECT, P's bytes are unspecified. */
+ * state; on WEIR_UTF8_REJECT, P is unmasked with IN, and masked with OUT
+ * only in part. With OUT all zero, P is left unmasked whatever the state:
+ * unmasking and checking in one pass. */
 uint32_t weir_ws_remask_text(uint8_t *p, size_t n, const uint8_t in[4], const uint8_t out[4], uint64_t offset,
                              uint32_t state);
 

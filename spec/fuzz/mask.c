@@ -3,7 +3,8 @@
  * references: weir_ws_mask and weir_ws_mask_copy at any key phase, and
  * weir_ws_remask_text (a client's text unmasked, validated and masked
  * again in one pass while it is ASCII) in two calls split anywhere,
- * against ref_utf8 of ref_ws.c on the unmasked bytes.
+ * against ref_utf8 of ref_ws.c on the unmasked bytes; with weir's key all
+ * zero, it must leave the text unmasked whatever it finds.
  *
  * Input: the client's key (4 bytes), weir's key (4), the payload's offset
  * in its frame (1), where the payload is split between the two calls (1),
@@ -50,6 +51,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!valid != (st == WEIR_UTF8_REJECT)) abort();
     if (valid && (st == WEIR_UTF8_ACCEPT) != !partial) abort();
     if (valid && memcmp(buf, want, n) != 0) abort();
+    /* with weir's key all zero it unmasks and checks, valid or not */
+    static const uint8_t none[4];
+    memcpy(copy, wire, n);
+    uint32_t st0 = weir_ws_remask_text(copy, cut, in, none, off, WEIR_UTF8_ACCEPT);
+    if (st0 != WEIR_UTF8_REJECT) st0 = weir_ws_remask_text(copy + cut, n - cut, in, none, off + cut, st0);
+    if (st0 != st || (st0 != WEIR_UTF8_REJECT && memcmp(copy, plain, n) != 0)) abort();
+    if (st0 == WEIR_UTF8_REJECT && cut == 0 && memcmp(copy, plain, n) != 0) abort();
     /* and the validator alone agrees, from the same state, on the same pieces */
     uint32_t st2 = weir_utf8_step(WEIR_UTF8_ACCEPT, plain, cut);
     if (st2 != WEIR_UTF8_REJECT) st2 = weir_utf8_step(st2, plain + cut, n - cut);
