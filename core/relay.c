@@ -177,11 +177,7 @@ weir_relay_payload(weir_leg_t *l, uint8_t *p, size_t n)
             l->utf8 = weir_ws_remask_text(p, n, l->in_mask, l->out_mask, l->frame_off, l->utf8);
             if (l->utf8 == WEIR_UTF8_REJECT) return 1007;
         } else {
-            uint32_t ki, ko;            /* one key for both: as words (see weir_key_at) */
-            memcpy(&ki, l->in_mask, 4);
-            memcpy(&ko, l->out_mask, 4);
-            ki ^= ko;
-            weir_ws_mask(p, n, (const uint8_t *) &ki, l->frame_off);
+            weir_ws_remask(p, n, l->in_mask, l->out_mask, l->frame_off);
         }
     } else if (text) {
         l->utf8 = weir_utf8_step(l->utf8, p, n);
@@ -529,10 +525,11 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
  * forwarded. Returns where the row ends (at the first frame it leaves to
  * the general loop: any other frame, or one cut by the read), or NULL when
  * a text was not UTF-8: L failed, with what came before that message
- * written (FROM is the start of the range).
+ * written (FROM is the start of the range). NOW is the loop's time.
  */
 static uint8_t *
-weir_relay_plain_row(weir_leg_t *l, uint8_t *p, uint8_t *end, const uint8_t *from, uint64_t max_msg)
+weir_relay_plain_row(weir_leg_t *l, uint8_t *p, uint8_t *end, const uint8_t *from, uint64_t max_msg,
+                     uint64_t now)
 {
     uint64_t frames = 0, bytes = 0, binary = 0, last = 0;
     int bad = 0;
@@ -549,15 +546,8 @@ weir_relay_plain_row(weir_leg_t *l, uint8_t *p, uint8_t *end, const uint8_t *fro
         if (!l->is_backend) {
             uint8_t key[4];
             weir_ws_random(key, 4);
-            if (text) {
-                bad = weir_ws_remask_text(pl, n, h.mask, key, 0, WEIR_UTF8_ACCEPT) != WEIR_UTF8_ACCEPT;
-            } else {
-                uint32_t ki, ko;        /* one key for both, as words (see weir_relay_payload) */
-                memcpy(&ki, h.mask, 4);
-                memcpy(&ko, key, 4);
-                ki ^= ko;
-                weir_ws_mask(pl, n, (const uint8_t *) &ki, 0);
-            }
+            if (text) bad = weir_ws_remask_text(pl, n, h.mask, key, 0, WEIR_UTF8_ACCEPT) != WEIR_UTF8_ACCEPT;
+            else weir_ws_remask(pl, n, h.mask, key, 0);
             memcpy(pl - 4, key, 4);
         } else if (text) {
             bad = weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n) != WEIR_UTF8_ACCEPT;
@@ -578,7 +568,7 @@ weir_relay_plain_row(weir_leg_t *l, uint8_t *p, uint8_t *end, const uint8_t *fro
         l->messages += frames;
         l->bytes += bytes;
         l->binary += binary;
-        l->s->last_data = weir_now(l->s);
+        l->s->last_data = now;
         l->assemble = l->sniff = l->inspect = l->throttled = l->collect = 0;
         l->fwd_frame = l->frame_fin = 1;
         l->msg_frames = 1;
@@ -617,7 +607,7 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
     weir_throttle_now_us = 0;       /* the frames of one read share one time: read once, if needed */
     while (p < end) {
         if (plain && l->remaining == 0 && l->msg_opcode == 0 && weir_forwarding(l)) {
-            p = weir_relay_plain_row(l, p, end, from, max_msg);
+            p = weir_relay_plain_row(l, p, end, from, max_msg, now);
             if (p == NULL) return;
             if (p == end) break;
         }

@@ -159,6 +159,16 @@ weir_utf8_step(uint32_t state, const uint8_t *p, size_t n)
     return state;
 }
 
+void
+weir_ws_remask(uint8_t *p, size_t n, const uint8_t in[4], const uint8_t out[4], uint64_t offset)
+{
+    uint32_t ki, ko;                    /* combined as words (see weir_key_at) */
+    memcpy(&ki, in, 4);
+    memcpy(&ko, out, 4);
+    ki ^= ko;
+    weir_ws_mask_copy(p, p, n, (const uint8_t *) &ki, offset);
+}
+
 uint32_t
 weir_ws_remask_text(uint8_t *p, size_t n, const uint8_t in[4], const uint8_t out[4], uint64_t offset,
                     uint32_t state)

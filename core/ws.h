@@ -88,6 +88,10 @@ void weir_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t
 /* Advance the UTF-8 validator over P[0..N); returns the new state. */
 uint32_t weir_utf8_step(uint32_t state, const uint8_t *p, size_t n);
 
+/* A client's binary passed on as read: P[0..N), masked with IN, masked
+ * with OUT instead, in one XOR (P[0] being byte OFFSET of the payload). */
+void weir_ws_remask(uint8_t *p, size_t n, const uint8_t in[4], const uint8_t out[4], uint64_t offset);
+
 /* A client's text passed on as read: unmask P[0..N) with IN, advance the
  * UTF-8 validator from STATE over it, and mask it with OUT (P[0] being
  * byte OFFSET of the payload). ASCII takes one pass. Returns the new

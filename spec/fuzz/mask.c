@@ -1,8 +1,8 @@
 /*
  * mask.c — the masking primitives of core/ws.c against byte-by-byte
- * references: weir_ws_mask and weir_ws_mask_copy at any key phase, and
- * weir_ws_remask_text (a client's text unmasked, validated and masked
- * again in one pass while it is ASCII) in two calls split anywhere,
+ * references: weir_ws_mask, weir_ws_mask_copy and weir_ws_remask at any
+ * key phase, and weir_ws_remask_text (a client's text unmasked, validated
+ * and masked again in one pass while it is ASCII) in two calls split anywhere,
  * against ref_utf8 of ref_ws.c on the unmasked bytes; with weir's key all
  * zero, it must leave the text unmasked whatever it finds.
  *
@@ -41,6 +41,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     weir_ws_mask_copy(copy, wire, cut, in, off);
     weir_ws_mask_copy(copy + cut, wire + cut, n - cut, in, off + cut);
     if (memcmp(copy, plain, n) != 0) abort();
+
+    /* a binary re-masked in one XOR of both keys, in two pieces */
+    memcpy(buf, wire, n);
+    weir_ws_remask(buf, cut, in, out, off);
+    weir_ws_remask(buf + cut, n - cut, in, out, off + cut);
+    if (memcmp(buf, want, n) != 0) abort();
 
     /* one pass of unmask, validate, mask: the same bytes and verdict as three */
     memcpy(buf, wire, n);
