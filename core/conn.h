@@ -93,11 +93,15 @@ typedef struct {
  * the hook waits. CLOSE runs on_close and forgets S: the engine must not
  * name S after it. Only a connection the engine opened is closed.
  */
-/* One whole single-frame message of a read, unmasked where it lies. */
+/* One whole single-frame message of a read, where it lies: unmasked, or
+ * (MASKED: a client's binary message, which nothing checks) already masked
+ * for the backend with the key in the 4 bytes before P, and unmasked only
+ * when something reads it (weir_conn_payload). */
 typedef struct {
     const uint8_t *p;
     size_t         len;
     int            opcode;
+    int            masked;
 } weir_msg_ref_t;
 
 typedef struct {
@@ -110,7 +114,7 @@ typedef struct {
      * (a pass: messages *K and after were not run); WEIR_AGAIN: message *K
      * waits (as FRAME's AGAIN; those after it were not run). The engine
      * shows message i to weir_conn_payload with weir_conn_view. */
-    int  (*frames)(weir_session_t *s, int dir, const weir_msg_ref_t *m, int n, int *k, weir_verdict_t *v);
+    int  (*frames)(weir_session_t *s, int dir, weir_msg_ref_t *m, int n, int *k, weir_verdict_t *v);
     /* the ctx's interceptor (weir_conn_intercept) on the client's text message of LEN bytes */
     int  (*intercept)(weir_session_t *s, size_t len, weir_verdict_t *v);
     void (*close)(weir_session_t *s, const weir_conn_end_t *end);
@@ -134,9 +138,10 @@ const char *weir_conn_name(const weir_session_t *s);
  * deciding on: borrowed until the hook returns. */
 const uint8_t *weir_conn_payload(weir_session_t *s, int dir, size_t *len);
 
-/* The message weir_conn_payload gives for DIR from now on: P[0..LEN) (one
- * of a batch, frames), or P NULL: the leg's own copy again. */
-void weir_conn_view(weir_session_t *s, int dir, const uint8_t *p, size_t len);
+/* The message weir_conn_payload gives for DIR from now on: M (one of a
+ * batch, frames; unmasked where it lies if it is MASKED and read, M then
+ * marked so), or M NULL: the leg's own copy again. */
+void weir_conn_view(weir_session_t *s, int dir, weir_msg_ref_t *m);
 
 /* Send a message of weir's own (OPCODE: text, or binary) to the client as
  * soon as its stream is between messages (and the 101 is out). WEIR_ERROR

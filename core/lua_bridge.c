@@ -488,12 +488,12 @@ weir_lua_resume_frame(weir_session_t *s, int dir, int opcode, size_t len, int ic
 
 /* The row of messages weir_lua_frames runs (NULL between calls), and the
  * one its hooks run now (weir_ffi_batch_at). */
-static const weir_msg_ref_t *weir_batch;
+static weir_msg_ref_t       *weir_batch;
 static weir_session_t       *weir_batch_s;
 static int                   weir_batch_dir, weir_batch_n, weir_batch_i;
 
 static int
-weir_lua_frames(weir_session_t *s, int dir, const weir_msg_ref_t *m, int n, int *k, weir_verdict_t *v)
+weir_lua_frames(weir_session_t *s, int dir, weir_msg_ref_t *m, int n, int *k, weir_verdict_t *v)
 {
     weir_batch = m;
     weir_batch_s = s;
@@ -518,7 +518,7 @@ weir_ffi_batch_at(int i, size_t *len)
     *len = 0;
     if (weir_batch == NULL || i < 0 || i >= weir_batch_n) return -1;
     weir_batch_i = i;
-    weir_conn_view(weir_batch_s, weir_batch_dir, weir_batch[i].p, weir_batch[i].len);
+    weir_conn_view(weir_batch_s, weir_batch_dir, &weir_batch[i]);
     *len = weir_batch[i].len;
     weir_call_start_ns = weir_clock_ns();
     return weir_batch[i].opcode;

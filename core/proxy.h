@@ -19,7 +19,7 @@
 #include "io.h"
 #include "ws.h"
 
-#define WEIR_RBUF_SIZE  (64 * 1024)      /* bytes read per call */
+#define WEIR_RBUF_SIZE  (128 * 1024)     /* bytes read per call */
 #define WEIR_STASH_SIZE (WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL + 1)
 #define WEIR_SBUF_SIZE  (WEIR_WS_MAX_HDR + WEIR_RBUF_SIZE)    /* a message of weir's, framed */
 #define WEIR_BATCH_COPY (16 * 1024)      /* a message of weir's up to this size waits for the read's one write */

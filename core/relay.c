@@ -11,7 +11,9 @@
  * as one contiguous range, minus frames weir consumes (its own pongs).
  * A direction with a frame hook gets whole messages instead: one read whole
  * in the buffer is checked and shown to the hook where it lies (and left in
- * the range on a pass); others are assembled in the leg's msg buffer.
+ * the range on a pass); others are assembled in the leg's msg buffer. A
+ * client's binary message, which nothing checks, is masked for the backend
+ * as it is read either way, and unmasked only if a hook reads it.
  *
  * Rate limits (ctx:limit) are decided at a data message's first frame,
  * without a call into the engine: the message passes whole, is dropped
@@ -149,21 +151,42 @@ weir_mask_anew(uint8_t *pl, size_t n)
     weir_ws_mask(pl, n, mk, 0);
 }
 
-/* A whole message's payload PL (N bytes, OPCODE) made readable where it
- * lies: a client's unmasked with MASK, text checked, in one pass while it
- * is ASCII. Returns 0, or 1007 when the text is not UTF-8 (the payload is
- * then unmasked all the same). */
+/* A whole message's payload PL (N bytes, OPCODE; a client's masked with
+ * MASK) made ready where it lies, as M: a text checked and unmasked, in
+ * one pass while it is ASCII; a client's binary message masked anew for
+ * the backend in one pass, its key written before it (M->masked: unmasked
+ * only if something reads it, weir_conn_payload). Returns 0, or 1007 when
+ * the text is not UTF-8 (the payload is then unmasked all the same). */
 static inline unsigned
-weir_unmask_whole(const weir_leg_t *l, uint8_t *pl, size_t n, unsigned opcode, const uint8_t mask[4])
+weir_open_whole(const weir_leg_t *l, uint8_t *pl, size_t n, unsigned opcode, const uint8_t mask[4],
+                weir_msg_ref_t *m)
 {
     static const uint8_t none[4];
+    m->p = pl;
+    m->len = n;
+    m->opcode = (int) opcode;
+    m->masked = 0;
     if (opcode != WEIR_WS_TEXT) {
-        if (!l->is_backend) weir_ws_mask(pl, n, mask, 0);
+        if (!l->is_backend) {
+            uint8_t in[4];
+            memcpy(in, mask, 4);            /* MASK may be the bytes the new key goes over */
+            weir_ws_random(pl - 4, 4);
+            weir_ws_remask(pl, n, in, pl - 4, 0);
+            m->masked = 1;
+        }
         return 0;
     }
     uint32_t st = l->is_backend ? weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n)
                                 : weir_ws_remask_text(pl, n, mask, none, 0, WEIR_UTF8_ACCEPT);
     return st == WEIR_UTF8_ACCEPT ? 0 : 1007;
+}
+
+/* Message M of a client, forwarded where it lies after its hooks passed
+ * it: masked anew for the backend unless it still is (M->masked). */
+static inline void
+weir_ref_forward(const weir_leg_t *l, const weir_msg_ref_t *m)
+{
+    if (!l->is_backend && !m->masked) weir_mask_anew((uint8_t *) m->p, m->len);
 }
 
 /* Unmask, validate and re-mask one chunk of the current data frame's payload.
@@ -263,14 +286,15 @@ weir_relay_replay(weir_leg_t *l)
     }
 }
 
-/* Keep a copy of the message P[0..N) in L's assembly buffer. */
+/* Keep a copy of message M in L's assembly buffer (masked as M is). */
 static void
-weir_msg_copy(weir_leg_t *l, const uint8_t *p, size_t n)
+weir_msg_copy(weir_leg_t *l, const weir_msg_ref_t *m)
 {
-    weir_msg_room(l, n);
-    memcpy(l->msg, p, n);
-    l->msg_masked = 0;
-    l->msg_fill = n;
+    weir_msg_room(l, m->len);
+    memcpy(l->msg, m->p, m->len);
+    l->msg_masked = (uint8_t) (m->masked != 0);
+    if (m->masked) memcpy(l->msg_key, m->p - 4, 4);
+    l->msg_fill = m->len;
 }
 
 /*
@@ -309,11 +333,12 @@ static int
 weir_relay_hook(weir_leg_t *l, weir_verdict_t *v)
 {
     weir_session_t *s = l->s;
-    /* l->msg may be masked (msg_masked), but only a binary message: the
-     * needle is looked for in text, and the inspector reads no byte of a
-     * binary message; the hooks read it through weir_conn_payload */
-    const uint8_t *p = l->view != NULL ? l->view : l->msg;
-    size_t n = l->view != NULL ? l->view_len : l->msg_fill;
+    /* the message may be masked (l->msg_masked, l->view->masked), but only
+     * a binary one: the needle is looked for in text, and the inspector
+     * reads no byte of a binary message; the hooks read it through
+     * weir_conn_payload */
+    const uint8_t *p = l->view != NULL ? l->view->p : l->msg;
+    size_t n = l->view != NULL ? l->view->len : l->msg_fill;
     if (!l->is_backend && s->needle != NULL && l->msg_op == WEIR_WS_TEXT && n > 0 && n <= WEIR_SNIFF_MAX
         && weir_find(p, n, (const uint8_t *) s->needle, strlen(s->needle)) != NULL) {
         int rc = s->w->policy->intercept(s, n, v);
@@ -339,10 +364,10 @@ weir_relay_pend_flush(void)
         /* the row's messages before the one being run passed as they were
          * (the row stops at any other verdict): masked again for the backend */
         int j = pd->done;
-        while (j < pd->n && pd->row[j].p != l->view) j++;
+        while (j < pd->n && &pd->row[j] != l->view) j++;
         if (j == pd->n) j = pd->done;   /* no message of the row is being run */
-        for (int i = pd->done; i < j && !l->is_backend; i++)
-            weir_mask_anew((uint8_t *) pd->row[i].p, pd->row[i].len);
+        for (int i = pd->done; i < j; i++)
+            weir_ref_forward(l, &pd->row[i]);
         if (j > 0) to = pd->hdr[j];
         pd->done = j;
     }
@@ -359,8 +384,8 @@ weir_relay_pend_flush(void)
 
 /*
  * A frame hook's message that is one whole frame at FRAME (header length
- * HL) in the read buffer: unmask and check it in place, let the hook read
- * it there, and on a pass leave the frame (re-masked for the backend) in
+ * HL) in the read buffer: make it ready in place (weir_open_whole), let the
+ * hook read it there, and on a pass leave the frame (masked for the backend) in
  * the range being forwarded; otherwise cut it out of the range (*FROM) and
  * apply the verdict. Returns WEIR_OK, WEIR_AGAIN (the hook waits: the
  * message was copied out, the caller holds the rest) or WEIR_ERROR (L
@@ -373,32 +398,32 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
     uint8_t *pl = frame + hl;
     size_t n = (size_t) h->len;
     weir_verdict_t v;
+    weir_msg_ref_t m;
 
     l->frames++;
     l->bytes += n;
     s->last_data = uv_now(s->w->loop);
-    if (weir_unmask_whole(l, pl, n, h->opcode, h->mask) != 0) {
+    if (weir_open_whole(l, pl, n, h->opcode, h->mask, &m) != 0) {
         weir_emit(l, *from, frame);
         weir_relay_fail(l, 1007, "invalid UTF-8 in text message", 0, 0);
         return WEIR_ERROR;
     }
     l->msg_op = (uint8_t) h->opcode;
-    l->view = pl;
-    l->view_len = n;
+    l->view = &m;
     weir_pend = (weir_pend_t) { .src = l, .from = *from, .to = frame };
     int rc = weir_relay_hook(l, &v);
     *from = (uint8_t *) weir_pend.from;     /* moved on when the hook wrote to the other leg */
     weir_pend.src = NULL;
     l->view = NULL;
     if (rc == WEIR_AGAIN) {
-        weir_msg_copy(l, pl, n);
+        weir_msg_copy(l, &m);
         l->waiting = 1;
         weir_emit(l, *from, frame);
         *from = pl + n;
         return WEIR_AGAIN;
     }
     if (v.kind == WEIR_V_PASS && weir_forwarding(l)) {
-        if (!l->is_backend) weir_mask_anew(pl, n);
+        weir_ref_forward(l, &m);
         return WEIR_OK;
     }
     weir_emit(l, *from, frame);
@@ -415,10 +440,11 @@ weir_relay_inline(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t 
  * Frame hooks on a row of L's messages in one call into the engine: the
  * message at FRAME (header H, HL bytes; whole in the buffer) and the whole
  * single-frame data messages after it up to END, at most WEIR_BATCH_MAX,
- * each unmasked and checked in place. Those that pass stay in the range
- * being forwarded (re-masked for the backend); the first that does not is
- * cut out of it (*FROM) and its verdict applied; the messages after it
- * are masked back as they came, for the caller's loop to read again.
+ * each made ready in place (weir_open_whole). Those that pass stay in the
+ * range being forwarded (masked for the backend); the first that does not
+ * is cut out of it (*FROM) and its verdict applied; the messages after it
+ * are masked back, with the key in their header, for the caller's loop to
+ * read again.
  * Returns the end of the last message run; *RC is WEIR_OK, WEIR_AGAIN
  * (its hook waits: the message was copied out, the caller holds the rest)
  * or WEIR_ERROR (L failed and was closed).
@@ -438,7 +464,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
     for (;;) {
         uint8_t *pl = q + hl;
         size_t len = (size_t) hh.len;
-        if (weir_unmask_whole(l, pl, len, hh.opcode, hh.mask) != 0) {
+        if (weir_open_whole(l, pl, len, hh.opcode, hh.mask, &m[n]) != 0) {
             if (n == 0) {
                 l->frames++;
                 l->bytes += len;
@@ -450,9 +476,6 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
             if (!l->is_backend) weir_ws_mask(pl, len, hh.mask, 0);     /* read again, and failed, by the loop */
             break;
         }
-        m[n].p = pl;
-        m[n].len = len;
-        m[n].opcode = hh.opcode;
         hdr[n] = q;
         n++;
         q = pl + len;
@@ -484,8 +507,8 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
         l->bytes += m[i].len;
     }
     s->last_data = uv_now(s->w->loop);
-    for (int i = ran; i < n; i++)
-        if (!l->is_backend) weir_ws_mask((uint8_t *) m[i].p, m[i].len, m[i].p - 4, 0);   /* its key, before it */
+    for (int i = ran; i < n; i++)             /* its key is before it (binary: its new one) */
+        if (!l->is_backend && !m[i].masked) weir_ws_mask((uint8_t *) m[i].p, m[i].len, m[i].p - 4, 0);
     uint8_t *last = (uint8_t *) m[ran - 1].p + m[ran - 1].len;
 
     if (!weir_forwarding(l)) {
@@ -493,7 +516,7 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
         weir_emit(l, *from, frame);
         *from = last;
         if (*rc == WEIR_AGAIN) {
-            weir_msg_copy(l, m[k].p, m[k].len);
+            weir_msg_copy(l, &m[k]);
             l->msg_op = (uint8_t) m[k].opcode;
             l->waiting = 1;
         } else if (k < n && !stopped) {
@@ -502,14 +525,14 @@ weir_relay_batch(weir_leg_t *l, const weir_ws_hdr_t *h, uint8_t *frame, size_t h
         }
         return last;
     }
-    for (int i = done; i < k && !l->is_backend; i++)
-        weir_mask_anew((uint8_t *) m[i].p, m[i].len);
+    for (int i = done; i < k; i++)
+        weir_ref_forward(l, &m[i]);
     if (k == n || stopped) return last;
     weir_emit(l, *from, hdr[k]);
     *from = last;
     l->msg_op = (uint8_t) m[k].opcode;
     if (*rc == WEIR_AGAIN) {
-        weir_msg_copy(l, m[k].p, m[k].len);
+        weir_msg_copy(l, &m[k]);
         l->waiting = 1;
         return last;
     }

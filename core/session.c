@@ -473,9 +473,14 @@ const uint8_t *
 weir_conn_payload(weir_session_t *s, int dir, size_t *len)
 {
     weir_leg_t *l = dir ? &s->backend : &s->client;
-    if (l->view != NULL) {
-        *len = l->view_len;
-        return l->view;
+    weir_msg_ref_t *m = l->view;
+    if (m != NULL) {
+        if (m->masked) {
+            weir_ws_mask((uint8_t *) m->p, m->len, m->p - 4, 0);     /* its key, before it */
+            m->masked = 0;
+        }
+        *len = m->len;
+        return m->p;
     }
     weir_msg_plain(l);
     *len = l->msg_fill;
@@ -483,11 +488,10 @@ weir_conn_payload(weir_session_t *s, int dir, size_t *len)
 }
 
 void
-weir_conn_view(weir_session_t *s, int dir, const uint8_t *p, size_t len)
+weir_conn_view(weir_session_t *s, int dir, weir_msg_ref_t *m)
 {
     weir_leg_t *l = dir ? &s->backend : &s->client;
-    l->view = p;
-    l->view_len = len;
+    l->view = m;
 }
 
 int

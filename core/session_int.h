@@ -119,8 +119,7 @@ struct weir_leg_s {
     size_t          msg_fill, msg_cap;
     uint8_t         msg_op;             /* its opcode */
     uint8_t         msg_key[4];         /* a client's binary message: the key msg is masked with */
-    const uint8_t  *view;               /* or: the message where it lies in the read buffer */
-    size_t          view_len;
+    weir_msg_ref_t *view;               /* or: the message where it lies in the read buffer */
     uint8_t        *held;
     size_t          held_len;
 

@@ -187,18 +187,9 @@ describe("frame hooks on a row of messages sent in one write", function()
         return table.concat(t)
     end
 
-    it("forwards big messages whole and byte for byte, in order with small ones", function()
-        local c = connect("/verdicts")
-        local b1, b2, b3 = bytes(16 * 1024 + 1, 1), bytes(64 * 1024, 2), bytes(200 * 1000, 3)
-        -- spec-verdicts reads a binary message of 70,777 bytes (then it
-        -- passes) and answers one of 100,555 with what it read (both more
-        -- than a read: assembled)
-        local peeked, mirrored = bytes(70777, 4), bytes(100555, 5)
-        local t = "big " .. string.rep("0123456789", 7000)
-        send_row(c, { "a", { binary = b1 }, "b", { binary = b2 }, t, { binary = b3 }, "c",
-                      { binary = peeked }, { binary = mirrored }, { binary = b1 } })
-        local got = read_n(c, 10)
-        -- the answer comes straight from weir, ahead of echoes sent before it
+    -- spec-verdicts' answer to binary message MIRRORED, taken out of GOT
+    -- (read_n's): it comes straight from weir, ahead of echoes sent before it
+    local function take_answer(got, mirrored)
         local answer
         for i, f in ipairs(got) do
             if #f[2] == #mirrored then answer = table.remove(got, i); break end
@@ -206,7 +197,21 @@ describe("frame hooks on a row of messages sent in one write", function()
         assert.is_table(answer, "no answer of " .. #mirrored .. " bytes")
         assert.equal(2, answer[1])
         assert.is_true(mirrored == answer[2], "the hook read the message changed")
-        table.insert(got, 9, answer)
+        return answer
+    end
+
+    it("forwards big messages whole and byte for byte, in order with small ones", function()
+        local c = connect("/verdicts")
+        local b1, b2, b3 = bytes(16 * 1024 + 1, 1), bytes(64 * 1024, 2), bytes(200 * 1000, 3)
+        -- spec-verdicts reads a binary message of 170,777 bytes (then it
+        -- passes) and answers one of 150,555 with what it read (both more
+        -- than a read of 128 KiB: assembled)
+        local peeked, mirrored = bytes(170777, 4), bytes(150555, 5)
+        local t = "big " .. string.rep("0123456789", 7000)
+        send_row(c, { "a", { binary = b1 }, "b", { binary = b2 }, t, { binary = b3 }, "c",
+                      { binary = peeked }, { binary = mirrored }, { binary = b1 } })
+        local got = read_n(c, 10)
+        table.insert(got, 9, take_answer(got, mirrored))
         assert.same({ 1, "a" }, got[1])
         assert.same({ 1, "b" }, got[3])
         assert.same({ 1, "c" }, got[7])
@@ -216,6 +221,40 @@ describe("frame hooks on a row of messages sent in one write", function()
             assert.is_true(want == got[i][2], "message " .. i .. " changed on the way")
         end
         assert.same({ 1, t }, got[5])
+        c:close()
+    end)
+
+    it("shows a client's binary messages of a row to the hooks that read them, and forwards all byte for byte",
+       function()
+        -- in one read: kept masked for the backend where they lie, and
+        -- unmasked only for the hooks that read them (spec-verdicts reads
+        -- lengths ending in 777, answers those ending in 555 with what it read)
+        local c = connect("/verdicts")
+        local plain1, peeked, mirrored, plain2 = bytes(900, 6), bytes(1777, 7), bytes(2555, 8), bytes(4000, 9)
+        send_row(c, { { binary = plain1 }, { binary = peeked }, "a", { binary = mirrored }, { binary = plain2 } })
+        local got = read_n(c, 5)
+        take_answer(got, mirrored)
+        assert.same({ 2, plain1 }, got[1])
+        assert.same({ 2, peeked }, got[2])
+        assert.same({ 1, "a" }, got[3])
+        assert.same({ 2, plain2 }, got[4])
+        c:close()
+    end)
+
+    it("forwards a row's binary messages byte for byte after a hook before them waited", function()
+        -- the hook of the first waits: the binary ones behind it were made
+        -- ready for the backend but not run, and are read again after it
+        local c = connect("/io")
+        local hold = "bin" .. seq
+        local b1, b2 = bytes(3000, 10), bytes(5000, 11)
+        send_row(c, { "pass:/hold/" .. hold .. "\n", { binary = b1 }, { binary = b2 }, "after" })
+        helpers.wait_until(function() return srv:seen(hold) end, 10, "weir's request for /hold/" .. hold)
+        srv:release(hold)
+        local got = read_n(c, 4)
+        assert.same({ 1, "pass:/hold/" .. hold .. "\n" }, got[1])
+        assert.same({ 2, b1 }, got[2])
+        assert.same({ 2, b2 }, got[3])
+        assert.same({ 1, "after" }, got[4])
         c:close()
     end)
 
