@@ -167,11 +167,9 @@ weir_open_whole(const weir_leg_t *l, uint8_t *pl, size_t n, unsigned opcode, con
     m->opcode = (int) opcode;
     m->masked = 0;
     if (opcode != WEIR_WS_TEXT) {
-        if (!l->is_backend) {
-            uint8_t in[4];
-            memcpy(in, mask, 4);            /* MASK may be the bytes the new key goes over */
+        if (!l->is_backend) {           /* MASK is the parsed header's copy of the key */
             weir_ws_random(pl - 4, 4);
-            weir_ws_remask(pl, n, in, pl - 4, 0);
+            weir_ws_remask(pl, n, mask, pl - 4, 0);
             m->masked = 1;
         }
         return 0;
