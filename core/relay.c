@@ -151,11 +151,21 @@ weir_mask_anew(uint8_t *pl, size_t n)
     weir_ws_mask(pl, n, mk, 0);
 }
 
+/* A client frame's payload PL (N bytes, still masked with IN, a copy of
+ * its key) masked for the backend in one pass: a fresh key written over
+ * the one that ends its header. */
+static inline void
+weir_remask_anew(uint8_t *pl, size_t n, const uint8_t in[4])
+{
+    weir_ws_random(pl - 4, 4);
+    weir_ws_remask(pl, n, in, pl - 4, 0);
+}
+
 /* A whole message's payload PL (N bytes, OPCODE; a client's masked with
- * MASK) made ready where it lies, as M: a text checked and unmasked, in
- * one pass while it is ASCII; a client's binary message masked anew for
- * the backend in one pass, its key written before it (M->masked: unmasked
- * only if something reads it, weir_conn_payload). Returns 0, or 1007 when
+ * MASK, a copy of its key) made ready where it lies, as M: a text checked
+ * and unmasked, in one pass while it is ASCII; a client's binary message
+ * masked anew for the backend in one pass (M->masked: unmasked only if
+ * something reads it, weir_conn_payload). Returns 0, or 1007 when
  * the text is not UTF-8 (the payload is then unmasked all the same). */
 static inline unsigned
 weir_open_whole(const weir_leg_t *l, uint8_t *pl, size_t n, unsigned opcode, const uint8_t mask[4],
@@ -167,9 +177,8 @@ weir_open_whole(const weir_leg_t *l, uint8_t *pl, size_t n, unsigned opcode, con
     m->opcode = (int) opcode;
     m->masked = 0;
     if (opcode != WEIR_WS_TEXT) {
-        if (!l->is_backend) {           /* MASK is the parsed header's copy of the key */
-            weir_ws_random(pl - 4, 4);
-            weir_ws_remask(pl, n, mask, pl - 4, 0);
+        if (!l->is_backend) {
+            weir_remask_anew(pl, n, mask);
             m->masked = 1;
         }
         return 0;
@@ -564,12 +573,11 @@ weir_relay_plain_row(weir_leg_t *l, uint8_t *p, uint8_t *end, const uint8_t *fro
         uint8_t *pl = p + hl;
         size_t n = (size_t) h.len;
         int text = h.opcode == WEIR_WS_TEXT;
-        if (!l->is_backend) {
-            uint8_t key[4];
-            weir_ws_random(key, 4);
-            if (text) bad = weir_ws_remask_text(pl, n, h.mask, key, 0, WEIR_UTF8_ACCEPT) != WEIR_UTF8_ACCEPT;
-            else weir_ws_remask(pl, n, h.mask, key, 0);
-            memcpy(pl - 4, key, 4);
+        if (!l->is_backend && !text) {
+            weir_remask_anew(pl, n, h.mask);
+        } else if (!l->is_backend) {
+            weir_ws_random(pl - 4, 4);      /* the new key over the header's: h has its copy */
+            bad = weir_ws_remask_text(pl, n, h.mask, pl - 4, 0, WEIR_UTF8_ACCEPT) != WEIR_UTF8_ACCEPT;
         } else if (text) {
             bad = weir_utf8_step(WEIR_UTF8_ACCEPT, pl, n) != WEIR_UTF8_ACCEPT;
         }

@@ -475,10 +475,7 @@ weir_conn_payload(weir_session_t *s, int dir, size_t *len)
     weir_leg_t *l = dir ? &s->backend : &s->client;
     weir_msg_ref_t *m = l->view;
     if (m != NULL) {
-        if (m->masked) {
-            weir_ws_mask((uint8_t *) m->p, m->len, m->p - 4, 0);     /* its key, before it */
-            m->masked = 0;
-        }
+        weir_ref_plain(m);
         *len = m->len;
         return m->p;
     }

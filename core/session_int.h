@@ -331,6 +331,17 @@ void weir_leg_message(weir_leg_t *dst, int opcode, const uint8_t *p, size_t n);
  * as it is, KEY in its header) and written with no copy. */
 void weir_leg_message_own(weir_leg_t *dst, int opcode, uint8_t *p, size_t n, const uint8_t *key);
 
+/* Message M where it lies unmasked, if it was masked (M->masked, its key
+ * in the 4 bytes before it): before anything reads its bytes. */
+static inline void
+weir_ref_plain(weir_msg_ref_t *m)
+{
+    if (m->masked) {
+        weir_ws_mask((uint8_t *) m->p, m->len, m->p - 4, 0);
+        m->masked = 0;
+    }
+}
+
 /* L's message buffer unmasked, if it was masked (msg_masked): before
  * anything reads its bytes. */
 static inline void
