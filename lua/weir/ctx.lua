@@ -529,9 +529,12 @@ end
 -- with the inspector's error JSON (and the connection closed when it says
 -- so). nil stops the checks. One inspector per connection: the last call wins.
 -- @usage ctx:inspect(conf._inspector)
+local inspector_is   -- weir.inspect's test, bound on first use (it requires weir, which requires this)
+
 function CTX:inspect(insp)
     -- weir.inspect declares the core's call (and the inspector type) to the FFI
-    if insp ~= nil and not require("weir.inspect").is(insp) then
+    if not inspector_is then inspector_is = require("weir.inspect").is end
+    if insp ~= nil and not inspector_is(insp) then
         error("ctx:inspect(insp): an inspector from weir.inspect.new, or nil", 2)
     end
     -- the core keeps who attached it (a reload whose chain lacks that policy
