@@ -21,6 +21,8 @@
 
 #define WEIR_RBUF_SIZE  (128 * 1024)     /* bytes read per call */
 #define WEIR_STASH_SIZE (WEIR_WS_MAX_HDR + WEIR_WS_MAX_CONTROL + 1)
+/* the read buffer: a stash and a read, or a message cut by a read and the read behind it */
+#define WEIR_RBUF_ALLOC (WEIR_STASH_SIZE + 2 * WEIR_RBUF_SIZE)
 #define WEIR_SBUF_SIZE  (WEIR_WS_MAX_HDR + WEIR_RBUF_SIZE)    /* a message of weir's, framed */
 #define WEIR_BATCH_COPY (16 * 1024)      /* a message of weir's up to this size waits for the read's one write */
 
@@ -33,7 +35,7 @@ struct weir_worker_s {
     int              id;
     SSL_CTX        **listen_tls;        /* per listener, NULL for ws:// */
     weir_io_t       *listeners;         /* in the worker's epoll set (io.c), like the sessions' sockets */
-    uint8_t         *rbuf;              /* WEIR_STASH_SIZE + WEIR_RBUF_SIZE */
+    uint8_t         *rbuf;              /* WEIR_RBUF_ALLOC */
     uint8_t         *sbuf;              /* WEIR_SBUF_SIZE: scratch for framing messages */
     weir_session_t  *sessions;          /* doubly linked */
     uint64_t         nsessions;

@@ -740,6 +740,21 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
         int whole;      /* the message is read whole (assemble, sniff or inspect): a local,
                          * since a wide read of the flags just stored would stall */
         if (h.opcode != WEIR_WS_CONT) {
+            uint8_t assemble = l->assemble_next;    /* a reload changes it between messages only */
+            uint8_t sniff = !l->is_backend && !assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
+                            && h.fin && h.len <= WEIR_SNIFF_MAX;
+            uint8_t inspect = !l->is_backend && s->inspect != NULL
+                              && weir_inspector_wants(s->inspect, h.opcode, h.fin, h.len);
+            whole = assemble || sniff || inspect;
+            if (l->cut_ok && whole && h.fin && (uint64_t) (end - p) < (uint64_t) hl + h.len
+                && (uint64_t) hl + h.len <= WEIR_RBUF_SIZE && weir_hooked(l)) {
+                /* read whole, but cut by the read, and the socket not drained: it
+                 * is left for the next read, which goes on behind it, so that it
+                 * is read where it lies instead of assembled (weir_relay_read) */
+                l->cut = (uint32_t) (end - p);
+                end = p;
+                break;
+            }
             l->throttled = 0;
             if (s->thr != NULL && weir_forwarding(l)) {
                 /* rate limits decide on a message's first frame, for the whole message */
@@ -752,15 +767,9 @@ weir_relay_frames(weir_leg_t *l, uint8_t *buf, size_t len)
                     return;
                 }
             }
-            uint8_t assemble = l->assemble_next;    /* a reload changes it between messages only */
-            uint8_t sniff = !l->is_backend && !assemble && s->needle != NULL && h.opcode == WEIR_WS_TEXT
-                            && h.fin && h.len <= WEIR_SNIFF_MAX;
-            uint8_t inspect = !l->is_backend && s->inspect != NULL
-                              && weir_inspector_wants(s->inspect, h.opcode, h.fin, h.len);
             l->assemble = assemble;
             l->sniff = sniff;
             l->inspect = inspect;
-            whole = assemble || sniff || inspect;
             l->msg_opcode = (uint8_t) h.opcode;
             l->messages++;
             l->binary += h.opcode == WEIR_WS_BINARY;
@@ -887,6 +896,15 @@ weir_relay_process(weir_leg_t *l, uint8_t *buf, size_t len)
     }
 }
 
+/*
+ * Read what L's peer sent, up to 16 reads, and relay it. A message a hook
+ * or check reads whole that a read cuts (weir_relay_frames leaves it, when
+ * CUT_OK: the socket may hold its rest) stays in the read buffer, and the
+ * next read goes on behind it: read whole in one place, it is not copied
+ * out and assembled. When the socket runs dry first, or the reads end
+ * another way, the bytes left are relayed as any cut message is, into the
+ * leg's message buffer.
+ */
 void
 weir_relay_read(weir_leg_t *l)
 {
@@ -894,53 +912,78 @@ weir_relay_read(weir_leg_t *l)
     weir_worker_t *w = s->w;
     weir_leg_t *o = weir_other(l);
     size_t ceiling = (size_t) weir_limits(s)->buffer_size;
+    uint8_t *cut = NULL;            /* the message the last read cut, NCUT bytes of it */
+    size_t ncut = 0;
+    const char *gone = NULL;
+    int round;
 
-    for (int round = 0; round < 16; round++) {
+    for (round = 0; round < 16; round++) {
         if (l->done) return;
         if (l->lingering || l->fail_code) {
             /* a peer that broke the protocol is read only to drop what it sends */
             weir_linger_read(l);
             return;
         }
-        if (l->paused) return;
+        if (l->paused) break;
         size_t room = WEIR_RBUF_SIZE;
         if (weir_forwarding(l)) {
             if (o->out_len + 1024 > ceiling) {
                 weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
-                return;
+                break;
             }
             room = WEIR_MIN(room, ceiling - o->out_len);
         } else if (s->local && l->out_len + l->inject_len + 1024 > ceiling) {
             /* weir's own answers to a page that does not read them: no more
              * requests are read until its queue drains (weir_leg_flush) */
             weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
-            return;
+            break;
         }
         uint8_t *buf = w->rbuf;
-        size_t stashed = l->nstash;
-        if (stashed > 0) memcpy(buf, l->stash, stashed);
-        ssize_t n = weir_leg_recv(l, buf + stashed, room);
-        if (n == WEIR_AGAIN) return;
+        size_t before = l->nstash;
+        if (ncut > 0) {
+            /* behind the cut message; moved to the front when the read would not fit */
+            if (cut + ncut + room > w->rbuf + WEIR_RBUF_ALLOC) memmove(w->rbuf, cut, ncut);
+            else buf = cut;
+            before = ncut;
+        } else if (before > 0) {
+            memcpy(buf, l->stash, before);
+        }
+        ssize_t n = weir_leg_recv(l, buf + before, room);
+        if (n == WEIR_AGAIN) break;
         if (n <= 0) {
-            weir_leg_gone(l, n == 0 ? "end of stream" : "read error");
-            return;
+            gone = n == 0 ? "end of stream" : "read error";
+            break;
         }
         l->last_rx = uv_now(w->loop);
-        if (stashed > 0) {
+        if (ncut == 0 && before > 0) {
             /* idle connections hold no stash: it is made again at the next split */
             free(l->stash);
             l->stash = NULL;
             l->nstash = 0;
         }
-        weir_relay_process(l, buf, stashed + (size_t) n);
+        ncut = 0;
+        /* a plain socket that filled the read may hold more; TLS reads a record at a time */
+        l->cut_ok = round < 15 && (l->ssl != NULL || (size_t) n == room);
+        weir_relay_process(l, buf, before + (size_t) n);
+        l->cut_ok = 0;
+        if (l->cut > 0) {
+            ncut = l->cut;
+            cut = buf + before + (size_t) n - ncut;
+            l->cut = 0;
+        }
         if (l->done) return;
         if (!o->done && o->out_len + 1024 > ceiling && weir_forwarding(l)) {
             weir_leg_pause(l, WEIR_PAUSE_PEER_FULL);
-            return;
+            break;
         }
-        if (l->ssl == NULL && (size_t) n < room) return;   /* the socket is drained */
+        if (l->ssl == NULL && (size_t) n < room) return;   /* the socket is drained (nothing was cut) */
     }
-    if (l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
+    if (ncut > 0) {
+        weir_relay_process(l, cut, ncut);
+        if (l->done) return;
+    }
+    if (gone != NULL) weir_leg_gone(l, gone);
+    else if (round == 16 && l->ssl != NULL && SSL_pending(l->ssl) > 0) weir_ready_add(l);
 }
 
 

@@ -96,6 +96,7 @@ struct weir_leg_s {
     uint8_t         throttled;          /* the current message is dropped: over a rate limit */
     uint8_t         delayed;            /* held until a rate limit allows its next message */
     uint8_t         held_over;          /* the message being decided was delayed already (counted once) */
+    uint8_t         cut_ok;             /* this read may leave a cut message for the next (weir_relay_read) */
     unsigned        paused;             /* WEIR_PAUSE_* bits */
     uint16_t        fail_code;          /* this peer broke the protocol: the close it is failed with, 0: it did not */
     const char     *fail_reason;        /* that close's reason (a string literal) */
@@ -112,6 +113,7 @@ struct weir_leg_s {
     uint16_t        rcvd_code;          /* code of the close this peer sent, 0: none */
     uint32_t        utf8;               /* validator state of the current text message */
     uint8_t        *stash;              /* WEIR_STASH_SIZE bytes while NSTASH > 0, else NULL */
+    uint32_t        cut;                /* bytes at the end of the read left for the next one (CUT_OK) */
 
     /* messages assembled for frame hooks, and input held while a hook waits */
     uint8_t        *msg;                /* the message's payload, unmasked; WEIR_WS_MAX_HDR

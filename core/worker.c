@@ -316,7 +316,7 @@ weir_worker_run(weir_conf_t *conf, int id)
     w->id = id;
     weir_limits_worker(id);
     w->max_sessions = (conf->limits.max_connections + (uint64_t) conf->workers - 1) / (uint64_t) conf->workers;
-    w->rbuf = malloc(WEIR_RBUF_SIZE + WEIR_STASH_SIZE);
+    w->rbuf = malloc(WEIR_RBUF_ALLOC);
     w->sbuf = malloc(WEIR_SBUF_SIZE);
     w->listen_tls = calloc(conf->nlisten, sizeof(SSL_CTX *));
     w->listeners = calloc(conf->nlisten, sizeof(weir_io_t));

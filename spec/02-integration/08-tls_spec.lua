@@ -18,8 +18,12 @@ describe("TLS", function()
                 { address = "127.0.0.1" },
                 { address = "127.0.0.1", tls = { cert = listener_cert.cert, key = listener_cert.key } },
             },
+            policy_paths = { helpers.fixture_policies },
             apis = {
                 helpers.api("Plain", "/plain", be_plain),
+                -- spec-verdicts reads binary messages whose length ends in 777
+                -- and answers those ending in 555 with what it read
+                helpers.policy_api("Hooked", "/hooked", be_plain, { { "spec-verdicts", {} } }),
                 { name = "Secure", context = "/secure", versions = {
                     { version = "1.0", default = true,
                       endpoints = { production = wss(be_tls.ca, true, "localhost") } } } },
@@ -61,6 +65,22 @@ describe("TLS", function()
             assert.equal(t.sent[2].sha256, m[2].sha256)
         end)
     end
+
+    it("shows a frame hook whole the big messages a client sends over wss://, and forwards them", function()
+        -- TLS reads a record at a time: a message is read on behind in the
+        -- read buffer until it is whole, or assembled (the last, over 128 KiB)
+        local t = helpers.ws_client("node", { url = wss_url("/hooked"), ca = listener_cert.cert, steps = {
+            { op = "send", size = 100777 }, { op = "send", size = 90555 }, { op = "send", size = 120000 },
+            { op = "send", size = 60777 }, { op = "send", size = 200777 }, { op = "wait", messages = 5 } } })
+        assert.is_nil(t.error, tostring(t.error))
+        local got = {}
+        for _, m in ipairs(helpers.events_of(t, "message")) do got[#got + 1] = m.sha256 end
+        local want = {}
+        for i = 1, 5 do want[i] = t.sent[i].sha256 end
+        table.sort(got)
+        table.sort(want)
+        assert.same(want, got)
+    end)
 
     it("wss:// on both legs relays messages and close codes", function()
         local t = helpers.ws_client("node", { url = wss_url("/secure"), ca = listener_cert.cert, steps = {

@@ -3,6 +3,7 @@
  * fake_leg.h): no sockets and no loop, just buffers and flags, so that
  * core/relay.c can be run on bytes alone.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,6 +93,8 @@ fz_session_free(void)
     }
     free(fz.out[0]);
     free(fz.out[1]);
+    free(fz.cut[0]);
+    free(fz.cut[1]);
     memset(&fz, 0, sizeof(fz));
 }
 
@@ -126,18 +129,61 @@ fz_session(uint64_t max_msg, int assemble, const char *needle)
     fz.s = s;
 }
 
+/* Relay B[0..TOTAL) read by L, CUT_OK as weir_relay_read sets it; keep what it leaves cut. */
+static void
+fz_process(weir_leg_t *l, uint8_t *b, size_t total, int cut_ok)
+{
+    int i = l->is_backend;
+    l->cut_ok = (uint8_t) cut_ok;
+    weir_relay_process(l, b, total);
+    l->cut_ok = 0;
+    if (l->cut > 0) {
+        if (!cut_ok || l->cut > total || l->nstash > 0) {
+            fprintf(stderr, "fake_leg: a cut of %u bytes left by a read of %zu (allowed: %d, stash %u)\n",
+                    (unsigned) l->cut, total, cut_ok, (unsigned) l->nstash);
+            abort();
+        }
+        fz.ncut[i] = l->cut;
+        if ((fz.cut[i] = malloc(fz.ncut[i])) == NULL) abort();
+        memcpy(fz.cut[i], b + total - fz.ncut[i], fz.ncut[i]);
+        l->cut = 0;
+    }
+}
+
 void
 fz_feed(weir_leg_t *l, const uint8_t *buf, size_t n)
 {
-    size_t total = l->nstash + n;
+    int i = l->is_backend;
+    size_t before = fz.ncut[i] > 0 ? fz.ncut[i] : l->nstash;
+    size_t total = before + n;
     uint8_t *b = malloc(total ? total : 1);
     if (b == NULL) abort();
-    if (l->nstash > 0) memcpy(b, l->stash, l->nstash);
-    if (n > 0) memcpy(b + l->nstash, buf, n);
+    if (fz.ncut[i] > 0) {
+        memcpy(b, fz.cut[i], before);
+        free(fz.cut[i]);
+        fz.cut[i] = NULL;
+        fz.ncut[i] = 0;
+    } else if (l->nstash > 0) {
+        memcpy(b, l->stash, l->nstash);
+    }
+    if (n > 0) memcpy(b + before, buf, n);
     free(l->stash);                     /* as weir_relay_read: held only while it holds bytes */
     l->stash = NULL;
     l->nstash = 0;
-    weir_relay_process(l, b, total);
+    fz_process(l, b, total, fz.cut_ok);
+    free(b);
+}
+
+void
+fz_feed_end(weir_leg_t *l)
+{
+    int i = l->is_backend;
+    if (fz.ncut[i] == 0) return;
+    uint8_t *b = fz.cut[i];
+    size_t total = fz.ncut[i];
+    fz.cut[i] = NULL;
+    fz.ncut[i] = 0;
+    if (!l->done) fz_process(l, b, total, 0);
     free(b);
 }
 

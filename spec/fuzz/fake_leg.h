@@ -23,6 +23,9 @@ typedef struct {
     unsigned        close_code[2];  /* first close weir sent to [0] client, [1] backend; 0: none */
     unsigned        hook;           /* FZ_HOOK_* */
     unsigned        hook_calls;
+    int             cut_ok;         /* reads may leave a cut message for the next (fz_feed) */
+    uint8_t        *cut[2];         /* what the last read of [0] the client, [1] the backend left */
+    size_t          ncut[2];
 } fz_fake_t;
 
 extern fz_fake_t fz;
@@ -35,9 +38,14 @@ void fz_session(uint64_t max_msg, int assemble, const char *needle);
 /* Free the current session. */
 void fz_session_free(void);
 
-/* Read BUF[0..N) from leg L as weir_relay_read does: after its stash, in a
- * buffer of exactly that size. */
+/* Read BUF[0..N) from leg L as weir_relay_read does: after its stash, or
+ * after the message the last read left cut (fz.cut_ok, as when the socket
+ * may hold more), in a buffer of exactly that size. */
 void fz_feed(weir_leg_t *l, const uint8_t *buf, size_t n);
+
+/* The reads of L end (the socket ran dry): what the last one left cut is
+ * relayed as weir_relay_read relays it then. */
+void fz_feed_end(weir_leg_t *l);
 
 /* A tiny deterministic generator for split sizes. */
 static inline uint32_t

@@ -9,8 +9,10 @@
  *
  * Input: byte 0 flags (bit 0: the backend sends; bit 1: frame hooks take
  * whole messages; bits 2-4: the hook's verdict, fake_leg.h; bit 5: the
- * needle "tok" is set; bit 6: max_message_size 100), byte 1 the largest
- * read (0: one read), bytes 2-3 the split seed, then the stream.
+ * needle "tok" is set; bit 6: max_message_size 100; bit 7: a read may
+ * leave a message it cut for the next, as when the socket may hold more),
+ * byte 1 the largest read (0: one read), bytes 2-3 the split seed, then
+ * the stream.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,7 @@ fz_run(const uint8_t *flags, const uint8_t *p, size_t n, unsigned maxc, fz_run_t
     fz_session((flags[0] & 64) ? 100 : 65536, (flags[0] >> 1) & 1, (flags[0] & 32) ? "tok" : NULL);
     fz.hook = (flags[0] >> 2) & 7;
     if (fz.hook > FZ_HOOK_VARY) fz.hook = FZ_HOOK_PASS;
+    fz.cut_ok = flags[0] >> 7;
     weir_leg_t *l = from_backend ? &fz.s->backend : &fz.s->client;
     size_t at = 0;
     while (at < n && !l->done && !l->fail_code && !l->close_rcvd) {
@@ -43,6 +46,7 @@ fz_run(const uint8_t *flags, const uint8_t *p, size_t n, unsigned maxc, fz_run_t
         fz_feed(l, p + at, k);
         at += k;
     }
+    fz_feed_end(l);
     /* both peers' streams must be valid WebSocket: to a backend masked */
     for (int i = 0; i < 2; i++) {
         ref_decode(fz.out[i], fz.out_len[i], i, UINT64_MAX, &fz_r);

@@ -8,8 +8,9 @@
  *
  * Input: byte 0 flags (bit 0: the backend sends, else the client; bit 1:
  * frame hooks take whole messages; bit 2: max_message_size 100 instead of
- * 64 KiB), byte 1 the largest read (0: one read), bytes 2-3 the split
- * seed, then the stream.
+ * 64 KiB; bit 3: a read may leave a message it cut for the next, as when
+ * the socket may hold more), byte 1 the largest read (0: one read), bytes
+ * 2-3 the split seed, then the stream.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@ fz_feed_split(weir_leg_t *l, const uint8_t *p, size_t n, unsigned maxc, uint32_t
         fz_feed(l, p + at, k);
         at += k;
     }
+    fz_feed_end(l);
 }
 
 int
@@ -53,6 +55,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     fz_session(max_msg, assemble, NULL);
     fz.hook = FZ_HOOK_PASS;
+    fz.cut_ok = (data[0] >> 3) & 1;
     weir_leg_t *l = from_backend ? &fz.s->backend : &fz.s->client;
     fz_feed_split(l, p, n, data[1], (uint32_t) data[2] << 8 | data[3]);
 
