@@ -383,7 +383,11 @@ describe("the dashboard's feed, as any client connection", function()
         -- without the bound, 200,000 requests made 84 MB of answers in the worker
         assert.is_true(sent < 2000, "weir read every request: " .. sent * 1000)
         local grown = helpers.rss_kb(worker) - before
-        assert.is_true(grown < 16 * 1024, "the worker grew by " .. grown .. " KiB")
+        -- under AddressSanitizer freed memory stays resident for a while (its
+        -- quarantine), so the answers already written still count: 16 MiB
+        -- was passed by 17-19 MiB in half the SAN runs, of this commit and the ones before
+        local limit = (os.getenv("WEIR_SAN") == "1" and 32 or 16) * 1024
+        assert.is_true(grown < limit, "the worker grew by " .. grown .. " KiB")
         assert.is_true(helpers.alive(worker))
         gw:stop()
         gw = nil
