@@ -6,7 +6,9 @@
  * every descriptor with an ADD and a DEL when its handle is made, removes
  * it (DEL) before every start, and a leg's interest changes by DEL and ADD.
  * Here a socket is added once, its interest changed with one MOD, and its
- * close() removes it: three calls a handshake, as nginx makes.
+ * close() removes it: three calls a handshake at most, two when the backend's
+ * connect() is made at once (a local backend: weir_backend_connect sends the
+ * request straight away and arms the socket for its answer only).
  *
  * The worker's loop is weir_io_run: one epoll_wait on this set, which also
  * holds libuv's own epoll descriptor; libuv runs (uv_run, UV_RUN_NOWAIT)

@@ -306,3 +306,47 @@ describe("max_connections", function()
         a:close()
     end)
 end)
+
+-- weir sends its request to the backend as soon as connect() returns,
+-- which over loopback nearly always finds the connection made; when it is
+-- still on its way, the send is refused (EAGAIN) and weir waits for the
+-- connection before it writes (core/handshake.c, weir_backend_connect).
+describe("handshake with a backend whose connection is still on its way", function()
+    teardown(helpers.cleanup)
+
+    it("gets the request through once the connection is made, and relays both ways", function()
+        local out = helpers.tmpdir() .. "/late-accept.stdout"
+        local err = helpers.tmpdir() .. "/late-accept.stderr"
+        local pid = helpers.spawn({ "/usr/bin/python3", helpers.support .. "/late_accept.py" },
+            { stdout = out, stderr = err })
+        local function said()
+            local lines = {}
+            for l in (helpers.read_file(out) or ""):gmatch("[^\n]+") do lines[#lines + 1] = helpers.json(l) end
+            return lines
+        end
+        local ready = helpers.wait_until(function()
+            if not helpers.alive(pid) then error("late_accept.py died: " .. (helpers.read_file(err) or "")) end
+            return said()[1]
+        end, 15, "late_accept.py to listen")
+        local gw = helpers.start_weir({
+            apis = { helpers.api("Late", "/late", "ws://127.0.0.1:" .. ready.port) },
+        })
+        local t = helpers.ws_client("node", { url = gw:url("/late/room-7"), steps = {
+            { op = "send", text = "hello" }, { op = "wait", messages = 1 },
+            { op = "close", code = 1000 }, { op = "wait", close = true } } })
+        assert.is_nil(t.error, "client error: " .. tostring(t.error))
+        assert.equal(101, t.handshake and t.handshake.status)
+        local m = helpers.events_of(t, "message")
+        assert.equal(1, #m)
+        assert.equal("hello", m[1].text)
+        assert.equal(1000, t.closed and t.closed.code)
+        local lines = helpers.wait_until(function()
+            local l = said()
+            if l[#l] and l[#l]["end"] then return l end
+        end, 15, "the backend's end")
+        -- weir's connection was seen in SYN_SENT before the backend took it
+        assert.same({ { port = ready.port }, { pending = true }, { path = "/room-7" }, { ["end"] = "close" } }, lines)
+        gw:stop()
+        helpers.stop_pid(pid)
+    end)
+end)
