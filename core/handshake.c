@@ -326,8 +326,9 @@ weir_backend_connect(weir_session_t *s)
     if (!ep->tls) {
         /* A local backend's connection is nearly always made by now: the
          * kernel runs the three-way handshake over loopback before connect()
-         * returns. So send the request at once, as HAProxy does: it saves a
-         * turn of the loop and an epoll_ctl. A connection still on its way
+         * returns. So send the request at once: it saves a turn of the loop
+         * and an epoll_ctl (HAProxy 2.6 adds the socket for writing and sends
+         * when epoll says it is writable). A connection still on its way
          * refuses with EAGAIN and is waited for as before; one that failed
          * gives its error here (a refusal, say). */
         ssize_t w = send(fd, b->out + b->out_off, b->out_len, MSG_NOSIGNAL);

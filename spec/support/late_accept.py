@@ -19,8 +19,9 @@ the SYNs that come next. Then, on stdout, one JSON object a line:
 
 The connection accepted gets a 101 and its text and binary frames back
 (unmasked, as a server sends them); a close frame is answered and ends it.
-It serves one connection, then exits. Nothing here waits on a timer: the
-order is set by what the kernel reports.
+It serves one connection, then exits. The order is set by what the kernel
+reports: it polls /proc/net/tcp every 10 ms for weir's SYN_SENT (for 30 s
+at most), and waits on its sockets for the rest.
 """
 import base64
 import hashlib
