@@ -726,7 +726,8 @@ weir_conf_copy_state(weir_conf_ctx_t *ctx, int idx, weir_state_conf_t *st)
 
     if (weir_conf_number(ctx, idx, "timeout", 1, 3600000, &st->timeout_ms) != WEIR_OK
         || weir_conf_number(ctx, idx, "sync_interval", 1, 3600000, &st->sync_interval_ms) != WEIR_OK
-        || weir_conf_string(ctx, idx, "key_prefix", 1, &st->key_prefix) != WEIR_OK)
+        || weir_conf_string(ctx, idx, "key_prefix", 1, &st->key_prefix) != WEIR_OK
+        || weir_conf_string(ctx, idx, "host", 0, &st->host) != WEIR_OK)
     {
         return WEIR_ERROR;
     }
@@ -1129,6 +1130,7 @@ weir_conf_free(weir_conf_t *conf)
         free(conf->state.redis_password);
     }
     free(conf->state.key_prefix);
+    free(conf->state.host);
     free(conf->file);
     free(conf->pid_file);
     free(conf->log_file);
@@ -1155,4 +1157,13 @@ weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b)
     a->nlisten = b->nlisten;
     b->listen = l;
     b->nlisten = n;
+}
+
+void
+weir_conf_swap_state(weir_conf_t *a, weir_conf_t *b)
+{
+    weir_state_conf_t st = a->state;
+
+    a->state = b->state;
+    b->state = st;
 }

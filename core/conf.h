@@ -106,6 +106,7 @@ typedef struct {
     struct sockaddr_storage  redis_addr;     /* resolved once, at load */
     socklen_t                redis_addrlen;
     char                    *key_prefix;     /* of every key weir writes */
+    char                    *host;           /* this instance's name among the hosts; NULL: the default */
     uint64_t                 timeout_ms;     /* connect and command timeout */
     uint64_t                 sync_interval_ms;
 } weir_state_conf_t;
@@ -153,6 +154,10 @@ const char *weir_conf_listen_name(const weir_listen_t *l, char *buf, size_t len)
 
 /* Exchange the listeners of A and B (a reload keeps the running ones). */
 void weir_conf_swap_listen(weir_conf_t *a, weir_conf_t *b);
+
+/* Exchange the state (state.*) of A and B: a reload keeps the running one
+ * (the Redis connection, its prefix, the host's name), in C and in Lua. */
+void weir_conf_swap_state(weir_conf_t *a, weir_conf_t *b);
 
 /* When set, each error line goes here instead of stderr (reloads log them). */
 extern void (*weir_conf_sink)(const char *line);

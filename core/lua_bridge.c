@@ -267,7 +267,25 @@ weir_lua_load(weir_conf_t *conf)
     weir_lua_push(R_LOAD);
     lua_pushstring(weir_L, conf->file);
     lua_pushinteger(weir_L, conf->workers);
-    if (weir_lua_call(2) != WEIR_OK) return WEIR_ERROR;
+    /* the running state (the master's and this worker's: a reload keeps it),
+     * which the runtime uses instead of the file's */
+    const weir_state_conf_t *st = &conf->state;
+    lua_createtable(weir_L, 0, 5);
+    if (st->redis_url != NULL) {
+        lua_pushstring(weir_L, st->redis_url);
+        lua_setfield(weir_L, -2, "redis");
+    }
+    lua_pushstring(weir_L, st->key_prefix ? st->key_prefix : "");
+    lua_setfield(weir_L, -2, "key_prefix");
+    if (st->host != NULL) {
+        lua_pushstring(weir_L, st->host);
+        lua_setfield(weir_L, -2, "host");
+    }
+    lua_pushnumber(weir_L, (lua_Number) st->timeout_ms);
+    lua_setfield(weir_L, -2, "timeout");
+    lua_pushnumber(weir_L, (lua_Number) st->sync_interval_ms);
+    lua_setfield(weir_L, -2, "sync_interval");
+    if (weir_lua_call(3) != WEIR_OK) return WEIR_ERROR;
     if (!lua_istable(weir_L, 1)) {
         char e[2048];
         weir_log(WEIR_LOG_ERROR, "cannot load policies", "\"error\":\"%s\"",

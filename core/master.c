@@ -243,9 +243,12 @@ weir_reload_restart_needs(const weir_conf_t *old, const weir_conf_t *nc, weir_re
     }
     const weir_state_conf_t *os = &old->state, *ns = &nc->state;
     if (!weir_str_same(os->redis_url, ns->redis_url) || !weir_str_same(os->key_prefix, ns->key_prefix)
-        || os->timeout_ms != ns->timeout_ms || os->sync_interval_ms != ns->sync_interval_ms)
+        || !weir_str_same(os->host, ns->host) || os->timeout_ms != ns->timeout_ms
+        || os->sync_interval_ms != ns->sync_interval_ms)
     {
-        /* the workers keep the connection they made at start (the URL may hold a password: not shown) */
+        /* the workers keep the connection they made at start, and their Lua
+         * runtime the state it started with (runtime.load); the URL may hold
+         * a password: not shown */
         weir_log(WEIR_LOG_WARN, "reload: state changes need a restart; the workers keep their Redis settings", NULL);
         weir_report_add(r, "  needs a restart (not applied): state: %s -> %s\n",
                         os->redis_name ? os->redis_name : "(no redis)", ns->redis_name ? ns->redis_name : "(no redis)");
@@ -406,9 +409,7 @@ weir_master_reload(weir_master_t *m, pid_t requester)
     nc->workers = conf->workers;
     nc->metrics = conf->metrics;                /* the store keeps its size */
     weir_conf_swap_listen(nc, conf);
-    weir_state_conf_t st = nc->state;           /* a worker started later keeps the running state too */
-    nc->state = conf->state;
-    conf->state = st;
+    weir_conf_swap_state(nc, conf);             /* a worker started later keeps the running state too */
     weir_conf_free(conf);
     m->conf = conf = nc;
 

@@ -201,7 +201,9 @@ weir_worker_reload(weir_worker_t *w)
     }
     nc->workers = w->conf->workers;
     weir_conf_swap_listen(nc, w->conf);
+    weir_conf_swap_state(nc, w->conf);      /* the Redis connection stays: Lua is given its state */
     if (weir_worker_conf_tls(nc) != WEIR_OK || weir_lua_reload(nc) != WEIR_OK) {
+        weir_conf_swap_state(nc, w->conf);
         weir_conf_swap_listen(nc, w->conf);
         weir_conf_free(nc);
         weir_log(WEIR_LOG_ERROR, "reload failed: the running configuration stays", NULL);

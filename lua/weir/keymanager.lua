@@ -59,6 +59,10 @@ function _M.store()
         st, st_path = s, "redis"
         return st
     end
+    if not c.state_dir then
+        -- state.redis added by a reload, which the running weir does not apply
+        return nil, "the key manager has no store until weir is restarted (state.redis needs a restart)"
+    end
     local path = c.state_dir .. "/weir.db"
     if st and st_path == path then return st end
     if st then st:close(); st, iss = nil, nil end

@@ -343,14 +343,29 @@ local function build(conf)
 end
 
 --- Load FILE's chains. Returns a table "api\0version" → hook mask, or nil
--- and the errors (one string).
-function _M.load(file, cpus)
+-- and the errors (one string). CORE_STATE, when given, is the state the core
+-- runs with (`{ redis = URL, key_prefix =, host =, timeout =, sync_interval = }`).
+function _M.load(file, cpus, core_state)
     if C.weir_ffi_abi() ~= ABI then
         return nil, "weir's Lua runtime and core disagree (FFI ABI " .. ABI .. " vs "
                     .. C.weir_ffi_abi() .. "): reinstall both"
     end
     local conf, errs = weir_conf.load(file, { cpus = cpus })
     if not conf then return nil, concat(errs, "\n") end
+    -- a reload does not apply `state` (core/master.c reports it as needing a
+    -- restart, and the core keeps its Redis connection): CORE_STATE is the
+    -- core's state, which the key manager, the cluster and the usage store
+    -- use instead of the file's, so that they go on with the Redis, prefix
+    -- and host name the core uses (also in a worker started after such a
+    -- reload)
+    if core_state then
+        if core_state.redis then
+            local u = assert(weir_conf.parse_redis_url(core_state.redis))
+            u.url = core_state.redis
+            core_state.redis = u
+        end
+        conf.state = core_state
+    end
     chains = build(conf)
     chains_by = {}
     for _, c in pairs(chains) do

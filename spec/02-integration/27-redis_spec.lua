@@ -152,4 +152,48 @@ describe("state.redis", function()
                                1, true), out)
         for _, r in ipairs(gw:logs()) do assert.is_nil(r.msg:find("^redis unreachable"), r.msg) end
     end)
+
+    it("a reload that changes its prefix or host name: not applied by the Lua runtime either", function()
+        local rd = helpers.start_redis()
+        local be = helpers.start_backend("echo")
+        local gw = helpers.start_weir({ workers = 1, state = { redis = rd.url, host = "east" },
+                                        apis = { helpers.api("E", "/e", be) } })
+        -- the cluster's heartbeat (lua/weir/cluster.lua) writes its host under the prefix
+        helpers.wait_until(function() return rd:command("HGET", "weir:hosts", "east") end, 10, "east's heartbeat")
+        local conf = helpers.deepcopy(gw.conf)
+        conf.state.key_prefix = "other:"
+        conf.state.host = "west"
+        helpers.write_file(gw.conf_path, helpers.serialize(conf))
+        local code, out = helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 60 })
+        assert.equal(3, code, out)
+        assert.truthy(out:find("needs a restart (not applied): state:", 1, true), out)
+        local function two_beats_unchanged(what)
+            -- two heartbeats after WHAT, still under the old prefix and name
+            for _ = 1, 2 do
+                local before = rd:command("HGET", "weir:hosts", "east")
+                helpers.wait_until(function() return rd:command("HGET", "weir:hosts", "east") ~= before end, 10,
+                                   "a heartbeat after " .. what)
+            end
+            assert.same({}, rd:command("KEYS", "other:*"))
+            assert.is_nil(rd:command("HGET", "weir:hosts", "west"))
+        end
+        two_beats_unchanged("the reload")
+        -- a worker started after the reload (the master restarts a killed
+        -- one) runs with the same state, not the file's
+        local worker = assert(gw:worker_pids()[1])
+        helpers.kill(worker, "KILL")
+        helpers.wait_until(function()
+            local w = gw:worker_pids()[1]
+            return w and w ~= worker
+        end, 10, "the worker restarted")
+        gw:wait_log(function(r) return r.msg == "worker started" and r.pid ~= worker end)
+        two_beats_unchanged("the worker's restart")
+        -- and the host name alone is reported too
+        conf = helpers.deepcopy(gw.conf)
+        conf.state.host = "west"
+        helpers.write_file(gw.conf_path, helpers.serialize(conf))
+        code, out = helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 60 })
+        assert.equal(3, code, out)
+        assert.truthy(out:find("needs a restart (not applied): state:", 1, true), out)
+    end)
 end)
