@@ -46,7 +46,7 @@ _M.SCHEMA = {
       default = { "header", "subprotocol", "ticket", "query" },
       elements = { type = "enum", one_of = { "header", "query", "subprotocol", "ticket" } },
       description = "where the token may be: the Authorization: Bearer header, the `access_token` query "
-                    .. "parameter, a Sec-WebSocket-Protocol entry, or a one-time ticket; tried in this order" },
+                    .. "parameter, a Sec-WebSocket-Protocol entry, or a one-time ticket; tried in the list's order" },
     { name = "query_param", type = "string", default = "access_token",
       description = "query parameter carrying the token (token_in \"query\")" },
     { name = "subprotocol_prefix", type = "string", default = "bearer.", check = token_chars,
