@@ -242,15 +242,18 @@ weir_reload_restart_needs(const weir_conf_t *old, const weir_conf_t *nc, weir_re
         needs++;
     }
     const weir_state_conf_t *os = &old->state, *ns = &nc->state;
-    if (!weir_str_same(os->redis_url, ns->redis_url) || !weir_str_same(os->key_prefix, ns->key_prefix)
-        || !weir_str_same(os->host, ns->host) || os->timeout_ms != ns->timeout_ms
-        || os->sync_interval_ms != ns->sync_interval_ms)
-    {
+    char changed[64] = "";
+    if (!weir_str_same(os->redis_url, ns->redis_url)) strcat(changed, ", redis");
+    if (!weir_str_same(os->key_prefix, ns->key_prefix)) strcat(changed, ", key_prefix");
+    if (!weir_str_same(os->host, ns->host)) strcat(changed, ", host");
+    if (os->timeout_ms != ns->timeout_ms) strcat(changed, ", timeout");
+    if (os->sync_interval_ms != ns->sync_interval_ms) strcat(changed, ", sync_interval");
+    if (changed[0] != '\0') {
         /* the workers keep the connection they made at start, and their Lua
          * runtime the state it started with (runtime.load); the URL may hold
          * a password: not shown */
         weir_log(WEIR_LOG_WARN, "reload: state changes need a restart; the workers keep their Redis settings", NULL);
-        weir_report_add(r, "  needs a restart (not applied): state: %s -> %s\n",
+        weir_report_add(r, "  needs a restart (not applied): state (%s): %s -> %s\n", changed + 2,
                         os->redis_name ? os->redis_name : "(no redis)", ns->redis_name ? ns->redis_name : "(no redis)");
         needs++;
     }

@@ -148,7 +148,7 @@ describe("state.redis", function()
         helpers.write_file(gw.conf_path, helpers.serialize(conf))
         local code, out = helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 60 })
         assert.equal(3, code, out)
-        assert.truthy(out:find(("needs a restart (not applied): state: 127.0.0.1:%d -> 127.0.0.1:1"):format(rd.port),
+        assert.truthy(out:find(("needs a restart (not applied): state (redis): 127.0.0.1:%d -> 127.0.0.1:1"):format(rd.port),
                                1, true), out)
         for _, r in ipairs(gw:logs()) do assert.is_nil(r.msg:find("^redis unreachable"), r.msg) end
     end)
@@ -166,7 +166,7 @@ describe("state.redis", function()
         helpers.write_file(gw.conf_path, helpers.serialize(conf))
         local code, out = helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 60 })
         assert.equal(3, code, out)
-        assert.truthy(out:find("needs a restart (not applied): state:", 1, true), out)
+        assert.truthy(out:find("needs a restart (not applied): state (key_prefix, host):", 1, true), out)
         local function two_beats_unchanged(what)
             -- two heartbeats after WHAT, still under the old prefix and name
             for _ = 1, 2 do
@@ -194,6 +194,6 @@ describe("state.redis", function()
         helpers.write_file(gw.conf_path, helpers.serialize(conf))
         code, out = helpers.run({ helpers.bin, "-s", "reload", "-c", gw.conf_path }, { timeout = 60 })
         assert.equal(3, code, out)
-        assert.truthy(out:find("needs a restart (not applied): state:", 1, true), out)
+        assert.truthy(out:find("needs a restart (not applied): state (host):", 1, true), out)
     end)
 end)
