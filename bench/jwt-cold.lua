@@ -37,38 +37,12 @@
 
 local ffi = require "ffi"
 
-local HERE = arg[0]:match("^(.*)/[^/]*$") or "."
-if HERE:sub(1, 1) ~= "/" then
-    local p = io.popen("pwd")
-    HERE = p:read("*l") .. "/" .. HERE
-    p:close()
-end
-local ROOT = HERE .. "/.."
-
--- the stubs: build them and run again with them preloaded (once: the
--- variable says it was done)
-ffi.cdef "int weir_ffi_abi(void);"
-if not pcall(function() return ffi.C.weir_ffi_abi end) then
-    if os.getenv("WEIR_FFI_STUBS") then error("the stubs did not load") end
-    local so = os.tmpname()
-    os.remove(so)
-    so = so .. "-weir-ffi-stubs.so"
-    -- the inspector is the core's own (core/inspect.c): message-schema builds one
-    local cc = string.format("cc -O2 -shared -fPIC -o %q %q %q", so, HERE .. "/ffi-stubs.c", ROOT .. "/core/inspect.c")
-    local okc = os.execute(cc)
-    if okc ~= true and okc ~= 0 then error("cannot build the stubs: " .. cc) end
-    local args = {}
-    for i = 1, #arg do args[#args + 1] = string.format("%q", arg[i]) end
-    local cmd = string.format("WEIR_FFI_STUBS=1 LD_PRELOAD=%q %q %q %s", so, arg[-1] or "luajit", arg[0], table.concat(args, " "))
-    local okr = os.execute(cmd)
-    os.remove(so)
-    os.exit((okr == true or okr == 0) and 0 or 1)
-end
-
+local H = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua")
+local HERE, ROOT = H.HERE, H.ROOT
+H.with_stubs()            -- runs this script again with the core's functions stubbed
 -- the runtime from WEIR_LUA_DIR when set (and the stock policies from
 -- WEIR_POLICY_DIR, as in weir), else from this tree
-local LUA_DIR = os.getenv("WEIR_LUA_DIR") or ROOT .. "/lua"
-package.path = LUA_DIR .. "/?.lua;" .. LUA_DIR .. "/?/init.lua;" .. package.path
+H.use_runtime()
 local cjson = require "cjson"
 
 local N, ROUNDS, MODES, PROFILE, VERBOSE, KEYDIR = 5000, 9, { "noop", "warm", "cold" }, nil, nil, nil
@@ -154,26 +128,17 @@ end
 -- the sig mode's policy reads the first cold token from a wsload -T file
 write(dir .. "/sig-token.txt", "Authorization: Bearer " .. tokens[2] .. "\n")
 local conf_file = dir .. "/weir.conf.lua"
-write(conf_file, string.format([[
-return {
-    workers = 1,
-    log = { level = "warn" },
-    listen = { { address = "127.0.0.1", port = 1 } },
-    policy_paths = { %q },
-    apis = { { name = "Bench", context = "/bench", versions = {
-        { version = "noop", endpoints = { production = "ws://127.0.0.1:2" },
-          policies = { { "bench-handshake-noop", {} } } },
-        { version = "warm", endpoints = { production = "ws://127.0.0.1:2" }, policies = %s },
-        { version = "cold", endpoints = { production = "ws://127.0.0.1:2" }, policies = %s },
-        { version = "sig", endpoints = { production = "ws://127.0.0.1:2" },
-          policies = { { "bench-signature-only", { jwks_file = %q, token_file = %q } } } },
-        { version = "keyauth", endpoints = { production = "ws://127.0.0.1:2" }, policies = {
+write(conf_file, H.conf_text {
+    { "noop", '{ { "bench-handshake-noop", {} } }' },
+    { "warm", chain("") },
+    { "cold", chain(", cache_size = 32") },
+    { "sig", string.format('{ { "bench-signature-only", { jwks_file = %q, token_file = %q } } }',
+                           dir .. "/jwks.json", dir .. "/sig-token.txt") },
+    { "keyauth", string.format([[{
             { "key-auth", { keys_file = %q, key_in = { "header" } } },
-            { "message-schema", { types = { "bench" }, max_size = "1m", allow_binary = true } } } },
-    } } },
-}
-]], HERE .. "/policies", chain(""), chain(", cache_size = 32"), dir .. "/jwks.json", dir .. "/sig-token.txt",
-   dir .. "/keys.txt"))
+            { "message-schema", { types = { "bench" }, max_size = "1m", allow_binary = true } } }]],
+                               dir .. "/keys.txt") },
+})
 
 -- the worker's VM as core/lua_bridge.c sets it up: a count hook that
 -- never fires (the budget's) and LuaJIT's profiler at 10 ms in line mode
@@ -209,34 +174,17 @@ for i = 1, COLD_TOKENS do jws[i] = assert(jose.decode(tokens[i + 1])) end
 tokens = nil
 collectgarbage("collect")
 
--- wall-clock time: the process CPU time here counts in scheduler ticks
--- (4 ms); the least of the rounds leaves out the time other processes took
-pcall(ffi.cdef, [[
-    typedef struct { long tv_sec; long tv_nsec; } jwt_cold_timespec;
-    int clock_gettime(int clk, jwt_cold_timespec *ts);
-]])
-local ts = ffi.new("jwt_cold_timespec")
-local function clock()
-    ffi.C.clock_gettime(1, ts)        -- CLOCK_MONOTONIC
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+local clock = H.clock            -- wall-clock seconds
 
 local open, handshake, close = runtime.open, runtime.handshake, runtime.close
 local id = 0
-
-local junk = POLLUTE > 0 and ffi.new("uint8_t[?]", POLLUTE)
 
 -- N handshakes of MODE; errors out on anything but a pass. Returns the
 -- seconds they took (with -c: the handshakes alone, not the writes between)
 local function run(mode, n)
     local hs = heads[mode]
     local k = #hs
-    local spent, t0 = 0, clock()
-    for i = 1, n do
-        if junk then
-            ffi.fill(junk, POLLUTE, i)
-            t0 = clock()
-        end
+    return H.timed(n, POLLUTE, function(i)
         id = id + 1
         open(id, "w0-1", "Bench", mode, "/bench", hs[i % k + 1], "127.0.0.1", 40000, 0, 0)
         local st, kind, a, b = handshake(id)
@@ -245,10 +193,7 @@ local function run(mode, n)
                                 tostring(a), tostring(b)))
         end
         close(id, 1000, "client", 10, 0, 0, 0, 0)
-        if junk then spent = spent + clock() - t0 end
-    end
-    if not junk then spent = clock() - t0 end
-    return spent
+    end)
 end
 
 -- bytes allocated per handshake, the collector stopped for COLD_TOKENS
