@@ -9,10 +9,15 @@
  * LuaJIT's profiler in line mode: traces recorded while it runs carry a
  * check that leaves the trace when a profiler tick is due, so its callback
  * is reached from compiled code too. The callback, when the call into Lua
- * has run longer than limits.policy_budget, sets the (always installed)
- * count hook to fire at the next instruction, and the hook raises an error
- * inside the policy's coroutine. The hook keeps firing until control is
- * back in the runtime's main thread, so a policy cannot catch its way out.
+ * has used more than limits.policy_budget of CPU, sets the (always
+ * installed) count hook to fire at the next instruction, and the hook
+ * raises an error inside the policy's coroutine. The hook keeps firing
+ * until control is back in the runtime's main thread, so a policy cannot
+ * catch its way out. The CPU a call used is counted in the profiler's
+ * ticks, which come from the process's CPU-time timer (ITIMER_PROF): a
+ * worker descheduled or held by a CPU quota in the middle of a policy is
+ * not charged for the time it did not run, and no call pays a system call
+ * to read a CPU clock.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -156,14 +161,39 @@ weir_budget_hook(lua_State *L, lua_Debug *ar)
  * service's (weir_ffi_budget_service). */
 static uint64_t weir_call_limit_ns;
 
+/* The profiler's ticks in the call running now, each weir_tick_ns of the
+ * process's CPU time; -1 until the call's first callback, whose samples
+ * may be ticks of the time before the call (the profiler counts them
+ * until Lua runs again): it only starts the count. */
+static int64_t  weir_call_ticks;
+static uint64_t weir_tick_ns = 10000000;   /* the profiler's interval */
+
+/* A call into Lua starts, or a message of a row: its budget starts anew. */
+static inline void
+weir_budget_start(void)
+{
+    weir_call_start_ns = weir_clock_ns();
+    weir_call_ticks = -1;
+}
+
+/* Is the call running now over its budget? Both its time on the clock and
+ * its CPU must be (the clock, cheap, is read first; a tick's worth of CPU
+ * may fall before the count started). */
+static int
+weir_budget_spent(void)
+{
+    if (weir_clock_ns() - weir_call_start_ns < weir_call_limit_ns) return 0;
+    return (uint64_t) (weir_call_ticks + 1) * weir_tick_ns >= weir_call_limit_ns;
+}
+
 static void
 weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
 {
     WEIR_UNUSED(data);
-    WEIR_UNUSED(samples);
     WEIR_UNUSED(vmstate);
     if (!weir_in_call || weir_over) return;
-    if (weir_clock_ns() - weir_call_start_ns < weir_call_limit_ns) return;
+    weir_call_ticks = weir_call_ticks < 0 ? 0 : weir_call_ticks + samples;
+    if (!weir_budget_spent()) return;
     weir_over = 1;
     lua_sethook(L, weir_budget_hook, LUA_MASKCOUNT, 1);
 }
@@ -173,7 +203,7 @@ weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
 static int
 weir_lua_call(int nargs)
 {
-    weir_call_start_ns = weir_clock_ns();
+    weir_budget_start();
     weir_call_limit_ns = weir_lua_conf->limits.policy_budget_ms * 1000000ULL;
     weir_in_call = 1;
     int rc = lua_pcall(weir_L, nargs, LUA_MULTRET, 0);
@@ -256,7 +286,9 @@ weir_lua_profile_start(weir_conf_t *conf)
 {
     char mode[16];
     uint64_t iv = WEIR_MAX(conf->limits.policy_budget_ms / 4, (uint64_t) 1);
-    snprintf(mode, sizeof(mode), "li%llu", (unsigned long long) WEIR_MIN(iv, (uint64_t) 10));
+    iv = WEIR_MIN(iv, (uint64_t) 10);
+    snprintf(mode, sizeof(mode), "li%llu", (unsigned long long) iv);
+    weir_tick_ns = iv * 1000000ULL;
     luaJIT_profile_start(weir_L, mode, weir_profile_cb, NULL);
     weir_profiling = 1;
 }
@@ -460,7 +492,7 @@ weir_lua_resume_frame(weir_session_t *s, int dir, int opcode, size_t len, int ic
     lua_pushnumber(co, (lua_Number) len);
     lua_pushinteger(co, icpt);
 
-    weir_call_start_ns = weir_clock_ns();
+    weir_budget_start();
     weir_call_limit_ns = weir_lua_conf->limits.policy_budget_ms * 1000000ULL;
     weir_in_call = 1;
     int rc = lua_resume(co, 5);
@@ -538,7 +570,7 @@ weir_ffi_batch_at(int i, size_t *len)
     weir_batch_i = i;
     weir_conn_view(weir_batch_s, weir_batch_dir, &weir_batch[i]);
     *len = weir_batch[i].len;
-    weir_call_start_ns = weir_clock_ns();
+    weir_budget_start();
     return weir_batch[i].opcode;
 }
 
@@ -788,7 +820,7 @@ void
 weir_ffi_budget_reset(void)
 {
     weir_over = 0;
-    weir_call_start_ns = weir_clock_ns();
+    weir_budget_start();
     lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
 }
 
@@ -805,9 +837,9 @@ weir_ffi_budget_service(int on)
                      : weir_lua_conf->limits.policy_budget_ms;
     weir_call_limit_ns = ms * 1000000ULL;
     /* the profiler may have found the call over the policy budget before it
-     * got here (the worker descheduled at its start): under the service's
-     * budget it is not, and the request must not be stopped for it */
-    if (weir_over && weir_clock_ns() - weir_call_start_ns < weir_call_limit_ns) {
+     * got here (the call's work before it, ticks counted early): under the
+     * service's budget it is not, and the request must not be stopped for it */
+    if (weir_over && !weir_budget_spent()) {
         weir_over = 0;
         lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
     }

@@ -1185,7 +1185,7 @@ _M.schema = record({
           description = "disconnect a peer (client or backend) that accepts no byte of what weir has "
                         .. "queued for it for this long (0: never)" },
         { name = "policy_budget", type = "duration", default = "100ms", min = 1, max = 60000,
-          description = "time a policy hook may run without waiting (wall-clock) before it is stopped "
+          description = "CPU time a policy hook may use without waiting before it is stopped "
                         .. "(its connection is closed 1011, or the hook passes if fail_open)" },
         { name = "drain_timeout", type = "duration", default = 30, zero_disables = true,
           min = 1, max = 24 * 3600000,

@@ -180,3 +180,61 @@ describe("policy CPU budget", function()
         assert.matches("CPU budget of 50 ms", tostring(rec.error), 1, true)
     end)
 end)
+
+-- What the budget counts is the CPU a call uses, not the time it took: a
+-- worker descheduled in the middle of a policy's work (here stopped with
+-- SIGSTOP, as a CPU quota or a busy host can hold it) must not have the
+-- policy stopped for the time it did not run.
+describe("policy CPU budget, a worker stopped in a policy's work", function()
+    local be, gw
+
+    setup(function()
+        be = helpers.start_backend("echo")
+        gw = helpers.start_weir({
+            workers = 1,
+            policy_paths = { helpers.fixture_policies },
+            limits = { policy_budget = "1s" },
+            apis = { helpers.policy_api("Budget", "/budget", be, { { "spec-budget", {} } }) },
+        })
+    end)
+    teardown(helpers.cleanup)
+
+    local function count(msg)
+        local n = 0
+        for _, r in ipairs(gw:logs()) do if r.msg == msg then n = n + 1 end end
+        return n
+    end
+
+    it("lets the hook finish and pass when its CPU is under the budget, however long the worker was stopped", function()
+        local w = helpers.wait_until(function()
+            local p = gw:worker_pids()
+            return #p == 1 and p
+        end, 10, "one worker")[1]
+        local ws = assert(helpers.ws_connect(gw.port, { path = "/budget/1.0/stopped" }))
+        -- half the budget of CPU; the worker stopped for longer than the
+        -- whole budget while it works (the hook says how long it took: a
+        -- try in which the stop came too late to fall inside it is done again)
+        local cpu, wall
+        for try = 1, 3 do
+            local marks = count("spec-budget working")
+            assert(ws:send_text("work:500"))
+            helpers.wait_until(function()
+                return count("spec-budget working") > marks
+            end, 10, "the hook at work")
+            helpers.kill(w, "STOP")
+            helpers.sleep(1.5)
+            helpers.kill(w, "CONT")
+            local reply = helpers.recv_payload(ws)
+            cpu, wall = reply:match("^worked (%S+) (%S+)$")
+            cpu, wall = tonumber(cpu), tonumber(wall)
+            assert(cpu and wall, "unexpected reply " .. tostring(reply) .. " at try " .. try)
+            if wall > 1.2 then break end
+        end
+        assert.is_true(wall > 1.2, "the worker was never stopped inside the hook")
+        assert.is_true(cpu < 1.0)
+        -- the connection is open and served; no policy failure was logged
+        assert.equal("after", helpers.ask(ws, "after"))
+        ws:close()
+        assert.equal(0, count("policy failed"))
+    end)
+end)

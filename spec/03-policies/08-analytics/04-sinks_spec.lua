@@ -105,9 +105,9 @@ describe("an analytics Redis sink", function()
         end, 20, "the later close in the file")
         -- the later close reaches the stream, and every event of the file
         -- is in the stream or counted dropped. (On an idle machine none is
-        -- dropped; on a loaded one a sender may still be stopped by the
-        -- budget's wall clock: then what it had in hand is counted, and the
-        -- next interval's sender goes on.)
+        -- dropped; a sender that used up its CPU budget would be stopped:
+        -- then what it had in hand is counted, and the next interval's
+        -- sender goes on.)
         local function stream_has_later()
             for _, e in ipairs(rd:command("XREVRANGE", "big", "+", "-", "COUNT", 20) or {}) do
                 local ev = cjson.decode(e[2][4])
