@@ -6,24 +6,40 @@ local helpers = require "helpers"
 
 local ERR = "/problems/internal-error"
 
+-- An echo backend and a weir of one worker with policy_budget BUDGET, the
+-- APIs APIS(backend) gives; returns the weir.
+local function start(budget, apis)
+    local be = helpers.start_backend("echo")
+    return helpers.start_weir({
+        workers = 1,
+        policy_paths = { helpers.fixture_policies },
+        limits = { policy_budget = budget },
+        apis = apis(be),
+    })
+end
+
+-- GW's one worker's pid.
+local function one_worker(gw)
+    return helpers.wait_until(function()
+        local p = gw:worker_pids()
+        return #p == 1 and p
+    end, 10, "one worker")[1]
+end
+
 describe("policy CPU budget", function()
-    local be, gw
+    local gw
     local seq = 0
 
     setup(function()
-        be = helpers.start_backend("echo")
-        gw = helpers.start_weir({
-            workers = 1,
-            policy_paths = { helpers.fixture_policies },
-            limits = { policy_budget = "50ms" },
-            apis = {
+        gw = start("50ms", function(be)
+            return {
                 helpers.policy_api("Budget", "/budget", be, { { "spec-budget", {} } }),
                 helpers.policy_api("Open", "/open", be, { { "spec-budget", {}, fail_open = true } }),
                 -- spec-budget (priority 540) runs before spec-verdicts (510)
                 helpers.policy_api("Chain", "/chain", be, {
                     { "spec-budget", {}, fail_open = true }, { "spec-verdicts", {} } }),
-            },
-        })
+            }
+        end)
     end)
     teardown(helpers.cleanup)
 
@@ -40,13 +56,7 @@ describe("policy CPU budget", function()
 
     local ask = helpers.ask
 
-    local function worker()
-        local w = helpers.wait_until(function()
-            local p = gw:worker_pids()
-            return #p == 1 and p
-        end, 10, "one worker")
-        return w[1]
-    end
+    local function worker() return one_worker(gw) end
 
     -- The conn id of WS, from its access record (written once it is gone).
     local function conn_of(ws)
@@ -186,16 +196,12 @@ end)
 -- SIGSTOP, as a CPU quota or a busy host can hold it) must not have the
 -- policy stopped for the time it did not run.
 describe("policy CPU budget, a worker stopped in a policy's work", function()
-    local be, gw
+    local gw
 
     setup(function()
-        be = helpers.start_backend("echo")
-        gw = helpers.start_weir({
-            workers = 1,
-            policy_paths = { helpers.fixture_policies },
-            limits = { policy_budget = "1s" },
-            apis = { helpers.policy_api("Budget", "/budget", be, { { "spec-budget", {} } }) },
-        })
+        gw = start("1s", function(be)
+            return { helpers.policy_api("Budget", "/budget", be, { { "spec-budget", {} } }) }
+        end)
     end)
     teardown(helpers.cleanup)
 
@@ -206,10 +212,7 @@ describe("policy CPU budget, a worker stopped in a policy's work", function()
     end
 
     it("lets the hook finish and pass when its CPU is under the budget, however long the worker was stopped", function()
-        local w = helpers.wait_until(function()
-            local p = gw:worker_pids()
-            return #p == 1 and p
-        end, 10, "one worker")[1]
+        local w = one_worker(gw)
         local ws = assert(helpers.ws_connect(gw.port, { path = "/budget/1.0/stopped" }))
         -- half the budget of CPU; the worker stopped for longer than the
         -- whole budget while it works (the hook says how long it took: a
