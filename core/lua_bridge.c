@@ -13,11 +13,11 @@
  * installed) count hook to fire at the next instruction, and the hook
  * raises an error inside the policy's coroutine. The hook keeps firing
  * until control is back in the runtime's main thread, so a policy cannot
- * catch its way out. The CPU a call used is counted in the profiler's
- * ticks, which come from the process's CPU-time timer (ITIMER_PROF): a
+ * catch its way out. What counts is the CPU the call used, read from the
+ * thread's CPU-time clock in the callback only (weir_budget_spent): a
  * worker descheduled or held by a CPU quota in the middle of a policy is
  * not charged for the time it did not run, and no call pays a system call
- * to read a CPU clock.
+ * to read that clock.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -161,39 +161,60 @@ weir_budget_hook(lua_State *L, lua_Debug *ar)
  * service's (weir_ffi_budget_service). */
 static uint64_t weir_call_limit_ns;
 
-/* The profiler's ticks in the call running now, each weir_tick_ns of the
- * process's CPU time; -1 until the call's first callback, whose samples
- * may be ticks of the time before the call (the profiler counts them
- * until Lua runs again): it only starts the count. */
-static int64_t  weir_call_ticks;
-static uint64_t weir_tick_ns = 10000000;   /* the profiler's interval */
+/* The call's CPU is read from this thread's CPU-time clock, a system call:
+ * never per call, only in the profiler's callbacks (one per profiler tick
+ * at most). The first callback of a call anchors it: WEIR_CALL_CPU0_NS is
+ * the thread's CPU time then (0: no callback yet in this call), and
+ * WEIR_CALL_PRE_NS what the call may have used before it: the less of the
+ * thread's CPU since the callback before (which came before the call) and
+ * the call's time on the clock. */
+static uint64_t weir_call_cpu0_ns;
+static uint64_t weir_call_pre_ns;
+static uint64_t weir_cpu_last_ns;          /* the thread's CPU time at the last callback */
+
+static uint64_t
+weir_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
+}
 
 /* A call into Lua starts, or a message of a row: its budget starts anew. */
 static inline void
 weir_budget_start(void)
 {
     weir_call_start_ns = weir_clock_ns();
-    weir_call_ticks = -1;
+    weir_call_cpu0_ns = 0;
 }
 
-/* Is the call running now over its budget? Both its time on the clock and
- * its CPU must be (the clock, cheap, is read first; a tick's worth of CPU
- * may fall before the count started). */
+/* Is the call running now over its budget, its CPU being CPU (the
+ * thread's CPU time now) since the anchor? Its time on the clock is at
+ * least its CPU: under the budget, it is. */
 static int
-weir_budget_spent(void)
+weir_budget_spent(uint64_t cpu)
 {
+    if (weir_call_cpu0_ns == 0) return 0;
     if (weir_clock_ns() - weir_call_start_ns < weir_call_limit_ns) return 0;
-    return (uint64_t) (weir_call_ticks + 1) * weir_tick_ns >= weir_call_limit_ns;
+    return cpu - weir_call_cpu0_ns + weir_call_pre_ns >= weir_call_limit_ns;
 }
 
 static void
 weir_profile_cb(void *data, lua_State *L, int samples, int vmstate)
 {
     WEIR_UNUSED(data);
+    WEIR_UNUSED(samples);
     WEIR_UNUSED(vmstate);
+    uint64_t cpu = weir_cpu_ns();
+    uint64_t since = cpu - weir_cpu_last_ns;
+    weir_cpu_last_ns = cpu;
     if (!weir_in_call || weir_over) return;
-    weir_call_ticks = weir_call_ticks < 0 ? 0 : weir_call_ticks + samples;
-    if (!weir_budget_spent()) return;
+    if (weir_call_cpu0_ns == 0) {
+        uint64_t wall = weir_clock_ns() - weir_call_start_ns;
+        weir_call_cpu0_ns = cpu;
+        weir_call_pre_ns = WEIR_MIN(since, wall);
+    }
+    if (!weir_budget_spent(cpu)) return;
     weir_over = 1;
     lua_sethook(L, weir_budget_hook, LUA_MASKCOUNT, 1);
 }
@@ -286,9 +307,7 @@ weir_lua_profile_start(weir_conf_t *conf)
 {
     char mode[16];
     uint64_t iv = WEIR_MAX(conf->limits.policy_budget_ms / 4, (uint64_t) 1);
-    iv = WEIR_MIN(iv, (uint64_t) 10);
-    snprintf(mode, sizeof(mode), "li%llu", (unsigned long long) iv);
-    weir_tick_ns = iv * 1000000ULL;
+    snprintf(mode, sizeof(mode), "li%llu", (unsigned long long) WEIR_MIN(iv, (uint64_t) 10));
     luaJIT_profile_start(weir_L, mode, weir_profile_cb, NULL);
     weir_profiling = 1;
 }
@@ -837,9 +856,9 @@ weir_ffi_budget_service(int on)
                      : weir_lua_conf->limits.policy_budget_ms;
     weir_call_limit_ns = ms * 1000000ULL;
     /* the profiler may have found the call over the policy budget before it
-     * got here (the call's work before it, ticks counted early): under the
-     * service's budget it is not, and the request must not be stopped for it */
-    if (weir_over && !weir_budget_spent()) {
+     * got here: under the service's budget it is not, and the request must
+     * not be stopped for it */
+    if (weir_over && !weir_budget_spent(weir_cpu_ns())) {
         weir_over = 0;
         lua_sethook(weir_L, weir_budget_hook, LUA_MASKCOUNT, WEIR_HOOK_COUNT_IDLE);
     }
