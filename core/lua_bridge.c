@@ -14,10 +14,9 @@
  * raises an error inside the policy's coroutine. The hook keeps firing
  * until control is back in the runtime's main thread, so a policy cannot
  * catch its way out. What counts is the CPU the call used, read from the
- * thread's CPU-time clock in the callback only (weir_budget_spent): a
- * worker descheduled or held by a CPU quota in the middle of a policy is
- * not charged for the time it did not run, and no call pays a system call
- * to read that clock.
+ * thread's CPU-time clock in the callback (weir_profile_cb), never once per
+ * call: a worker descheduled or held by a CPU quota in the middle of a
+ * policy is not charged for the time it did not run.
  */
 #include <stdlib.h>
 #include <string.h>
