@@ -389,7 +389,7 @@ function _M.load(file, cpus, core_state)
             ctx._chain = c
             local by = ctxmod.inspected_by(ctx)
             if by and not c.names[by] then ctx:inspect(nil) end    -- its policy left the chain
-            if rawget(ctx, "_upgraded") then _M.recheck(ctx) end
+            if rawget(ctx, "_upgraded") then _M.recheck_soon(ctx) end
         end
     end
     return masks
@@ -418,6 +418,15 @@ function _M.recheck(ctx)
     end
 end
 
+--- Run CTX's rechecks soon, in a timer of its own: a recheck may wait (on
+-- the store), and each connection's rechecks get a budget of their own, so
+-- one that never ends is stopped (its connection stays open) without
+-- holding the worker, its reload or the other connections' rechecks.
+function _M.recheck_soon(ctx)
+    local t = _M.timer(ctx, 0, _M.recheck)
+    t.hook = "recheck"
+end
+
 local NO_CHAIN = { entries = {}, mask = 0, sized = 16, ctx_slots = 8 }     -- what has no chain: service requests, the worker's tasks
 
 -- The worker's own tasks (not a connection's): their timers and waits.
@@ -437,18 +446,12 @@ function _M.sleep(seconds)
 end
 
 --- Run the rechecks of every open connection of this worker (a revocation
--- in the key manager, told by any worker), in a coroutine: a policy's
--- recheck may wait on the store.
+-- in the key manager, told by any worker), each in a timer of its own
+-- (recheck_soon).
 function _M.recheck_local()
-    local list = {}
     for _, ctx in pairs(ctxs) do
-        if not ctx.service and rawget(ctx, "_upgraded") then list[#list + 1] = ctx end
+        if not ctx.service and rawget(ctx, "_upgraded") then _M.recheck_soon(ctx) end
     end
-    _M.spawn(function()
-        for _, ctx in ipairs(list) do
-            if not rawget(ctx, "_closed") then _M.recheck(ctx) end
-        end
-    end)
 end
 
 --- An event from the core: "recheck" (another worker asks); "analytics",
@@ -816,6 +819,14 @@ end
 timer_settled = function(co, t, ok, tag)
     if ok and tag == WAIT then
         timer_of[co] = t
+    elseif not ok and t.hook then
+        -- a hook run in a timer (recheck_soon), stopped by the budget: the
+        -- failure of the policy it was running
+        local name = t.ctx.policy or t.policy or "?"
+        t.ctx.policy = nil
+        C.weir_ffi_policy_failed()
+        C.weir_stats_policy_failed(name)
+        log(3, "policy failed", t.ctx.id, name, nil, "hook", t.hook, "error", tostring(tag))
     elseif not ok then
         C.weir_ffi_policy_failed()
         C.weir_stats_policy_failed(t.policy)

@@ -172,6 +172,28 @@ describe("policy CPU budget", function()
         budget_failure(conn_of(ws), "timer failed")
     end)
 
+    it("stops an endless recheck after a reload; the reload completes and the worker goes on serving", function()
+        local pid = worker()
+        local ws = connect()
+        assert.equal("before", ask(ws, "before"))
+        gw:rewrite(function(c)
+            c.apis[1].versions[1].policies = { { "spec-budget", { spin_recheck = true } } }
+        end)
+        gw:reload()                         -- waits for the worker's "worker reloaded"
+        local rec = gw:wait_log(function(r)
+            return r.msg == "policy failed" and r.hook == "recheck" and tostring(r.error):find("CPU budget", 1, true)
+        end)
+        assert.equal("spec-budget", rec.policy)
+        local other = connect()
+        assert.equal("after", ask(other, "after"))
+        assert.equal("still", ask(ws, "still"))      -- its connection is not closed for it
+        assert.equal(pid, worker())
+        other:close()
+        ws:close()
+        gw:rewrite(function(c) c.apis[1].versions[1].policies = { { "spec-budget", {} } } end)
+        gw:reload()
+    end)
+
     it("stops an endless on_close; the worker goes on serving", function()
         local pid = worker()
         local ws = connect()
