@@ -114,13 +114,26 @@ function _M.check_key_type(key_type)
     return key_type
 end
 
+-- N random bytes in base64url that do not start with "-": on a command line
+-- (`weir token KEY`, `curl -u KEY:SECRET`) such a word reads as an option.
+-- One draw in 64 starts with it and is drawn again; nil when the random
+-- source fails.
+local function random_word(n)
+    for _ = 1, 32 do
+        local b = random_bytes(n)
+        if not b then return nil end
+        local s = jose.b64url_encode(b)
+        if s:byte(1) ~= 45 then return s end
+    end
+    return nil
+end
+
 --- A new consumer key (18 random bytes, base64url: 24 characters), secret
 -- (32 random bytes, base64url: 43 characters) and the secret's SHA-256; nil
--- when the generator failed.
+-- when the generator failed. Neither starts with "-".
 function _M.new_keys()
-    local key, secret = random_bytes(18), random_bytes(32)
+    local key, secret = random_word(18), random_word(32)
     if not key or not secret then return nil end
-    key, secret = jose.b64url_encode(key), jose.b64url_encode(secret)
     return key, secret, sha256_hex(secret)
 end
 

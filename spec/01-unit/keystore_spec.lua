@@ -233,6 +233,27 @@ describe("weir.keystore", function()
 
     cases.run(backend)
 
+    describe("consumer keys", function()
+        -- a key or secret starting with "-" reads as an option on a command
+        -- line (weir token KEY): one base64url draw in 64 starts so
+        it("never start with \"-\", nor do their secrets (4,000 pairs)", function()
+            local rules = require "weir.keystore_rules"
+            local first = {}
+            for _ = 1, 4000 do
+                local key, secret = rules.new_keys()
+                assert.equal(24, #key)
+                assert.equal(43, #secret)
+                assert.is_nil(key:find("^%-"), key)
+                assert.is_nil(secret:find("^%-"), "a secret starting with -")
+                first[key:sub(1, 1)] = true
+            end
+            -- the other 63 characters still begin them (not, say, always "A")
+            local n = 0
+            for _ in pairs(first) do n = n + 1 end
+            assert.equal(63, n)
+        end)
+    end)
+
     describe("generation", function()
         it("changes when another process commits", function()
             local path = new_path()
