@@ -12,6 +12,41 @@ local format, match, gsub, sub = string.format, string.match, string.gsub, strin
 
 local _M = {}
 
+local MAX_STEPS, EVERY = 100000000, 1000     -- a policy file's chunk that runs longer is stuck
+
+-- pcall(FN, ...) stopped after about MAX_STEPS Lua instructions, for a
+-- policy file's chunk: it runs while a configuration loads (in the master
+-- too), where no budget applies, and one that never ended hung weir's start
+-- or reload. The JIT is off meanwhile (count hooks do not run in compiled
+-- code); once over, the hook raises at every instruction, so a pcall in
+-- the chunk cannot keep it going.
+local bounded_pcall
+bounded_pcall = function(fn, ...)
+    local steps = 0
+    local old_hook, old_mask, old_count = debug.gethook()
+    local jit_on = jit and jit.status()
+    if jit then jit.off() end
+    local function hook()
+        if steps > MAX_STEPS then
+            local at = debug.getinfo(2, "f")
+            if at and at.func == bounded_pcall then return end     -- back here: the chunk has stopped
+        else
+            steps = steps + EVERY
+            if steps <= MAX_STEPS then return end
+            debug.sethook(hook, "", 1)
+        end
+        error("it runs for too long (over " .. MAX_STEPS .. " instructions): is there an endless loop?", 2)
+    end
+    debug.sethook(hook, "", EVERY)
+    local ok, res = pcall(fn, ...)
+    -- a hook set from C (the worker's budget) reads as a string here: the
+    -- worker installs it again after every call into Lua
+    if type(old_hook) == "function" then debug.sethook(old_hook, old_mask, old_count)
+    else debug.sethook() end
+    if jit_on then jit.on() end
+    return ok, res
+end
+
 local HOOKS = { "on_handshake", "on_frame_in", "on_frame_out", "on_close" }
 _M.HOOKS = HOOKS
 
@@ -171,7 +206,7 @@ function _M.load_file(file, name, env)
     local fn, err = loadfile(file)
     if not fn then return nil, err end
     setfenv(fn, env)
-    local ok, mod = pcall(fn, name)
+    local ok, mod = bounded_pcall(fn, name)
     if not ok then return nil, tostring(mod) end
     local problem = _M.check_module(mod, name)
     if problem then return nil, file .. ": " .. problem end

@@ -237,6 +237,20 @@ return {
             assert.truthy(errs[1]:find(file .. ":2: policies[1][1]: unknown policy \"no-such-policy\"", 1, true), errs[1])
         end)
 
+        it("a policy file whose chunk never ends (even catching errors), at the entry and the file's line", function()
+            for _, body in ipairs({ "while true do end",
+                                    "while true do pcall(function() while true do end end) end" }) do
+                write(dir .. "/spin-load.lua", "local x = 0\n" .. body
+                      .. "\nreturn { name = \"spin-load\", priority = 1, on_handshake = function() end }\n")
+                local errs, file = errors_of(edit("return {\n", "return {\n  policy_paths = { \"" .. dir
+                                                  .. "\" },\n  policies = { { \"spin-load\", {} } },\n"))
+                assert.equal(1, #errs)
+                assert.truthy(errs[1]:find(file .. ":3: policies[1][1]: " .. dir .. "/spin-load.lua:2: it runs for too long",
+                                           1, true), errs[1])
+                assert.truthy(jit.status(), "the JIT is on again")
+            end
+        end)
+
         it("a value of the wrong type", function()
             local errs, file = errors_of([[
 return {
