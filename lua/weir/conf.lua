@@ -23,7 +23,7 @@ local srcmap = require "weir.srcmap"
 local policy = require "weir.policy"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local setmetatable, setfenv, loadstring, xpcall = setmetatable, setfenv, loadstring, xpcall
+local setmetatable, setfenv, loadstring = setmetatable, setfenv, loadstring
 local floor, huge = math.floor, math.huge
 local byte, sub, find, match, gsub, lower, format =
     string.byte, string.sub, string.find, string.match, string.gsub, string.lower,
@@ -33,8 +33,6 @@ local concat, sort = table.concat, table.sort
 local _M = { _VERSION = "0.1.0" }
 
 local CHUNK_NAME   = "config"          -- what Lua calls the chunk in its messages
-local MAX_INSTRUCTIONS = 100000000     -- a configuration that runs longer is stuck
-local HOOK_EVERY   = 1000
 local MAX_EXACT    = 2 ^ 53            -- largest integer a Lua number holds exactly
 
 local KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
@@ -1375,22 +1373,7 @@ local function evaluate(src)
     local fn, err = loadstring(src, "=" .. CHUNK_NAME)
     if not fn then return nil, chunk_error(err) end
     setfenv(fn, sandbox())
-    if jit then jit.off(fn, true) end    -- count hooks do not run in compiled code
-
-    local steps = 0
-    local old_hook, old_mask, old_count = debug.gethook()
-    debug.sethook(function()
-        steps = steps + HOOK_EVERY
-        if steps > MAX_INSTRUCTIONS then
-            error("the configuration runs for too long (over " .. MAX_INSTRUCTIONS
-                  .. " instructions): is there an endless loop?", 2)
-        end
-    end, "", HOOK_EVERY)
-    local ok, res = xpcall(fn, chunk_error)
-    -- a hook set from C (the worker's budget) reads as a string here: the
-    -- worker installs it again after every call into Lua
-    if type(old_hook) == "function" then debug.sethook(old_hook, old_mask, old_count)
-    else debug.sethook() end
+    local ok, res = policy.bounded_pcall(fn, "the configuration", chunk_error)
     if not ok then return nil, res end
     return res
 end

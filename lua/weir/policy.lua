@@ -6,22 +6,23 @@
 -- @usage local reg = require("weir.policy").registry({ "/etc/weir/policies" })
 --        local mod, err = reg:get("key-auth")
 
-local type, pairs, ipairs, tostring, setmetatable, setfenv, loadfile, pcall =
-    type, pairs, ipairs, tostring, setmetatable, setfenv, loadfile, pcall
+local type, pairs, ipairs, tostring, setmetatable, setfenv, loadfile, xpcall =
+    type, pairs, ipairs, tostring, setmetatable, setfenv, loadfile, xpcall
 local format, match, gsub, sub = string.format, string.match, string.gsub, string.sub
 
 local _M = {}
 
-local MAX_STEPS, EVERY = 100000000, 1000     -- a policy file's chunk that runs longer is stuck
+local MAX_STEPS, EVERY = 100000000, 1000     -- code run at load that runs longer is stuck
 
--- pcall(FN, ...) stopped after about MAX_STEPS Lua instructions, for a
--- policy file's chunk: it runs while a configuration loads (in the master
--- too), where no budget applies, and one that never ended hung weir's start
--- or reload. The JIT is off meanwhile (count hooks do not run in compiled
--- code); once over, the hook raises at every instruction, so a pcall in
--- the chunk cannot keep it going.
+--- xpcall(FN, HANDLER) stopped after about MAX_STEPS Lua instructions with
+-- the error WHAT .. " runs for too long (...)", for code that runs while a
+-- configuration loads (in the master too), where no budget applies: the
+-- configuration file's chunk (weir.conf) and a policy file's; one that
+-- never ended would hang weir's start or reload. The JIT is off meanwhile
+-- (count hooks do not run in compiled code); once over, the hook raises at
+-- every instruction, so a pcall in the code cannot keep it going.
 local bounded_pcall
-bounded_pcall = function(fn, ...)
+bounded_pcall = function(fn, what, handler)
     local steps = 0
     local old_hook, old_mask, old_count = debug.gethook()
     local jit_on = jit and jit.status()
@@ -35,10 +36,10 @@ bounded_pcall = function(fn, ...)
             if steps <= MAX_STEPS then return end
             debug.sethook(hook, "", 1)
         end
-        error("it runs for too long (over " .. MAX_STEPS .. " instructions): is there an endless loop?", 2)
+        error(what .. " runs for too long (over " .. MAX_STEPS .. " instructions): is there an endless loop?", 2)
     end
     debug.sethook(hook, "", EVERY)
-    local ok, res = pcall(fn, ...)
+    local ok, res = xpcall(fn, handler)
     -- a hook set from C (the worker's budget) reads as a string here: the
     -- worker installs it again after every call into Lua
     if type(old_hook) == "function" then debug.sethook(old_hook, old_mask, old_count)
@@ -46,6 +47,7 @@ bounded_pcall = function(fn, ...)
     if jit_on then jit.on() end
     return ok, res
 end
+_M.bounded_pcall = bounded_pcall
 
 local HOOKS = { "on_handshake", "on_frame_in", "on_frame_out", "on_close" }
 _M.HOOKS = HOOKS
@@ -206,7 +208,7 @@ function _M.load_file(file, name, env)
     local fn, err = loadfile(file)
     if not fn then return nil, err end
     setfenv(fn, env)
-    local ok, mod = bounded_pcall(fn, name)
+    local ok, mod = bounded_pcall(function() return fn(name) end, "it", tostring)
     if not ok then return nil, tostring(mod) end
     local problem = _M.check_module(mod, name)
     if problem then return nil, file .. ": " .. problem end
