@@ -1159,8 +1159,7 @@ Be.__index = Be
 --   "tls-echo"   echo over wss; opts.cert/opts.key, or a certificate made now
 --   "refuse"     a free port with nothing listening
 -- opts: protocol ("first" or a name to choose when offered), headers_101
--- (extra headers on the 101), no_echo, greeting, rate; host (an address to
--- listen on) and netns (a network namespace to run it in, `ip netns exec`).
+-- (extra headers on the 101), no_echo, greeting, rate.
 -- Returns be {port=, pid=, url=, kind=, stop=function, ...}.
 function helpers.start_backend(kind, opts)
     opts = deepcopy(opts or {})
@@ -1179,7 +1178,6 @@ function helpers.start_backend(kind, opts)
     be.ca, be.cert, be.key = opts.cert, opts.cert, opts.key
     local out, err = next_name("backend-" .. kind, ".stdout"), next_name("backend-" .. kind, ".stderr")
     local argv = { "node", helpers.support .. "/backend.js", cjson.encode(opts) }
-    if opts.netns then argv = { "ip", "netns", "exec", opts.netns, unpack(argv) } end
     be.pid = helpers.spawn(argv, { stdout = out, stderr = err })
     be.stdout_path, be.stderr_path = out, err
     local ok, e = pcall(helpers.wait_until, function()
@@ -1190,7 +1188,7 @@ function helpers.start_backend(kind, opts)
     if not ok then helpers.stop_pid(be.pid); error(e, 2) end
     local ready = helpers.json(helpers.read_file(out):match("[^\n]*listening[^\n]*"))
     be.port, be.events_port = ready.listening, ready.events
-    be.url = kind == "tls-echo" and fmt("wss://localhost:%d", be.port) or fmt("ws://%s:%d", opts.host or "127.0.0.1", be.port)
+    be.url = kind == "tls-echo" and fmt("wss://localhost:%d", be.port) or fmt("ws://127.0.0.1:%d", be.port)
     be.stop = function(_, sig)
         if sig then helpers.kill(be.pid, sig); return helpers.wait(be.pid, 5) end
         return helpers.stop_pid(be.pid)

@@ -17,7 +17,7 @@ const { WebSocketServer } = require('ws');
 const opts = JSON.parse(process.argv[2] || '{}');
 const kind = opts.kind || 'echo';
 const port = opts.port || 0;
-const host = opts.host || '127.0.0.1';   // another address only inside a network namespace a spec made
+const host = '127.0.0.1';        // loopback only
 const SMALL = 4096;              // payloads up to this size are recorded whole
 
 const connections = [];          // one record per upgrade request seen
