@@ -156,7 +156,7 @@ end
 
 -- The keyset to use; REFRESH: a kid was not found in it.
 local function keyset(conf, refresh)
-    if conf.key_manager then return (require("weir.km").keyset()) end
+    if conf.key_manager then return (require("weir.km").keyset(refresh)) end
     if not conf.jwks_url then return conf._keyset end
     -- keys fetched without verifying the server are not shared with a
     -- policy that verifies it (nor with another CA)
@@ -203,13 +203,16 @@ local function find_key(conf, alg, kid)
             end
         end
         if attempt == 1 then
-            if not conf.jwks_url then break end
+            -- fetched again (jwks_url), or read again from the key manager's
+            -- store (a key another host added since this worker's last poll)
+            if not conf.jwks_url and not conf.key_manager then break end
             local again = keyset(conf, true)
             if again == ks then break end
             ks = again
         end
     end
-    if not ks and conf.jwks_url then return nil, UNAVAILABLE end
+    -- no keys at all: the issuer's never arrived, or the store cannot answer
+    if not ks and (conf.jwks_url or conf.key_manager) then return nil, UNAVAILABLE end
     return nil, "Token signing key is unknown"
 end
 

@@ -124,10 +124,13 @@ function _M.cached(key, fn, live)
     return unpack(v)
 end
 
---- The keys weir's tokens verify with, as jose.verify_jws takes them.
-function _M.keyset()
+--- The keys weir's tokens verify with, as jose.verify_jws takes them
+-- (LIVE: as `fresh`: a key another host added since the last poll, for a
+-- token whose kid the set does not have).
+function _M.keyset(live)
     local i, err = _M.issuer()
     if not i then return nil, err end
+    if live then _M.fresh(true) end
     return i:keyset()
 end
 

@@ -11,7 +11,7 @@ return setmetatable({}, {
     __index = {
         revoked = function(claims, live) return km.revoked(claims, live) end,
         subscription = function(app, api, version, live) return km.subscription(app, api, version, live) end,
-        keyset = function() return km.keyset() end,
+        keyset = function(live) return km.keyset(live) end,
     },
     __newindex = function() error("weir.km is read-only", 2) end,
     __metatable = false,

@@ -137,6 +137,20 @@ describe("the key manager on Redis, two instances", function()
         helpers.expect_error_close(s1, "/problems/token-revoked", 1008)
     end)
 
+    -- a worker learns of another host's changes by a poll (250 ms): a token
+    -- whose kid it does not know yet makes it read the key ring again at once
+    it("takes at once a token signed with a key the other instance has just rotated in", function()
+        local k = setup_app("RotatedApp")
+        for _ = 1, 5 do
+            local r = settled(function() return admin(gw[2], "POST", "/signing-keys/rotate") end)
+            assert.equal(200, r.status, r.body)
+            local tok = settled(function() return token_req(gw[2], k) end).json.access_token
+            local ws, res = connect(gw[1], tok)
+            assert(ws, "refused: " .. tostring(res and res.body or res))
+            ws:close()
+        end
+    end)
+
     it("with Redis stopped: open sockets live on, tokens cannot be issued (503), and all is well once it is back", function()
         local k = setup_app("OutageApp")
         local tok = settled(function() return token_req(gw[1], k) end).json.access_token
