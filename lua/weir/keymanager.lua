@@ -126,11 +126,12 @@ end
 
 --- The keys weir's tokens verify with, as jose.verify_jws takes them
 -- (LIVE: as `fresh`: a key another host added since the last poll, for a
--- token whose kid the set does not have).
+-- token whose kid the set does not have; nil, message when the store cannot
+-- tell now).
 function _M.keyset(live)
     local i, err = _M.issuer()
     if not i then return nil, err end
-    if live then _M.fresh(true) end
+    if live and _M.fresh(true) == nil then return nil, "the key manager's store cannot answer" end
     return i:keyset()
 end
 

@@ -151,6 +151,22 @@ describe("the key manager on Redis, two instances", function()
         end
     end)
 
+    it("answers a kid it does not know 401 when the store says so, and 503 while Redis is stopped", function()
+        local function b64u(x) return (require("mime").b64(x):gsub("%+", "-"):gsub("/", "_"):gsub("=+$", "")) end
+        -- the kid is looked up before the signature is checked: any 64 bytes do
+        local forged = b64u('{"alg":"ES256","typ":"JWT","kid":"no-such-kid"}') .. "."
+                       .. b64u('{"sub":"nobody"}') .. "." .. b64u(string.rep("s", 64))
+        local ws, res = connect(gw[1], forged)
+        assert.is_nil(ws)
+        helpers.check_error(res.body, "/problems/unauthorized", 401)
+        assert.equal("Token signing key is unknown", cjson.decode(res.body).error.message)
+        helpers.kill(rd.pid, "STOP")
+        ws, res = connect(gw[1], forged)        -- the store cannot say the key does not exist
+        helpers.kill(rd.pid, "CONT")
+        assert.is_nil(ws)
+        helpers.check_error(res.body, "/problems/unavailable", 503)
+    end)
+
     it("with Redis stopped: open sockets live on, tokens cannot be issued (503), and all is well once it is back", function()
         local k = setup_app("OutageApp")
         local tok = settled(function() return token_req(gw[1], k) end).json.access_token
